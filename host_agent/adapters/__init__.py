@@ -1,0 +1,45 @@
+"""The closed adapter registry: built once at start-up, duplicate kinds refused."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
+
+from host_agent.adapters.base import Adapter
+from host_agent.adapters.zfs import ZfsAdapter
+from host_agent.errors import UnknownKind
+from host_agent.operations import OPERATION_NAMES
+
+
+class Registry(Mapping[str, Adapter]):
+    """Read-only kind → adapter mapping."""
+
+    def __init__(self, adapters: Iterable[Adapter]) -> None:
+        table: dict[str, Adapter] = {}
+        for adapter in adapters:
+            if adapter.kind in table:
+                raise ValueError(f"duplicate adapter kind {adapter.kind!r}")
+            unknown = adapter.operation_names() - OPERATION_NAMES
+            if unknown:
+                raise ValueError(f"adapter {adapter.kind!r} offers unknown operations {unknown}")
+            table[adapter.kind] = adapter
+        self._table = MappingProxyType(table)
+
+    def adapter_for(self, kind: str) -> Adapter:
+        try:
+            return self._table[kind]
+        except KeyError:
+            raise UnknownKind(kind) from None
+
+    def __getitem__(self, kind: str) -> Adapter:
+        return self._table[kind]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+def default_registry() -> Registry:
+    return Registry([ZfsAdapter()])

@@ -1,0 +1,103 @@
+"""The Starlette application: routes, and the one place errors become HTTP replies."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from host_agent import __version__
+from host_agent.errors import HostAgentError, OperationFailed, RequestError
+from host_agent.identity import identity_from_scope
+from host_agent.pipeline import Pipeline
+from host_agent.request import decode_json
+
+log = logging.getLogger(__name__)
+
+
+def build_app(pipeline: Pipeline) -> Starlette:
+    """The ASGI app; every route is reached only over the mutual-TLS listener."""
+    max_body = pipeline.config.server.max_body_bytes
+
+    async def host_op(request: Request) -> Response:
+        identity = identity_from_scope(request.scope)
+        document = decode_json(await _read_body(request, max_body))
+        reply = await pipeline.host_op(identity, document)
+        return JSONResponse(reply.body, status_code=reply.status)
+
+    async def health(request: Request) -> Response:
+        identity_from_scope(request.scope)
+        return JSONResponse(
+            {"status": "ok", "version": __version__, "adapters": sorted(pipeline.registry)}
+        )
+
+    return Starlette(
+        routes=[
+            Route("/host/op", host_op, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+        ],
+        exception_handlers={
+            HostAgentError: _agent_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read at most `limit` bytes; a larger body is refused before it is buffered."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    return bytes(body)
+
+
+def _too_large(limit: int) -> RequestError:
+    error = RequestError(f"request body larger than {limit} bytes", field="body")
+    error.status, error.code = 413, "body_too_large"
+    return error
+
+
+def error_body(code: str, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        error["field"] = field
+    return {"error": error, **extra}
+
+
+async def _agent_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, HostAgentError):  # pragma: no cover - registered for this family only
+        raise exc
+    extra: dict[str, Any] = {}
+    if exc.request_id is not None:
+        extra["request_id"] = exc.request_id
+    if isinstance(exc, OperationFailed):
+        extra["result"] = exc.result
+    field = exc.field if isinstance(exc, RequestError) else None
+    message = exc.message if isinstance(exc, RequestError) else str(exc)
+    if exc.status >= 500:
+        log.error("%s %s: %s: %s", request.method, request.url.path, exc.code, message)
+    return JSONResponse(error_body(exc.code, message, field, **extra), status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    if not isinstance(exc, HTTPException):  # pragma: no cover
+        raise exc
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    code = codes.get(exc.status_code, "http_error")
+    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return JSONResponse(error_body("internal_error", "internal error"), status_code=500)

@@ -1,0 +1,245 @@
+"""Tamper-evident JSONL audit log.
+
+Each record carries `seq`, `ts`, `prev` (the hash of the record before it) and
+`hash` (SHA-256 of its own canonical JSON without `hash`), so deleting,
+reordering or editing any line breaks the chain at that line. A record is
+flushed and fsync'd before `append` returns: callers run nothing until then,
+and a write that fails raises `AuditUnavailable` (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import errno
+import gzip
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import jsonlines
+
+from host_agent.errors import AuditUnavailable
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+_CHAIN_FIELDS = ("seq", "ts", "prev", "hash")
+
+
+def canonical(record: dict[str, Any]) -> str:
+    """The one serialisation that is hashed and written: sorted keys, ASCII only."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    body = {key: value for key, value in record.items() if key != "hash"}
+    return hashlib.sha256(canonical(body).encode("ascii")).hexdigest()
+
+
+class AuditLog:
+    """Append-only, hash-chained, fsync'd JSONL file; safe to share between threads."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] | None = None) -> None:
+        self.path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._file: IO[bytes] | None = None
+        self._writer: jsonlines.Writer | None = None
+        self._seq = 0
+        self._prev = GENESIS
+
+    def open(self) -> None:
+        """Open (creating 0640) and pick up the chain where the file, or its rotated copy, ends."""
+        with self._lock:
+            self._open_locked()
+
+    def _open_locked(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            handle = os.fdopen(fd, "r+b", buffering=0)
+            _drop_torn_tail(handle, self.path)
+            last = _last_record(handle)
+            if last is None:
+                last = _last_record_of(self.path.with_name(self.path.name + ".1"))
+        except OSError as exc:
+            raise AuditUnavailable(f"cannot open audit log {self.path}: {exc.strerror}") from exc
+        if last is not None:
+            self._seq, self._prev = int(last["seq"]), str(last["hash"])
+        self._file = handle
+        self._writer = jsonlines.Writer(handle, dumps=canonical, flush=True)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+            self._file = self._writer = None
+
+    def append(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Chain, write and fsync one record; return it as written."""
+        with self._lock:
+            if self._file is None or self._writer is None:
+                self._open_locked()
+            handle, writer = self._file, self._writer
+            if handle is None or writer is None:  # for the type checker; open raises instead
+                raise AuditUnavailable("audit log is not open")
+            entry = {key: value for key, value in record.items() if key not in _CHAIN_FIELDS}
+            entry["seq"] = self._seq + 1
+            entry["ts"] = self._now()
+            entry["prev"] = self._prev
+            entry["hash"] = record_hash(entry)
+            size = os.fstat(handle.fileno()).st_size
+            try:
+                written = writer.write(entry)
+                if os.fstat(handle.fileno()).st_size != size + written:
+                    raise OSError(errno.EIO, "short write")
+                os.fsync(handle.fileno())
+            except OSError as exc:
+                _truncate_quietly(handle, size)
+                raise AuditUnavailable(
+                    f"cannot write audit log {self.path}: {exc.strerror}"
+                ) from exc
+            self._seq, self._prev = entry["seq"], entry["hash"]
+            return entry
+
+    async def write(self, record: dict[str, Any]) -> dict[str, Any]:
+        """`append` off the event loop: fsync must not stall other connections."""
+        return await asyncio.to_thread(self.append, record)
+
+    def _now(self) -> str:
+        now = self._clock() if self._clock is not None else None
+        moment = dt.datetime.now(dt.UTC) if now is None else dt.datetime.fromtimestamp(now, dt.UTC)
+        return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    records: int
+    first_seq: int | None
+    last_seq: int | None
+    head: str | None
+    error: str | None = None
+
+
+def verify(paths: Iterable[Path]) -> VerifyResult:
+    """Check the chain through `paths` in order (oldest first); stop at the first break."""
+    count, first_seq, prev, seq = 0, None, None, None
+    for path in paths:
+        try:
+            for lineno, record in _records(path):
+                where = f"{path}:{lineno}"
+                problem = _check(record, prev, seq)
+                if problem is not None:
+                    return VerifyResult(False, count, first_seq, seq, prev, f"{where}: {problem}")
+                count += 1
+                seq, prev = record["seq"], record["hash"]
+                first_seq = seq if first_seq is None else first_seq
+        except _Unreadable as exc:
+            return VerifyResult(False, count, first_seq, seq, prev, str(exc))
+    return VerifyResult(True, count, first_seq, seq, prev)
+
+
+def _check(record: Any, prev: str | None, seq: int | None) -> str | None:
+    if not isinstance(record, dict):
+        return "record is not a JSON object"
+    missing = [key for key in _CHAIN_FIELDS if key not in record]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    if record_hash(record) != record["hash"]:
+        return "hash does not match the record's content (edited line)"
+    if seq is None:
+        # Start of what we were given: a full log must start at the genesis.
+        if record["seq"] == 1 and record["prev"] != GENESIS:
+            return "first record does not start from the genesis hash"
+        return None
+    if record["prev"] != prev:
+        return f"prev does not match the hash of seq {seq} (line removed, reordered or inserted)"
+    if record["seq"] != seq + 1:
+        return f"seq {record['seq']} follows seq {seq}"
+    return None
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _records(path: Path) -> Iterator[tuple[int, Any]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle, jsonlines.Reader(handle) as reader:
+            try:
+                yield from enumerate(reader.iter(skip_empty=False), start=1)
+            except jsonlines.InvalidLineError as exc:
+                raise _Unreadable(
+                    f"{path}:{exc.lineno}: not valid JSON (torn or edited line)"
+                ) from exc
+    except OSError as exc:
+        raise _Unreadable(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+def _drop_torn_tail(handle: IO[bytes], path: Path) -> None:
+    """Cut a half-written last line left by a crash; it was never acknowledged."""
+    size = os.fstat(handle.fileno()).st_size
+    if size == 0:
+        return
+    handle.seek(size - 1)
+    if handle.read(1) == b"\n":
+        return
+    end = _last_newline(handle, size)
+    log.warning("audit log %s: dropping %d bytes of a torn last line", path, size - end)
+    os.ftruncate(handle.fileno(), end)
+    os.fsync(handle.fileno())
+
+
+def _last_newline(handle: IO[bytes], size: int) -> int:
+    """Offset just past the last newline before `size` (0 if none)."""
+    position = size
+    while position > 0:
+        start = max(0, position - 65536)
+        handle.seek(start)
+        chunk = handle.read(position - start)
+        index = chunk.rfind(b"\n")
+        if index >= 0:
+            return start + index + 1
+        position = start
+    return 0
+
+
+def _last_record(handle: IO[bytes]) -> dict[str, Any] | None:
+    size = os.fstat(handle.fileno()).st_size
+    if size == 0:
+        return None
+    start = _last_newline(handle, size - 1)
+    handle.seek(start)
+    line = handle.read(size - start)
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise OSError(0, f"last line of the audit log is not JSON ({exc})") from exc
+    if not isinstance(record, dict) or "seq" not in record or "hash" not in record:
+        raise OSError(0, "last line of the audit log is not an audit record")
+    return record
+
+
+def _last_record_of(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as handle:
+            return _last_record(handle)
+    except FileNotFoundError:
+        return None
+
+
+def _truncate_quietly(handle: IO[bytes], size: int) -> None:
+    # Leave no partial line behind a failed write; if even this fails the next
+    # open drops the torn tail.
+    try:
+        os.ftruncate(handle.fileno(), size)
+    except OSError:
+        log.exception("cannot truncate audit log after a failed write")

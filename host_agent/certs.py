@@ -1,0 +1,305 @@
+"""A small private CA for host-agent: CA, server and client certificates, CRL.
+
+Files have fixed names inside one directory so scripts can find them:
+ca.crt, ca.key, server.crt, server.key, crl.pem, <CN>.crt, <CN>.key.
+Keys are written 0600 and nothing is overwritten without `force`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from host_agent.errors import CertificateError
+
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+SERVER_CERT = "server.crt"
+SERVER_KEY = "server.key"
+CRL = "crl.pem"
+
+CN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_RESERVED = {"ca", "server", "crl"}
+_DAY = dt.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Validity:
+    """Certificate validity window; tests use it to make expired or future certificates."""
+
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+    @classmethod
+    def days(cls, days: int) -> Validity:
+        now = dt.datetime.now(dt.UTC)
+        # Back-date a little so a client with a slightly slow clock still accepts it.
+        return cls(now - dt.timedelta(minutes=5), now + days * _DAY)
+
+
+def init_ca(
+    directory: Path,
+    *,
+    names: Iterable[str] = ("localhost",),
+    ips: Iterable[str] = ("127.0.0.1", "::1"),
+    days: int = 825,
+    crl_days: int = 30,
+    force: bool = False,
+) -> None:
+    """Create the CA, a server certificate for `names`/`ips`, and an empty CRL."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _refuse_existing(directory, [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, CRL], force)
+    key = _new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "host-agent CA")])
+    validity = Validity.days(3650)
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity.not_before)
+        .not_valid_after(validity.not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_key(directory / CA_KEY, key, force)
+    _write_public(directory / CA_CERT, ca.public_bytes(serialization.Encoding.PEM), force)
+    issue_server(directory, names=names, ips=ips, days=days, force=True)
+    write_crl(directory, revoked=(), days=crl_days)
+
+
+def issue_server(
+    directory: Path,
+    *,
+    names: Iterable[str],
+    ips: Iterable[str],
+    days: int = 825,
+    force: bool = False,
+) -> None:
+    """Issue server.crt/server.key with the given DNS names and IP addresses as SANs."""
+    names, ips = list(names), list(ips)
+    if not names and not ips:
+        raise CertificateError("a server certificate needs at least one name or IP address")
+    try:
+        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    except ValueError as exc:
+        raise CertificateError(f"invalid server name or address: {exc}") from exc
+    _refuse_existing(directory, [SERVER_CERT, SERVER_KEY], force)
+    common_name = names[0] if names else ips[0]
+    _issue(
+        directory,
+        SERVER_CERT,
+        SERVER_KEY,
+        common_name,
+        Validity.days(days),
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        sans=sans,
+        force=force,
+    )
+
+
+def issue_client(
+    directory: Path,
+    cn: str,
+    *,
+    validity: Validity | None = None,
+    force: bool = False,
+) -> tuple[Path, Path]:
+    """Issue <CN>.crt/<CN>.key signed by the directory's CA; return their paths."""
+    check_cn(cn)
+    cert_name, key_name = f"{cn}.crt", f"{cn}.key"
+    _refuse_existing(directory, [cert_name, key_name], force)
+    _issue(
+        directory,
+        cert_name,
+        key_name,
+        cn,
+        validity or Validity.days(365),
+        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+        sans=[],
+        force=force,
+    )
+    return directory / cert_name, directory / key_name
+
+
+def revoke(directory: Path, cn: str, *, crl_days: int = 30) -> int:
+    """Add <CN>.crt's serial to the CRL and re-sign it; return the serial."""
+    check_cn(cn)
+    cert_path = directory / f"{cn}.crt"
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except FileNotFoundError as exc:
+        raise CertificateError(f"no certificate for CN {cn!r} at {cert_path}") from exc
+    revoked = {entry.serial_number for entry in load_crl(directory)}
+    revoked.add(cert.serial_number)
+    write_crl(directory, revoked=sorted(revoked), days=crl_days)
+    return cert.serial_number
+
+
+def write_crl(directory: Path, *, revoked: Iterable[int], days: int = 30) -> None:
+    """(Re)write crl.pem listing `revoked` serials, valid for `days`."""
+    ca_cert, ca_key = _load_ca(directory)
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + days * _DAY)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    for serial in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - dt.timedelta(minutes=5))
+            .build()
+        )
+    crl = builder.sign(ca_key, hashes.SHA256())
+    _write_public(directory / CRL, crl.public_bytes(serialization.Encoding.PEM), force=True)
+
+
+def load_crl(directory: Path) -> x509.CertificateRevocationList:
+    try:
+        return x509.load_pem_x509_crl((directory / CRL).read_bytes())
+    except FileNotFoundError as exc:
+        raise CertificateError(f"no CRL at {directory / CRL}; run `certs init` first") from exc
+
+
+def check_cn(cn: str) -> None:
+    """CNs become file names: allow a conservative charset only."""
+    if not CN_RE.fullmatch(cn) or cn.lower() in _RESERVED:
+        raise CertificateError(
+            f"invalid CN {cn!r}: use 1-64 of A-Z a-z 0-9 . _ - (not starting with . _ -), "
+            f"and not one of {', '.join(sorted(_RESERVED))}"
+        )
+
+
+# --- internals ----------------------------------------------------------------
+
+
+def _issue(
+    directory: Path,
+    cert_name: str,
+    key_name: str,
+    common_name: str,
+    validity: Validity,
+    *,
+    usage: x509.ObjectIdentifier,
+    sans: list[x509.GeneralName],
+    force: bool,
+) -> None:
+    ca_cert, ca_key = _load_ca(directory)
+    key = _new_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity.not_before)
+        .not_valid_after(validity.not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    _write_key(directory / key_name, key, force)
+    _write_public(directory / cert_name, cert.public_bytes(serialization.Encoding.PEM), force)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    try:
+        cert = x509.load_pem_x509_certificate((directory / CA_CERT).read_bytes())
+        key = serialization.load_pem_private_key((directory / CA_KEY).read_bytes(), None)
+    except FileNotFoundError as exc:
+        raise CertificateError(f"no CA in {directory}; run `host-agent certs init` first") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertificateError(f"{directory / CA_KEY} is not an EC key made by host-agent")
+    return cert, key
+
+
+def _refuse_existing(directory: Path, names: Iterable[str], force: bool) -> None:
+    if force:
+        return
+    existing = [name for name in names if (directory / name).exists()]
+    if existing:
+        raise CertificateError(
+            f"refusing to overwrite {', '.join(str(directory / n) for n in existing)} (use --force)"
+        )
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, force: bool) -> None:
+    data = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    _atomic_write(path, data, 0o600, force)
+
+
+def _write_public(path: Path, data: bytes, force: bool) -> None:
+    _atomic_write(path, data, 0o644, force)
+
+
+def _atomic_write(path: Path, data: bytes, mode: int, force: bool) -> None:
+    """Write via a 0600 temp file and rename, so a key is never briefly world-readable."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        if force:
+            os.replace(tmp, path)
+        else:
+            # link() fails if the target appeared meanwhile: never clobber without force.
+            os.link(tmp, path)
+            os.unlink(tmp)
+    except FileExistsError as exc:
+        os.unlink(tmp)
+        raise CertificateError(f"refusing to overwrite {path} (use --force)") from exc
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,180 @@
+"""`host-agent` command line. One-line errors; tracebacks only with --debug."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from host_agent import __version__, certs
+from host_agent.adapters import default_registry
+from host_agent.audit import verify
+from host_agent.config import load_config
+from host_agent.errors import ConfigError, HostAgentError
+from host_agent.policy import decide
+from host_agent.request import HostOpRequest
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    options = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if options.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result: int = options.handler(options)
+        return result
+    except ConfigError as exc:
+        print(f"host-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HostAgentError as exc:
+        if options.debug:
+            raise
+        print(f"host-agent: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="host-agent", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"host-agent {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the agent")
+    serve.add_argument("--config", required=True, type=Path)
+    serve.set_defaults(handler=_serve)
+
+    check = commands.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("config", type=Path)
+    check.set_defaults(handler=_check_config)
+
+    cert = commands.add_parser("certs", help="manage the private CA, certificates and CRL")
+    cert_commands = cert.add_subparsers(required=True, metavar="ACTION")
+    init = cert_commands.add_parser("init", help="create CA, server certificate and empty CRL")
+    init.add_argument("dir", type=Path)
+    init.add_argument(
+        "--name",
+        action="append",
+        dest="names",
+        help="DNS name for the server certificate (repeatable; default localhost)",
+    )
+    init.add_argument(
+        "--ip",
+        action="append",
+        dest="ips",
+        help="IP address for the server certificate (default 127.0.0.1, ::1)",
+    )
+    init.add_argument("--force", action="store_true", help="overwrite existing files")
+    init.set_defaults(handler=_certs_init)
+    client = cert_commands.add_parser("client", help="issue a client certificate for CN")
+    client.add_argument("dir", type=Path)
+    client.add_argument("cn")
+    client.add_argument("--days", type=int, default=365)
+    client.add_argument("--force", action="store_true", help="overwrite existing files")
+    client.set_defaults(handler=_certs_client)
+    revoke = cert_commands.add_parser("revoke", help="revoke CN's certificate, rewrite the CRL")
+    revoke.add_argument("dir", type=Path)
+    revoke.add_argument("cn")
+    revoke.set_defaults(handler=_certs_revoke)
+
+    policy = commands.add_parser("policy", help="inspect policy decisions")
+    policy_commands = policy.add_subparsers(required=True, metavar="ACTION")
+    explain = policy_commands.add_parser(
+        "explain", help="print the decision for an operation without running it"
+    )
+    explain.add_argument("--config", required=True, type=Path)
+    explain.add_argument("--cn", required=True)
+    explain.add_argument("--kind", required=True)
+    explain.add_argument("--resource", default="")
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
+    explain.add_argument("args", nargs="+", metavar="ARGS", help="command and its arguments")
+    explain.set_defaults(handler=_policy_explain)
+
+    audit = commands.add_parser("audit", help="audit log tools")
+    audit_commands = audit.add_subparsers(required=True, metavar="ACTION")
+    check_chain = audit_commands.add_parser(
+        "verify", help="check the hash chain through FILEs, oldest first"
+    )
+    check_chain.add_argument("files", nargs="+", type=Path)
+    check_chain.set_defaults(handler=_audit_verify)
+    return parser
+
+
+def _serve(options: argparse.Namespace) -> int:
+    from host_agent.server import serve  # imported late: only `serve` needs Hypercorn
+
+    serve(options.config)
+    return EXIT_OK
+
+
+def _check_config(options: argparse.Namespace) -> int:
+    config = load_config(options.config)
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{options.config}: OK ({len(config.agents)} agent profiles, {len(config.rules)} rules)")
+    return EXIT_OK
+
+
+def _certs_init(options: argparse.Namespace) -> int:
+    certs.init_ca(
+        options.dir,
+        names=options.names or ["localhost"],
+        ips=options.ips or ["127.0.0.1", "::1"],
+        force=options.force,
+    )
+    print(
+        f"{options.dir}: wrote {certs.CA_CERT}, {certs.CA_KEY}, {certs.SERVER_CERT}, "
+        f"{certs.SERVER_KEY}, {certs.CRL}"
+    )
+    return EXIT_OK
+
+
+def _certs_client(options: argparse.Namespace) -> int:
+    cert_path, key_path = certs.issue_client(
+        options.dir, options.cn, validity=certs.Validity.days(options.days), force=options.force
+    )
+    print(f"wrote {cert_path} and {key_path}")
+    return EXIT_OK
+
+
+def _certs_revoke(options: argparse.Namespace) -> int:
+    serial = certs.revoke(options.dir, options.cn)
+    print(f"revoked {options.cn} (serial {serial:x}); rewrote {options.dir / certs.CRL}")
+    return EXIT_OK
+
+
+def _policy_explain(options: argparse.Namespace) -> int:
+    config = load_config(options.config)
+    request = HostOpRequest(options.kind, options.resource, tuple(options.args))
+    operation = default_registry().adapter_for(options.kind).parse(request)
+    decision = decide(config, options.cn, operation)
+    if options.json:
+        print(
+            json.dumps(
+                {"operation": operation.name, "resource": operation.resource, **decision.as_dict()}
+            )
+        )
+    else:
+        print(f"operation: {operation.name} on {operation.resource or '(none)'}")
+        print(f"decision:  {decision.effect.value} ({decision.code})")
+        print(f"reason:    {decision.reason}")
+        print(f"rule:      {decision.rule}")
+        if decision.admin_only:
+            print("approver:  admin only")
+    return EXIT_OK
+
+
+def _audit_verify(options: argparse.Namespace) -> int:
+    result = verify(options.files)
+    if result.ok:
+        span = f"seq {result.first_seq}..{result.last_seq}" if result.records else "empty"
+        print(f"OK: {result.records} records ({span}), head {result.head}")
+        return EXIT_OK
+    print(f"BROKEN after {result.records} good records: {result.error}")
+    return EXIT_FAILED

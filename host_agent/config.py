@@ -1,0 +1,610 @@
+"""TOML configuration, loaded once into frozen, validated objects.
+
+The shape is the predecessor's (`clash-host-agent`) so its config files load
+unchanged; keys added here are documented in docs/configuration.md. Loading
+collects every problem, each naming its key, and raises one `ConfigError`.
+Unknown keys are errors. Keys the predecessor had that have no effect here are
+accepted and reported in `Config.warnings`, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from host_agent.errors import ConfigError
+from host_agent.operations import OPERATION_NAMES
+
+T = TypeVar("T")
+
+
+class Autonomy(StrEnum):
+    READ_ONLY = "read_only"
+    SUPERVISED = "supervised"
+    FULL = "full"
+
+
+class Secret:
+    """A string that never shows itself in repr, str or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bind: str
+    cert: Path
+    key: Path
+    client_ca: Path
+    crl_file: Path | None
+    max_body_bytes: int
+
+    @property
+    def host(self) -> str:
+        return self.bind.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.bind.rpartition(":")[2])
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    sudo: Path
+    wrapper_dir: Path
+    service_user: str | None
+    timeout_seconds: float
+    max_output_bytes: int
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    log_path: Path
+    rotation: str
+    retention_days: int
+
+
+@dataclass(frozen=True)
+class ApprovalConfig:
+    enabled: bool
+    ttl_seconds: int
+    token_entropy_bits: int
+    signal_webhook: str | None
+    allowed_approvers: tuple[str, ...]
+    token_secret: Secret | None
+    admin_cn_pattern: str | None
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool
+    bind: str
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    enabled: bool
+    max_requests: int
+    window_seconds: int
+    endpoints: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PatternRule:
+    """Per-agent resource restriction: `operation` only on resources matching `pattern`."""
+
+    operation: str
+    pattern: re.Pattern[str]
+
+
+@dataclass(frozen=True)
+class AgentProfile:
+    cn_pattern: str
+    agent_type: str
+    unix_user: str
+    autonomy: Autonomy
+    allowed_operations: tuple[str, ...]
+    requires_approval_for: tuple[str, ...]
+    pattern_rules: tuple[PatternRule, ...]
+    allow_full_autonomy_bypass: bool
+
+    def matches(self, cn: str) -> bool:
+        return fnmatch.fnmatchcase(cn, self.cn_pattern)
+
+
+@dataclass(frozen=True)
+class Rule:
+    index: int
+    operation: str
+    pattern: re.Pattern[str] | None
+    approval_required: bool
+    always_ask: bool
+    approval_admin_only: bool
+    deny: bool
+
+    def describe(self) -> str:
+        where = f" pattern={self.pattern.pattern!r}" if self.pattern else ""
+        return f"rules[{self.index}] (operation={self.operation}{where})"
+
+
+@dataclass(frozen=True)
+class GitConfig:
+    allowed_repos: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class ExecConfig:
+    enabled: bool
+    allowed_commands: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    server: ServerConfig
+    runner: RunnerConfig
+    audit: AuditConfig
+    approval: ApprovalConfig
+    metrics: MetricsConfig
+    rate_limit: RateLimitConfig
+    agents: tuple[AgentProfile, ...]
+    rules: tuple[Rule, ...]
+    git: GitConfig
+    exec: ExecConfig
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate `path`; raise `ConfigError` naming every problem."""
+    source = Path(path)
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(str(source), [f"cannot read file: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(source), ["file is not valid UTF-8"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(source), [f"not valid TOML: {exc}"]) from exc
+    return parse_config(raw, source)
+
+
+def parse_config(raw: dict[str, Any], source: Path) -> Config:
+    """Validate an already-decoded TOML document."""
+    reader = _Reader(source)
+    document = _Table(reader, "", dict(raw))
+    # The predecessor's README wrote [[agent]]/[[rule]] while its parser wanted
+    # [[agents]]/[[rules]]; accept both spellings, never both at once.
+    for singular, plural in (("agent", "agents"), ("rule", "rules")):
+        if singular in document.data:
+            if plural in document.data:
+                reader.problem(singular, f"use either [[{singular}]] or [[{plural}]], not both")
+            document.data[plural] = document.data.pop(singular)
+
+    server = _server(document.table("server", required=True))
+    runner = _runner(document.table("runner"))
+    audit = _audit(document.table("audit", required=True))
+    approval = _approval(document.table("approval"))
+    metrics = _metrics(document.table("metrics"))
+    rate_limit = _rate_limit(document.table("rate_limit"))
+    agents = tuple(_agent(table) for table in document.array_of_tables("agents"))
+    rules = tuple(
+        _rule(table, index) for index, table in enumerate(document.array_of_tables("rules"))
+    )
+    git = _git(document.table("git"))
+    exec_ = _exec(document.table("exec"))
+    document.finish()
+
+    if not agents:
+        reader.problem("agents", "at least one [[agents]] profile is required")
+    if reader.problems:
+        raise ConfigError(str(source), reader.problems)
+    return Config(
+        source=source,
+        server=server,
+        runner=runner,
+        audit=audit,
+        approval=approval,
+        metrics=metrics,
+        rate_limit=rate_limit,
+        agents=agents,
+        rules=rules,
+        git=git,
+        exec=exec_,
+        warnings=tuple(reader.warnings),
+    )
+
+
+# --- sections ---------------------------------------------------------------
+
+
+def _server(t: _Table) -> ServerConfig:
+    config = ServerConfig(
+        bind=t.get("bind", str, "127.0.0.1:18443", check=_check_bind),
+        cert=t.path("cert", required=True),
+        key=t.path("key", required=True),
+        client_ca=t.path("client_ca", required=True),
+        crl_file=t.optional_path("crl_file"),
+        max_body_bytes=t.get("max_body_bytes", int, 65536, check=_between(1024, 16 * 2**20)),
+    )
+    t.finish()
+    return config
+
+
+def _runner(t: _Table) -> RunnerConfig:
+    config = RunnerConfig(
+        sudo=t.path("sudo", default="/usr/bin/sudo"),
+        wrapper_dir=t.path("wrapper_dir", default="/usr/local/libexec/host-agent"),
+        service_user=t.optional("service_user", str, check=_check_unix_name),
+        timeout_seconds=float(
+            t.get("timeout_seconds", (int, float), 60, check=_between(0.1, 24 * 3600))
+        ),
+        max_output_bytes=t.get("max_output_bytes", int, 1048576, check=_between(1024, 2**28)),
+    )
+    t.finish()
+    return config
+
+
+def _audit(t: _Table) -> AuditConfig:
+    config = AuditConfig(
+        log_path=t.path("log_path", required=True),
+        rotation=t.get("rotation", str, "daily", check=_one_of("daily", "hourly", "never")),
+        retention_days=t.get("retention_days", int, 90, check=_between(1, 36500)),
+    )
+    t.finish()
+    return config
+
+
+def _approval(t: _Table) -> ApprovalConfig:
+    secret = t.optional("token_secret", str)
+    if t.optional("identity_plugin", str) is not None:
+        t.reader.warn(
+            f"{t.key('identity_plugin')}: the predecessor's identity plugin hook is not "
+            "supported; approvers are identified by the approval channel itself"
+        )
+    config = ApprovalConfig(
+        enabled=t.get("enabled", bool, True),
+        ttl_seconds=t.get("ttl_seconds", int, 300, check=_between(10, 7 * 86400)),
+        token_entropy_bits=t.get("token_entropy_bits", int, 80, check=_check_entropy),
+        signal_webhook=t.optional("signal_webhook", str, check=_check_url),
+        allowed_approvers=tuple(t.get("allowed_approvers", list, [], item=str)),
+        token_secret=Secret(secret) if secret is not None else None,
+        admin_cn_pattern=t.optional("admin_cn_pattern", str, check=_non_empty),
+    )
+    t.finish()
+    return config
+
+
+def _metrics(t: _Table) -> MetricsConfig:
+    config = MetricsConfig(
+        enabled=t.get("enabled", bool, False),
+        bind=t.get("bind", str, "127.0.0.1:19090", check=_check_bind),
+    )
+    t.finish()
+    return config
+
+
+def _rate_limit(t: _Table) -> RateLimitConfig:
+    config = RateLimitConfig(
+        enabled=t.get("enabled", bool, True),
+        max_requests=t.get("max_requests", int, 5, check=_between(1, 1_000_000)),
+        window_seconds=t.get("window_seconds", int, 60, check=_between(1, 86400)),
+        endpoints=tuple(
+            t.get("endpoints", list, ["/zfs/destroy", "/approve", "/pending"], item=str)
+        ),
+    )
+    t.finish()
+    return config
+
+
+def _agent(t: _Table) -> AgentProfile:
+    pattern_rules = []
+    for sub in t.array_of_tables("pattern_rules"):
+        pattern_rules.append(
+            PatternRule(
+                operation=sub.get("operation", str, "", required=True, check=_check_operation),
+                pattern=sub.get(
+                    "pattern", str, ".*", required=True, check=_check_regex, convert=re.compile
+                ),
+            )
+        )
+        sub.finish()
+    profile = AgentProfile(
+        cn_pattern=t.get("cn_pattern", str, "", required=True, check=_non_empty),
+        agent_type=t.get("agent_type", str, "", required=True, check=_non_empty),
+        unix_user=t.get("unix_user", str, "", required=True, check=_check_unix_name),
+        autonomy=t.get(
+            "autonomy",
+            str,
+            "supervised",
+            check=_one_of(*(a.value for a in Autonomy)),
+            convert=Autonomy,
+        ),
+        allowed_operations=tuple(
+            t.get("allowed_operations", list, [], item=str, check=_check_operation_globs)
+        ),
+        requires_approval_for=tuple(
+            t.get("requires_approval_for", list, [], item=str, check=_check_operation_globs)
+        ),
+        pattern_rules=tuple(pattern_rules),
+        allow_full_autonomy_bypass=t.get("allow_full_autonomy_bypass", bool, False),
+    )
+    t.finish()
+    return profile
+
+
+def _rule(t: _Table, index: int) -> Rule:
+    rule = Rule(
+        index=index,
+        operation=t.get("operation", str, "", required=True, check=_check_operation),
+        pattern=t.optional("pattern", str, check=_check_regex, convert=re.compile),
+        approval_required=t.get("approval_required", bool, False),
+        always_ask=t.get("always_ask", bool, False),
+        approval_admin_only=t.get("approval_admin_only", bool, False),
+        deny=t.get("deny", bool, False),
+    )
+    if rule.deny and (rule.approval_required or rule.always_ask):
+        t.reader.problem(t.key("deny"), "a deny rule cannot also ask for approval")
+    t.finish()
+    return rule
+
+
+def _git(t: _Table) -> GitConfig:
+    repos = tuple(t.get("allowed_repos", list, [], item=str))
+    for repo in repos:
+        if not repo.startswith("/"):
+            t.reader.problem(t.key("allowed_repos"), f"{repo!r} is not an absolute path")
+    config = GitConfig(allowed_repos=tuple(Path(r) for r in repos))
+    t.finish()
+    return config
+
+
+def _exec(t: _Table) -> ExecConfig:
+    commands = tuple(t.get("allowed_commands", list, [], item=str))
+    for command in commands:
+        if not command.startswith("/"):
+            t.reader.problem(t.key("allowed_commands"), f"{command!r} is not an absolute path")
+    if t.optional("ansible_job_queue", str) is not None:
+        t.reader.warn(
+            f"{t.key('ansible_job_queue')}: job files are not written; playbooks run directly"
+        )
+    config = ExecConfig(
+        enabled=t.get("enabled", bool, False),
+        allowed_commands=tuple(Path(c) for c in commands),
+    )
+    t.finish()
+    return config
+
+
+# --- checks -----------------------------------------------------------------
+
+Check = Callable[[Any], str | None]
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def _between(low: float, high: float) -> Check:
+    def check(value: float) -> str | None:
+        return None if low <= value <= high else f"must be between {low} and {high}"
+
+    return check
+
+
+def _one_of(*choices: str) -> Check:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _check_entropy(value: int) -> str | None:
+    # Tokens are 16 characters of a 32-symbol alphabet: exactly 80 bits.
+    return None if value == 80 else "must be 80 (16-character tokens)"
+
+
+def _check_bind(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return "must be HOST:PORT, e.g. 127.0.0.1:18443"
+    return None
+
+
+def _check_url(value: str) -> str | None:
+    return None if re.fullmatch(r"https?://[^\s]+", value) else "must be an http(s) URL"
+
+
+def _check_unix_name(value: str) -> str | None:
+    if re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value):
+        return None
+    return "must be a Unix account name (lower case, digits, _ and -)"
+
+
+def _check_regex(value: str) -> str | None:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"not a valid regular expression: {exc}"
+    return None
+
+
+def _check_operation(value: str) -> str | None:
+    if value in OPERATION_NAMES:
+        return None
+    return f"unknown operation {value!r} (known: {', '.join(sorted(OPERATION_NAMES))})"
+
+
+def _check_operation_globs(values: list[str]) -> str | None:
+    for value in values:
+        if not fnmatch.filter(OPERATION_NAMES, value):
+            return f"{value!r} matches no known operation"
+    return None
+
+
+# --- reading helpers ----------------------------------------------------------
+
+_MISSING: Any = object()
+
+
+class _Reader:
+    """Collects problems and warnings for one file."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{key}: {message}")
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+class _Table:
+    """One TOML table; every key read is ticked off so leftovers are reported."""
+
+    def __init__(self, reader: _Reader, prefix: str, data: dict[str, Any]) -> None:
+        self.reader = reader
+        self.prefix = prefix
+        self.data = data
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def _take(self, name: str) -> Any:
+        self.seen.add(name)
+        return self.data.get(name, _MISSING)
+
+    def get(
+        self,
+        name: str,
+        kind: type | tuple[type, ...],
+        default: Any,
+        *,
+        required: bool = False,
+        item: type | None = None,
+        check: Check | None = None,
+        convert: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        value = self._take(name)
+        if value is _MISSING:
+            if required:
+                self.reader.problem(self.key(name), "is required")
+            value = default
+        elif not _is_instance(value, kind):
+            self.reader.problem(
+                self.key(name), f"must be {_type_name(kind)}, got {_type_name(type(value))}"
+            )
+            value = default
+        elif item is not None and not all(isinstance(v, item) for v in value):
+            self.reader.problem(self.key(name), f"must be a list of {_type_name(item)}")
+            value = default
+        elif check is not None and (message := check(value)) is not None:
+            self.reader.problem(self.key(name), message)
+            value = default
+        if convert is not None:
+            try:
+                return convert(value)
+            except (ValueError, re.error):
+                return convert(default)
+        return value
+
+    def optional(
+        self,
+        name: str,
+        kind: type,
+        *,
+        check: Check | None = None,
+        convert: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        if name not in self.data:
+            self.seen.add(name)
+            return None
+        value = self.get(name, kind, _MISSING, check=check)
+        if value is _MISSING:
+            return None
+        return convert(value) if convert is not None else value
+
+    def path(self, name: str, *, required: bool = False, default: str = "") -> Path:
+        value = self.get(name, str, default, required=required)
+        return self._resolve(value)
+
+    def optional_path(self, name: str) -> Path | None:
+        value = self.optional(name, str, check=_non_empty)
+        return None if value is None else self._resolve(value)
+
+    def _resolve(self, value: str) -> Path:
+        path = Path(value)
+        # Relative paths are relative to the config file, not the working directory.
+        return path if path.is_absolute() else self.reader.source.parent.resolve() / path
+
+    def table(self, name: str, *, required: bool = False) -> _Table:
+        value = self._take(name)
+        if value is _MISSING:
+            if required:
+                self.reader.problem(self.key(name), f"section [{self.key(name)}] is required")
+            value = {}
+        elif not isinstance(value, dict):
+            self.reader.problem(self.key(name), "must be a table")
+            value = {}
+        return _Table(self.reader, self.key(name), dict(value))
+
+    def array_of_tables(self, name: str) -> Iterator[_Table]:
+        value = self._take(name)
+        if value is _MISSING:
+            return
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            self.reader.problem(self.key(name), f"must be an array of tables ([[{name}]])")
+            return
+        for index, entry in enumerate(value):
+            yield _Table(self.reader, f"{self.key(name)}[{index}]", dict(entry))
+
+    def finish(self) -> None:
+        for name in sorted(set(self.data) - self.seen):
+            self.reader.problem(self.key(name), "unknown key")
+
+
+def _is_instance(value: Any, kind: type | tuple[type, ...]) -> bool:
+    # TOML booleans are Python bools, which are also ints; never accept one for the other.
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool):
+        return bool in kinds
+    return isinstance(value, kinds)
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)

@@ -1,0 +1,130 @@
+"""The one exception tree of host-agent.
+
+    HostAgentError
+    ├── ConfigError            config file unreadable or invalid (all problems at once)
+    ├── CertificateError       certificate tooling refused or failed
+    ├── RequestError           the request itself is wrong (HTTP 4xx)
+    │   ├── ValidationError    a field failed validation (400, names the field)
+    │   ├── UnknownKind        no adapter for this kind (404)
+    │   ├── Unauthenticated    no verified client certificate (401)
+    │   └── PolicyDenied       policy refused the operation (403)
+    ├── AuditUnavailable       the audit log cannot be written: fail closed (503)
+    ├── RunnerError            the wrapper could not be started or was killed (502/504)
+    └── OperationFailed        the wrapper ran and exited non-zero (status per adapter)
+
+Errors carry data; `host_agent.app` maps each family to a status and a stable
+error code in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class HostAgentError(Exception):
+    """Root of every error host-agent raises on purpose."""
+
+    status = 500
+    code = "internal_error"
+    # Set by the request path so the error reply names the audited request.
+    request_id: str | None = None
+
+
+class ConfigError(HostAgentError):
+    """A config file could not be loaded; `problems` lists every issue found."""
+
+    code = "config_invalid"
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(f"{source}: invalid configuration:\n{lines}")
+
+
+class CertificateError(HostAgentError):
+    """A certificate operation was refused (existing file, unknown CN, ...)."""
+
+    code = "certificate_error"
+
+
+class RequestError(HostAgentError):
+    """The caller's request cannot be served as sent."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        self.message = message
+        self.field = field
+        super().__init__(message)
+
+
+class ValidationError(RequestError):
+    """One field of the request failed validation."""
+
+    def __init__(self, field: str, reason: str, *, code: str = "invalid_argument") -> None:
+        super().__init__(f"{field}: {reason}", field=field)
+        self.code = code
+        self.reason = reason
+
+
+class UnknownKind(RequestError):
+    """No adapter is registered for the requested kind."""
+
+    status = 404
+    code = "unknown_kind"
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"no adapter for kind {kind!r}", field="kind")
+        self.kind = kind
+
+
+class Unauthenticated(RequestError):
+    """The connection carries no verified client certificate."""
+
+    status = 401
+    code = "unauthenticated"
+
+
+class PolicyDenied(RequestError):
+    """Policy refused the operation; `code` says why in a stable form."""
+
+    status = 403
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AuditUnavailable(HostAgentError):
+    """The audit record could not be made durable, so nothing may run."""
+
+    status = 503
+    code = "audit_unavailable"
+
+
+class RunnerError(HostAgentError):
+    """The wrapper could not be run to completion."""
+
+    status = 502
+    code = "runner_failed"
+
+    def __init__(self, message: str, argv: Sequence[str], *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.argv = tuple(argv)
+        self.timed_out = timed_out
+        if timed_out:
+            self.status = 504
+            self.code = "operation_timeout"
+
+
+class OperationFailed(HostAgentError):
+    """The operation ran and failed; `result` is returned to the caller with the error."""
+
+    def __init__(self, status: int, code: str, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.result = result

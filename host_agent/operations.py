@@ -1,0 +1,67 @@
+"""The validated operation value that flows from an adapter to policy, audit and the runner."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+# Every operation name the product knows, `<kind>-<command>`. Config rules are
+# checked against this list so a misspelt rule fails at load instead of never
+# matching.
+OPERATION_NAMES: frozenset[str] = frozenset(
+    {
+        "zfs-list",
+        "zfs-get",
+        "zfs-snapshot",
+        "zfs-destroy",
+        "zfs-rollback",
+        "systemd-status",
+        "systemd-start",
+        "systemd-stop",
+        "systemd-restart",
+        "pct-status",
+        "pct-start",
+        "pct-stop",
+        "pct-destroy",
+        "git-status",
+        "git-log",
+        "git-fetch",
+        "git-pull",
+        "git-checkout",
+        "exec-run",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One strictly validated request, ready for policy and the runner.
+
+    `wrapper_argv` is what the sudo wrapper receives: every element came out
+    of adapter validation, none is ever interpreted by a shell.
+    """
+
+    kind: str
+    command: str
+    resource: str
+    args: tuple[str, ...]
+    wrapper: str
+    wrapper_argv: tuple[str, ...]
+    mutating: bool
+    # Adapter-forced approval (e.g. pct destroy) that no config can lift.
+    always_requires_approval: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.command}"
+
+    def digest(self) -> str:
+        """SHA-256 over kind, resource and args: what an approval is bound to."""
+        canonical = json.dumps(
+            {"kind": self.kind, "resource": self.resource, "args": list(self.args)},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,201 @@
+"""The request path of `/host/op`: parse → decide → audit → run → audit.
+
+Nothing runs before its decision record is durable; every refusal, including
+malformed input, is audited too.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from host_agent.adapters import Registry
+from host_agent.audit import AuditLog
+from host_agent.config import Config
+from host_agent.errors import OperationFailed, PolicyDenied, RequestError, RunnerError
+from host_agent.identity import Identity
+from host_agent.operations import Operation
+from host_agent.policy import Decision, Effect, decide, find_profile, unknown_caller
+from host_agent.request import HostOpRequest, parse_host_op
+from host_agent.runner import Runner, RunResult
+
+_STDERR_TAIL = 2000
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: dict[str, Any]
+
+
+class Pipeline:
+    """Everything between a verified identity plus JSON body and the reply."""
+
+    def __init__(self, config: Config, registry: Registry, audit: AuditLog, runner: Runner) -> None:
+        self.config = config
+        self.registry = registry
+        self.audit = audit
+        self.runner = runner
+
+    async def host_op(self, identity: Identity, document: Any) -> Reply:
+        request_id = secrets.token_hex(8)
+        who = {
+            "request_id": request_id,
+            "cn": identity.cn,
+            "fingerprint": identity.fingerprint,
+            "serial": identity.serial,
+        }
+        try:
+            if find_profile(self.config, identity.cn) is None:
+                decision = unknown_caller(identity.cn)
+                await self._decision(who, _raw_summary(document), decision)
+                raise PolicyDenied(decision.code, decision.reason)
+            request = parse_host_op(document)
+            operation = self.registry.adapter_for(request.kind).parse(request)
+        except RequestError as exc:
+            if not isinstance(exc, PolicyDenied):
+                await self.audit.write(
+                    {
+                        **who,
+                        "event": "rejected",
+                        **_raw_summary(document),
+                        "code": exc.code,
+                        "field": exc.field,
+                        "message": exc.message,
+                    }
+                )
+            exc.request_id = request_id
+            raise
+        return await self._decide_and_run(who, request, operation)
+
+    async def _decide_and_run(
+        self, who: dict[str, Any], request: HostOpRequest, operation: Operation
+    ) -> Reply:
+        decision = decide(self.config, who["cn"], operation)
+        argv = self.runner.argv_for(operation)
+        await self._decision(who, _operation_summary(operation, argv, request), decision)
+        described = {
+            "request_id": who["request_id"],
+            "operation": operation.name,
+            "resource": operation.resource,
+        }
+        if request.dry_run:
+            return Reply(
+                200,
+                {
+                    **described,
+                    "dry_run": True,
+                    "decision": decision.as_dict(),
+                    "argv": list(argv),
+                    "digest": operation.digest(),
+                },
+            )
+        if decision.effect is Effect.DENY:
+            raise _denied(decision, who["request_id"])
+        if decision.effect is Effect.APPROVAL:
+            # The approval workflow (tokens, Signal, resubmission) is not part of
+            # this build, so an operation that needs a human cannot proceed.
+            raise _denied(
+                decision, who["request_id"], "; no approval channel is available on this agent"
+            )
+
+        adapter = self.registry[operation.kind]
+        try:
+            result = await self.runner.run(operation)
+        except RunnerError as exc:
+            await self.audit.write(
+                {
+                    **who,
+                    "event": "result",
+                    "operation": operation.name,
+                    "outcome": exc.code,
+                    "message": str(exc),
+                }
+            )
+            exc.request_id = who["request_id"]
+            raise
+        outcome = "ok" if result.exit_code == 0 else "failed"
+        await self.audit.write(
+            {
+                **who,
+                "event": "result",
+                "operation": operation.name,
+                "outcome": outcome,
+                "exit_code": result.exit_code,
+                "duration_ms": round(result.duration_seconds * 1000, 3),
+                "truncated": result.truncated,
+                "stderr_tail": result.stderr[-_STDERR_TAIL:],
+            }
+        )
+        body = {**described, **_result_body(result)}
+        if result.exit_code != 0:
+            failure = adapter.failure(operation, result)
+            error = OperationFailed(failure.status, failure.code, failure.message, body)
+            error.request_id = who["request_id"]
+            raise error
+        return Reply(200, {**body, "data": adapter.interpret(operation, result)})
+
+    async def _decision(
+        self, who: dict[str, Any], what: dict[str, Any], decision: Decision
+    ) -> None:
+        await self.audit.write(
+            {
+                **who,
+                "event": "decision",
+                **what,
+                "decision": decision.effect.value,
+                "code": decision.code,
+                "reason": decision.reason,
+                "rule": decision.rule,
+                "admin_only": decision.admin_only,
+            }
+        )
+
+
+def _denied(decision: Decision, request_id: str, suffix: str = "") -> PolicyDenied:
+    error = PolicyDenied(decision.code, decision.reason + suffix)
+    error.request_id = request_id
+    return error
+
+
+def _operation_summary(
+    operation: Operation, argv: tuple[str, ...], request: HostOpRequest
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "operation": operation.name,
+        "kind": operation.kind,
+        "resource": operation.resource,
+        "args": list(operation.args),
+        "argv": list(argv),
+        "digest": operation.digest(),
+        "mutating": operation.mutating,
+        "dry_run": request.dry_run,
+    }
+    if request.reason:
+        summary["reason_text"] = request.reason
+    return summary
+
+
+def _raw_summary(document: Any) -> dict[str, Any]:
+    """A bounded picture of a request that failed validation, for the audit log."""
+    if not isinstance(document, dict):
+        return {"body_type": type(document).__name__}
+    parts: dict[str, Any] = {}
+    for key in ("kind", "resource"):
+        value = document.get(key)
+        parts[key] = value[:256] if isinstance(value, str) else repr(value)[:256]
+    args = document.get("args")
+    if isinstance(args, list):
+        parts["args"] = [a[:256] if isinstance(a, str) else repr(a)[:256] for a in args[:32]]
+    return parts
+
+
+def _result_body(result: RunResult) -> dict[str, Any]:
+    return {
+        "exit_code": result.exit_code,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "truncated": result.truncated,
+        "duration_ms": round(result.duration_seconds * 1000, 3),
+    }

@@ -1,0 +1,162 @@
+"""Default-deny policy: who may do which operation, and what needs a human.
+
+The decision table, row by row, is in docs/policy.md; tests/test_policy.py has
+one test per row. Policy only decides: it never runs, audits or approves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from fnmatch import fnmatchcase
+
+from host_agent.config import AgentProfile, Autonomy, Config, Rule
+from host_agent.operations import Operation
+
+
+class Effect(StrEnum):
+    ALLOW = "allow"
+    DENY = "deny"
+    APPROVAL = "approval_required"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What policy decided, the stable code for it, and what produced it."""
+
+    effect: Effect
+    code: str
+    reason: str
+    rule: str
+    admin_only: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "effect": self.effect.value,
+            "code": self.code,
+            "reason": self.reason,
+            "rule": self.rule,
+            "admin_only": self.admin_only,
+        }
+
+
+def decide(config: Config, cn: str, operation: Operation) -> Decision:
+    """Decide `operation` for the caller `cn` under `config`."""
+    found = find_profile(config, cn)
+    if found is None:
+        return unknown_caller(cn)
+    index, profile = found
+    where = f"agents[{index}] (cn_pattern={profile.cn_pattern!r})"
+    name = operation.name
+
+    if profile.autonomy is Autonomy.READ_ONLY and operation.mutating:
+        return Decision(
+            Effect.DENY,
+            "read_only",
+            f"agent is read_only and {name} changes state",
+            f"{where}.autonomy",
+        )
+
+    allowed = _listed(profile.allowed_operations, name)
+    needs_approval = _listed(profile.requires_approval_for, name)
+    if not allowed and not needs_approval:
+        return Decision(
+            Effect.DENY,
+            "operation_not_allowed",
+            f"{name} is not granted to this agent",
+            f"default deny: {where} lists neither allowed_operations nor "
+            "requires_approval_for for it",
+        )
+
+    restrictions = [p for p in profile.pattern_rules if p.operation == name]
+    if restrictions and not any(p.pattern.fullmatch(operation.resource) for p in restrictions):
+        return Decision(
+            Effect.DENY,
+            "resource_not_allowed",
+            f"resource {operation.resource!r} is outside this agent's patterns for {name}",
+            f"{where}.pattern_rules",
+        )
+
+    rule = _first_rule(config.rules, operation)
+    if rule is not None and rule.deny:
+        return Decision(
+            Effect.DENY,
+            "rule_denied",
+            f"{name} on {operation.resource!r} is denied",
+            rule.describe(),
+        )
+    admin_only = rule is not None and rule.approval_admin_only
+
+    if operation.always_requires_approval:
+        return Decision(
+            Effect.APPROVAL,
+            "approval_required",
+            f"{name} always needs human approval",
+            f"adapter {operation.kind}",
+            admin_only,
+        )
+    if rule is not None and rule.always_ask:
+        return Decision(
+            Effect.APPROVAL,
+            "approval_required",
+            f"{name} always needs human approval (always_ask)",
+            rule.describe(),
+            admin_only,
+        )
+    if needs_approval:
+        return Decision(
+            Effect.APPROVAL,
+            "approval_required",
+            f"{name} needs approval for this agent",
+            f"{where}.requires_approval_for",
+            admin_only,
+        )
+    if rule is not None and rule.approval_required:
+        if profile.autonomy is Autonomy.FULL and profile.allow_full_autonomy_bypass:
+            return Decision(
+                Effect.ALLOW,
+                "allowed",
+                f"{name} allowed: full autonomy may skip this approval",
+                f"{rule.describe()} bypassed by {where}.allow_full_autonomy_bypass",
+            )
+        return Decision(
+            Effect.APPROVAL,
+            "approval_required",
+            f"{name} needs approval",
+            rule.describe(),
+            admin_only,
+        )
+
+    source = rule.describe() if rule is not None else f"{where}.allowed_operations"
+    return Decision(Effect.ALLOW, "allowed", f"{name} allowed", source)
+
+
+def find_profile(config: Config, cn: str) -> tuple[int, AgentProfile] | None:
+    """First profile, in file order, whose CN pattern matches (with its index)."""
+    for index, profile in enumerate(config.agents):
+        if profile.matches(cn):
+            return index, profile
+    return None
+
+
+def unknown_caller(cn: str) -> Decision:
+    return Decision(
+        Effect.DENY,
+        "unknown_cn",
+        f"no agent profile matches CN {cn!r}",
+        "default deny: no [[agents]] cn_pattern matches",
+    )
+
+
+def _listed(patterns: tuple[str, ...], name: str) -> bool:
+    return any(fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def _first_rule(rules: tuple[Rule, ...], operation: Operation) -> Rule | None:
+    """First rule, in file order, whose operation and resource pattern both match."""
+    for rule in rules:
+        if rule.operation != operation.name:
+            continue
+        if rule.pattern is None or rule.pattern.fullmatch(operation.resource):
+            return rule
+    return None

@@ -1,0 +1,67 @@
+"""The `/host/op` envelope: JSON shape and types, before any adapter looks at it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from host_agent.errors import RequestError, ValidationError
+
+MAX_ARGS = 32
+MAX_REASON = 500
+_FIELDS = {"kind", "resource", "args", "dry_run", "reason"}
+
+
+@dataclass(frozen=True, slots=True)
+class HostOpRequest:
+    """The predecessor's wire format: kind, resource, args (command first)."""
+
+    kind: str
+    resource: str
+    args: tuple[str, ...]
+    dry_run: bool = False
+    reason: str | None = None
+
+
+def decode_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise RequestError("request body is not valid JSON", field="body") from exc
+
+
+def parse_host_op(document: Any) -> HostOpRequest:
+    """Check the envelope's shape and types; adapters check the values."""
+    if not isinstance(document, dict):
+        raise ValidationError("body", "must be a JSON object", code="invalid_body")
+    unknown = sorted(set(document) - _FIELDS)
+    if unknown:
+        raise ValidationError(unknown[0], "unknown field", code="unknown_field")
+    kind = document.get("kind")
+    if not isinstance(kind, str) or not kind:
+        raise ValidationError("kind", "required, a non-empty string", code="invalid_type")
+    resource = document.get("resource")
+    if resource is None:
+        resource = ""
+    if not isinstance(resource, str):
+        raise ValidationError("resource", "must be a string", code="invalid_type")
+    args = document.get("args")
+    if not isinstance(args, list) or not args:
+        raise ValidationError(
+            "args", "required, a list starting with the command", code="invalid_type"
+        )
+    if len(args) > MAX_ARGS:
+        raise ValidationError("args", f"at most {MAX_ARGS} elements", code="too_many_arguments")
+    for index, arg in enumerate(args):
+        if not isinstance(arg, str):
+            raise ValidationError(f"args[{index}]", "must be a string", code="invalid_type")
+    dry_run = document.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise ValidationError("dry_run", "must be true or false", code="invalid_type")
+    reason = document.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
+        raise ValidationError(
+            "reason", f"must be a string of at most {MAX_REASON} characters", code="invalid_type"
+        )
+    return HostOpRequest(kind, resource, tuple(args), dry_run, reason)

@@ -1,0 +1,169 @@
+"""The only place host-agent starts a process: `sudo -n -- <wrapper> <argv...>`.
+
+Argv only (never a shell), a clean environment, a timeout after which the
+whole process group is terminated and then killed, and a cap on how much
+output is kept. When the agent itself was started as root (as in tests and
+first-run set-ups) the child is started as the configured service account,
+so sudoers, not root, decides what may run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from host_agent.config import RunnerConfig
+from host_agent.errors import HostAgentError, RunnerError
+from host_agent.operations import Operation
+
+CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+_KILL_GRACE_SECONDS = 2.0
+_READ_CHUNK = 65536
+
+
+class RunnerSetupError(HostAgentError):
+    """The runner cannot run as configured (e.g. root without a service account)."""
+
+    code = "runner_setup_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    argv: tuple[str, ...]
+    exit_code: int
+    stdout: str
+    stderr: str
+    truncated: bool
+    duration_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Account:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+class Runner:
+    """Runs validated operations through their sudo wrapper."""
+
+    def __init__(self, config: RunnerConfig) -> None:
+        self.config = config
+        self._account = _resolve_account(config.service_user)
+
+    def argv_for(self, operation: Operation) -> tuple[str, ...]:
+        wrapper = self.config.wrapper_dir / operation.wrapper
+        return (str(self.config.sudo), "-n", "--", str(wrapper), *operation.wrapper_argv)
+
+    async def run(self, operation: Operation) -> RunResult:
+        if not isinstance(operation, Operation):
+            raise TypeError("the runner accepts only validated Operation values")
+        argv = self.argv_for(operation)
+        started = time.monotonic()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=dict(CLEAN_ENV),
+                cwd="/",
+                start_new_session=True,
+                **self._drop_privileges(),
+            )
+        except OSError as exc:
+            raise RunnerError(f"cannot start {argv[0]}: {exc.strerror}", argv) from exc
+
+        cap = self.config.max_output_bytes
+        collect = asyncio.gather(
+            _read_capped(process.stdout, cap), _read_capped(process.stderr, cap), process.wait()
+        )
+        try:
+            (out, out_cut), (err, err_cut), exit_code = await asyncio.wait_for(
+                collect, self.config.timeout_seconds
+            )
+        except TimeoutError as exc:
+            await _terminate(process)
+            raise RunnerError(
+                f"operation timed out after {self.config.timeout_seconds:g}s and was killed",
+                argv,
+                timed_out=True,
+            ) from exc
+        except asyncio.CancelledError:
+            # The client went away or the server is stopping: leave no runaway child.
+            await asyncio.shield(_terminate(process))
+            raise
+        return RunResult(
+            argv=argv,
+            exit_code=exit_code,
+            stdout=out.decode("utf-8", "replace"),
+            stderr=err.decode("utf-8", "replace"),
+            truncated=out_cut or err_cut,
+            duration_seconds=time.monotonic() - started,
+        )
+
+    def _drop_privileges(self) -> dict[str, Any]:
+        if self._account is None:
+            return {}
+        return {
+            "user": self._account.uid,
+            "group": self._account.gid,
+            "extra_groups": list(self._account.groups),
+        }
+
+
+def _resolve_account(service_user: str | None) -> _Account | None:
+    """The account to start children as when running as root; None when not root."""
+    if os.geteuid() != 0:
+        if service_user is not None and pwd.getpwuid(os.geteuid()).pw_name != service_user:
+            raise RunnerSetupError(
+                f"[runner] service_user is {service_user!r} but the agent runs as "
+                f"{pwd.getpwuid(os.geteuid()).pw_name!r}; start it as that account"
+            )
+        return None
+    if service_user is None:
+        raise RunnerSetupError(
+            "the agent runs as root: set [runner] service_user to the unprivileged account "
+            "that sudoers allows to run the wrappers"
+        )
+    try:
+        entry = pwd.getpwnam(service_user)
+    except KeyError as exc:
+        raise RunnerSetupError(f"[runner] service_user {service_user!r} does not exist") from exc
+    if entry.pw_uid == 0:
+        raise RunnerSetupError("[runner] service_user must not be root")
+    groups = tuple(g for g in os.getgrouplist(service_user, entry.pw_gid) if g != entry.pw_gid)
+    return _Account(entry.pw_uid, entry.pw_gid, groups)
+
+
+async def _read_capped(stream: asyncio.StreamReader | None, cap: int) -> tuple[bytes, bool]:
+    """Read to EOF, keeping at most `cap` bytes; keep draining so the child never blocks."""
+    if stream is None:
+        return b"", False
+    kept = bytearray()
+    truncated = False
+    while chunk := await stream.read(_READ_CHUNK):
+        room = cap - len(kept)
+        if room > 0:
+            kept += chunk[:room]
+        if len(chunk) > room:
+            truncated = True
+    return bytes(kept), truncated
+
+
+async def _terminate(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM the process group (sudo relays it to the wrapper), then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)
+        try:
+            await asyncio.wait_for(process.wait(), _KILL_GRACE_SECONDS)
+            return
+        except TimeoutError:
+            continue

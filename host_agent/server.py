@@ -1,0 +1,59 @@
+"""Start-up: config → components → mutual-TLS listener, and a clean stop on signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from host_agent.adapters import default_registry
+from host_agent.app import build_app
+from host_agent.audit import AuditLog
+from host_agent.config import Config, load_config
+from host_agent.pipeline import Pipeline
+from host_agent.runner import Runner
+from host_agent.tls import server_context
+from host_agent.tls_server import bind_socket, serve_tls
+
+log = logging.getLogger(__name__)
+
+
+def build_pipeline(config: Config) -> Pipeline:
+    """Every component the request path needs, built from one config (fails fast)."""
+    audit = AuditLog(config.audit.log_path)
+    audit.open()
+    return Pipeline(config, default_registry(), audit, Runner(config.runner))
+
+
+async def run_server(
+    config: Config,
+    *,
+    sock: socket.socket | None = None,
+    shutdown: asyncio.Event | None = None,
+    ready: Callable[[], None] | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or `shutdown` is set, for tests)."""
+    context = server_context(config.server)
+    pipeline = build_pipeline(config)
+    listener = sock or bind_socket(config.server.host, config.server.port)
+    stop = shutdown or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if shutdown is None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    host, port = listener.getsockname()[:2]
+    for warning in config.warnings:
+        log.warning("config: %s", warning)
+    log.info("host-agent listening on https://%s:%d (mutual TLS)", host, port)
+    try:
+        await serve_tls(build_app(pipeline), listener, context, stop, ready=ready)
+    finally:
+        pipeline.audit.close()
+        log.info("host-agent stopped")
+
+
+def serve(config_path: Path) -> None:
+    asyncio.run(run_server(load_config(config_path)))

@@ -1,0 +1,210 @@
+"""Test helpers: a PKI per session, a live agent on loopback, mTLS clients."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import pwd
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from host_agent import certs
+from host_agent.config import Config, load_config
+from host_agent.server import run_server
+from host_agent.tls_server import bind_socket
+
+# CNs every session's PKI has. `stranger` has a valid certificate but no profile.
+KNOWN_CNS = ("librarian-1", "reader-1", "admin-1", "stranger", "revoked-1")
+
+
+@dataclass(frozen=True)
+class Pki:
+    directory: Path
+    other_ca: Path  # a second, unrelated CA with its own client "librarian-1"
+
+    @property
+    def ca(self) -> Path:
+        return self.directory / certs.CA_CERT
+
+    def client(self, cn: str) -> tuple[Path, Path]:
+        return self.directory / f"{cn}.crt", self.directory / f"{cn}.key"
+
+
+def make_pki(root: Path) -> Pki:
+    directory = root / "pki"
+    certs.init_ca(directory)
+    for cn in KNOWN_CNS:
+        certs.issue_client(directory, cn)
+    now = dt.datetime.now(dt.UTC)
+    certs.issue_client(
+        directory, "expired-1",
+        validity=certs.Validity(now - dt.timedelta(days=30), now - dt.timedelta(days=1)),
+    )
+    certs.issue_client(
+        directory, "future-1",
+        validity=certs.Validity(now + dt.timedelta(days=1), now + dt.timedelta(days=30)),
+    )
+    certs.revoke(directory, "revoked-1")
+    other = root / "other-ca"
+    certs.init_ca(other)
+    certs.issue_client(other, "librarian-1")
+    return Pki(directory, other)
+
+
+def config_text(pki: Pki, workdir: Path, *, audit_log: Path | None = None,
+                service_user: str | None = None, wrapper_dir: Path | None = None,
+                extra: str = "") -> str:
+    """A complete config in the predecessor's shape plus the [runner] section."""
+    if service_user is None:
+        # As root the runner must drop to an unprivileged account; otherwise it is us.
+        service_user = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+    return f"""
+[server]
+bind = "127.0.0.1:0"
+cert = "{pki.directory / certs.SERVER_CERT}"
+key = "{pki.directory / certs.SERVER_KEY}"
+client_ca = "{pki.ca}"
+crl_file = "{pki.directory / certs.CRL}"
+
+[runner]
+service_user = "{service_user}"
+wrapper_dir = "{wrapper_dir or workdir / 'wrappers'}"
+timeout_seconds = 30
+
+[audit]
+log_path = "{audit_log or workdir / 'audit.jsonl'}"
+
+[approval]
+ttl_seconds = 300
+allowed_approvers = ["+15555550001"]
+
+[[agents]]
+cn_pattern = "librarian*"
+agent_type = "librarian"
+unix_user = "librarian"
+autonomy = "supervised"
+allowed_operations = ["zfs-list", "zfs-snapshot"]
+requires_approval_for = ["zfs-destroy"]
+
+[[agents]]
+cn_pattern = "reader-*"
+agent_type = "reader"
+unix_user = "reader"
+autonomy = "read_only"
+allowed_operations = ["zfs-list", "zfs-snapshot"]
+
+[[agents]]
+cn_pattern = "admin-*"
+agent_type = "admin"
+unix_user = "root-helper"
+autonomy = "full"
+allowed_operations = ["zfs-*"]
+
+[[rules]]
+operation = "zfs-snapshot"
+pattern = "forbidden(/.*)?"
+deny = true
+
+[[rules]]
+operation = "zfs-list"
+approval_required = false
+{extra}
+"""
+
+
+def write_config(path: Path, text: str) -> Config:
+    path.write_text(text)
+    return load_config(path)
+
+
+class RunningAgent:
+    """The real server (Hypercorn + mTLS) on a loopback port, in a background thread."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.sock = bind_socket("127.0.0.1", 0)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"https://127.0.0.1:{self.port}"
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            await run_server(self.config, sock=self.sock, shutdown=self._stop,
+                             ready=self._ready.set)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # surfaced by start()
+            self._error = exc
+            self._ready.set()
+
+    def start(self) -> RunningAgent:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("agent did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+
+@contextmanager
+def running_agent(config: Config) -> Iterator[RunningAgent]:
+    agent = RunningAgent(config).start()
+    try:
+        yield agent
+    finally:
+        agent.stop()
+
+
+def client_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca))
+    if cert is not None:
+        context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+def client(agent: RunningAgent, pki: Pki, cn: str, *, http2: bool = False) -> httpx.Client:
+    cert, key = pki.client(cn)
+    return httpx.Client(base_url=agent.url, verify=client_context(pki.ca, cert, key),
+                        http2=http2, timeout=30)
+
+
+def raw_exchange(port: int, context: ssl.SSLContext) -> bytes:
+    """Handshake and send one HTTP/1.1 request; return whatever came back (b"" if closed).
+
+    Raises ssl.SSLError / OSError when the server refuses the handshake.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        chunks = []
+        while chunk := tls.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def audit_records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
