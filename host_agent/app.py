@@ -15,7 +15,6 @@ from host_agent import __version__
 from host_agent.errors import HostAgentError, OperationFailed, RequestError
 from host_agent.identity import identity_from_scope
 from host_agent.pipeline import Pipeline
-from host_agent.request import decode_json
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +25,12 @@ def build_app(pipeline: Pipeline) -> Starlette:
 
     async def host_op(request: Request) -> Response:
         identity = identity_from_scope(request.scope)
-        document = decode_json(await _read_body(request, max_body))
-        reply = await pipeline.host_op(identity, document)
+        try:
+            body = await _read_body(request, max_body)
+        except RequestError as exc:
+            await pipeline.reject(identity, exc)
+            raise
+        reply = await pipeline.host_op(identity, body)
         return JSONResponse(reply.body, status_code=reply.status)
 
     async def health(request: Request) -> Response:

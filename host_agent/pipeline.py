@@ -17,7 +17,7 @@ from host_agent.errors import OperationFailed, PolicyDenied, RequestError, Runne
 from host_agent.identity import Identity
 from host_agent.operations import Operation
 from host_agent.policy import Decision, Effect, decide, find_profile, unknown_caller
-from host_agent.request import HostOpRequest, parse_host_op
+from host_agent.request import HostOpRequest, decode_json, parse_host_op
 from host_agent.runner import Runner, RunResult
 
 _STDERR_TAIL = 2000
@@ -38,36 +38,41 @@ class Pipeline:
         self.audit = audit
         self.runner = runner
 
-    async def host_op(self, identity: Identity, document: Any) -> Reply:
-        request_id = secrets.token_hex(8)
-        who = {
-            "request_id": request_id,
-            "cn": identity.cn,
-            "fingerprint": identity.fingerprint,
-            "serial": identity.serial,
-        }
+    async def host_op(self, identity: Identity, body: bytes) -> Reply:
+        """Serve one `/host/op` body from a verified caller."""
+        who = _who(identity)
+        document: Any = None
         try:
             if find_profile(self.config, identity.cn) is None:
                 decision = unknown_caller(identity.cn)
-                await self._decision(who, _raw_summary(document), decision)
-                raise PolicyDenied(decision.code, decision.reason)
+                await self._decision(who, {}, decision)
+                raise _denied(decision, who["request_id"])
+            document = decode_json(body)
             request = parse_host_op(document)
             operation = self.registry.adapter_for(request.kind).parse(request)
+        except PolicyDenied:
+            raise
         except RequestError as exc:
-            if not isinstance(exc, PolicyDenied):
-                await self.audit.write(
-                    {
-                        **who,
-                        "event": "rejected",
-                        **_raw_summary(document),
-                        "code": exc.code,
-                        "field": exc.field,
-                        "message": exc.message,
-                    }
-                )
-            exc.request_id = request_id
+            await self._rejected(who, exc, document)
             raise
         return await self._decide_and_run(who, request, operation)
+
+    async def reject(self, identity: Identity, error: RequestError) -> None:
+        """Audit a request refused before its body could be read (e.g. too large)."""
+        await self._rejected(_who(identity), error, None)
+
+    async def _rejected(self, who: dict[str, Any], error: RequestError, document: Any) -> None:
+        error.request_id = who["request_id"]
+        await self.audit.write(
+            {
+                **who,
+                "event": "rejected",
+                **_raw_summary(document),
+                "code": error.code,
+                "field": error.field,
+                "message": error.message,
+            }
+        )
 
     async def _decide_and_run(
         self, who: dict[str, Any], request: HostOpRequest, operation: Operation
@@ -153,6 +158,15 @@ class Pipeline:
         )
 
 
+def _who(identity: Identity) -> dict[str, Any]:
+    return {
+        "request_id": secrets.token_hex(8),
+        "cn": identity.cn,
+        "fingerprint": identity.fingerprint,
+        "serial": identity.serial,
+    }
+
+
 def _denied(decision: Decision, request_id: str, suffix: str = "") -> PolicyDenied:
     error = PolicyDenied(decision.code, decision.reason + suffix)
     error.request_id = request_id
@@ -179,6 +193,8 @@ def _operation_summary(
 
 def _raw_summary(document: Any) -> dict[str, Any]:
     """A bounded picture of a request that failed validation, for the audit log."""
+    if document is None:
+        return {}
     if not isinstance(document, dict):
         return {"body_type": type(document).__name__}
     parts: dict[str, Any] = {}

@@ -47,11 +47,13 @@ def make_pki(root: Path) -> Pki:
         certs.issue_client(directory, cn)
     now = dt.datetime.now(dt.UTC)
     certs.issue_client(
-        directory, "expired-1",
+        directory,
+        "expired-1",
         validity=certs.Validity(now - dt.timedelta(days=30), now - dt.timedelta(days=1)),
     )
     certs.issue_client(
-        directory, "future-1",
+        directory,
+        "future-1",
         validity=certs.Validity(now + dt.timedelta(days=1), now + dt.timedelta(days=30)),
     )
     certs.revoke(directory, "revoked-1")
@@ -61,9 +63,15 @@ def make_pki(root: Path) -> Pki:
     return Pki(directory, other)
 
 
-def config_text(pki: Pki, workdir: Path, *, audit_log: Path | None = None,
-                service_user: str | None = None, wrapper_dir: Path | None = None,
-                extra: str = "") -> str:
+def config_text(
+    pki: Pki,
+    workdir: Path,
+    *,
+    audit_log: Path | None = None,
+    service_user: str | None = None,
+    wrapper_dir: Path | None = None,
+    extra: str = "",
+) -> str:
     """A complete config in the predecessor's shape plus the [runner] section."""
     if service_user is None:
         # As root the runner must drop to an unprivileged account; otherwise it is us.
@@ -78,11 +86,11 @@ crl_file = "{pki.directory / certs.CRL}"
 
 [runner]
 service_user = "{service_user}"
-wrapper_dir = "{wrapper_dir or workdir / 'wrappers'}"
+wrapper_dir = "{wrapper_dir or workdir / "wrappers"}"
 timeout_seconds = 30
 
 [audit]
-log_path = "{audit_log or workdir / 'audit.jsonl'}"
+log_path = "{audit_log or workdir / "audit.jsonl"}"
 
 [approval]
 ttl_seconds = 300
@@ -145,8 +153,9 @@ class RunningAgent:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            await run_server(self.config, sock=self.sock, shutdown=self._stop,
-                             ready=self._ready.set)
+            await run_server(
+                self.config, sock=self.sock, shutdown=self._stop, ready=self._ready.set
+            )
 
         try:
             asyncio.run(main())
@@ -186,8 +195,9 @@ def client_context(ca: Path, cert: Path | None = None, key: Path | None = None) 
 
 def client(agent: RunningAgent, pki: Pki, cn: str, *, http2: bool = False) -> httpx.Client:
     cert, key = pki.client(cn)
-    return httpx.Client(base_url=agent.url, verify=client_context(pki.ca, cert, key),
-                        http2=http2, timeout=30)
+    return httpx.Client(
+        base_url=agent.url, verify=client_context(pki.ca, cert, key), http2=http2, timeout=30
+    )
 
 
 def raw_exchange(port: int, context: ssl.SSLContext) -> bytes:
@@ -195,8 +205,10 @@ def raw_exchange(port: int, context: ssl.SSLContext) -> bytes:
 
     Raises ssl.SSLError / OSError when the server refuses the handshake.
     """
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-            context.wrap_socket(raw, server_hostname="localhost") as tls:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
         tls.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         chunks = []
         while chunk := tls.recv(65536):

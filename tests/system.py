@@ -1,0 +1,125 @@
+"""Real system parts for root tests: a service account, wrappers, sudoers, a zfs-fuse pool.
+
+Everything created here has a per-session unique name and is removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SUDOERS_D = Path("/etc/sudoers.d")
+
+
+def require_root_tools(*tools: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates a user, installs sudoers, runs zfs-fuse (CI runs as root)")
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (the test command installs them)")
+
+
+def run(
+    *argv: str, user: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    if user is not None:
+        argv = ("runuser", "-u", user, "--", *argv)
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=check)
+
+
+@contextmanager
+def service_account() -> Iterator[str]:
+    name = f"ha-test-{secrets.token_hex(3)}"
+    run("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name)
+    try:
+        yield name
+    finally:
+        run("userdel", name, check=False)
+
+
+@dataclass(frozen=True)
+class Wrappers:
+    directory: Path
+    config: Path
+    sudoers: Path
+
+
+def install_wrappers(root: Path, user: str, extra: tuple[Path, ...] = ()) -> Wrappers:
+    """Install the repo's wrappers root-owned, with their config and a validated sudoers file.
+
+    `extra` wrappers (test probes) are installed beside them and granted too.
+    """
+    directory = root / "libexec"
+    directory.mkdir(mode=0o755)
+    config = root / "wrappers.conf"
+    config.write_text("zfs_bin=/usr/sbin/zfs\n")
+    config.chmod(0o644)
+    lib = (REPO / "wrappers" / "host-agent-lib.sh").read_text()
+    lib = lib.replace(
+        "readonly HA_WRAPPER_CONFIG=/etc/host-agent/wrappers.conf",
+        f"readonly HA_WRAPPER_CONFIG={config}",
+    )
+    (directory / "host-agent-lib.sh").write_text(lib)
+    (directory / "host-agent-lib.sh").chmod(0o644)
+    wrappers = [REPO / "wrappers" / "host-agent-zfs", *extra]
+    for source in wrappers:
+        shutil.copyfile(source, directory / source.name)
+        (directory / source.name).chmod(0o755)
+    template = (REPO / "sudoers" / "host-agent").read_text()
+    rendered = template.replace("@SERVICE_USER@", user).replace("@WRAPPER_DIR@", str(directory))
+    for source in extra:
+        rendered += f"{user} ALL=(root) NOPASSWD: {directory / source.name}\n"
+    candidate = root / "sudoers"
+    candidate.write_text(rendered)
+    candidate.chmod(0o440)
+    run("visudo", "-cf", str(candidate))
+    installed = SUDOERS_D / f"host-agent-test-{user}"
+    shutil.copyfile(candidate, installed)
+    installed.chmod(0o440)
+    return Wrappers(directory, config, installed)
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+
+    def datasets(self, kind: str = "all") -> list[str]:
+        done = run("zfs", "list", "-H", "-r", "-t", kind, "-o", "name", self.name)
+        return done.stdout.split()
+
+
+@contextmanager
+def zfs_pool(root: Path) -> Iterator[Pool]:
+    """A fresh pool on a file vdev, served by zfs-fuse (started here unless already running)."""
+    daemon = None
+    if run("pgrep", "-x", "zfs-fuse", check=False).returncode != 0:
+        daemon = subprocess.Popen(
+            ["zfs-fuse", "--no-daemon"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+    name = f"hatest{secrets.token_hex(3)}"
+    vdev = root / "vdev"
+    with open(vdev, "wb") as handle:
+        handle.truncate(128 * 2**20)
+    try:
+        deadline = time.monotonic() + 20
+        while run("zpool", "create", "-m", "none", name, str(vdev), check=False).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError("zfs-fuse did not come up")
+            time.sleep(0.2)
+        run("zfs", "create", f"{name}/data")
+        yield Pool(name)
+    finally:
+        run("zpool", "destroy", "-f", name, check=False)
+        if daemon is not None:
+            daemon.terminate()
+            daemon.wait(30)

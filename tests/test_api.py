@@ -1,0 +1,252 @@
+"""/host/op over real mutual TLS: envelope errors, policy refusals, dry runs, audit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from host_agent.audit import verify
+from host_agent.config import Config
+from tests.hostile import WRONG_TYPES
+from tests.support import (
+    Pki,
+    RunningAgent,
+    audit_records,
+    client,
+    config_text,
+    running_agent,
+    write_config,
+)
+
+
+@pytest.fixture
+def librarian(agent: RunningAgent, pki: Pki) -> Iterator[httpx.Client]:
+    with client(agent, pki, "librarian-1") as http:
+        yield http
+
+
+def _error(reply: httpx.Response) -> dict[str, Any]:
+    assert reply.headers["content-type"] == "application/json"
+    error: dict[str, Any] = reply.json()["error"]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "field"),
+    [
+        pytest.param(b"{not json", "bad_request", "body", id="malformed-json"),
+        pytest.param(b"\xff\xfe", "bad_request", "body", id="not-utf8"),
+        pytest.param(b"[1, 2]", "invalid_body", "body", id="array-body"),
+        pytest.param(b'"zfs"', "invalid_body", "body", id="string-body"),
+        pytest.param(b"[" * 30_000 + b"]" * 30_000, "bad_request", "body", id="deep-nesting"),
+        pytest.param(b'{"args": ["list"]}', "invalid_type", "kind", id="missing-kind"),
+        pytest.param(b'{"kind": "zfs"}', "invalid_type", "args", id="missing-args"),
+        pytest.param(b'{"kind": "zfs", "args": []}', "invalid_type", "args", id="empty-args"),
+        pytest.param(b'{"kind": "zfs", "args": "list"}', "invalid_type", "args", id="args-string"),
+        pytest.param(
+            b'{"kind": "zfs", "args": ["list"], "cn": "admin-1"}',
+            "unknown_field",
+            "cn",
+            id="unknown-field",
+        ),
+        pytest.param(
+            b'{"kind": "zfs", "args": ["list"], "dry_run": "yes"}',
+            "invalid_type",
+            "dry_run",
+            id="dry-run-string",
+        ),
+        pytest.param(
+            b'{"kind": "zfs", "args": ["list"], "reason": "' + b"x" * 600 + b'"}',
+            "invalid_type",
+            "reason",
+            id="reason-overlong",
+        ),
+        pytest.param(
+            b'{"kind": "zfs", "args": [' + b'"a",' * 40 + b'"a"]}',
+            "too_many_arguments",
+            "args",
+            id="too-many-args",
+        ),
+    ],
+)
+def test_malformed_envelope_is_a_400_json_error_and_audited(
+    librarian: httpx.Client, config: Config, body: bytes, code: str, field: str
+) -> None:
+    reply = librarian.post("/host/op", content=body)
+    assert reply.status_code == 400
+    error = _error(reply)
+    assert (error["code"], error["field"]) == (code, field)
+    assert reply.json()["request_id"]
+    (record,) = audit_records(config.audit.log_path)
+    assert record["event"] == "rejected"
+    assert (record["code"], record["field"], record["cn"]) == (code, field, "librarian-1")
+    assert record["request_id"] == reply.json()["request_id"]
+
+
+# null resource means "no resource", as in the predecessor, so it is not a wrong type there.
+WRONG_TYPE_CASES = [
+    pytest.param(where, case.values[0], id=f"{where}-{case.id}")
+    for where in ("kind", "resource", "args[1]")
+    for case in WRONG_TYPES
+    if not (where == "resource" and case.values[0] is None)
+]
+
+
+@pytest.mark.parametrize(("where", "value"), WRONG_TYPE_CASES)
+def test_wrong_types_are_refused(librarian: httpx.Client, where: str, value: Any) -> None:
+    body: dict[str, Any] = {"kind": "zfs", "resource": "tank", "args": ["list"]}
+    if where == "args[1]":
+        body["args"] = ["list", value]
+    else:
+        body[where] = value
+    reply = librarian.post("/host/op", json=body)
+    assert reply.status_code == 400
+    assert (_error(reply)["code"], _error(reply)["field"]) == ("invalid_type", where)
+
+
+def test_body_larger_than_the_limit_is_413(librarian: httpx.Client, config: Config) -> None:
+    body = b'{"kind": "zfs", "args": ["list"], "reason": "' + b"x" * 70_000 + b'"}'
+    reply = librarian.post("/host/op", content=body)
+    assert reply.status_code == 413
+    assert _error(reply)["code"] == "body_too_large"
+    (record,) = audit_records(config.audit.log_path)
+    assert (record["event"], record["code"]) == ("rejected", "body_too_large")
+
+
+def test_unknown_kind_is_404_and_audited(librarian: httpx.Client, config: Config) -> None:
+    reply = librarian.post("/host/op", json={"kind": "kubectl", "args": ["delete"]})
+    assert reply.status_code == 404
+    assert (_error(reply)["code"], _error(reply)["field"]) == ("unknown_kind", "kind")
+    assert audit_records(config.audit.log_path)[-1]["code"] == "unknown_kind"
+
+
+def test_unknown_command_is_400(librarian: httpx.Client) -> None:
+    reply = librarian.post("/host/op", json={"kind": "zfs", "args": ["upgrade"]})
+    assert reply.status_code == 400
+    assert (_error(reply)["code"], _error(reply)["field"]) == ("unknown_command", "args[0]")
+
+
+def test_unknown_route_and_method_are_json_errors(librarian: httpx.Client) -> None:
+    missing = librarian.get("/nope")
+    assert missing.status_code == 404 and _error(missing)["code"] == "not_found"
+    wrong = librarian.get("/host/op")
+    assert wrong.status_code == 405 and _error(wrong)["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("cn", "body", "code"),
+    [
+        pytest.param("stranger", {"kind": "zfs", "args": ["list"]}, "unknown_cn", id="unknown-cn"),
+        pytest.param(
+            "reader-1",
+            {"kind": "zfs", "resource": "tank", "args": ["snapshot", "s"]},
+            "read_only",
+            id="read-only-mutation",
+        ),
+        pytest.param(
+            "librarian-1",
+            {"kind": "zfs", "resource": "forbidden/x", "args": ["snapshot", "s"]},
+            "rule_denied",
+            id="deny-rule",
+        ),
+    ],
+)
+def test_policy_refusals_are_403_audited_and_run_nothing(
+    agent: RunningAgent, pki: Pki, config: Config, cn: str, body: dict[str, Any], code: str
+) -> None:
+    with client(agent, pki, cn) as http:
+        reply = http.post("/host/op", json=body)
+    assert reply.status_code == 403
+    assert _error(reply)["code"] == code
+    records = audit_records(config.audit.log_path)
+    assert [r["event"] for r in records] == ["decision"]
+    assert (records[0]["decision"], records[0]["code"], records[0]["cn"]) == ("deny", code, cn)
+
+
+def test_unknown_cn_is_refused_before_its_input_is_parsed(
+    agent: RunningAgent, pki: Pki, config: Config
+) -> None:
+    with client(agent, pki, "stranger") as http:
+        reply = http.post("/host/op", json={"kind": "nope", "args": [1]})
+    assert reply.status_code == 403
+    assert _error(reply)["code"] == "unknown_cn"
+
+
+def test_approval_needed_is_refused_while_no_approval_channel_exists(
+    agent: RunningAgent, pki: Pki, tmp_path: Path
+) -> None:
+    extra = '[[rules]]\noperation = "zfs-snapshot"\napproval_required = true\n'
+    config = write_config(
+        tmp_path / "approval.toml",
+        config_text(pki, tmp_path / "x", extra=extra).replace(
+            str(tmp_path / "x" / "audit.jsonl"), str(tmp_path / "a.jsonl")
+        ),
+    )
+    with running_agent(config) as other, client(other, pki, "librarian-1") as http:
+        reply = http.post(
+            "/host/op", json={"kind": "zfs", "resource": "tank", "args": ["snapshot", "s1"]}
+        )
+    assert reply.status_code == 403
+    assert _error(reply)["code"] == "approval_required"
+    (record,) = audit_records(config.audit.log_path)
+    assert record["decision"] == "approval_required"
+
+
+def test_dry_run_answers_the_decision_without_running(
+    librarian: httpx.Client, config: Config
+) -> None:
+    reply = librarian.post(
+        "/host/op",
+        json={
+            "kind": "zfs",
+            "resource": "tank/data",
+            "args": ["snapshot", "before-upgrade"],
+            "dry_run": True,
+            "reason": "upgrade",
+        },
+    )
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["decision"]["effect"] == "allow"
+    assert body["argv"][-3:] == [
+        str(config.runner.wrapper_dir / "host-agent-zfs"),
+        "snapshot",
+        "tank/data@before-upgrade",
+    ]
+    assert body["argv"][:3] == [str(config.runner.sudo), "-n", "--"]
+    records = audit_records(config.audit.log_path)
+    assert [r["event"] for r in records] == ["decision"]
+    assert records[0]["dry_run"] is True and records[0]["reason_text"] == "upgrade"
+    assert records[0]["digest"] == body["digest"]
+
+
+def test_every_request_is_chained_in_the_audit_log(librarian: httpx.Client, config: Config) -> None:
+    for body in (
+        {"kind": "zfs", "args": ["list"], "dry_run": True},
+        {"kind": "bad", "args": ["x"]},
+        {"kind": "zfs", "args": ["list", "nope"]},
+    ):
+        librarian.post("/host/op", json=body)
+    records = audit_records(config.audit.log_path)
+    assert [r["seq"] for r in records] == [1, 2, 3]
+    assert verify([config.audit.log_path]).ok
+
+
+def test_audit_unwritable_means_503_for_every_request(pki: Pki, tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "full.toml", config_text(pki, tmp_path, audit_log=Path("/dev/full"))
+    )
+    with running_agent(config) as agent, client(agent, pki, "librarian-1") as http:
+        for body in (
+            {"kind": "zfs", "args": ["list"], "dry_run": True},
+            {"kind": "zfs", "resource": "tank", "args": ["snapshot", "s"]},
+            {"kind": "zfs", "args": ["bogus"]},
+        ):
+            reply = http.post("/host/op", json=body)
+            assert reply.status_code == 503
+            assert _error(reply)["code"] == "audit_unavailable"
+        assert http.get("/health").status_code == 200
