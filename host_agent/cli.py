@@ -117,7 +117,8 @@ def _check_config(options: argparse.Namespace) -> int:
     config = load_config(options.config)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"{options.config}: OK ({len(config.agents)} agent profiles, {len(config.rules)} rules)")
+    agents, rules = len(config.agents), len(config.rules)
+    print(f"{options.config}: OK ({agents} agent profile(s), {rules} rule(s))")
     return EXIT_OK
 
 

@@ -7,6 +7,7 @@ one test per row. Policy only decides: it never runs, audits or approves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Iterator
 from enum import StrEnum
 from fnmatch import fnmatchcase
 
@@ -77,14 +78,17 @@ def decide(config: Config, cn: str, operation: Operation) -> Decision:
             f"{where}.pattern_rules",
         )
 
-    rule = _first_rule(config.rules, operation)
-    if rule is not None and rule.deny:
+    # A matching deny rule wins wherever it stands; otherwise the first matching rule applies.
+    matching = list(_matching_rules(config.rules, operation))
+    denial = next((r for r in matching if r.deny), None)
+    if denial is not None:
         return Decision(
             Effect.DENY,
             "rule_denied",
             f"{name} on {operation.resource!r} is denied",
-            rule.describe(),
+            denial.describe(),
         )
+    rule = matching[0] if matching else None
     admin_only = rule is not None and rule.approval_admin_only
 
     if operation.always_requires_approval:
@@ -152,11 +156,10 @@ def _listed(patterns: tuple[str, ...], name: str) -> bool:
     return any(fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def _first_rule(rules: tuple[Rule, ...], operation: Operation) -> Rule | None:
-    """First rule, in file order, whose operation and resource pattern both match."""
+def _matching_rules(rules: tuple[Rule, ...], operation: Operation) -> Iterator[Rule]:
+    """Rules, in file order, whose operation and resource pattern both match."""
     for rule in rules:
-        if rule.operation != operation.name:
-            continue
-        if rule.pattern is None or rule.pattern.fullmatch(operation.resource):
-            return rule
-    return None
+        if rule.operation == operation.name and (
+            rule.pattern is None or rule.pattern.fullmatch(operation.resource)
+        ):
+            yield rule

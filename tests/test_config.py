@@ -1,0 +1,501 @@
+"""Config loading: the predecessor's files load, every problem names its key."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from host_agent.cli import main
+from host_agent.config import Autonomy, Secret, load_config, parse_config
+from host_agent.errors import ConfigError
+
+# Every section and key the predecessor (clash-host-agent) documented.
+PREDECESSOR_CONFIG = """
+[server]
+bind = "0.0.0.0:18443"
+cert = "/etc/clash/certs/server.crt"
+key = "/etc/clash/certs/server.key"
+client_ca = "/etc/clash/certs/ca.crt"
+crl_file = "/etc/clash/certs/ca.crl"
+
+[audit]
+log_path = "/var/log/clash/audit.jsonl"
+rotation = "hourly"
+retention_days = 30
+
+[approval]
+enabled = true
+ttl_seconds = 600
+token_entropy_bits = 80
+signal_webhook = "https://signal.example.com/webhook"
+allowed_approvers = ["+15555550001", "+15555550002"]
+token_secret = "s3cr3t-hmac-key"
+admin_cn_pattern = "admin-*"
+
+[metrics]
+enabled = true
+bind = "127.0.0.1:19090"
+
+[rate_limit]
+enabled = true
+max_requests = 10
+window_seconds = 30
+endpoints = ["/zfs/destroy", "/approve"]
+
+[[agents]]
+cn_pattern = "librarian*"
+agent_type = "librarian"
+unix_user = "librarian"
+autonomy = "supervised"
+allowed_operations = ["zfs-list", "zfs-snapshot"]
+requires_approval_for = ["zfs-destroy"]
+
+[[agents.pattern_rules]]
+operation = "zfs-snapshot"
+pattern = "tank/media(/.*)?"
+
+[[agents]]
+cn_pattern = "claude-code*"
+agent_type = "acp_harness"
+unix_user = "clash-agent"
+autonomy = "full"
+allowed_operations = ["zfs-*", "git-*"]
+allow_full_autonomy_bypass = true
+
+[[rules]]
+operation = "zfs-destroy"
+approval_required = true
+pattern = "tank/.*"
+always_ask = true
+
+[[rules]]
+operation = "pct-destroy"
+approval_required = true
+always_ask = true
+approval_admin_only = true
+
+[git]
+allowed_repos = ["/srv", "/opt"]
+
+[exec]
+enabled = true
+allowed_commands = ["/usr/bin/uptime"]
+"""
+
+# The predecessor README's example, with its [[agent]]/[[rule]] spelling.
+README_CONFIG = """
+[server]
+bind = "0.0.0.0:18443"
+cert = "/etc/clash/certs/server.crt"
+key = "/etc/clash/certs/server.key"
+client_ca = "/etc/clash/certs/ca.crt"
+
+[audit]
+log_path = "/var/log/clash/audit.jsonl"
+
+[approval]
+ttl_seconds = 300
+token_entropy_bits = 80
+signal_webhook = "https://signal.example.com/webhook"
+allowed_approvers = ["+15555550001"]
+
+[metrics]
+enabled = true
+bind = "127.0.0.1:19090"
+
+[[agent]]
+cn_pattern = "librarian*"
+agent_type = "librarian"
+unix_user = "librarian"
+autonomy = "supervised"
+allowed_operations = ["zfs-list", "zfs-snapshot"]
+requires_approval_for = ["zfs-destroy"]
+
+[[rule]]
+operation = "zfs-destroy"
+approval_required = true
+pattern = "tank/.*"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_predecessor_config_loads(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, PREDECESSOR_CONFIG))
+
+    assert config.warnings == ()
+    assert config.server.bind == "0.0.0.0:18443"
+    assert (config.server.host, config.server.port) == ("0.0.0.0", 18443)
+    assert config.server.cert == Path("/etc/clash/certs/server.crt")
+    assert config.server.crl_file == Path("/etc/clash/certs/ca.crl")
+    assert (config.audit.log_path, config.audit.rotation, config.audit.retention_days) == (
+        Path("/var/log/clash/audit.jsonl"),
+        "hourly",
+        30,
+    )
+    approval = config.approval
+    assert (approval.enabled, approval.ttl_seconds, approval.token_entropy_bits) == (True, 600, 80)
+    assert approval.signal_webhook == "https://signal.example.com/webhook"
+    assert approval.allowed_approvers == ("+15555550001", "+15555550002")
+    assert approval.token_secret == Secret("s3cr3t-hmac-key")
+    assert approval.admin_cn_pattern == "admin-*"
+    assert (config.metrics.enabled, config.metrics.bind) == (True, "127.0.0.1:19090")
+    assert config.rate_limit.max_requests == 10
+    assert config.rate_limit.window_seconds == 30
+    assert config.rate_limit.endpoints == ("/zfs/destroy", "/approve")
+
+    librarian, claude = config.agents
+    assert librarian.autonomy is Autonomy.SUPERVISED
+    assert librarian.allowed_operations == ("zfs-list", "zfs-snapshot")
+    assert librarian.requires_approval_for == ("zfs-destroy",)
+    [restriction] = librarian.pattern_rules
+    assert restriction.operation == "zfs-snapshot"
+    assert restriction.pattern.fullmatch("tank/media/photos")
+    assert not librarian.allow_full_autonomy_bypass
+    assert (claude.autonomy, claude.allow_full_autonomy_bypass) == (Autonomy.FULL, True)
+    assert claude.pattern_rules == ()
+
+    destroy, pct = config.rules
+    assert (destroy.operation, destroy.always_ask, destroy.deny) == ("zfs-destroy", True, False)
+    assert destroy.pattern is not None and destroy.pattern.pattern == "tank/.*"
+    assert (pct.pattern, pct.approval_admin_only) == (None, True)
+    assert config.git.allowed_repos == (Path("/srv"), Path("/opt"))
+    assert (config.exec.enabled, config.exec.allowed_commands) == (True, (Path("/usr/bin/uptime"),))
+
+
+def test_defaults_for_optional_sections(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, README_CONFIG))
+    assert config.server.crl_file is None
+    assert (config.audit.rotation, config.audit.retention_days) == ("daily", 90)
+    assert config.approval.enabled is True
+    assert config.approval.token_secret is None
+    assert config.rate_limit.endpoints == ("/zfs/destroy", "/approve", "/pending")
+    assert config.git.allowed_repos == ()
+    assert config.exec.enabled is False
+
+
+def test_readme_singular_spelling_loads(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, README_CONFIG))
+    [agent] = config.agents
+    [rule] = config.rules
+    assert agent.cn_pattern == "librarian*"
+    assert rule.operation == "zfs-destroy"
+    assert rule.pattern is not None and rule.pattern.pattern == "tank/.*"
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        pytest.param(
+            '\n[[agents]]\ncn_pattern = "x*"\nagent_type = "x"\nunix_user = "x"\n',
+            "agent: use either [[agent]] or [[agents]], not both",
+            id="agent-and-agents",
+        ),
+        pytest.param(
+            '\n[[rules]]\noperation = "zfs-list"\n',
+            "rule: use either [[rule]] or [[rules]], not both",
+            id="rule-and-rules",
+        ),
+    ],
+)
+def test_both_spellings_at_once_is_an_error(tmp_path: Path, extra: str, problem: str) -> None:
+    path = write(tmp_path, README_CONFIG + extra)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.problems == (problem,)
+
+
+def test_predecessor_only_keys_load_with_warnings(tmp_path: Path) -> None:
+    text = PREDECESSOR_CONFIG.replace(
+        "[approval]\n", '[approval]\nidentity_plugin = "command:/usr/local/bin/check"\n'
+    ).replace("[exec]\n", '[exec]\nansible_job_queue = "/var/lib/clash/jobs"\n')
+    config = load_config(write(tmp_path, text))
+    assert len(config.warnings) == 2
+    assert config.warnings[0].startswith("approval.identity_plugin: ")
+    assert config.warnings[1].startswith("exec.ansible_job_queue: ")
+
+
+def test_relative_paths_are_resolved_against_the_config_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = (
+        '[server]\ncert = "certs/server.crt"\nkey = "/abs/server.key"\n'
+        'client_ca = "../ca/ca.crt"\ncrl_file = "certs/crl.pem"\n'
+        '[audit]\nlog_path = "audit.jsonl"\n'
+        '[[agents]]\ncn_pattern = "a*"\nagent_type = "a"\nunix_user = "a"\n'
+    )
+    write(tmp_path, text, "etc/agent.toml")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    config = load_config(Path("../etc/agent.toml"))
+
+    etc = tmp_path.resolve() / "etc"
+    assert config.server.cert == etc / "certs/server.crt"
+    assert config.server.key == Path("/abs/server.key")
+    assert config.server.client_ca == etc / "../ca/ca.crt"
+    assert config.server.crl_file == etc / "certs/crl.pem"
+    assert config.audit.log_path == etc / "audit.jsonl"
+
+
+def test_token_secret_never_shows(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, PREDECESSOR_CONFIG))
+    for text in (
+        repr(config),
+        str(config),
+        repr(config.approval),
+        str(config.approval.token_secret),
+    ):
+        assert "s3cr3t-hmac-key" not in text
+    assert "Secret('********')" in repr(config)
+    assert config.approval.token_secret is not None
+    assert config.approval.token_secret.reveal() == "s3cr3t-hmac-key"
+
+
+# --- errors -----------------------------------------------------------------
+
+DROP: Any = object()
+
+
+def document(**overrides: Any) -> dict[str, Any]:
+    """A minimal valid document; a dict override merges into its section, DROP removes."""
+    doc: dict[str, Any] = {
+        "server": {"cert": "server.crt", "key": "server.key", "client_ca": "ca.crt"},
+        "audit": {"log_path": "audit.jsonl"},
+        "agents": [agent()],
+    }
+    for name, value in overrides.items():
+        if value is DROP:
+            doc.pop(name)
+        elif isinstance(value, dict) and isinstance(doc.get(name), dict):
+            for key, item in value.items():
+                if item is DROP:
+                    doc[name].pop(key)
+                else:
+                    doc[name][key] = item
+        else:
+            doc[name] = value
+    return copy.deepcopy(doc)
+
+
+def agent(**keys: Any) -> dict[str, Any]:
+    return {"cn_pattern": "librarian*", "agent_type": "librarian", "unix_user": "librarian", **keys}
+
+
+SOURCE = Path("/etc/host-agent/agent.toml")
+
+
+def test_minimal_document_is_valid() -> None:
+    config = parse_config(document(), SOURCE)
+    assert config.server.cert == Path("/etc/host-agent/server.crt")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        pytest.param(
+            {"agents": [agent(autonomy="Full")]},
+            "agents[0].autonomy: must be one of read_only, supervised, full",
+            id="agent-autonomy",
+        ),
+        pytest.param(
+            {"agents": [agent(), agent(unix_user="Bad User")]},
+            "agents[1].unix_user: must be a Unix account name",
+            id="agent-unix-user",
+        ),
+        pytest.param(
+            {"agents": [agent(allowed_operations=["zfs-frobnicate*"])]},
+            "agents[0].allowed_operations: 'zfs-frobnicate*' matches no known operation",
+            id="agent-operation-glob-matches-nothing",
+        ),
+        pytest.param(
+            {"agents": [agent(pattern_rules=[{"operation": "zfs-snapshot", "pattern": "a["}])]},
+            "agents[0].pattern_rules[0].pattern: not a valid regular expression",
+            id="pattern-rule-bad-regex",
+        ),
+        pytest.param(
+            {"rules": [{"operation": "zfs-list"}, {"operation": "zfs-destory"}]},
+            "rules[1].operation: unknown operation 'zfs-destory'",
+            id="rule-misspelt-operation",
+        ),
+        pytest.param(
+            {"rules": [{"operation": "zfs-list", "pattern": "tank/(.*"}]},
+            "rules[0].pattern: not a valid regular expression",
+            id="rule-bad-regex",
+        ),
+        pytest.param(
+            {"rules": [{"operation": "zfs-list", "deny": True, "approval_required": True}]},
+            "rules[0].deny: a deny rule cannot also ask for approval",
+            id="rule-deny-and-approval",
+        ),
+        pytest.param(
+            {"server": {"bind": "localhost"}},
+            "server.bind: must be HOST:PORT",
+            id="server-bind",
+        ),
+        pytest.param({"colour": "blue"}, "colour: unknown key", id="unknown-top-level-key"),
+        pytest.param(
+            {"server": {"bnid": "127.0.0.1:1"}},
+            "server.bnid: unknown key",
+            id="unknown-key-in-section",
+        ),
+        pytest.param(
+            {"agents": [agent(autonmy="full")]},
+            "agents[0].autonmy: unknown key",
+            id="unknown-key-in-agent",
+        ),
+        pytest.param(
+            {"server": DROP},
+            "server: section [server] is required",
+            id="missing-section",
+        ),
+        pytest.param(
+            {"audit": {"log_path": DROP}}, "audit.log_path: is required", id="missing-key"
+        ),
+        pytest.param(
+            {"agents": [{"cn_pattern": "x*", "agent_type": "x"}]},
+            "agents[0].unix_user: is required",
+            id="missing-agent-key",
+        ),
+        pytest.param(
+            {"approval": {"enabled": "yes"}},
+            "approval.enabled: must be a boolean, got a string",
+            id="string-for-bool",
+        ),
+        pytest.param(
+            {"approval": {"ttl_seconds": True}},
+            "approval.ttl_seconds: must be an integer, got a boolean",
+            id="bool-for-int",
+        ),
+        pytest.param(
+            {"audit": {"retention_days": 0}},
+            "audit.retention_days: must be between 1 and 36500",
+            id="int-out-of-range",
+        ),
+        pytest.param(
+            {"approval": {"token_entropy_bits": 128}},
+            "approval.token_entropy_bits: must be 80",
+            id="token-entropy-bits",
+        ),
+        pytest.param(
+            {"approval": {"signal_webhook": "signal.example.com"}},
+            "approval.signal_webhook: must be an http(s) URL",
+            id="signal-webhook-not-a-url",
+        ),
+        pytest.param(
+            {"git": {"allowed_repos": ["srv"]}},
+            "git.allowed_repos: 'srv' is not an absolute path",
+            id="git-relative-repo",
+        ),
+        pytest.param({"server": "127.0.0.1"}, "server: must be a table", id="section-not-table"),
+        pytest.param(
+            {"agents": []},
+            "agents: at least one [[agents]] profile is required",
+            id="empty-agents",
+        ),
+        pytest.param(
+            {"agents": DROP},
+            "agents: at least one [[agents]] profile is required",
+            id="no-agents",
+        ),
+    ],
+)
+def test_invalid_config_names_file_and_key(overrides: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(document(**overrides), SOURCE)
+    error = caught.value
+    assert error.source == str(SOURCE)
+    assert str(error).startswith(f"{SOURCE}: invalid configuration:\n")
+    assert [p for p in error.problems if p.startswith(problem)], error.problems
+    assert re.search(rf"^  - {re.escape(problem)}", str(error), re.MULTILINE)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    doc = document(
+        server={"bind": "nowhere"},
+        approval={"enabled": 1, "token_entropy_bits": 64},
+        rules=[{"operation": "zfs-nuke"}],
+        stray=True,
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(doc, SOURCE)
+    keys = [problem.partition(":")[0] for problem in caught.value.problems]
+    assert sorted(keys) == sorted(
+        [
+            "server.bind",
+            "approval.enabled",
+            "approval.token_entropy_bits",
+            "rules[0].operation",
+            "stray",
+        ]
+    )
+
+
+def test_caller_document_is_not_modified() -> None:
+    doc = document(agent=[agent()], agents=DROP)
+    before = copy.deepcopy(doc)
+    parse_config(doc, SOURCE)
+    assert doc == before
+
+
+# --- host-agent check-config --------------------------------------------------
+
+
+def test_check_config_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, PREDECESSOR_CONFIG)
+    assert main(["check-config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{path}: OK (2 agent profile(s), 2 rule(s))\n"
+    assert err == ""
+
+
+def test_check_config_prints_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = PREDECESSOR_CONFIG.replace("[exec]\n", '[exec]\nansible_job_queue = "/var/jobs"\n')
+    path = write(tmp_path, text)
+    assert main(["check-config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "OK" in out
+    assert err.startswith("warning: exec.ansible_job_queue: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            PREDECESSOR_CONFIG.replace('"0.0.0.0:18443"', '"0.0.0.0"'),
+            "  - server.bind: must be HOST:PORT",
+            id="invalid",
+        ),
+        pytest.param("[server\nbind = 1\n", "  - not valid TOML: ", id="not-toml"),
+        pytest.param(
+            "\n".join(line for line in PREDECESSOR_CONFIG.splitlines() if "log_path" not in line),
+            "  - audit.log_path: is required",
+            id="missing-key",
+        ),
+    ],
+)
+def test_check_config_refuses_bad_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    path = write(tmp_path, text)
+    assert main(["check-config", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"host-agent: {path}: ")
+    assert message in err
+
+
+def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "absent.toml"
+    assert main(["check-config", str(path)]) == 2
+    assert capsys.readouterr().err.startswith(f"host-agent: {path}: invalid configuration:")
