@@ -1,0 +1,135 @@
+#!/bin/bash
+# Bring up a working host-agent on 127.0.0.1 on a fresh Debian machine, as root:
+# certificates, an unprivileged service account allowed (by sudoers) to run only
+# the wrappers, a small file-backed ZFS pool served by zfs-fuse, and a real
+# `zfs snapshot` done by `curl --cert`. Everything lives in .demo/ except the
+# account, the sudoers drop-in and the pool; `scripts/demo.sh stop` removes them.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE=$REPO/.demo
+USER_NAME=host-agent-demo
+POOL=hademo
+PORT=${HOST_AGENT_DEMO_PORT:-18443}
+SUDOERS=/etc/sudoers.d/host-agent-demo
+
+say() { printf '\n== %s\n' "$*"; }
+
+stop() {
+    if [[ -f $STATE/agent.pid ]]; then
+        kill "$(cat "$STATE/agent.pid")" 2>/dev/null || true
+        rm -f "$STATE/agent.pid"
+    fi
+    zpool destroy -f "$POOL" 2>/dev/null || true
+    if [[ -f $STATE/zfs-fuse.pid ]]; then
+        kill "$(cat "$STATE/zfs-fuse.pid")" 2>/dev/null || true
+        rm -f "$STATE/zfs-fuse.pid"
+    fi
+    rm -f "$SUDOERS"
+    userdel "$USER_NAME" 2>/dev/null || true
+    echo "demo stopped (audit log kept in $STATE/audit.jsonl)"
+}
+
+if [[ ${1:-} == stop ]]; then
+    stop
+    exit 0
+fi
+[[ $(id -u) == 0 ]] || { echo "run as root: it creates a user, a sudoers drop-in and a pool" >&2; exit 1; }
+
+say "Debian packages"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq python3-venv sudo zfs-fuse curl >/dev/null
+
+say "virtualenv with host-agent"
+[[ -x $STATE/venv/bin/python ]] || { mkdir -p "$STATE" && /usr/bin/python3 -m venv "$STATE/venv"; }
+"$STATE/venv/bin/pip" install -q "$REPO"
+HA=$STATE/venv/bin/host-agent
+
+say "certificates"
+if [[ ! -f $STATE/pki/ca.crt ]]; then
+    "$HA" certs init "$STATE/pki"
+    "$HA" certs client "$STATE/pki" librarian-demo
+fi
+
+say "service account, wrappers, sudoers"
+id "$USER_NAME" >/dev/null 2>&1 \
+    || useradd --system --no-create-home --shell /usr/sbin/nologin "$USER_NAME"
+install -d -m 0755 -o root -g root "$STATE/libexec"
+printf 'zfs_bin=%s\n' "$(command -v zfs)" > "$STATE/wrappers.conf"
+chmod 0644 "$STATE/wrappers.conf"
+sed "s|^readonly HA_WRAPPER_CONFIG=.*|readonly HA_WRAPPER_CONFIG=$STATE/wrappers.conf|" \
+    "$REPO/wrappers/host-agent-lib.sh" > "$STATE/libexec/host-agent-lib.sh"
+chmod 0644 "$STATE/libexec/host-agent-lib.sh"
+install -m 0755 -o root -g root "$REPO/wrappers/host-agent-zfs" "$STATE/libexec/"
+sed -e "s|@SERVICE_USER@|$USER_NAME|g" -e "s|@WRAPPER_DIR@|$STATE/libexec|g" \
+    "$REPO/sudoers/host-agent" > "$STATE/sudoers"
+visudo -cf "$STATE/sudoers" >/dev/null
+install -m 0440 -o root -g root "$STATE/sudoers" "$SUDOERS"
+
+say "zfs-fuse pool $POOL on a file"
+if ! pgrep -x zfs-fuse >/dev/null; then
+    zfs-fuse --no-daemon >/dev/null 2>&1 &
+    echo $! > "$STATE/zfs-fuse.pid"
+fi
+if ! zpool list "$POOL" >/dev/null 2>&1; then
+    truncate -s 128M "$STATE/vdev"
+    for _ in $(seq 50); do zpool create -m none "$POOL" "$STATE/vdev" 2>/dev/null && break; sleep 0.2; done
+    zfs create "$POOL/data"
+fi
+
+say "config and agent on https://127.0.0.1:$PORT"
+cat > "$STATE/agent.toml" <<EOF
+[server]
+bind = "127.0.0.1:$PORT"
+cert = "pki/server.crt"
+key = "pki/server.key"
+client_ca = "pki/ca.crt"
+crl_file = "pki/crl.pem"
+
+[runner]
+service_user = "$USER_NAME"
+wrapper_dir = "libexec"
+
+[audit]
+log_path = "audit.jsonl"
+
+[[agents]]
+cn_pattern = "librarian*"
+agent_type = "librarian"
+unix_user = "$USER_NAME"
+autonomy = "supervised"
+allowed_operations = ["zfs-list", "zfs-snapshot"]
+requires_approval_for = ["zfs-destroy"]
+EOF
+"$HA" check-config "$STATE/agent.toml"
+if [[ -f $STATE/agent.pid ]] && kill -0 "$(cat "$STATE/agent.pid")" 2>/dev/null; then
+    kill "$(cat "$STATE/agent.pid")"
+    sleep 1
+fi
+"$HA" serve --config "$STATE/agent.toml" >> "$STATE/agent.log" 2>&1 &
+echo $! > "$STATE/agent.pid"
+
+CURL=(curl --silent --show-error --cacert "$STATE/pki/ca.crt"
+      --cert "$STATE/pki/librarian-demo.crt" --key "$STATE/pki/librarian-demo.key")
+for _ in $(seq 50); do "${CURL[@]}" "https://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break; sleep 0.2; done
+
+say "curl --cert ... /health"
+"${CURL[@]}" "https://127.0.0.1:$PORT/health"; echo
+SNAPSHOT=demo-$(date +%Y%m%d-%H%M%S)
+say "curl --cert ... /host/op  zfs snapshot $POOL/data@$SNAPSHOT"
+"${CURL[@]}" -X POST "https://127.0.0.1:$PORT/host/op" -H 'Content-Type: application/json' \
+    -d "{\"kind\":\"zfs\",\"resource\":\"$POOL/data\",\"args\":[\"snapshot\",\"$SNAPSHOT\"]}"; echo
+say "curl --cert ... /host/op  zfs list $POOL snapshot"
+"${CURL[@]}" -X POST "https://127.0.0.1:$PORT/host/op" -H 'Content-Type: application/json' \
+    -d "{\"kind\":\"zfs\",\"resource\":\"$POOL\",\"args\":[\"list\",\"snapshot\"]}"; echo
+say "the same snapshot, seen by zfs itself"
+zfs list -H -t snapshot -o name -r "$POOL"
+say "audit log"
+"$HA" audit verify "$STATE/audit.jsonl"
+cat <<EOF
+
+The agent keeps running (pid $(cat "$STATE/agent.pid"), log $STATE/agent.log).
+Try:  ${CURL[*]} https://127.0.0.1:$PORT/health
+Stop: $REPO/scripts/demo.sh stop
+EOF

@@ -1,0 +1,31 @@
+#!/bin/bash
+# Install test dependencies and run every check: shellcheck, ruff, mypy, pytest.
+# On a fresh Debian machine run it as root: it installs the Debian packages the
+# real-component tests use (sudo, zfs-fuse, curl, ...) and runs those tests too.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+VENV=${HOST_AGENT_VENV:-$REPO/.venv}
+
+if [[ $(id -u) == 0 ]]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3-venv sudo zfs-fuse shellcheck curl openssl \
+        logrotate >/dev/null
+fi
+
+[[ -x $VENV/bin/python ]] || /usr/bin/python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q --upgrade pip
+"$VENV/bin/pip" install -q -e ".[test]"
+
+echo "== shellcheck"
+shellcheck -x wrappers/host-agent-zfs wrappers/host-agent-lib.sh scripts/*.sh \
+    tests/wrappers/* .ci/run
+echo "== ruff"
+"$VENV/bin/ruff" check host_agent tests
+"$VENV/bin/ruff" format --check host_agent tests
+echo "== mypy"
+"$VENV/bin/mypy"
+echo "== pytest"
+exec "$VENV/bin/pytest" "$@"
