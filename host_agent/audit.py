@@ -64,10 +64,14 @@ class AuditLog:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             handle = os.fdopen(fd, "r+b", buffering=0)
-            _drop_torn_tail(handle, self.path)
-            last = _last_record(handle)
-            if last is None:
-                last = _last_record_of(self.path.with_name(self.path.name + ".1"))
+            try:
+                _drop_torn_tail(handle, self.path)
+                last = _last_record(handle)
+                if last is None:
+                    last = _last_record_of(self.path.with_name(self.path.name + ".1"))
+            except BaseException:
+                handle.close()
+                raise
         except OSError as exc:
             raise AuditUnavailable(f"cannot open audit log {self.path}: {exc.strerror}") from exc
         if last is not None:

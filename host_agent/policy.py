@@ -6,8 +6,8 @@ one test per row. Policy only decides: it never runs, audits or approves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from enum import StrEnum
 from fnmatch import fnmatchcase
 
