@@ -13,12 +13,19 @@ from host_agent.adapters import default_registry
 from host_agent.app import build_app
 from host_agent.audit import AuditLog
 from host_agent.config import Config, load_config
+from host_agent.errors import HostAgentError
 from host_agent.pipeline import Pipeline
 from host_agent.runner import Runner
 from host_agent.tls import server_context
 from host_agent.tls_server import bind_socket, serve_tls
 
 log = logging.getLogger(__name__)
+
+
+class ListenError(HostAgentError):
+    """The configured address cannot be bound (in use, not local, no permission)."""
+
+    code = "listen_failed"
 
 
 def build_pipeline(config: Config) -> Pipeline:
@@ -38,7 +45,10 @@ async def run_server(
     """Serve until SIGTERM/SIGINT (or `shutdown` is set, for tests)."""
     context = server_context(config.server)
     pipeline = build_pipeline(config)
-    listener = sock or bind_socket(config.server.host, config.server.port)
+    try:
+        listener = sock or bind_socket(config.server.host, config.server.port)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {config.server.bind}: {exc.strerror}") from exc
     stop = shutdown or asyncio.Event()
     loop = asyncio.get_running_loop()
     if shutdown is None:
