@@ -39,7 +39,7 @@ fi
 say "Debian packages"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq python3-venv sudo zfs-fuse curl >/dev/null
+apt-get install -y -qq python3-venv sudo zfs-fuse curl procps >/dev/null
 
 say "virtualenv with host-agent"
 [[ -x $STATE/venv/bin/python ]] || { mkdir -p "$STATE" && /usr/bin/python3 -m venv "$STATE/venv"; }
@@ -55,17 +55,9 @@ fi
 say "service account, wrappers, sudoers"
 id "$USER_NAME" >/dev/null 2>&1 \
     || useradd --system --no-create-home --shell /usr/sbin/nologin "$USER_NAME"
-install -d -m 0755 -o root -g root "$STATE/libexec"
 printf 'zfs_bin=%s\n' "$(command -v zfs)" > "$STATE/wrappers.conf"
 chmod 0644 "$STATE/wrappers.conf"
-sed "s|^readonly HA_WRAPPER_CONFIG=.*|readonly HA_WRAPPER_CONFIG=$STATE/wrappers.conf|" \
-    "$REPO/wrappers/host-agent-lib.sh" > "$STATE/libexec/host-agent-lib.sh"
-chmod 0644 "$STATE/libexec/host-agent-lib.sh"
-install -m 0755 -o root -g root "$REPO/wrappers/host-agent-zfs" "$STATE/libexec/"
-sed -e "s|@SERVICE_USER@|$USER_NAME|g" -e "s|@WRAPPER_DIR@|$STATE/libexec|g" \
-    "$REPO/sudoers/host-agent" > "$STATE/sudoers"
-visudo -cf "$STATE/sudoers" >/dev/null
-install -m 0440 -o root -g root "$STATE/sudoers" "$SUDOERS"
+"$REPO/scripts/install-wrappers.sh" "$STATE/libexec" "$STATE/wrappers.conf" "$USER_NAME" "$SUDOERS"
 
 say "zfs-fuse pool $POOL on a file"
 if ! pgrep -x zfs-fuse >/dev/null; then

@@ -7,9 +7,13 @@ import datetime as dt
 import json
 import os
 import pwd
+import re
 import socket
 import ssl
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -184,6 +188,32 @@ def running_agent(config: Config) -> Iterator[RunningAgent]:
         yield agent
     finally:
         agent.stop()
+
+
+LISTENING = re.compile(r"listening on https://127\.0\.0\.1:(\d+)")
+
+
+def serve_process(config: Path, *, prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    """`host-agent serve` as a real process (`prefix` e.g. runs it under prlimit)."""
+    return subprocess.Popen(
+        [*prefix, sys.executable, "-m", "host_agent", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def listening_port(process: subprocess.Popen[str]) -> int:
+    """The port a `serve_process` reports once it listens."""
+    assert process.stderr is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if match := LISTENING.search(line):
+            return int(match.group(1))
+        if not line and process.poll() is not None:
+            break
+    raise AssertionError("the agent never said where it listens")
 
 
 def client_context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:

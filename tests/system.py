@@ -55,38 +55,34 @@ class Wrappers:
 
 
 def install_wrappers(root: Path, user: str, extra: tuple[Path, ...] = ()) -> Wrappers:
-    """Install the repo's wrappers root-owned, with their config and a validated sudoers file.
+    """Install the wrappers with scripts/install-wrappers.sh, as an operator would.
 
-    `extra` wrappers (test probes) are installed beside them and granted too.
+    `extra` wrappers (test probes) are installed beside them and granted in the
+    same drop-in, which is validated again afterwards.
     """
     directory = root / "libexec"
-    directory.mkdir(mode=0o755)
     config = root / "wrappers.conf"
     config.write_text("zfs_bin=/usr/sbin/zfs\n")
     config.chmod(0o644)
-    lib = (REPO / "wrappers" / "host-agent-lib.sh").read_text()
-    lib = lib.replace(
-        "readonly HA_WRAPPER_CONFIG=/etc/host-agent/wrappers.conf",
-        f"readonly HA_WRAPPER_CONFIG={config}",
+    sudoers = SUDOERS_D / f"host-agent-test-{user}"
+    run(
+        str(REPO / "scripts" / "install-wrappers.sh"),
+        str(directory),
+        str(config),
+        user,
+        str(sudoers),
     )
-    (directory / "host-agent-lib.sh").write_text(lib)
-    (directory / "host-agent-lib.sh").chmod(0o644)
-    wrappers = [REPO / "wrappers" / "host-agent-zfs", *extra]
-    for source in wrappers:
-        shutil.copyfile(source, directory / source.name)
-        (directory / source.name).chmod(0o755)
-    template = (REPO / "sudoers" / "host-agent").read_text()
-    rendered = template.replace("@SERVICE_USER@", user).replace("@WRAPPER_DIR@", str(directory))
-    for source in extra:
-        rendered += f"{user} ALL=(root) NOPASSWD: {directory / source.name}\n"
-    candidate = root / "sudoers"
-    candidate.write_text(rendered)
-    candidate.chmod(0o440)
-    run("visudo", "-cf", str(candidate))
-    installed = SUDOERS_D / f"host-agent-test-{user}"
-    shutil.copyfile(candidate, installed)
-    installed.chmod(0o440)
-    return Wrappers(directory, config, installed)
+    try:
+        with sudoers.open("a") as grants:
+            for source in extra:
+                shutil.copyfile(source, directory / source.name)
+                (directory / source.name).chmod(0o755)
+                grants.write(f"{user} ALL=(root) NOPASSWD: {directory / source.name}\n")
+        run("visudo", "-cf", str(sudoers))
+    except BaseException:
+        sudoers.unlink()  # a broken drop-in would break sudo for the whole machine
+        raise
+    return Wrappers(directory, config, sudoers)
 
 
 @dataclass(frozen=True)

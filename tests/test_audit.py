@@ -154,6 +154,15 @@ def _rotate(path: Path) -> Path:
     return rotated
 
 
+def _rotated_log(tmp_path: Path) -> tuple[Path, Path]:
+    """Three records rotated to audit.jsonl.1, then two more in a new audit.jsonl."""
+    path = tmp_path / "audit.jsonl"
+    write_records(path, 3)
+    rotated = _rotate(path)
+    write_records(path, 2, start=3)
+    return path, rotated
+
+
 def test_chain_continues_across_rotation(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     before = write_records(path, 3)
@@ -173,10 +182,7 @@ def test_chain_continues_across_rotation(tmp_path: Path) -> None:
 def test_rotated_files_in_the_wrong_order_fail(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "audit.jsonl"
-    write_records(path, 3)
-    rotated = _rotate(path)
-    write_records(path, 2, start=3)
+    path, rotated = _rotated_log(tmp_path)
 
     result = verify([path, rotated])
     assert not result.ok
@@ -192,10 +198,7 @@ def test_rotated_files_in_the_wrong_order_fail(
 def test_cli_verifies_rotated_files_oldest_first(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = tmp_path / "audit.jsonl"
-    write_records(path, 3)
-    rotated = _rotate(path)
-    write_records(path, 2, start=3)
+    path, rotated = _rotated_log(tmp_path)
 
     code, out = run_verify(capsys, rotated, path)
     assert code == 0
@@ -211,10 +214,7 @@ def _gzip(path: Path) -> Path:
 
 
 def test_gzip_rotated_file_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "audit.jsonl"
-    write_records(path, 3)
-    rotated = _rotate(path)
-    write_records(path, 2, start=3)
+    path, rotated = _rotated_log(tmp_path)
     compressed = _gzip(rotated)
 
     result = verify([compressed, path])

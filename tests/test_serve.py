@@ -3,49 +3,24 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import Pki, client_context, config_text
-
-LISTENING = re.compile(r"listening on https://127\.0\.0\.1:(\d+)")
-
-
-def _serve(config: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "host_agent", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _port_of(process: subprocess.Popen[str]) -> int:
-    assert process.stderr is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if match := LISTENING.search(line):
-            return int(match.group(1))
-        if not line and process.poll() is not None:
-            break
-    raise AssertionError("the agent never said where it listens")
+from tests.support import Pki, client_context, config_text, listening_port, serve_process
 
 
 def test_serve_answers_then_stops_cleanly_on_sigterm(pki: Pki, tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(config_text(pki, tmp_path))
-    process = _serve(config)
+    process = serve_process(config)
     try:
-        port = _port_of(process)
+        port = listening_port(process)
         cert, key = pki.client("librarian-1")
         with httpx.Client(verify=client_context(pki.ca, cert, key)) as http:
             assert http.get(f"https://127.0.0.1:{port}/health").status_code == 200
