@@ -9,6 +9,7 @@
     │   ├── Unauthenticated    no verified client certificate (401)
     │   └── PolicyDenied       policy refused the operation (403)
     ├── AuditUnavailable       the audit log cannot be written: fail closed (503)
+    │   └── ResultUnaudited    the operation ran but its result record failed (503)
     ├── RunnerError            the wrapper could not be started or was killed (502/504)
     └── OperationFailed        the wrapper ran and exited non-zero (status per adapter)
 
@@ -103,6 +104,12 @@ class AuditUnavailable(HostAgentError):
 
     status = 503
     code = "audit_unavailable"
+
+
+class ResultUnaudited(AuditUnavailable):
+    """The operation ran, but the record of its result could not be written."""
+
+    code = "result_unaudited"
 
 
 class RunnerError(HostAgentError):

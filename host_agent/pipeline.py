@@ -13,7 +13,14 @@ from typing import Any
 from host_agent.adapters import Registry
 from host_agent.audit import AuditLog
 from host_agent.config import Config
-from host_agent.errors import OperationFailed, PolicyDenied, RequestError, RunnerError
+from host_agent.errors import (
+    AuditUnavailable,
+    OperationFailed,
+    PolicyDenied,
+    RequestError,
+    ResultUnaudited,
+    RunnerError,
+)
 from host_agent.identity import Identity
 from host_agent.operations import Operation
 from host_agent.policy import Decision, Effect, decide, find_profile, unknown_caller
@@ -109,29 +116,19 @@ class Pipeline:
         try:
             result = await self.runner.run(operation)
         except RunnerError as exc:
-            await self.audit.write(
-                {
-                    **who,
-                    "event": "result",
-                    "operation": operation.name,
-                    "outcome": exc.code,
-                    "message": str(exc),
-                }
-            )
+            await self._result(who, operation, {"outcome": exc.code, "message": str(exc)})
             exc.request_id = who["request_id"]
             raise
-        outcome = "ok" if result.exit_code == 0 else "failed"
-        await self.audit.write(
+        await self._result(
+            who,
+            operation,
             {
-                **who,
-                "event": "result",
-                "operation": operation.name,
-                "outcome": outcome,
+                "outcome": "ok" if result.exit_code == 0 else "failed",
                 "exit_code": result.exit_code,
                 "duration_ms": round(result.duration_seconds * 1000, 3),
                 "truncated": result.truncated,
                 "stderr_tail": result.stderr[-_STDERR_TAIL:],
-            }
+            },
         )
         body = {**described, **_result_body(result)}
         if result.exit_code != 0:
@@ -140,6 +137,22 @@ class Pipeline:
             error.request_id = who["request_id"]
             raise error
         return Reply(200, {**body, "data": adapter.interpret(operation, result)})
+
+    async def _result(
+        self, who: dict[str, Any], operation: Operation, fields: dict[str, Any]
+    ) -> None:
+        """Audit what happened; if that fails, say so: unlike a decision, it already ran."""
+        try:
+            await self.audit.write(
+                {**who, "event": "result", "operation": operation.name, **fields}
+            )
+        except AuditUnavailable as exc:
+            error = ResultUnaudited(
+                f"{operation.name} ran (outcome {fields['outcome']}) but its result could not "
+                f"be audited: {exc}"
+            )
+            error.request_id = who["request_id"]
+            raise error from exc
 
     async def _decision(
         self, who: dict[str, Any], what: dict[str, Any], decision: Decision

@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from host_agent.audit import verify
@@ -16,7 +17,17 @@ from host_agent.errors import RunnerError
 from host_agent.operations import Operation
 from host_agent.runner import Runner
 from tests.hostile import HOSTILE_NAMES
-from tests.support import Pki, RunningAgent, audit_records, client, config_text, running_agent
+from tests.support import (
+    Pki,
+    RunningAgent,
+    audit_records,
+    client,
+    client_context,
+    config_text,
+    listening_port,
+    running_agent,
+    serve_process,
+)
 from tests.support import write_config as write
 from tests.system import (
     REPO,
@@ -234,6 +245,50 @@ def test_unwritable_audit_runs_nothing(
     assert reply.status_code == 503
     assert reply.json()["error"]["code"] == "audit_unavailable"
     assert f"{pool.name}/data@unaudited" not in pool.datasets("snapshot")
+
+
+def test_result_that_cannot_be_audited_is_reported_as_ran(
+    system: tuple[str, Wrappers, Pool], pki: Pki, tmp_path: Path
+) -> None:
+    """The decision record fits under a real file-size limit, the result record does not."""
+    user, wrappers, pool = system
+    request = {"kind": "zfs", "resource": f"{pool.name}/data", "args": ["snapshot", "limit"]}
+
+    def configured(name: str) -> Config:
+        return write(
+            tmp_path / f"{name}.toml",
+            config_text(
+                pki,
+                tmp_path,
+                service_user=user,
+                wrapper_dir=wrappers.directory,
+                audit_log=tmp_path / f"{name}.jsonl",
+            ),
+        )
+
+    probe = configured("probe")
+    with running_agent(probe) as agent, client(agent, pki, "librarian-1") as http:
+        assert http.post("/host/op", json={**request, "dry_run": True}).status_code == 200
+    # The real decision record differs from the dry run's only in "dry_run":false (+1 byte).
+    decision_size = probe.audit.log_path.stat().st_size + 1
+    limited = configured("limited")
+    process = serve_process(
+        limited.source, prefix=("prlimit", f"--fsize={decision_size + 16}", "--")
+    )
+    try:
+        port = listening_port(process)
+        cert, key = pki.client("librarian-1")
+        with httpx.Client(verify=client_context(pki.ca, cert, key), timeout=60) as http:
+            reply = http.post(f"https://127.0.0.1:{port}/host/op", json=request)
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+    assert reply.status_code == 503
+    assert reply.json()["error"]["code"] == "result_unaudited"
+    assert "zfs-snapshot ran (outcome ok)" in reply.json()["error"]["message"]
+    assert f"{pool.name}/data@limit" in pool.datasets("snapshot")
+    (decision,) = audit_records(limited.audit.log_path)
+    assert (decision["event"], decision["decision"]) == ("decision", "allow")
 
 
 # --- the runner's limits, through real sudo and a test-only probe wrapper -----------
