@@ -16,13 +16,15 @@ from host_agent.tls import TLSSetupError, server_context
 from tests.support import Pki, RunningAgent, audit_records, client, client_context, raw_exchange
 
 
-def _refused(agent: RunningAgent, context: ssl.SSLContext) -> None:
-    """The connection must fail or close without a single HTTP byte from a route."""
+def _refused(agent: RunningAgent, pki: Pki, context: ssl.SSLContext) -> None:
+    """The connection fails or closes without one HTTP byte, while a good client is served."""
     try:
         reply = raw_exchange(agent.port, context)
     except (ssl.SSLError, ConnectionError, OSError):
-        return
+        reply = b""
     assert not reply.startswith(b"HTTP/"), reply[:200]
+    cert, key = pki.client("librarian-1")
+    assert raw_exchange(agent.port, client_context(pki.ca, cert, key)).startswith(b"HTTP/1.1 200")
 
 
 def test_valid_client_reaches_health(agent: RunningAgent, pki: Pki) -> None:
@@ -45,17 +47,19 @@ def test_bad_client_certificate_never_reaches_a_route(
     agent: RunningAgent, pki: Pki, cn: str, config: Config
 ) -> None:
     cert, key = pki.client(cn)
-    _refused(agent, client_context(pki.ca, cert, key))
+    _refused(agent, pki, client_context(pki.ca, cert, key))
     assert audit_records(config.audit.log_path) == []
 
 
 def test_no_client_certificate_is_refused(agent: RunningAgent, pki: Pki) -> None:
-    _refused(agent, client_context(pki.ca))
+    _refused(agent, pki, client_context(pki.ca))
 
 
 def test_certificate_from_another_ca_is_refused(agent: RunningAgent, pki: Pki) -> None:
     other = pki.other_ca
-    _refused(agent, client_context(pki.ca, other / "librarian-1.crt", other / "librarian-1.key"))
+    _refused(
+        agent, pki, client_context(pki.ca, other / "librarian-1.crt", other / "librarian-1.key")
+    )
 
 
 def _legacy_context(pki: Pki, maximum: ssl.TLSVersion) -> ssl.SSLContext:
