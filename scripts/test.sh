@@ -11,8 +11,8 @@ VENV=${HOST_AGENT_VENV:-$REPO/.venv}
 if [[ $(id -u) == 0 ]]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq python3-venv sudo zfs-fuse shellcheck curl openssl \
-        logrotate >/dev/null
+    apt-get install -y -qq python3-venv sudo zfs-fuse shellcheck curl openssl procps \
+        util-linux >/dev/null
 fi
 
 [[ -x $VENV/bin/python ]] || /usr/bin/python3 -m venv "$VENV"
