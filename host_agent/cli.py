@@ -9,12 +9,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from host_agent import __version__, certs
-from host_agent.adapters import default_registry
+from host_agent import __version__, certs, wrapper_config
+from host_agent.adapters import build_registry
 from host_agent.audit import verify
 from host_agent.config import load_config
 from host_agent.errors import ConfigError, HostAgentError
-from host_agent.policy import decide
+from host_agent.policy import decide, find_profile
 from host_agent.request import HostOpRequest
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -103,6 +103,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     check_chain.add_argument("files", nargs="+", type=Path)
     check_chain.set_defaults(handler=_audit_verify)
+
+    wrappers = commands.add_parser(
+        "wrappers-config", help="render the wrappers' root-owned allowlist file from a config"
+    )
+    wrappers.add_argument("--config", required=True, type=Path)
+    wrappers.add_argument(
+        "--output", type=Path, help="write here atomically (mode 0644) instead of stdout"
+    )
+    wrappers.set_defaults(handler=_wrappers_config)
     return parser
 
 
@@ -153,7 +162,9 @@ def _certs_revoke(options: argparse.Namespace) -> int:
 def _policy_explain(options: argparse.Namespace) -> int:
     config = load_config(options.config)
     request = HostOpRequest(options.kind, options.resource, tuple(options.args))
-    operation = default_registry().adapter_for(options.kind).parse(request)
+    found = find_profile(config, options.cn)
+    unix_user = found[1].unix_user if found is not None else ""
+    operation = build_registry(config).adapter_for(options.kind).parse(request, unix_user)
     decision = decide(config, options.cn, operation)
     if options.json:
         print(
@@ -168,6 +179,20 @@ def _policy_explain(options: argparse.Namespace) -> int:
         print(f"rule:      {decision.rule}")
         if decision.admin_only:
             print("approver:  admin only")
+    return EXIT_OK
+
+
+def _wrappers_config(options: argparse.Namespace) -> int:
+    config = load_config(options.config)
+    if options.output is None:
+        sys.stdout.write(wrapper_config.render(config))
+        return EXIT_OK
+    try:
+        wrapper_config.write(config, options.output)
+    except OSError as exc:
+        print(f"host-agent: cannot write {options.output}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"wrote {options.output}")
     return EXIT_OK
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import fnmatch
 import re
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from host_agent.errors import ConfigError
@@ -130,6 +131,8 @@ class AgentProfile:
     requires_approval_for: tuple[str, ...]
     pattern_rules: tuple[PatternRule, ...]
     allow_full_autonomy_bypass: bool
+    # Recursive zfs destroy/rollback, which reach past the named resource.
+    allow_recursive: bool = False
 
     def matches(self, cn: str) -> bool:
         return fnmatch.fnmatchcase(cn, self.cn_pattern)
@@ -159,6 +162,22 @@ class GitConfig:
 class ExecConfig:
     enabled: bool
     allowed_commands: tuple[Path, ...]
+    # command -> one full-match pattern per positional argument; absent = no arguments.
+    argument_patterns: Mapping[Path, tuple[str, ...]]
+    playbook_dir: Path | None
+    allowed_playbooks: tuple[str, ...]
+    ansible_inventory: str
+
+
+@dataclass(frozen=True)
+class BinariesConfig:
+    """Where the wrappers find the real tools; rendered into the wrappers' own config."""
+
+    zfs: Path
+    systemctl: Path
+    pct: Path
+    git: Path
+    ansible_playbook: Path
 
 
 @dataclass(frozen=True)
@@ -174,6 +193,7 @@ class Config:
     rules: tuple[Rule, ...]
     git: GitConfig
     exec: ExecConfig
+    binaries: BinariesConfig
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -215,6 +235,7 @@ def parse_config(raw: dict[str, Any], source: Path) -> Config:
     )
     git = _git(document.table("git"))
     exec_ = _exec(document.table("exec"))
+    binaries = _binaries(document.table("binaries"))
     document.finish()
 
     if not agents:
@@ -233,6 +254,7 @@ def parse_config(raw: dict[str, Any], source: Path) -> Config:
         rules=rules,
         git=git,
         exec=exec_,
+        binaries=binaries,
         warnings=tuple(reader.warnings),
     )
 
@@ -350,6 +372,7 @@ def _agent(t: _Table) -> AgentProfile:
         ),
         pattern_rules=tuple(pattern_rules),
         allow_full_autonomy_bypass=t.get("allow_full_autonomy_bypass", bool, False),
+        allow_recursive=t.get("allow_recursive", bool, False),
     )
     t.finish()
     return profile
@@ -372,27 +395,54 @@ def _rule(t: _Table, index: int) -> Rule:
 
 
 def _git(t: _Table) -> GitConfig:
-    repos = tuple(t.get("allowed_repos", list, [], item=str))
-    for repo in repos:
-        if not repo.startswith("/"):
-            t.reader.problem(t.key("allowed_repos"), f"{repo!r} is not an absolute path")
+    repos = t.get("allowed_repos", list, [], item=str, check=_check_absolute_paths)
     config = GitConfig(allowed_repos=tuple(Path(r) for r in repos))
     t.finish()
     return config
 
 
 def _exec(t: _Table) -> ExecConfig:
-    commands = tuple(t.get("allowed_commands", list, [], item=str))
-    for command in commands:
-        if not command.startswith("/"):
-            t.reader.problem(t.key("allowed_commands"), f"{command!r} is not an absolute path")
+    commands = tuple(t.get("allowed_commands", list, [], item=str, check=_check_absolute_paths))
     if t.optional("ansible_job_queue", str) is not None:
         t.reader.warn(
             f"{t.key('ansible_job_queue')}: job files are not written; playbooks run directly"
         )
+    patterns_table = t.table("argument_patterns")
+    patterns: dict[Path, tuple[str, ...]] = {}
+    for command in sorted(patterns_table.data):
+        if command not in commands:
+            t.reader.problem(
+                patterns_table.key(command), "names a command that is not in allowed_commands"
+            )
+        patterns[Path(command)] = tuple(
+            patterns_table.get(command, list, [], item=str, check=_check_argument_patterns)
+        )
     config = ExecConfig(
         enabled=t.get("enabled", bool, False),
         allowed_commands=tuple(Path(c) for c in commands),
+        argument_patterns=MappingProxyType(patterns),
+        playbook_dir=t.optional_path("playbook_dir"),
+        allowed_playbooks=tuple(
+            t.get("allowed_playbooks", list, [], item=str, check=_check_playbook_names)
+        ),
+        ansible_inventory=t.get("ansible_inventory", str, "localhost,", check=_check_inventory),
+    )
+    if config.allowed_playbooks and config.playbook_dir is None:
+        t.reader.problem(t.key("allowed_playbooks"), "needs exec.playbook_dir")
+    t.finish()
+    return config
+
+
+def _binaries(t: _Table) -> BinariesConfig:
+    def binary(name: str, default: str) -> Path:
+        return Path(t.get(name, str, default, check=_check_absolute_path))
+
+    config = BinariesConfig(
+        zfs=binary("zfs", "/usr/sbin/zfs"),
+        systemctl=binary("systemctl", "/usr/bin/systemctl"),
+        pct=binary("pct", "/usr/sbin/pct"),
+        git=binary("git", "/usr/bin/git"),
+        ansible_playbook=binary("ansible_playbook", "/usr/bin/ansible-playbook"),
     )
     t.finish()
     return config
@@ -441,6 +491,46 @@ def _check_unix_name(value: str) -> str | None:
     if re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value):
         return None
     return "must be a Unix account name (lower case, digits, _ and -)"
+
+
+# What the wrappers' config file can carry on one line, and what a path may hold.
+_PLAIN_TEXT = re.compile(r"[\x21-\x7e]+")
+
+
+def _check_absolute_path(value: str) -> str | None:
+    if not _PLAIN_TEXT.fullmatch(value) or not value.startswith("/"):
+        return f"{value!r} is not an absolute path (printable ASCII, no spaces)"
+    if "/../" in f"{value}/" or "/./" in f"{value}/":
+        return f"{value!r} must not contain '.' or '..' components"
+    return None
+
+
+def _check_absolute_paths(values: list[str]) -> str | None:
+    return next((m for v in values if (m := _check_absolute_path(v)) is not None), None)
+
+
+def _check_argument_patterns(values: list[str]) -> str | None:
+    # The wrapper re-checks with bash's POSIX ERE, so allow only the syntax
+    # both engines read the same way: no escapes of letters/digits, no (?...).
+    for value in values:
+        if not _PLAIN_TEXT.fullmatch(value):
+            return f"pattern {value!r} must be printable ASCII without spaces"
+        if re.search(r"\\[A-Za-z0-9]|\(\?", value):
+            return f"pattern {value!r} uses syntax POSIX ERE lacks (\\d, \\w, (?...))"
+        if (message := _check_regex(value)) is not None:
+            return message
+    return None
+
+
+def _check_playbook_names(values: list[str]) -> str | None:
+    for value in values:
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.ya?ml", value):
+            return f"{value!r} must be a file name ending in .yml or .yaml (no directories)"
+    return None
+
+
+def _check_inventory(value: str) -> str | None:
+    return None if _PLAIN_TEXT.fullmatch(value) else "must be printable ASCII without spaces"
 
 
 def _check_regex(value: str) -> str | None:

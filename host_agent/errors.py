@@ -7,7 +7,8 @@
     │   ├── ValidationError    a field failed validation (400, names the field)
     │   ├── UnknownKind        no adapter for this kind (404)
     │   ├── Unauthenticated    no verified client certificate (401)
-    │   └── PolicyDenied       policy refused the operation (403)
+    │   ├── PolicyDenied       policy refused the operation (403)
+│   └── AdapterDisabled    the kind is switched off in the config (403)
     ├── AuditUnavailable       the audit log cannot be written: fail closed (503)
     │   └── ResultUnaudited    the operation ran but its result record failed (503)
     ├── RunnerError            the wrapper could not be started or was killed (502/504)
@@ -97,6 +98,16 @@ class PolicyDenied(RequestError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class AdapterDisabled(RequestError):
+    """The operation's kind is switched off in this agent's configuration."""
+
+    status = 403
+    code = "adapter_disabled"
+
+    def __init__(self, kind: str, how: str) -> None:
+        super().__init__(f"{kind} operations are disabled on this agent; {how}", field="kind")
 
 
 class AuditUnavailable(HostAgentError):

@@ -51,6 +51,8 @@ class Operation:
     mutating: bool
     # Adapter-forced approval (e.g. pct destroy) that no config can lift.
     always_requires_approval: bool = False
+    # Reaches beyond the named resource (zfs destroy/rollback -r): policy must grant it.
+    recursive: bool = False
 
     @property
     def name(self) -> str:

@@ -50,13 +50,15 @@ class Pipeline:
         who = _who(identity)
         document: Any = None
         try:
-            if find_profile(self.config, identity.cn) is None:
+            found = find_profile(self.config, identity.cn)
+            if found is None:
                 decision = unknown_caller(identity.cn)
                 await self._decision(who, {}, decision)
                 raise _denied(decision, who["request_id"])
             document = decode_json(body)
             request = parse_host_op(document)
-            operation = self.registry.adapter_for(request.kind).parse(request)
+            adapter = self.registry.adapter_for(request.kind)
+            operation = adapter.parse(request, found[1].unix_user)
         except PolicyDenied:
             raise
         except RequestError as exc:
@@ -119,11 +121,13 @@ class Pipeline:
             await self._result(who, operation, {"outcome": exc.code, "message": str(exc)})
             exc.request_id = who["request_id"]
             raise
+        failure = adapter.outcome(operation, result)
         await self._result(
             who,
             operation,
             {
-                "outcome": "ok" if result.exit_code == 0 else "failed",
+                "outcome": "ok" if failure is None else "failed",
+                "code": None if failure is None else failure.code,
                 "exit_code": result.exit_code,
                 "duration_ms": round(result.duration_seconds * 1000, 3),
                 "truncated": result.truncated,
@@ -131,8 +135,7 @@ class Pipeline:
             },
         )
         body = {**described, **_result_body(result)}
-        if result.exit_code != 0:
-            failure = adapter.failure(operation, result)
+        if failure is not None:
             error = OperationFailed(failure.status, failure.code, failure.message, body)
             error.request_id = who["request_id"]
             raise error

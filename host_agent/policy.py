@@ -78,6 +78,15 @@ def decide(config: Config, cn: str, operation: Operation) -> Decision:
             f"{where}.pattern_rules",
         )
 
+    if operation.recursive and not profile.allow_recursive:
+        return Decision(
+            Effect.DENY,
+            "recursive_not_allowed",
+            f"{name} with 'recursive' reaches past {operation.resource!r}; "
+            "this agent may not do that",
+            f"{where}.allow_recursive",
+        )
+
     # A matching deny rule wins wherever it stands; otherwise the first matching rule applies.
     matching = list(_matching_rules(config.rules, operation))
     denial = next((r for r in matching if r.deny), None)

@@ -9,7 +9,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from host_agent.adapters import default_registry
+from host_agent.adapters import build_registry
 from host_agent.app import build_app
 from host_agent.audit import AuditLog
 from host_agent.config import Config, load_config
@@ -32,7 +32,7 @@ def build_pipeline(config: Config) -> Pipeline:
     """Every component the request path needs, built from one config (fails fast)."""
     audit = AuditLog(config.audit.log_path)
     audit.open()
-    return Pipeline(config, default_registry(), audit, Runner(config.runner))
+    return Pipeline(config, build_registry(config), audit, Runner(config.runner))
 
 
 async def run_server(

@@ -19,7 +19,10 @@ sed "s|^readonly HA_WRAPPER_CONFIG=.*|readonly HA_WRAPPER_CONFIG=$config|" \
     "$repo/wrappers/host-agent-lib.sh" > "$dir/host-agent-lib.sh"
 chown root:root "$dir/host-agent-lib.sh"
 chmod 0644 "$dir/host-agent-lib.sh"
-install -m 0755 -o root -g root "$repo/wrappers/host-agent-zfs" "$dir/"
+for wrapper in "$repo"/wrappers/host-agent-*; do
+    [[ $wrapper == */host-agent-lib.sh ]] && continue
+    install -m 0755 -o root -g root "$wrapper" "$dir/"
+done
 
 candidate=$(mktemp)
 trap 'rm -f "$candidate"' EXIT

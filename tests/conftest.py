@@ -7,6 +7,7 @@ import pytest
 
 from host_agent.config import Config
 from tests.support import Pki, RunningAgent, config_text, make_pki, running_agent, write_config
+from tests.system import PROBE, Pool, System, installed_system, require_root_tools, zfs_pool
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +24,21 @@ def config(pki: Pki, tmp_path: Path) -> Config:
 def agent(config: Config) -> Iterator[RunningAgent]:
     with running_agent(config) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """Root only: a real service account, the wrappers and a sudoers drop-in for it."""
+    require_root_tools("sudo", "visudo", "runuser")
+    with installed_system(tmp_path_factory.mktemp("system"), extra=(PROBE,)) as installed:
+        yield installed
+
+
+@pytest.fixture(scope="session")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    """Root only: a real zfs-fuse pool with a `data` dataset."""
+    require_root_tools("zfs-fuse", "zpool")
+    root = tmp_path_factory.mktemp("zpool")
+    root.chmod(0o755)
+    with zfs_pool(root) as created:
+        yield created

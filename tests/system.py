@@ -17,8 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from host_agent import wrapper_config
+from host_agent.config import Config
+
 REPO = Path(__file__).resolve().parent.parent
 SUDOERS_D = Path("/etc/sudoers.d")
+PROBE = REPO / "tests" / "wrappers" / "host-agent-test-probe"
 
 
 def require_root_tools(*tools: str) -> None:
@@ -53,6 +57,19 @@ class Wrappers:
     config: Path
     sudoers: Path
 
+    def configure(self, config: Config) -> None:
+        """Render the wrappers' allowlist file from `config`, as an operator would."""
+        wrapper_config.write(config, self.config)
+
+
+@dataclass(frozen=True)
+class System:
+    """The service account and the wrappers installed for it (one per test session)."""
+
+    user: str
+    wrappers: Wrappers
+    root: Path
+
 
 def install_wrappers(root: Path, user: str, extra: tuple[Path, ...] = ()) -> Wrappers:
     """Install the wrappers with scripts/install-wrappers.sh, as an operator would.
@@ -62,7 +79,7 @@ def install_wrappers(root: Path, user: str, extra: tuple[Path, ...] = ()) -> Wra
     """
     directory = root / "libexec"
     config = root / "wrappers.conf"
-    config.write_text("zfs_bin=/usr/sbin/zfs\n")
+    config.write_text("# empty until a test renders it from its agent config\n")
     config.chmod(0o644)
     sudoers = SUDOERS_D / f"host-agent-test-{user}"
     run(
@@ -83,6 +100,33 @@ def install_wrappers(root: Path, user: str, extra: tuple[Path, ...] = ()) -> Wra
         sudoers.unlink()  # a broken drop-in would break sudo for the whole machine
         raise
     return Wrappers(directory, config, sudoers)
+
+
+@contextmanager
+def installed_system(root: Path, extra: tuple[Path, ...] = ()) -> Iterator[System]:
+    """A fresh service account with every wrapper installed; all removed at the end."""
+    root.chmod(0o755)
+    with service_account() as user:
+        wrappers = install_wrappers(root, user, extra)
+        try:
+            yield System(user, wrappers, root)
+        finally:
+            wrappers.sudoers.unlink()
+
+
+def install_standin(system: System, source: Path) -> Path:
+    """Install a stand-in tool root-owned 0755 (wrappers refuse anything else).
+
+    Its state directory, `<name>.state` beside it, is where it records argv.
+    """
+    directory = system.root / "standins"
+    directory.mkdir(mode=0o755, exist_ok=True)
+    target = directory / source.name
+    shutil.copyfile(source, target)
+    target.chmod(0o755)
+    state = directory / f"{source.name}.state"
+    state.mkdir(mode=0o755, exist_ok=True)
+    return target
 
 
 @dataclass(frozen=True)

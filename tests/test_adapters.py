@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from host_agent.adapters import Registry, default_registry
+from host_agent.adapters import Registry, build_registry
+from host_agent.config import Config
 from host_agent.adapters.zfs import ZfsAdapter, parse_properties
 from host_agent.errors import UnknownKind, ValidationError
 from host_agent.operations import OPERATION_NAMES
@@ -15,7 +16,7 @@ zfs = ZfsAdapter()
 
 
 def _parse(resource: str, *args: str) -> tuple[str, ...]:
-    return zfs.parse(HostOpRequest("zfs", resource, args)).wrapper_argv
+    return zfs.parse(HostOpRequest("zfs", resource, args), "tester").wrapper_argv
 
 
 @pytest.mark.parametrize(
@@ -81,7 +82,7 @@ def test_hostile_snapshot_names_are_rejected(value: str) -> None:
             "too_long",
             id="full-name-too-long",
         ),
-        pytest.param("tank", ("destroy",), "args[0]", "unknown_command", id="unknown-command"),
+        pytest.param("tank", ("clone",), "args[0]", "unknown_command", id="unknown-command"),
     ],
 )
 def test_structural_errors_name_the_field(
@@ -93,12 +94,12 @@ def test_structural_errors_name_the_field(
 
 
 def test_operation_is_frozen_and_digest_binds_kind_resource_args() -> None:
-    one = zfs.parse(HostOpRequest("zfs", "tank/a", ("snapshot", "s1")))
+    one = zfs.parse(HostOpRequest("zfs", "tank/a", ("snapshot", "s1")), "tester")
     assert one.name == "zfs-snapshot" and one.mutating
     with pytest.raises(AttributeError):
         one.resource = "tank/b"  # type: ignore[misc]
-    same = zfs.parse(HostOpRequest("zfs", "tank/a", ("snapshot", "s1")))
-    other = zfs.parse(HostOpRequest("zfs", "tank/a", ("snapshot", "s2")))
+    same = zfs.parse(HostOpRequest("zfs", "tank/a", ("snapshot", "s1")), "tester")
+    other = zfs.parse(HostOpRequest("zfs", "tank/a", ("snapshot", "s2")), "tester")
     assert one.digest() == same.digest() != other.digest()
 
 
@@ -113,8 +114,8 @@ def test_parse_properties_groups_machine_output() -> None:
     ]
 
 
-def test_registry_is_closed_and_rejects_duplicates() -> None:
-    registry = default_registry()
+def test_registry_is_closed_and_rejects_duplicates(config: Config) -> None:
+    registry = build_registry(config)
     assert list(registry) == ["zfs"]
     with pytest.raises(UnknownKind):
         registry.adapter_for("kubectl")
@@ -124,6 +125,6 @@ def test_registry_is_closed_and_rejects_duplicates() -> None:
         registry["pct"] = ZfsAdapter()  # type: ignore[index]
 
 
-def test_every_adapter_operation_is_a_known_operation_name() -> None:
-    for adapter in default_registry().values():
+def test_every_adapter_operation_is_a_known_operation_name(config: Config) -> None:
+    for adapter in build_registry(config).values():
         assert adapter.operation_names() <= OPERATION_NAMES

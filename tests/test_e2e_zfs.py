@@ -29,50 +29,25 @@ from tests.support import (
     serve_process,
 )
 from tests.support import write_config as write
-from tests.system import (
-    REPO,
-    Pool,
-    Wrappers,
-    install_wrappers,
-    require_root_tools,
-    run,
-    service_account,
-    zfs_pool,
-)
+from tests.system import PROBE, Pool, System, run
 
 pytestmark = pytest.mark.root
-PROBE = REPO / "tests" / "wrappers" / "host-agent-test-probe"
-
-
-@pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Wrappers, Pool]]:
-    require_root_tools("sudo", "visudo", "zfs-fuse", "zpool", "runuser")
-    root = tmp_path_factory.mktemp("system")
-    root.chmod(0o755)
-    with service_account() as user, zfs_pool(root) as pool:
-        wrappers = install_wrappers(root, user, extra=(PROBE,))
-        try:
-            yield user, wrappers, pool
-        finally:
-            wrappers.sudoers.unlink()
 
 
 @pytest.fixture
-def e2e_config(system: tuple[str, Wrappers, Pool], pki: Pki, tmp_path: Path) -> Config:
-    user, wrappers, _ = system
-    text = config_text(pki, tmp_path, service_user=user, wrapper_dir=wrappers.directory)
-    return write(tmp_path / "agent.toml", text)
+def e2e_config(system: System, pool: Pool, pki: Pki, tmp_path: Path) -> Config:
+    config = write(
+        tmp_path / "agent.toml",
+        config_text(pki, tmp_path, service_user=system.user, wrapper_dir=system.wrappers.directory),
+    )
+    system.wrappers.configure(config)
+    return config
 
 
 @pytest.fixture
 def live(e2e_config: Config) -> Iterator[RunningAgent]:
     with running_agent(e2e_config) as agent:
         yield agent
-
-
-@pytest.fixture
-def pool(system: tuple[str, Wrappers, Pool]) -> Pool:
-    return system[2]
 
 
 def test_snapshot_is_created_on_the_pool_and_audited(
@@ -174,10 +149,8 @@ ARGV_HOSTILE_NAMES = [case for case in HOSTILE_NAMES if "\x00" not in case.value
 
 
 @pytest.mark.parametrize("value", ARGV_HOSTILE_NAMES)
-def test_wrapper_rejects_hostile_names_on_its_own(
-    system: tuple[str, Wrappers, Pool], value: str
-) -> None:
-    user, wrappers, pool = system
+def test_wrapper_rejects_hostile_names_on_its_own(system: System, pool: Pool, value: str) -> None:
+    user, wrappers = system.user, system.wrappers
     before = pool.datasets()
     wrapper = str(wrappers.directory / "host-agent-zfs")
     for argv in (
@@ -203,26 +176,24 @@ def test_wrapper_rejects_hostile_names_on_its_own(
         pytest.param(("-u", "root", "/usr/bin/id"), id="other-command"),
     ],
 )
-def test_service_account_can_run_only_the_wrappers(
-    system: tuple[str, Wrappers, Pool], argv: tuple[str, ...]
-) -> None:
-    user, _, _ = system
+def test_service_account_can_run_only_the_wrappers(system: System, argv: tuple[str, ...]) -> None:
+    user = system.user
     done = run("sudo", "-n", *argv, user=user, check=False)
     assert done.returncode != 0
     assert "password is required" in done.stderr or "not allowed" in done.stderr
 
 
-def test_installed_sudoers_passes_visudo(system: tuple[str, Wrappers, Pool]) -> None:
-    _, wrappers, _ = system
+def test_installed_sudoers_passes_visudo(system: System) -> None:
+    wrappers = system.wrappers
     assert run("visudo", "-cf", str(wrappers.sudoers)).returncode == 0
-    listing = run("sudo", "-l", "-U", system[0]).stdout
+    listing = run("sudo", "-l", "-U", system.user).stdout
     assert str(wrappers.directory / "host-agent-zfs") in listing
 
 
 def test_unwritable_audit_runs_nothing(
-    system: tuple[str, Wrappers, Pool], pki: Pki, tmp_path: Path
+    system: System, pool: Pool, pki: Pki, tmp_path: Path
 ) -> None:
-    user, wrappers, pool = system
+    user, wrappers = system.user, system.wrappers
     config = write(
         tmp_path / "full.toml",
         config_text(
@@ -248,10 +219,10 @@ def test_unwritable_audit_runs_nothing(
 
 
 def test_result_that_cannot_be_audited_is_reported_as_ran(
-    system: tuple[str, Wrappers, Pool], pki: Pki, tmp_path: Path
+    system: System, pool: Pool, pki: Pki, tmp_path: Path
 ) -> None:
     """The decision record fits under a real file-size limit, the result record does not."""
-    user, wrappers, pool = system
+    user, wrappers = system.user, system.wrappers
     request = {"kind": "zfs", "resource": f"{pool.name}/data", "args": ["snapshot", "limit"]}
 
     def configured(name: str) -> Config:

@@ -39,7 +39,7 @@ def make_config(*agents: dict[str, Any], rules: tuple[dict[str, Any], ...] = ())
 
 
 def zfs(resource: str, *args: str) -> Operation:
-    return ZfsAdapter().parse(HostOpRequest("zfs", resource, args))
+    return ZfsAdapter().parse(HostOpRequest("zfs", resource, args), "tester")
 
 
 def pct_destroy(resource: str = "101") -> Operation:
@@ -105,6 +105,16 @@ FULL_BYPASS = {"autonomy": "full", "allow_full_autonomy_bypass": True}
             id="R4-resource-not-allowed",
         ),
         pytest.param(
+            # Granted zfs-destroy, even without approval, but not its recursive form.
+            make_config(agent(allowed_operations=["zfs-destroy"], **FULL_BYPASS)),
+            "librarian-1",
+            zfs("tank/old", "destroy", "recursive"),
+            Effect.DENY,
+            "recursive_not_allowed",
+            "agents[0] (cn_pattern='librarian*').allow_recursive",
+            id="R5-recursive-not-allowed",
+        ),
+        pytest.param(
             make_config(
                 agent(allowed_operations=["zfs-snapshot"]),
                 rules=({"operation": "zfs-snapshot", "pattern": "forbidden(/.*)?", "deny": True},),
@@ -114,7 +124,7 @@ FULL_BYPASS = {"autonomy": "full", "allow_full_autonomy_bypass": True}
             Effect.DENY,
             "rule_denied",
             "rules[0] (operation=zfs-snapshot pattern='forbidden(/.*)?')",
-            id="R5-rule-denied",
+            id="R6-rule-denied",
         ),
         pytest.param(
             # Full autonomy, bypass allowed, no rule at all: the adapter still insists.
@@ -124,7 +134,7 @@ FULL_BYPASS = {"autonomy": "full", "allow_full_autonomy_bypass": True}
             Effect.APPROVAL,
             "approval_required",
             "adapter pct",
-            id="R6-adapter-forced-approval",
+            id="R7-adapter-forced-approval",
         ),
         pytest.param(
             make_config(
@@ -138,10 +148,10 @@ FULL_BYPASS = {"autonomy": "full", "allow_full_autonomy_bypass": True}
             Effect.APPROVAL,
             "approval_required",
             "rules[0] (operation=zfs-snapshot)",
-            id="R7-always-ask",
+            id="R8-always-ask",
         ),
         pytest.param(
-            # The rule alone would be bypassed (R9); the agent's own list is not.
+            # The rule alone would be bypassed (R10); the agent's own list is not.
             make_config(
                 agent(requires_approval_for=["zfs-snapshot"], **FULL_BYPASS),
                 rules=({"operation": "zfs-snapshot", "approval_required": True},),
@@ -151,7 +161,7 @@ FULL_BYPASS = {"autonomy": "full", "allow_full_autonomy_bypass": True}
             Effect.APPROVAL,
             "approval_required",
             "agents[0] (cn_pattern='librarian*').requires_approval_for",
-            id="R8-agent-requires-approval",
+            id="R9-agent-requires-approval",
         ),
         pytest.param(
             make_config(
@@ -164,7 +174,7 @@ FULL_BYPASS = {"autonomy": "full", "allow_full_autonomy_bypass": True}
             "allowed",
             "rules[0] (operation=zfs-snapshot) bypassed by "
             "agents[0] (cn_pattern='librarian*').allow_full_autonomy_bypass",
-            id="R9-full-autonomy-bypass",
+            id="R10-full-autonomy-bypass",
         ),
         pytest.param(
             # Full autonomy without the bypass flag still asks.
@@ -177,7 +187,7 @@ FULL_BYPASS = {"autonomy": "full", "allow_full_autonomy_bypass": True}
             Effect.APPROVAL,
             "approval_required",
             "rules[0] (operation=zfs-snapshot)",
-            id="R10-rule-approval-required",
+            id="R11-rule-approval-required",
         ),
         pytest.param(
             make_config(agent(allowed_operations=["zfs-list"])),
@@ -186,7 +196,7 @@ FULL_BYPASS = {"autonomy": "full", "allow_full_autonomy_bypass": True}
             Effect.ALLOW,
             "allowed",
             "agents[0] (cn_pattern='librarian*').allowed_operations",
-            id="R11-allow",
+            id="R12-allow",
         ),
     ],
 )
@@ -412,7 +422,7 @@ ADMIN_ONLY = {"approval_admin_only": True}
             ),
             pct_destroy(),
             "adapter pct",
-            id="R6",
+            id="R7",
         ),
         pytest.param(
             make_config(
@@ -421,7 +431,7 @@ ADMIN_ONLY = {"approval_admin_only": True}
             ),
             zfs("tank", "snapshot", "daily"),
             "rules[0] (operation=zfs-snapshot)",
-            id="R7",
+            id="R8",
         ),
         pytest.param(
             make_config(
@@ -430,7 +440,7 @@ ADMIN_ONLY = {"approval_admin_only": True}
             ),
             zfs("tank", "snapshot", "daily"),
             "agents[0] (cn_pattern='librarian*').requires_approval_for",
-            id="R8",
+            id="R9",
         ),
         pytest.param(
             make_config(
@@ -439,7 +449,7 @@ ADMIN_ONLY = {"approval_admin_only": True}
             ),
             zfs("tank", "snapshot", "daily"),
             "rules[0] (operation=zfs-snapshot)",
-            id="R10",
+            id="R11",
         ),
     ],
 )

@@ -7,7 +7,8 @@
 readonly HA_WRAPPER_CONFIG=/etc/host-agent/wrappers.conf
 
 # sysexits.h: the agent maps these to stable error codes.
-readonly EX_USAGE=64 EX_CONFIG=78
+# shellcheck disable=SC2034  # used by the wrappers that source this file
+readonly EX_USAGE=64 EX_NOINPUT=66 EX_NOUSER=67 EX_NOPERM=77 EX_CONFIG=78
 readonly HA_MAX_NAME=255
 
 HA_NAME=${0##*/}
@@ -28,26 +29,58 @@ ha_refuse() {
     exit "$status"
 }
 
-# ha_config_value KEY DEFAULT: a value from the root-owned config file.
-ha_config_value() {
-    local key=$1 default=$2 owner mode line value=""
-    if [[ -e $HA_WRAPPER_CONFIG ]]; then
-        read -r owner mode < <(stat -c '%u %a' -- "$HA_WRAPPER_CONFIG")
-        [[ $owner == 0 ]] || ha_refuse "$EX_CONFIG" "$HA_WRAPPER_CONFIG is not owned by root"
-        (( (8#$mode & 8#022) == 0 )) \
-            || ha_refuse "$EX_CONFIG" "$HA_WRAPPER_CONFIG is group- or world-writable"
-        while IFS= read -r line || [[ -n $line ]]; do
-            [[ $line == "$key="* ]] && value=${line#"$key="}
-        done < "$HA_WRAPPER_CONFIG"
-    fi
-    printf '%s\n' "${value:-$default}"
+# The config file's lines, read once when the wrapper starts (ha_load_config).
+HA_CONFIG_LINES=()
+
+# ha_load_config: refuse a config file the service account could have changed.
+ha_load_config() {
+    local owner mode
+    [[ -e $HA_WRAPPER_CONFIG ]] || return 0
+    read -r owner mode < <(stat -c '%u %a' -- "$HA_WRAPPER_CONFIG")
+    [[ $owner == 0 ]] || ha_refuse "$EX_CONFIG" "$HA_WRAPPER_CONFIG is not owned by root"
+    (( (8#$mode & 8#022) == 0 )) \
+        || ha_refuse "$EX_CONFIG" "$HA_WRAPPER_CONFIG is group- or world-writable"
+    mapfile -t HA_CONFIG_LINES < "$HA_WRAPPER_CONFIG"
 }
 
-# ha_binary KEY DEFAULT: an absolute path to a root-owned executable.
+# ha_config_values KEY: every value of KEY, one per line, in file order.
+ha_config_values() {
+    local line
+    for line in "${HA_CONFIG_LINES[@]}"; do
+        if [[ $line == "$1="* ]]; then
+            printf '%s\n' "${line#"$1="}"
+        fi
+    done
+}
+
+# ha_config_value KEY DEFAULT: the last value of KEY, or DEFAULT.
+ha_config_value() {
+    local line value=""
+    for line in "${HA_CONFIG_LINES[@]}"; do
+        [[ $line == "$1="* ]] && value=${line#"$1="}
+    done
+    printf '%s\n' "${value:-$2}"
+}
+
+# ha_listed VALUE KEY: whether VALUE is exactly one of KEY's values.
+ha_listed() {
+    local line
+    for line in "${HA_CONFIG_LINES[@]}"; do
+        [[ $line == "$2=$1" ]] && return 0
+    done
+    return 1
+}
+
+# ha_binary KEY DEFAULT: an absolute path to a root-owned executable no one else can change.
 ha_binary() {
-    local path
+    local path owner mode
     path=$(ha_config_value "$1" "$2")
-    [[ $path == /* && -x $path ]] || ha_refuse "$EX_CONFIG" "$1=$path is not an executable path"
+    [[ $path == /* && -f $path && -x $path ]] \
+        || ha_refuse "$EX_CONFIG" "$1=$path is not an executable file"
+    read -r owner mode < <(stat -L -c '%u %a' -- "$path")
+    if [[ $owner != 0 ]] || (( (8#$mode & 8#022) != 0 )); then
+        ha_refuse "$EX_CONFIG" "$1=$path must be owned by root and not group/world-writable"
+    fi
     printf '%s\n' "$path"
 }
 
@@ -65,3 +98,5 @@ ha_run() {
     ha_log info "running: ${*@Q}"
     exec "$@"
 }
+
+ha_load_config

@@ -7,6 +7,7 @@ from types import MappingProxyType
 
 from host_agent.adapters.base import Adapter
 from host_agent.adapters.zfs import ZfsAdapter
+from host_agent.config import Config
 from host_agent.errors import UnknownKind
 from host_agent.operations import OPERATION_NAMES
 
@@ -41,5 +42,6 @@ class Registry(Mapping[str, Adapter]):
         return len(self._table)
 
 
-def default_registry() -> Registry:
+def build_registry(config: Config) -> Registry:
+    """Every adapter, built once from the config that shapes its validation."""
     return Registry([ZfsAdapter()])

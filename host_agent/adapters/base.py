@@ -20,6 +20,9 @@ from host_agent.runner import RunResult
 
 # Exit codes the wrappers use for their own refusals (sysexits.h).
 EXIT_USAGE = 64  # arguments failed the wrapper's re-validation
+EXIT_NOT_FOUND = 66  # the wrapper found no such repository, ref, playbook, ...
+EXIT_NO_USER = 67  # the account to act as does not exist on this host
+EXIT_NOT_PERMITTED = 77  # the wrapper's own allowlist does not permit it
 EXIT_CONFIG = 78  # wrapper configuration missing or unsafe
 
 # Printable ASCII only: no control characters, no NUL, no look-alike unicode.
@@ -28,11 +31,32 @@ _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]*")
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """How a non-zero exit is reported: HTTP status and stable error code."""
+    """How an unsuccessful run is reported: HTTP status and stable error code."""
 
     status: int
     code: str
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One request as an adapter sees it: the command, its target, the rest of args."""
+
+    command: str
+    resource: str
+    args: tuple[str, ...]
+    # The caller profile's Unix account, for adapters that act as it (git).
+    unix_user: str
+
+
+_WRAPPER_FAILURES = {
+    EXIT_USAGE: Failure(400, "wrapper_rejected", "the wrapper rejected the arguments"),
+    EXIT_NO_USER: Failure(500, "unix_user_missing", "the agent's unix_user does not exist here"),
+    EXIT_NOT_PERMITTED: Failure(
+        403, "wrapper_not_permitted", "the wrapper's allowlist does not permit this"
+    ),
+    EXIT_CONFIG: Failure(500, "wrapper_misconfigured", "the wrapper's configuration is unsafe"),
+}
 
 
 class Adapter(ABC):
@@ -42,11 +66,14 @@ class Adapter(ABC):
     wrapper: ClassVar[str]
     # command -> mutates host state?
     commands: ClassVar[Mapping[str, bool]]
+    # What the tool prints on stderr for well-known failures, checked in order
+    # (lower case substrings).
+    stderr_failures: ClassVar[tuple[tuple[str, Failure], ...]] = ()
 
     def operation_names(self) -> frozenset[str]:
         return frozenset(f"{self.kind}-{command}" for command in self.commands)
 
-    def parse(self, request: HostOpRequest) -> Operation:
+    def parse(self, request: HostOpRequest, unix_user: str) -> Operation:
         """Validate the request fully; the result is the only thing the runner accepts."""
         command = request.args[0]
         if command not in self.commands:
@@ -55,7 +82,8 @@ class Adapter(ABC):
                 f"unknown {self.kind} command; expected one of {', '.join(self.commands)}",
                 code="unknown_command",
             )
-        argv = self.validate(command, request.resource, request.args[1:])
+        call = Call(command, request.resource, request.args[1:], unix_user)
+        argv = self.validate(call)
         return Operation(
             kind=self.kind,
             command=command,
@@ -65,35 +93,49 @@ class Adapter(ABC):
             wrapper_argv=(command, *argv),
             mutating=self.commands[command],
             always_requires_approval=self.forces_approval(command),
+            recursive=self.is_recursive(call),
         )
 
     @abstractmethod
-    def validate(self, command: str, resource: str, args: tuple[str, ...]) -> tuple[str, ...]:
+    def validate(self, call: Call) -> tuple[str, ...]:
         """Check resource and the arguments after the command; return the wrapper argv tail."""
 
     def forces_approval(self, command: str) -> bool:
         """Commands no configuration may run without a human (none by default)."""
         return False
 
+    def is_recursive(self, call: Call) -> bool:
+        """Whether the call reaches beyond its resource (policy grants that separately)."""
+        return False
+
     def interpret(self, operation: Operation, result: RunResult) -> dict[str, Any]:
         """Structured data from a successful run (none by default)."""
         return {}
 
+    def outcome(self, operation: Operation, result: RunResult) -> Failure | None:
+        """None when the run did what was asked; otherwise how to report it."""
+        if result.exit_code == 0:
+            return None
+        return self.failure(operation, result)
+
     def failure(self, operation: Operation, result: RunResult) -> Failure:
-        """Map a non-zero exit to a status and code; adapters refine with `known_failure`."""
-        if result.exit_code == EXIT_USAGE:
-            return Failure(400, "wrapper_rejected", "the wrapper rejected the arguments")
-        if result.exit_code == EXIT_CONFIG:
-            return Failure(500, "wrapper_misconfigured", "the wrapper's configuration is unsafe")
+        """Map a non-zero exit: sudo, then the wrapper's own codes, then the tool's stderr."""
         if "a password is required" in result.stderr or "not allowed to execute" in result.stderr:
             return Failure(500, "sudo_refused", "sudoers does not allow the service account")
-        known = self.known_failure(operation, result)
-        if known is not None:
-            return known
+        if result.exit_code in _WRAPPER_FAILURES:
+            return _WRAPPER_FAILURES[result.exit_code]
+        if result.exit_code == EXIT_NOT_FOUND:
+            return Failure(404, "not_found", _last_line(result.stderr) or "not found")
+        stderr = result.stderr.lower()
+        for needle, failure in self.stderr_failures:
+            if needle in stderr:
+                return failure
         return Failure(502, "operation_failed", f"{operation.name} exited {result.exit_code}")
 
-    def known_failure(self, operation: Operation, result: RunResult) -> Failure | None:
-        return None
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 def check_text(
@@ -122,10 +164,33 @@ def check_text(
     return value
 
 
-def expect_args(command: str, args: tuple[str, ...], *, most: int) -> None:
-    if len(args) > most:
+def check_choice(field: str, value: str, choices: Mapping[str, Any] | tuple[str, ...]) -> str:
+    """A value that must be one of a fixed set of words."""
+    if value not in choices:
+        raise ValidationError(
+            field, f"must be one of {', '.join(choices)}", code="invalid_argument"
+        )
+    return value
+
+
+def expect_args(call: Call, *, least: int = 0, most: int) -> None:
+    """Bound the number of arguments after the command; fields count from args[1]."""
+    if len(call.args) < least:
+        raise ValidationError(
+            f"args[{len(call.args) + 1}]",
+            f"{call.command} needs {least} argument(s) after the command",
+            code="missing_argument",
+        )
+    if len(call.args) > most:
         raise ValidationError(
             f"args[{most + 1}]",
-            f"{command} takes at most {most} argument(s) after the command",
+            f"{call.command} takes at most {most} argument(s) after the command",
             code="too_many_arguments",
+        )
+
+
+def expect_no_resource(call: Call) -> None:
+    if call.resource:
+        raise ValidationError(
+            "resource", f"{call.command} takes no resource", code="unexpected_argument"
         )

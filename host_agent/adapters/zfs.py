@@ -1,8 +1,11 @@
 """ZFS datasets and snapshots through the `host-agent-zfs` wrapper.
 
 Requests (the predecessor's shape):
-    {"kind": "zfs", "resource": "tank",       "args": ["list", "snapshot"]}
-    {"kind": "zfs", "resource": "tank/media", "args": ["snapshot", "daily-2024-01-15"]}
+    {"kind": "zfs", "resource": "tank",           "args": ["list", "snapshot"]}
+    {"kind": "zfs", "resource": "tank/media",     "args": ["get", "used", "compression"]}
+    {"kind": "zfs", "resource": "tank/media",     "args": ["snapshot", "daily-2024-01-15"]}
+    {"kind": "zfs", "resource": "tank/media@old", "args": ["destroy"]}
+    {"kind": "zfs", "resource": "tank/media@old", "args": ["rollback"]}
 """
 
 from __future__ import annotations
@@ -11,18 +14,30 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from host_agent.adapters.base import Adapter, Failure, check_text, expect_args
+from host_agent.adapters.base import (
+    Adapter,
+    Call,
+    Failure,
+    check_choice,
+    check_text,
+    expect_args,
+)
 from host_agent.errors import ValidationError
 from host_agent.operations import Operation
 from host_agent.runner import RunResult
 
 # ZFS names: pool first (starts with a letter), then components; we are
-# stricter than ZFS (no spaces, components start with a letter, digit or _).
+# stricter than ZFS (no spaces; components start with a letter, digit or _,
+# so '.' and '..' can never be components).
 MAX_NAME = 255
 MAX_DEPTH = 50
 _COMPONENT = r"[A-Za-z0-9_][A-Za-z0-9_.:-]*"
 DATASET_RE = re.compile(rf"[A-Za-z][A-Za-z0-9_.:-]*(?:/{_COMPONENT})*")
 SNAPSHOT_COMPONENT_RE = re.compile(_COMPONENT)
+# Words zpool reserves for vdev types: never pool names.
+RESERVED_POOL_NAMES = frozenset(
+    {"mirror", "raidz", "raidz1", "raidz2", "raidz3", "draid", "spare", "log", "cache", "special"}
+)
 
 LIST_TYPES = {
     "filesystem": {"filesystem"},
@@ -33,62 +48,131 @@ LIST_TYPES = {
 # What `zfs list` shows without -t.
 DEFAULT_LIST_TYPES = {"filesystem", "volume"}
 LIST_PROPERTIES = ("type", "used", "available", "referenced", "mountpoint")
+# Properties `get` may read (the wrapper keeps the same list).
+GET_PROPERTIES = (
+    "type",
+    "creation",
+    "used",
+    "available",
+    "referenced",
+    "compressratio",
+    "mounted",
+    "origin",
+    "quota",
+    "reservation",
+    "refquota",
+    "refreservation",
+    "recordsize",
+    "mountpoint",
+    "compression",
+    "atime",
+    "readonly",
+    "checksum",
+    "copies",
+    "canmount",
+    "snapdir",
+    "usedbysnapshots",
+    "usedbydataset",
+    "usedbychildren",
+)
+RECURSIVE = "recursive"
 
 
 class ZfsAdapter(Adapter):
     kind = "zfs"
     wrapper = "host-agent-zfs"
-    commands: ClassVar[Mapping[str, bool]] = {"list": False, "snapshot": True}
+    commands: ClassVar[Mapping[str, bool]] = {
+        "list": False,
+        "get": False,
+        "snapshot": True,
+        "destroy": True,
+        "rollback": True,
+    }
+    stderr_failures = (
+        ("does not exist", Failure(404, "not_found", "dataset or snapshot does not exist")),
+        ("already exists", Failure(409, "already_exists", "it already exists")),
+        (
+            "more recent snapshots exist",
+            Failure(409, "newer_snapshots_exist", "newer snapshots exist; roll back recursively"),
+        ),
+        ("has children", Failure(409, "has_dependents", "it has children; destroy recursively")),
+        ("dependent clones", Failure(409, "has_dependents", "it has dependent clones")),
+        ("busy", Failure(409, "busy", "the dataset is busy")),
+        ("permission denied", Failure(403, "permission_denied", "zfs refused: permission denied")),
+    )
 
-    def validate(self, command: str, resource: str, args: tuple[str, ...]) -> tuple[str, ...]:
-        if command == "list":
-            expect_args(command, args, most=1)
-            if args and args[0] not in LIST_TYPES:
+    def validate(self, call: Call) -> tuple[str, ...]:
+        if call.command == "list":
+            expect_args(call, most=1)
+            if call.args:
+                check_choice("args[1]", call.args[0], LIST_TYPES)
+            if not call.resource:
+                return ()
+            return (zfs_name("resource", call.resource, snapshot=False),)
+        if call.command == "get":
+            expect_args(call, most=len(GET_PROPERTIES))
+            for index, prop in enumerate(call.args, start=1):
+                check_choice(f"args[{index}]", prop, GET_PROPERTIES)
+            wanted = call.args or GET_PROPERTIES
+            return (",".join(dict.fromkeys(wanted)), zfs_name("resource", call.resource))
+        if call.command == "snapshot":
+            expect_args(call, least=1, most=1)
+            dataset = zfs_name("resource", call.resource, snapshot=False)
+            snapname = check_text(
+                "args[1]",
+                call.args[0],
+                max_length=MAX_NAME,
+                pattern=SNAPSHOT_COMPONENT_RE,
+                what="snapshot name",
+            )
+            return (zfs_name("args[1]", f"{dataset}@{snapname}", dataset=False),)
+        # destroy, rollback: optional "recursive"
+        expect_args(call, most=1)
+        if call.args:
+            check_choice("args[1]", call.args[0], (RECURSIVE,))
+        if call.command == "rollback":
+            target = zfs_name("resource", call.resource, dataset=False)
+        else:
+            target = zfs_name("resource", call.resource)
+            if "/" not in target and "@" not in target:
                 raise ValidationError(
-                    "args[1]",
-                    f"type must be one of {', '.join(LIST_TYPES)}",
-                    code="invalid_argument",
+                    "resource", "destroying a pool's root dataset is refused", code="pool_root"
                 )
-            return (dataset_name("resource", resource),) if resource else ()
-        # snapshot
-        expect_args(command, args, most=1)
-        if not args:
-            raise ValidationError(
-                "args[1]", "snapshot needs a snapshot name", code="missing_argument"
-            )
-        dataset = dataset_name("resource", resource)
-        snapname = check_text(
-            "args[1]",
-            args[0],
-            max_length=MAX_NAME,
-            pattern=SNAPSHOT_COMPONENT_RE,
-            what="snapshot name",
-        )
-        full = f"{dataset}@{snapname}"
-        if len(full) > MAX_NAME:
-            raise ValidationError(
-                "args[1]", f"snapshot name longer than {MAX_NAME} characters", code="too_long"
-            )
-        return (full,)
+        return (target, *call.args)
+
+    def is_recursive(self, call: Call) -> bool:
+        return call.command in ("destroy", "rollback") and RECURSIVE in call.args
 
     def interpret(self, operation: Operation, result: RunResult) -> dict[str, Any]:
-        if operation.command == "snapshot":
-            return {"snapshot": operation.wrapper_argv[1]}
+        command, target = operation.command, operation.wrapper_argv[-1]
+        if command == "snapshot":
+            return {"snapshot": target}
+        if command == "destroy":
+            return {"destroyed": operation.resource, "recursive": operation.recursive}
+        if command == "rollback":
+            return {"rolled_back_to": operation.resource, "recursive": operation.recursive}
+        if command == "get":
+            return {"name": target, "properties": parse_get(result.stdout)}
         wanted = LIST_TYPES[operation.args[1]] if len(operation.args) > 1 else DEFAULT_LIST_TYPES
         datasets = [d for d in parse_properties(result.stdout) if d.get("type") in wanted]
         return {"datasets": datasets}
 
-    def known_failure(self, operation: Operation, result: RunResult) -> Failure | None:
-        if "does not exist" in result.stderr:
-            return Failure(404, "not_found", "dataset does not exist")
-        if "already exists" in result.stderr:
-            return Failure(409, "already_exists", "snapshot already exists")
-        return None
 
-
-def dataset_name(field: str, value: str) -> str:
-    check_text(field, value, max_length=MAX_NAME, pattern=DATASET_RE, what="dataset name")
-    if value.count("/") + 1 > MAX_DEPTH:
+def zfs_name(field: str, value: str, *, dataset: bool = True, snapshot: bool = True) -> str:
+    """A dataset (`pool/a/b`) or snapshot (`pool/a@s`) name, as allowed by the caller."""
+    check_text(field, value, max_length=MAX_NAME, what="ZFS name")
+    if "#" in value:
+        raise ValidationError(field, "bookmarks are not supported", code="invalid_name")
+    base, at, snapname = value.partition("@")
+    if at and not snapshot:
+        raise ValidationError(field, "expected a dataset, not a snapshot", code="invalid_name")
+    if not at and not dataset:
+        raise ValidationError(field, "expected a snapshot, DATASET@NAME", code="invalid_name")
+    if not DATASET_RE.fullmatch(base) or (at and not SNAPSHOT_COMPONENT_RE.fullmatch(snapname)):
+        raise ValidationError(field, "not a valid ZFS name", code="invalid_name")
+    if base.split("/")[0] in RESERVED_POOL_NAMES:
+        raise ValidationError(field, "pool name is a reserved word", code="invalid_name")
+    if base.count("/") + 1 > MAX_DEPTH:
         raise ValidationError(field, f"dataset nested deeper than {MAX_DEPTH}", code="too_long")
     return value
 
@@ -104,6 +188,18 @@ def parse_properties(text: str) -> list[dict[str, Any]]:
         entry = datasets.setdefault(name, {"name": name})
         entry[prop] = _value(value)
     return list(datasets.values())
+
+
+def parse_get(text: str) -> dict[str, dict[str, Any]]:
+    """`zfs get -H -p -o property,value,source` lines → {property: {value, source}}."""
+    properties: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 3:
+            continue
+        prop, value, source = parts
+        properties[prop] = {"value": _value(value), "source": None if source == "-" else source}
+    return properties
 
 
 def _value(text: str) -> Any:

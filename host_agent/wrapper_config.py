@@ -1,0 +1,71 @@
+"""The wrappers' own config file, rendered from the agent's config.
+
+The wrappers run as root and trust nothing the agent passes them except
+argv, which they re-validate. Their allowlists (repositories, commands,
+playbooks, accounts) and tool paths come from this root-owned file, written
+by an operator or the installer from the same agent config, so both layers
+agree by construction. One `key=value` per line; list keys repeat.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from host_agent.config import Config
+
+DEFAULT_PATH = Path("/etc/host-agent/wrappers.conf")
+
+
+def render(config: Config) -> str:
+    lines = [
+        f"# host-agent wrapper configuration, rendered from {config.source}.",
+        "# Must be owned by root and not group/world-writable; wrappers refuse it otherwise.",
+        f"zfs_bin={config.binaries.zfs}",
+        f"systemctl_bin={config.binaries.systemctl}",
+        f"pct_bin={config.binaries.pct}",
+        f"git_bin={config.binaries.git}",
+        f"ansible_playbook_bin={config.binaries.ansible_playbook}",
+    ]
+    lines += [f"git_repo={repo}" for repo in config.git.allowed_repos]
+    lines += [f"git_user={user}" for user in git_users(config)]
+    lines.append(f"exec_enabled={'true' if config.exec.enabled else 'false'}")
+    for command in config.exec.allowed_commands:
+        patterns = config.exec.argument_patterns.get(command, ())
+        lines.append("\t".join((f"exec_command={command}", *patterns)))
+    if config.exec.playbook_dir is not None:
+        lines.append(f"exec_playbook_dir={config.exec.playbook_dir}")
+    lines += [f"exec_playbook={name}" for name in config.exec.allowed_playbooks]
+    lines.append(f"ansible_inventory={config.exec.ansible_inventory}")
+    return "\n".join(lines) + "\n"
+
+
+def git_users(config: Config) -> list[str]:
+    """Accounts git may act as: those of profiles granted any git operation."""
+    users = {
+        profile.unix_user
+        for profile in config.agents
+        if any(
+            fnmatchcase(f"git-{command}", pattern)
+            for pattern in (*profile.allowed_operations, *profile.requires_approval_for)
+            for command in ("status", "log", "fetch", "pull", "checkout")
+        )
+    }
+    return sorted(users)
+
+
+def write(config: Config, path: Path) -> None:
+    """Replace `path` atomically with mode 0644, so no wrapper reads half a file."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(render(config))
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
