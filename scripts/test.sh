@@ -17,10 +17,10 @@ fi
 
 [[ -x $VENV/bin/python ]] || /usr/bin/python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
-"$VENV/bin/pip" install -q -e ".[test]"
+"$VENV/bin/pip" install -q -e ".[test,ansible]"
 
 echo "== shellcheck"
-shellcheck -x wrappers/host-agent-zfs wrappers/host-agent-lib.sh scripts/*.sh \
+shellcheck -x wrappers/* scripts/*.sh \
     tests/wrappers/* .ci/run
 echo "== ruff"
 "$VENV/bin/ruff" check host_agent tests

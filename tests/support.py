@@ -74,9 +74,14 @@ def config_text(
     audit_log: Path | None = None,
     service_user: str | None = None,
     wrapper_dir: Path | None = None,
+    profiles: str = "",
     extra: str = "",
 ) -> str:
-    """A complete config in the predecessor's shape plus the [runner] section."""
+    """A complete config in the predecessor's shape plus the [runner] section.
+
+    `profiles` ([[agents]] tables) come before the standard ones, so they win
+    the first-match for their CNs; `extra` (tables) goes at the end.
+    """
     if service_user is None:
         # As root the runner must drop to an unprivileged account; otherwise it is us.
         service_user = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
@@ -99,7 +104,7 @@ log_path = "{audit_log or workdir / "audit.jsonl"}"
 [approval]
 ttl_seconds = 300
 allowed_approvers = ["+15555550001"]
-
+{profiles}
 [[agents]]
 cn_pattern = "librarian*"
 agent_type = "librarian"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from host_agent.adapters import Registry, build_registry
-from host_agent.config import Config
 from host_agent.adapters.zfs import ZfsAdapter, parse_properties
+from host_agent.config import Config
 from host_agent.errors import UnknownKind, ValidationError
 from host_agent.operations import OPERATION_NAMES
 from host_agent.request import HostOpRequest
@@ -116,7 +116,7 @@ def test_parse_properties_groups_machine_output() -> None:
 
 def test_registry_is_closed_and_rejects_duplicates(config: Config) -> None:
     registry = build_registry(config)
-    assert list(registry) == ["zfs"]
+    assert list(registry) == ["zfs", "systemd", "pct", "git", "exec"]
     with pytest.raises(UnknownKind):
         registry.adapter_for("kubectl")
     with pytest.raises(ValueError, match="duplicate adapter kind 'zfs'"):

@@ -6,6 +6,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 
 from host_agent.adapters.base import Adapter
+from host_agent.adapters.exec import ExecAdapter
+from host_agent.adapters.git import GitAdapter
+from host_agent.adapters.pct import PctAdapter
+from host_agent.adapters.systemd import SystemdAdapter
 from host_agent.adapters.zfs import ZfsAdapter
 from host_agent.config import Config
 from host_agent.errors import UnknownKind
@@ -44,4 +48,12 @@ class Registry(Mapping[str, Adapter]):
 
 def build_registry(config: Config) -> Registry:
     """Every adapter, built once from the config that shapes its validation."""
-    return Registry([ZfsAdapter()])
+    return Registry(
+        [
+            ZfsAdapter(),
+            SystemdAdapter(),
+            PctAdapter(),
+            GitAdapter(config.git),
+            ExecAdapter(config.exec),
+        ]
+    )
