@@ -32,7 +32,7 @@ def test_valid_client_reaches_health(agent: RunningAgent, pki: Pki) -> None:
         reply = http.get("/health")
     assert reply.status_code == 200
     assert reply.json()["status"] == "ok"
-    assert reply.json()["adapters"] == ["zfs"]
+    assert reply.json()["adapters"] == ["exec", "git", "pct", "systemd", "zfs"]
 
 
 @pytest.mark.parametrize(
