@@ -1,0 +1,104 @@
+"""As root, through real sudo: what the service account may run, and the runner's
+limits (timeout, output cap, environment) on a real child behind sudo."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from host_agent.errors import RunnerError
+from host_agent.operations import Operation
+from host_agent.runner import Runner
+from tests.support import Pki, config_text
+from tests.support import write_config as write
+from tests.system import PROBE, System, run
+
+pytestmark = pytest.mark.root
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(("/usr/sbin/zfs", "list"), id="zfs"),
+        pytest.param(("/usr/sbin/zpool", "list"), id="zpool"),
+        pytest.param(("/bin/sh", "-c", "id"), id="shell"),
+        pytest.param(("/bin/bash",), id="bash"),
+        pytest.param(("/usr/bin/git", "--version"), id="git"),
+        pytest.param(("/bin/systemctl", "status"), id="systemctl"),
+        pytest.param(("-u", "root", "/usr/bin/id"), id="other-command"),
+    ],
+)
+def test_service_account_can_run_only_the_wrappers(system: System, argv: tuple[str, ...]) -> None:
+    user = system.user
+    done = run("sudo", "-n", *argv, user=user, check=False)
+    assert done.returncode != 0
+    assert "password is required" in done.stderr or "not allowed" in done.stderr
+
+
+def test_installed_sudoers_passes_visudo_and_grants_exactly_the_wrappers(system: System) -> None:
+    wrappers = system.wrappers
+    assert run("visudo", "-cf", str(wrappers.sudoers)).returncode == 0
+    listing = run("sudo", "-l", "-U", system.user).stdout
+    granted = sorted(
+        word.rstrip(",") for word in listing.split() if word.startswith(str(wrappers.directory))
+    )
+    expected = [
+        str(wrappers.directory / name)
+        for name in ("host-agent-exec", "host-agent-git", "host-agent-pct", "host-agent-systemd")
+    ]
+    expected += [str(wrappers.directory / "host-agent-test-probe")]
+    expected += [str(wrappers.directory / "host-agent-zfs")]
+    assert granted == sorted(expected)
+
+
+# --- the runner's limits, through real sudo and a test-only probe wrapper -----------
+
+
+def _probe(runner: Runner, *argv: str) -> Operation:
+    return Operation(
+        kind="test",
+        command=argv[0],
+        resource="",
+        args=argv,
+        wrapper=PROBE.name,
+        wrapper_argv=argv,
+        mutating=False,
+    )
+
+
+@pytest.fixture
+def runner(system: System, pki: Pki, tmp_path: Path) -> Runner:
+    config = write(
+        tmp_path / "agent.toml",
+        config_text(pki, tmp_path, service_user=system.user, wrapper_dir=system.wrappers.directory),
+    )
+    return Runner(dataclasses.replace(config.runner, timeout_seconds=1.0, max_output_bytes=4096))
+
+
+def test_runner_kills_a_runaway_child(runner: Runner) -> None:
+    marker = "7.31"  # an unusual sleep length to find the process by
+    with pytest.raises(RunnerError) as caught:
+        asyncio.run(runner.run(_probe(runner, "sleep", marker)))
+    assert caught.value.timed_out and caught.value.status == 504
+    assert run("pgrep", "-f", f"sleep {marker}", check=False).returncode == 1
+
+
+def test_runner_caps_output_and_drains_the_rest(runner: Runner) -> None:
+    result = asyncio.run(runner.run(_probe(runner, "flood", "1000000")))
+    assert result.exit_code == 0
+    assert result.truncated
+    assert len(result.stdout) == 4096
+    assert result.stderr == "done\n"
+
+
+def test_runner_child_gets_a_clean_environment(
+    runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LD_PRELOAD", "/tmp/evil.so")
+    monkeypatch.setenv("HOST_AGENT_SECRET", "leak")
+    result = asyncio.run(runner.run(_probe(runner, "env")))
+    assert "LD_PRELOAD" not in result.stdout and "leak" not in result.stdout
+    assert "SUDO_USER=" in result.stdout and "SUDO_UID=0" not in result.stdout
