@@ -13,7 +13,8 @@ from starlette.routing import Route
 
 from host_agent import __version__
 from host_agent.errors import HostAgentError, OperationFailed, RequestError
-from host_agent.identity import identity_from_scope
+from host_agent.identity import Identity, identity_from_scope
+from host_agent.legacy import LEGACY_ROUTES, LegacyRoute
 from host_agent.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -23,15 +24,24 @@ def build_app(pipeline: Pipeline) -> Starlette:
     """The ASGI app; every route is reached only over the mutual-TLS listener."""
     max_body = pipeline.config.server.max_body_bytes
 
-    async def host_op(request: Request) -> Response:
+    async def read(request: Request) -> tuple[Identity, bytes]:
         identity = identity_from_scope(request.scope)
         try:
-            body = await _read_body(request, max_body)
+            return identity, await _read_body(request, max_body)
         except RequestError as exc:
             await pipeline.reject(identity, exc)
             raise
-        reply = await pipeline.host_op(identity, body)
+
+    async def host_op(request: Request) -> Response:
+        reply = await pipeline.host_op(*await read(request))
         return JSONResponse(reply.body, status_code=reply.status)
+
+    def legacy(route: LegacyRoute) -> Route:
+        async def endpoint(request: Request) -> Response:
+            reply = await route.serve(pipeline, *await read(request))
+            return JSONResponse(reply.body, status_code=reply.status)
+
+        return Route(route.path, endpoint, methods=["POST"])
 
     async def health(request: Request) -> Response:
         identity_from_scope(request.scope)
@@ -43,6 +53,7 @@ def build_app(pipeline: Pipeline) -> Starlette:
         routes=[
             Route("/host/op", host_op, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
+            *(legacy(route) for route in LEGACY_ROUTES),
         ],
         exception_handlers={
             HostAgentError: _agent_error,

@@ -42,3 +42,50 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
     root.chmod(0o755)
     with zfs_pool(root) as created:
         yield created
+
+
+@pytest.fixture
+def system_config(system: System, pool: Pool, pki: Pki, tmp_path: Path) -> Config:
+    """The standard test config wired to the installed wrappers (and their config rendered)."""
+    config = write_config(
+        tmp_path / "agent.toml",
+        config_text(pki, tmp_path, service_user=system.user, wrapper_dir=system.wrappers.directory),
+    )
+    system.wrappers.configure(config)
+    return config
+
+
+@pytest.fixture
+def system_agent(system_config: Config) -> Iterator[RunningAgent]:
+    with running_agent(system_config) as agent:
+        yield agent
+
+
+# Full autonomy, every zfs operation without approval, recursive allowed.
+OPERATOR = """
+[[agents]]
+cn_pattern = "admin-*"
+agent_type = "operator"
+unix_user = "operator"
+autonomy = "full"
+allowed_operations = ["zfs-*"]
+allow_recursive = true
+"""
+
+
+@pytest.fixture
+def operator_agent(system: System, pool: Pool, pki: Pki, tmp_path: Path) -> Iterator[RunningAgent]:
+    """An agent where admin-1 may run every zfs operation without approval."""
+    config = write_config(
+        tmp_path / "operator.toml",
+        config_text(
+            pki,
+            tmp_path,
+            service_user=system.user,
+            wrapper_dir=system.wrappers.directory,
+            profiles=OPERATOR,
+        ),
+    )
+    system.wrappers.configure(config)
+    with running_agent(config) as agent:
+        yield agent

@@ -3,7 +3,6 @@ the zfs wrapper → a real zfs-fuse pool. Also the runner's limits through real 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,27 +28,11 @@ from tests.system import Pool, System, run
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def e2e_config(system: System, pool: Pool, pki: Pki, tmp_path: Path) -> Config:
-    config = write(
-        tmp_path / "agent.toml",
-        config_text(pki, tmp_path, service_user=system.user, wrapper_dir=system.wrappers.directory),
-    )
-    system.wrappers.configure(config)
-    return config
-
-
-@pytest.fixture
-def live(e2e_config: Config) -> Iterator[RunningAgent]:
-    with running_agent(e2e_config) as agent:
-        yield agent
-
-
 def test_snapshot_is_created_on_the_pool_and_audited(
-    live: RunningAgent, pki: Pki, pool: Pool, e2e_config: Config
+    system_agent: RunningAgent, pki: Pki, pool: Pool, system_config: Config
 ) -> None:
     dataset = f"{pool.name}/data"
-    with client(live, pki, "librarian-1") as http:
+    with client(system_agent, pki, "librarian-1") as http:
         reply = http.post(
             "/host/op", json={"kind": "zfs", "resource": dataset, "args": ["snapshot", "e2e-1"]}
         )
@@ -57,19 +40,19 @@ def test_snapshot_is_created_on_the_pool_and_audited(
     assert reply.json()["data"] == {"snapshot": f"{dataset}@e2e-1"}
     assert reply.json()["exit_code"] == 0
     assert f"{dataset}@e2e-1" in pool.datasets("snapshot")
-    decision, result = audit_records(e2e_config.audit.log_path)
+    decision, result = audit_records(system_config.audit.log_path)
     assert (decision["event"], decision["decision"]) == ("decision", "allow")
     assert decision["argv"][-2:] == ["snapshot", f"{dataset}@e2e-1"]
     assert (result["event"], result["outcome"], result["exit_code"]) == ("result", "ok", 0)
     assert result["request_id"] == decision["request_id"]
-    assert verify([e2e_config.audit.log_path]).ok
+    assert verify([system_config.audit.log_path]).ok
 
 
 def test_list_returns_parsed_entries_filtered_by_type(
-    live: RunningAgent, pki: Pki, pool: Pool
+    system_agent: RunningAgent, pki: Pki, pool: Pool
 ) -> None:
     run("zfs", "snapshot", f"{pool.name}/data@listed")
-    with client(live, pki, "librarian-1") as http:
+    with client(system_agent, pki, "librarian-1") as http:
         default = http.post(
             "/host/op", json={"kind": "zfs", "resource": pool.name, "args": ["list"]}
         )
@@ -107,11 +90,16 @@ def test_list_returns_parsed_entries_filtered_by_type(
     ],
 )
 def test_tool_failures_map_to_status_and_code(
-    live: RunningAgent, pki: Pki, pool: Pool, body: dict[str, object], status: int, code: str
+    system_agent: RunningAgent,
+    pki: Pki,
+    pool: Pool,
+    body: dict[str, object],
+    status: int,
+    code: str,
 ) -> None:
     run("zfs", "snapshot", f"{pool.name}/data@twice", check=False)
     request = {"kind": "zfs", **body, "resource": str(body["resource"]).format(pool=pool.name)}
-    with client(live, pki, "librarian-1") as http:
+    with client(system_agent, pki, "librarian-1") as http:
         reply = http.post("/host/op", json=request)
     assert reply.status_code == status, reply.text
     assert reply.json()["error"]["code"] == code
@@ -120,10 +108,10 @@ def test_tool_failures_map_to_status_and_code(
 
 @pytest.mark.parametrize("value", HOSTILE_NAMES)
 def test_hostile_names_change_nothing(
-    live: RunningAgent, pki: Pki, pool: Pool, e2e_config: Config, value: str
+    system_agent: RunningAgent, pki: Pki, pool: Pool, system_config: Config, value: str
 ) -> None:
     before = pool.datasets()
-    with client(live, pki, "librarian-1") as http:
+    with client(system_agent, pki, "librarian-1") as http:
         as_resource = http.post(
             "/host/op", json={"kind": "zfs", "resource": value, "args": ["snapshot", "s"]}
         )
@@ -135,7 +123,7 @@ def test_hostile_names_change_nothing(
         assert reply.status_code == 400, reply.text
         assert reply.json()["error"]["field"] == field
     assert pool.datasets() == before
-    events = [r["event"] for r in audit_records(e2e_config.audit.log_path)]
+    events = [r["event"] for r in audit_records(system_config.audit.log_path)]
     assert events == ["rejected", "rejected"]
 
 
@@ -237,34 +225,6 @@ def test_result_that_cannot_be_audited_is_reported_as_ran(
 
 # --- get, destroy, rollback -------------------------------------------------------
 
-# Full autonomy, every zfs operation without approval, recursive allowed.
-OPERATOR = """
-[[agents]]
-cn_pattern = "admin-*"
-agent_type = "operator"
-unix_user = "operator"
-autonomy = "full"
-allowed_operations = ["zfs-*"]
-allow_recursive = true
-"""
-
-
-@pytest.fixture
-def operator(system: System, pool: Pool, pki: Pki, tmp_path: Path) -> Iterator[RunningAgent]:
-    config = write(
-        tmp_path / "operator.toml",
-        config_text(
-            pki,
-            tmp_path,
-            service_user=system.user,
-            wrapper_dir=system.wrappers.directory,
-            profiles=OPERATOR,
-        ),
-    )
-    system.wrappers.configure(config)
-    with running_agent(config) as agent:
-        yield agent
-
 
 def _op(agent: RunningAgent, pki: Pki, cn: str, resource: str, *args: str) -> httpx.Response:
     with client(agent, pki, cn) as http:
@@ -272,9 +232,9 @@ def _op(agent: RunningAgent, pki: Pki, cn: str, resource: str, *args: str) -> ht
 
 
 def test_get_returns_allowlisted_properties_with_sources(
-    operator: RunningAgent, pki: Pki, pool: Pool
+    operator_agent: RunningAgent, pki: Pki, pool: Pool
 ) -> None:
-    reply = _op(operator, pki, "admin-1", f"{pool.name}/data", "get", "used", "compression")
+    reply = _op(operator_agent, pki, "admin-1", f"{pool.name}/data", "get", "used", "compression")
     assert reply.status_code == 200, reply.text
     data = reply.json()["data"]
     assert data["name"] == f"{pool.name}/data"
@@ -284,64 +244,68 @@ def test_get_returns_allowlisted_properties_with_sources(
 
 
 def test_destroy_removes_a_snapshot_and_refuses_children_unless_recursive(
-    operator: RunningAgent, pki: Pki, pool: Pool
+    operator_agent: RunningAgent, pki: Pki, pool: Pool
 ) -> None:
     parent = f"{pool.name}/doomed"
     run("zfs", "create", parent)
     run("zfs", "create", f"{parent}/child")
     run("zfs", "snapshot", f"{parent}@old")
 
-    reply = _op(operator, pki, "admin-1", f"{parent}@old", "destroy")
+    reply = _op(operator_agent, pki, "admin-1", f"{parent}@old", "destroy")
     assert reply.status_code == 200, reply.text
     assert reply.json()["data"] == {"destroyed": f"{parent}@old", "recursive": False}
     assert f"{parent}@old" not in pool.datasets("snapshot")
 
-    refused = _op(operator, pki, "admin-1", parent, "destroy")
+    refused = _op(operator_agent, pki, "admin-1", parent, "destroy")
     assert refused.status_code == 409
     assert refused.json()["error"]["code"] == "has_dependents"
     assert f"{parent}/child" in pool.datasets()
 
-    recursive = _op(operator, pki, "admin-1", parent, "destroy", "recursive")
+    recursive = _op(operator_agent, pki, "admin-1", parent, "destroy", "recursive")
     assert recursive.status_code == 200, recursive.text
     assert not [name for name in pool.datasets() if name.startswith(parent)]
 
 
-def test_recursive_destroy_needs_allow_recursive(live: RunningAgent, pki: Pki, pool: Pool) -> None:
+def test_recursive_destroy_needs_allow_recursive(
+    system_agent: RunningAgent, pki: Pki, pool: Pool
+) -> None:
     """The standard admin profile may destroy, but has no allow_recursive."""
     run("zfs", "create", f"{pool.name}/kept")
-    reply = _op(live, pki, "admin-1", f"{pool.name}/kept", "destroy", "recursive")
+    reply = _op(system_agent, pki, "admin-1", f"{pool.name}/kept", "destroy", "recursive")
     assert reply.status_code == 403
     assert reply.json()["error"]["code"] == "recursive_not_allowed"
     assert f"{pool.name}/kept" in pool.datasets()
     run("zfs", "destroy", f"{pool.name}/kept")
 
 
-def test_destroy_needs_approval_for_the_librarian(live: RunningAgent, pki: Pki, pool: Pool) -> None:
+def test_destroy_needs_approval_for_the_librarian(
+    system_agent: RunningAgent, pki: Pki, pool: Pool
+) -> None:
     run("zfs", "snapshot", f"{pool.name}/data@guarded")
-    reply = _op(live, pki, "librarian-1", f"{pool.name}/data@guarded", "destroy")
+    reply = _op(system_agent, pki, "librarian-1", f"{pool.name}/data@guarded", "destroy")
     assert reply.status_code == 403
     assert reply.json()["error"]["code"] == "approval_required"
     assert f"{pool.name}/data@guarded" in pool.datasets("snapshot")
 
 
 def test_rollback_restores_file_content(
-    operator: RunningAgent, pki: Pki, pool: Pool, tmp_path: Path
+    operator_agent: RunningAgent, pki: Pki, pool: Pool, tmp_path: Path
 ) -> None:
     mountpoint = tmp_path / "mnt"
     dataset = f"{pool.name}/files"
     run("zfs", "create", "-o", f"mountpoint={mountpoint}", dataset)
     try:
         (mountpoint / "state.txt").write_text("before\n")
-        assert _op(operator, pki, "admin-1", dataset, "snapshot", "good").status_code == 200
+        assert _op(operator_agent, pki, "admin-1", dataset, "snapshot", "good").status_code == 200
         (mountpoint / "state.txt").write_text("after\n")
         run("zfs", "snapshot", f"{dataset}@newer")
 
-        blocked = _op(operator, pki, "admin-1", f"{dataset}@good", "rollback")
+        blocked = _op(operator_agent, pki, "admin-1", f"{dataset}@good", "rollback")
         assert blocked.status_code == 409
         assert blocked.json()["error"]["code"] == "newer_snapshots_exist"
         assert (mountpoint / "state.txt").read_text() == "after\n"
 
-        reply = _op(operator, pki, "admin-1", f"{dataset}@good", "rollback", "recursive")
+        reply = _op(operator_agent, pki, "admin-1", f"{dataset}@good", "rollback", "recursive")
         assert reply.status_code == 200, reply.text
         assert reply.json()["data"] == {"rolled_back_to": f"{dataset}@good", "recursive": True}
         assert (mountpoint / "state.txt").read_text() == "before\n"

@@ -1,0 +1,122 @@
+"""The predecessor's ZFS routes, as thin shims over the `/host/op` pipeline.
+
+`POST /zfs/list {"dataset"?, "type"?}`, `POST /zfs/snapshot {"dataset",
+"snapname"}` and `POST /zfs/destroy {"dataset"}` are translated into host-op
+documents and go through exactly the same validation, policy, audit and
+runner. Replies keep the predecessor's fields (`success`, `entries`,
+`snapshot`, `audit_id`, `message`) beside ours; errors use our format with
+the predecessor's field names.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from host_agent.errors import RequestError, ValidationError
+from host_agent.identity import Identity
+from host_agent.pipeline import Pipeline, Reply
+from host_agent.request import decode_json
+
+Document = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LegacyRoute:
+    path: str
+    fields: frozenset[str]
+    to_host_op: Callable[[Document], Document]
+    # host-op error field -> the predecessor's name for it
+    field_names: dict[str, str]
+    to_reply: Callable[[Document], Document]
+
+    async def serve(self, pipeline: Pipeline, identity: Identity, body: bytes) -> Reply:
+        try:
+            document = decode_json(body)
+            if not isinstance(document, dict):
+                raise ValidationError("body", "must be a JSON object", code="invalid_body")
+            self._check_fields(document)
+        except RequestError as exc:
+            await pipeline.reject(identity, exc)
+            raise
+        translated = json.dumps(self.to_host_op(document)).encode()
+        try:
+            reply = await pipeline.host_op(identity, translated)
+        except RequestError as exc:
+            if exc.field is not None:
+                exc.field = self.field_names.get(exc.field, exc.field)
+            raise
+        body_out = {"success": True, "audit_id": reply.body["request_id"], **reply.body}
+        return Reply(reply.status, {**body_out, **self.to_reply(reply.body)})
+
+    def _check_fields(self, document: Document) -> None:
+        if "approval_token" in document:
+            raise ValidationError(
+                "approval_token",
+                "approval tokens go to approvers only and are never accepted from a requester",
+                code="approval_token_not_accepted",
+            )
+        unknown = sorted(set(document) - self.fields)
+        if unknown:
+            raise ValidationError(unknown[0], "unknown field", code="unknown_field")
+
+
+def _list(document: Document) -> Document:
+    args = ["list"] if document.get("type") is None else ["list", document["type"]]
+    return {"kind": "zfs", "resource": document.get("dataset"), "args": args}
+
+
+def _snapshot(document: Document) -> Document:
+    return {
+        "kind": "zfs",
+        "resource": document.get("dataset"),
+        "args": ["snapshot", document.get("snapname")],
+    }
+
+
+def _destroy(document: Document) -> Document:
+    return {"kind": "zfs", "resource": document.get("dataset"), "args": ["destroy"]}
+
+
+def _entries(body: Document) -> Document:
+    """The predecessor's entry shape (its `refer` key), with our machine-readable values."""
+    return {
+        "entries": [
+            {
+                "name": entry["name"],
+                "type": entry.get("type"),
+                "used": entry.get("used"),
+                "available": entry.get("available"),
+                "refer": entry.get("referenced"),
+                "mountpoint": entry.get("mountpoint"),
+            }
+            for entry in body["data"]["datasets"]
+        ]
+    }
+
+
+LEGACY_ROUTES = (
+    LegacyRoute(
+        "/zfs/list",
+        frozenset({"dataset", "type"}),
+        _list,
+        {"resource": "dataset", "args[1]": "type"},
+        _entries,
+    ),
+    LegacyRoute(
+        "/zfs/snapshot",
+        frozenset({"dataset", "snapname"}),
+        _snapshot,
+        {"resource": "dataset", "args[1]": "snapname"},
+        lambda body: {"snapshot": body["data"]["snapshot"], "message": None},
+    ),
+    LegacyRoute(
+        "/zfs/destroy",
+        frozenset({"dataset"}),
+        _destroy,
+        {"resource": "dataset"},
+        lambda body: {"message": f"Destroyed {body['data']['destroyed']}"},
+    ),
+)
