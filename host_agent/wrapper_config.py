@@ -14,6 +14,7 @@ import tempfile
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from host_agent.adapters.git import GitAdapter
 from host_agent.config import Config
 
 DEFAULT_PATH = Path("/etc/host-agent/wrappers.conf")
@@ -50,7 +51,7 @@ def git_users(config: Config) -> list[str]:
         if any(
             fnmatchcase(f"git-{command}", pattern)
             for pattern in (*profile.allowed_operations, *profile.requires_approval_for)
-            for command in ("status", "log", "fetch", "pull", "checkout")
+            for command in GitAdapter.commands
         )
     }
     return sorted(users)

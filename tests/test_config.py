@@ -397,6 +397,61 @@ def test_minimal_document_is_valid() -> None:
             "git.allowed_repos: 'srv' is not an absolute path",
             id="git-relative-repo",
         ),
+        pytest.param(
+            {"git": {"allowed_repos": ["/srv/../etc"]}},
+            "git.allowed_repos: '/srv/../etc' must not contain '.' or '..' components",
+            id="git-dotdot-repo",
+        ),
+        pytest.param(
+            {"exec": {"allowed_commands": ["/usr/bin/up time"]}},
+            "exec.allowed_commands: '/usr/bin/up time' is not an absolute path",
+            id="exec-command-with-space",
+        ),
+        pytest.param(
+            {"exec": {"argument_patterns": {"/usr/bin/du": ["-s"]}}},
+            "exec.argument_patterns./usr/bin/du: names a command that is not in allowed_commands",
+            id="exec-patterns-for-unlisted-command",
+        ),
+        pytest.param(
+            {
+                "exec": {
+                    "allowed_commands": ["/usr/bin/du"],
+                    "argument_patterns": {"/usr/bin/du": ["\\d+"]},
+                }
+            },
+            "exec.argument_patterns./usr/bin/du: pattern '\\\\d+' uses syntax POSIX ERE lacks",
+            id="exec-pattern-perl-escape",
+        ),
+        pytest.param(
+            {
+                "exec": {
+                    "allowed_commands": ["/usr/bin/du"],
+                    "argument_patterns": {"/usr/bin/du": ["(?i)x"]},
+                }
+            },
+            "exec.argument_patterns./usr/bin/du: pattern '(?i)x' uses syntax POSIX ERE lacks",
+            id="exec-pattern-inline-flag",
+        ),
+        pytest.param(
+            {"exec": {"allowed_playbooks": ["site.yml"]}},
+            "exec.allowed_playbooks: needs exec.playbook_dir",
+            id="exec-playbooks-without-dir",
+        ),
+        pytest.param(
+            {"exec": {"playbook_dir": "/etc/pb", "allowed_playbooks": ["../site.yml"]}},
+            "exec.allowed_playbooks: '../site.yml' must be a file name ending in .yml",
+            id="exec-playbook-path",
+        ),
+        pytest.param(
+            {"binaries": {"zfs": "zfs"}},
+            "binaries.zfs: 'zfs' is not an absolute path",
+            id="binary-relative",
+        ),
+        pytest.param(
+            {"agents": [agent(allow_recursive="yes")]},
+            "agents[0].allow_recursive: must be a boolean",
+            id="allow-recursive-not-bool",
+        ),
         pytest.param({"server": "127.0.0.1"}, "server: must be a table", id="section-not-table"),
         pytest.param(
             {"agents": []},
@@ -418,6 +473,29 @@ def test_invalid_config_names_file_and_key(overrides: dict[str, Any], problem: s
     assert str(error).startswith(f"{SOURCE}: invalid configuration:\n")
     assert [p for p in error.problems if p.startswith(problem)], error.problems
     assert re.search(rf"^  - {re.escape(problem)}", str(error), re.MULTILINE)
+
+
+def test_exec_binaries_and_recursive_keys_load() -> None:
+    config = parse_config(
+        document(
+            agents=[agent(allow_recursive=True)],
+            exec={
+                "enabled": True,
+                "allowed_commands": ["/usr/bin/du", "/usr/bin/uptime"],
+                "argument_patterns": {"/usr/bin/du": ["-s", "/srv/[a-z]+"]},
+                "playbook_dir": "playbooks",
+                "allowed_playbooks": ["site.yml"],
+            },
+            binaries={"systemctl": "/bin/systemctl"},
+        ),
+        SOURCE,
+    )
+    assert config.agents[0].allow_recursive
+    assert config.exec.argument_patterns == {Path("/usr/bin/du"): ("-s", "/srv/[a-z]+")}
+    assert config.exec.playbook_dir == Path("/etc/host-agent/playbooks")
+    assert config.exec.ansible_inventory == "localhost,"
+    assert config.binaries.systemctl == Path("/bin/systemctl")
+    assert config.binaries.zfs == Path("/usr/sbin/zfs")
 
 
 def test_every_problem_is_reported_at_once() -> None:
