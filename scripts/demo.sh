@@ -52,25 +52,7 @@ if [[ ! -f $STATE/pki/ca.crt ]]; then
     "$HA" certs client "$STATE/pki" librarian-demo
 fi
 
-say "service account, wrappers, sudoers"
-id "$USER_NAME" >/dev/null 2>&1 \
-    || useradd --system --no-create-home --shell /usr/sbin/nologin "$USER_NAME"
-printf 'zfs_bin=%s\n' "$(command -v zfs)" > "$STATE/wrappers.conf"
-chmod 0644 "$STATE/wrappers.conf"
-"$REPO/scripts/install-wrappers.sh" "$STATE/libexec" "$STATE/wrappers.conf" "$USER_NAME" "$SUDOERS"
-
-say "zfs-fuse pool $POOL on a file"
-if ! pgrep -x zfs-fuse >/dev/null; then
-    zfs-fuse --no-daemon >/dev/null 2>&1 &
-    echo $! > "$STATE/zfs-fuse.pid"
-fi
-if ! zpool list "$POOL" >/dev/null 2>&1; then
-    truncate -s 128M "$STATE/vdev"
-    for _ in $(seq 50); do zpool create -m none "$POOL" "$STATE/vdev" 2>/dev/null && break; sleep 0.2; done
-    zfs create "$POOL/data"
-fi
-
-say "config and agent on https://127.0.0.1:$PORT"
+say "agent config"
 cat > "$STATE/agent.toml" <<EOF
 [server]
 bind = "127.0.0.1:$PORT"
@@ -93,8 +75,30 @@ unix_user = "$USER_NAME"
 autonomy = "supervised"
 allowed_operations = ["zfs-list", "zfs-snapshot"]
 requires_approval_for = ["zfs-destroy"]
+
+[binaries]
+zfs = "$(command -v zfs)"
 EOF
 "$HA" check-config "$STATE/agent.toml"
+
+say "service account, wrappers, sudoers"
+id "$USER_NAME" >/dev/null 2>&1 \
+    || useradd --system --no-create-home --shell /usr/sbin/nologin "$USER_NAME"
+"$HA" wrappers-config --config "$STATE/agent.toml" --output "$STATE/wrappers.conf"
+"$REPO/scripts/install-wrappers.sh" "$STATE/libexec" "$STATE/wrappers.conf" "$USER_NAME" "$SUDOERS"
+
+say "zfs-fuse pool $POOL on a file"
+if ! pgrep -x zfs-fuse >/dev/null; then
+    zfs-fuse --no-daemon >/dev/null 2>&1 &
+    echo $! > "$STATE/zfs-fuse.pid"
+fi
+if ! zpool list "$POOL" >/dev/null 2>&1; then
+    truncate -s 128M "$STATE/vdev"
+    for _ in $(seq 50); do zpool create -m none "$POOL" "$STATE/vdev" 2>/dev/null && break; sleep 0.2; done
+    zfs create "$POOL/data"
+fi
+
+say "agent on https://127.0.0.1:$PORT"
 if [[ -f $STATE/agent.pid ]] && kill -0 "$(cat "$STATE/agent.pid")" 2>/dev/null; then
     kill "$(cat "$STATE/agent.pid")"
     sleep 1
