@@ -1,11 +1,31 @@
-"""Proxmox containers through the `host-agent-pct` wrapper."""
+"""Proxmox containers through the `host-agent-pct` wrapper.
+
+Requests (the predecessor's shape):
+    {"kind": "pct", "resource": "101", "args": ["status"]}
+    {"kind": "pct", "resource": "101", "args": ["start"]}
+
+The wrapper runs `pct status|start|stop|destroy VMID`.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from host_agent.adapters.base import Adapter, Call
+from host_agent.adapters.base import Adapter, Call, Failure, check_text, expect_args
+from host_agent.errors import ValidationError
+from host_agent.operations import Operation
+from host_agent.runner import RunResult
+
+# Proxmox reserves IDs below 100; the predecessor capped them at 999999.
+MIN_VMID = 100
+MAX_VMID = 999_999
+# Digits without a leading zero, so one VMID has exactly one spelling.
+VMID_RE = re.compile(r"[1-9][0-9]*")
+# Long enough to say "out of range" rather than "too long" for near misses.
+_MAX_VMID_TEXT = 16
+_DONE = {"start": "started", "stop": "stopped", "destroy": "destroyed"}
 
 
 class PctAdapter(Adapter):
@@ -17,6 +37,54 @@ class PctAdapter(Adapter):
         "stop": True,
         "destroy": True,
     }
+    # pve-container's messages: "Configuration file 'nodes/N/lxc/101.conf' does
+    # not exist", "CT is locked (backup)", "unable to destroy CT 101 - container
+    # is running", "CT 101 already running", "CT 101 not running", ...
+    stderr_failures = (
+        ("does not exist", Failure(404, "not_found", "no such container on this node")),
+        ("is locked", Failure(409, "busy", "the container is locked by another task")),
+        ("can't lock file", Failure(409, "busy", "the container's config lock is held")),
+        (
+            "container is running",
+            Failure(409, "container_running", "a running container cannot be destroyed"),
+        ),
+        ("protection mode enabled", Failure(409, "protected", "the container is protected")),
+        ("already running", Failure(409, "already_running", "the container is already running")),
+        ("not running", Failure(409, "not_running", "the container is not running")),
+        ("please run as root", Failure(403, "permission_denied", "pct must run as root")),
+        ("permission check failed", Failure(403, "permission_denied", "permission denied")),
+        ("permission denied", Failure(403, "permission_denied", "permission denied")),
+    )
 
     def validate(self, call: Call) -> tuple[str, ...]:
-        raise NotImplementedError  # being written
+        expect_args(call, most=0)
+        return (vmid("resource", call.resource),)
+
+    def forces_approval(self, command: str) -> bool:
+        """Destroying a container is never left to configuration alone."""
+        return command == "destroy"
+
+    def interpret(self, operation: Operation, result: RunResult) -> dict[str, Any]:
+        number = int(operation.resource)
+        if operation.command == "status":
+            return {"vmid": number, "status": parse_status(result.stdout)}
+        return {_DONE[operation.command]: number}
+
+
+def vmid(field: str, value: str) -> str:
+    """A container ID: digits, no leading zero, MIN_VMID..MAX_VMID."""
+    check_text(field, value, max_length=_MAX_VMID_TEXT, pattern=VMID_RE, what="VMID")
+    if not MIN_VMID <= int(value) <= MAX_VMID:
+        raise ValidationError(
+            field, f"VMID must be between {MIN_VMID} and {MAX_VMID}", code="vmid_out_of_range"
+        )
+    return value
+
+
+def parse_status(text: str) -> str | None:
+    """The state from `pct status` (`status: running`), None if it printed none."""
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "status":
+            return value.strip() or None
+    return None

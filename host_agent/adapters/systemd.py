@@ -1,11 +1,54 @@
-"""Unit status, start, stop and restart through the `host-agent-systemd` wrapper."""
+"""Unit status, start, stop and restart through the `host-agent-systemd` wrapper.
+
+Requests:
+    {"kind": "systemd", "resource": "nginx.service",        "args": ["status"]}
+    {"kind": "systemd", "resource": "getty@tty1.service",   "args": ["restart"]}
+
+The wrapper runs `systemctl show --property=<STATUS_PROPERTIES> -- UNIT` for
+status and `systemctl start|stop|restart -- UNIT` otherwise.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from host_agent.adapters.base import Adapter, Call
+from host_agent.adapters.base import Adapter, Call, Failure, check_text, expect_args
+from host_agent.errors import ValidationError
+from host_agent.operations import Operation
+from host_agent.runner import RunResult
+
+# systemd's own limit (UNIT_NAME_MAX includes the NUL).
+MAX_UNIT_NAME = 255
+UNIT_TYPES = ("service", "socket", "timer", "target", "mount", "path")
+# systemd's unit-name characters minus the backslash (so no `\x2d` escapes);
+# `@` separates an instance and may appear once.
+_UNIT_CHARS = re.compile(r"[A-Za-z0-9:_.@-]+")
+_PART = r"[A-Za-z0-9:_.-]"
+UNIT_RE = re.compile(
+    rf"(?P<prefix>[A-Za-z0-9_]{_PART}*)(?:(?P<at>@)(?P<instance>{_PART}+)?)?"
+    rf"\.(?:{'|'.join(UNIT_TYPES)})"
+)
+_GLOB_CHARS = frozenset("*?[]")
+
+# What `status` asks systemctl for (the wrapper keeps the same list).
+STATUS_PROPERTIES = (
+    "Id",
+    "Description",
+    "LoadState",
+    "ActiveState",
+    "SubState",
+    "UnitFileState",
+    "MainPID",
+    "ExecMainStatus",
+    "ActiveEnterTimestamp",
+)
+_INTEGER_PROPERTIES = frozenset({"MainPID", "ExecMainStatus"})
+_DONE = {"start": "started", "stop": "stopped", "restart": "restarted"}
+# Stands in for the unit's own name while stderr is matched (see `failure`).
+_UNIT_PLACEHOLDER = "UNIT"
 
 
 class SystemdAdapter(Adapter):
@@ -17,6 +60,94 @@ class SystemdAdapter(Adapter):
         "stop": True,
         "restart": True,
     }
+    # systemctl's messages: "Failed to start X: Unit X not found.", "... Unit X
+    # not loaded." (stop), "... Access denied", "Job for X canceled.", ...
+    stderr_failures = (
+        ("not found.", Failure(404, "not_found", "no such unit")),
+        ("not loaded.", Failure(404, "not_found", "no such unit is loaded")),
+        ("access denied", Failure(403, "permission_denied", "systemd refused: access denied")),
+        (
+            "interactive authentication required",
+            Failure(403, "permission_denied", "systemd refused: authentication required"),
+        ),
+        ("permission denied", Failure(403, "permission_denied", "permission denied")),
+        ("is masked.", Failure(409, "unit_masked", "the unit is masked")),
+        ("canceled.", Failure(409, "busy", "the job was canceled by a conflicting job")),
+        ("already in progress", Failure(409, "busy", "another job for the unit is in progress")),
+        ("is destructive", Failure(409, "busy", "conflicting jobs are queued for the unit")),
+        ("busy", Failure(409, "busy", "the unit is busy")),
+        ("timed out.", Failure(504, "unit_timeout", "the unit's job timed out")),
+        ("job for", Failure(502, "unit_failed", "the unit's job failed; see its journal")),
+        (
+            "has not been booted with systemd",
+            Failure(503, "systemd_unavailable", "systemd is not running on this host"),
+        ),
+        ("failed to connect to bus", Failure(503, "systemd_unavailable", "no systemd bus")),
+    )
 
     def validate(self, call: Call) -> tuple[str, ...]:
-        raise NotImplementedError  # being written
+        expect_args(call, most=0)
+        return (unit_name("resource", call.resource),)
+
+    def interpret(self, operation: Operation, result: RunResult) -> dict[str, Any]:
+        if operation.command == "status":
+            return {"unit": operation.resource, "properties": parse_show(result.stdout)}
+        return {_DONE[operation.command]: operation.resource}
+
+    def outcome(self, operation: Operation, result: RunResult) -> Failure | None:
+        """`systemctl show` succeeds for units that do not exist; report those as 404."""
+        if (
+            result.exit_code == 0
+            and operation.command == "status"
+            and parse_show(result.stdout)["LoadState"] == "not-found"
+        ):
+            return Failure(404, "not_found", f"unit {operation.resource} not found")
+        return super().outcome(operation, result)
+
+    def failure(self, operation: Operation, result: RunResult) -> Failure:
+        """Match stderr without the unit's name, so `busybox.service` failing is not "busy"."""
+        stderr = result.stderr.replace(operation.resource, _UNIT_PLACEHOLDER)
+        return super().failure(operation, dataclasses.replace(result, stderr=stderr))
+
+
+def unit_name(field: str, value: str) -> str:
+    """A unit (`name.type` or `name@instance.type`); no templates, globs or escapes."""
+    check_text(field, value, max_length=MAX_UNIT_NAME, what="unit name")
+    if _GLOB_CHARS.intersection(value):
+        raise ValidationError(field, "glob patterns are not allowed", code="glob_pattern")
+    if not _UNIT_CHARS.fullmatch(value):
+        raise ValidationError(
+            field,
+            "unit names may contain ASCII letters, digits and ':_.-@' only",
+            code="invalid_name",
+        )
+    if ".." in value:
+        raise ValidationError(field, "unit name must not contain '..'", code="invalid_name")
+    if value.rpartition(".")[2] not in UNIT_TYPES:
+        raise ValidationError(
+            field, f"unit type must be one of {', '.join(UNIT_TYPES)}", code="unsupported_unit_type"
+        )
+    match = UNIT_RE.fullmatch(value)
+    if match is None:
+        raise ValidationError(field, "not a valid unit name", code="invalid_name")
+    if match["at"] and match["instance"] is None:
+        raise ValidationError(
+            field, "template units cannot be run; name an instance", code="template_unit"
+        )
+    return value
+
+
+def parse_show(text: str) -> dict[str, Any]:
+    """`systemctl show` `Key=Value` lines → {Key: value}; empty → None, PIDs and codes → int."""
+    properties: dict[str, Any] = dict.fromkeys(STATUS_PROPERTIES)
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep or key not in properties:
+            continue
+        if not value:
+            properties[key] = None
+        elif key in _INTEGER_PROPERTIES and value.isdigit():
+            properties[key] = int(value)
+        else:
+            properties[key] = value
+    return properties
