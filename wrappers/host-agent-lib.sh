@@ -71,16 +71,36 @@ ha_listed() {
     return 1
 }
 
-# ha_binary KEY DEFAULT: an absolute path to a root-owned executable no one else can change.
+# ha_trusted_file WHAT PATH: set HA_TRUSTED to PATH's real path, a regular file
+# that only root can change, in directories only root can change (a root-owned
+# sticky directory such as /tmp cannot have root's entries swapped either).
+HA_TRUSTED=
+ha_trusted_file() {
+    local what=$1 path=$2 real node owner mode
+    real=$(realpath -e -- "$path" 2>/dev/null) || ha_refuse "$EX_NOINPUT" "no $what $path"
+    [[ -f $real ]] || ha_refuse "$EX_CONFIG" "$what $path is not a regular file"
+    node=$real
+    while :; do
+        read -r owner mode < <(stat -c '%u %a' -- "$node")
+        if [[ $owner != 0 ]] || { (( (8#$mode & 8#022) != 0 )) \
+            && ! [[ -d $node && -k $node ]]; }; then
+            ha_refuse "$EX_CONFIG" \
+                "$what $path: $node must be owned by root and not group/world-writable"
+        fi
+        [[ $node == / ]] && break
+        node=${node%/*}
+        node=${node:-/}
+    done
+    HA_TRUSTED=$real
+}
+
+# ha_binary KEY DEFAULT: the tool's absolute path, a trusted executable (see above).
 ha_binary() {
-    local path owner mode
+    local path
     path=$(ha_config_value "$1" "$2")
-    [[ $path == /* && -f $path && -x $path ]] \
-        || ha_refuse "$EX_CONFIG" "$1=$path is not an executable file"
-    read -r owner mode < <(stat -L -c '%u %a' -- "$path")
-    if [[ $owner != 0 ]] || (( (8#$mode & 8#022) != 0 )); then
-        ha_refuse "$EX_CONFIG" "$1=$path must be owned by root and not group/world-writable"
-    fi
+    [[ $path == /* && -e $path ]] || ha_refuse "$EX_CONFIG" "$1=$path does not exist"
+    ha_trusted_file "$1" "$path"
+    [[ -x $HA_TRUSTED ]] || ha_refuse "$EX_CONFIG" "$1=$path is not executable"
     printf '%s\n' "$path"
 }
 
