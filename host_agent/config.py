@@ -517,6 +517,8 @@ def _check_argument_patterns(values: list[str]) -> str | None:
             return f"pattern {value!r} must be printable ASCII without spaces"
         if re.search(r"\\[A-Za-z0-9]|\(\?", value):
             return f"pattern {value!r} uses syntax POSIX ERE lacks (\\d, \\w, (?...))"
+        if "[:" in value or "[=" in value or "[." in value:
+            return f"pattern {value!r} uses a POSIX class ([:digit:], ...) Python reads differently"
         if (message := _check_regex(value)) is not None:
             return message
     return None

@@ -433,6 +433,16 @@ def test_minimal_document_is_valid() -> None:
             id="exec-pattern-inline-flag",
         ),
         pytest.param(
+            {
+                "exec": {
+                    "allowed_commands": ["/usr/bin/du"],
+                    "argument_patterns": {"/usr/bin/du": ["[[:digit:]]+"]},
+                }
+            },
+            "exec.argument_patterns./usr/bin/du: pattern '[[:digit:]]+' uses a POSIX class",
+            id="exec-pattern-posix-class",
+        ),
+        pytest.param(
             {"exec": {"allowed_playbooks": ["site.yml"]}},
             "exec.allowed_playbooks: needs exec.playbook_dir",
             id="exec-playbooks-without-dir",
