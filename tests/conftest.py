@@ -47,12 +47,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
 @pytest.fixture
 def system_config(system: System, pool: Pool, pki: Pki, tmp_path: Path) -> Config:
     """The standard test config wired to the installed wrappers (and their config rendered)."""
-    config = write_config(
-        tmp_path / "agent.toml",
-        config_text(pki, tmp_path, service_user=system.user, wrapper_dir=system.wrappers.directory),
-    )
-    system.wrappers.configure(config)
-    return config
+    return system.agent_config(pki, tmp_path)
 
 
 @pytest.fixture
@@ -76,16 +71,6 @@ allow_recursive = true
 @pytest.fixture
 def operator_agent(system: System, pool: Pool, pki: Pki, tmp_path: Path) -> Iterator[RunningAgent]:
     """An agent where admin-1 may run every zfs operation without approval."""
-    config = write_config(
-        tmp_path / "operator.toml",
-        config_text(
-            pki,
-            tmp_path,
-            service_user=system.user,
-            wrapper_dir=system.wrappers.directory,
-            profiles=OPERATOR,
-        ),
-    )
-    system.wrappers.configure(config)
+    config = system.agent_config(pki, tmp_path, name="operator", profiles=OPERATOR)
     with running_agent(config) as agent:
         yield agent

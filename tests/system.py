@@ -14,11 +14,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from host_agent import wrapper_config
 from host_agent.config import Config
+from tests.support import Pki, config_text, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 SUDOERS_D = Path("/etc/sudoers.d")
@@ -69,6 +71,21 @@ class System:
     user: str
     wrappers: Wrappers
     root: Path
+
+    def agent_config(
+        self, pki: Pki, workdir: Path, *, name: str = "agent", **options: Any
+    ) -> Config:
+        """A test config (see `config_text`) wired to these wrappers; their file rendered."""
+        text = config_text(
+            pki,
+            workdir,
+            service_user=self.user,
+            wrapper_dir=self.wrappers.directory,
+            **options,
+        )
+        config = write_config(workdir / f"{name}.toml", text)
+        self.wrappers.configure(config)
+        return config
 
 
 def install_wrappers(root: Path, user: str, extra: tuple[Path, ...] = ()) -> Wrappers:

@@ -15,8 +15,7 @@ import pytest
 
 from host_agent.config import Config
 from tests.hostile import HOSTILE_NAMES
-from tests.support import Pki, RunningAgent, audit_records, client, config_text, running_agent
-from tests.support import write_config as write
+from tests.support import Pki, RunningAgent, audit_records, client, running_agent
 from tests.system import REPO, System, run
 
 pytestmark = pytest.mark.root
@@ -114,20 +113,14 @@ def configured(
     playbook_dir: Path | None = None,
 ) -> Config:
     """An agent config granting exec-run to librarian-1; the wrappers' file rendered from it."""
-    config = write(
-        tmp_path / f"{name}.toml",
-        config_text(
-            pki,
-            tmp_path,
-            service_user=system.user,
-            wrapper_dir=system.wrappers.directory,
-            audit_log=tmp_path / f"{name}.jsonl",
-            profiles=PROFILE,
-            extra=exec_tables(layout, enabled=enabled, playbook_dir=playbook_dir),
-        ),
+    return system.agent_config(
+        pki,
+        tmp_path,
+        name=name,
+        audit_log=tmp_path / f"{name}.jsonl",
+        profiles=PROFILE,
+        extra=exec_tables(layout, enabled=enabled, playbook_dir=playbook_dir),
     )
-    system.wrappers.configure(config)
-    return config
 
 
 @pytest.fixture

@@ -18,8 +18,7 @@ import pytest
 from host_agent.audit import verify
 from host_agent.config import Config
 from tests.hostile import HOSTILE_NAMES
-from tests.support import Pki, RunningAgent, audit_records, client, config_text, running_agent
-from tests.support import write_config as write
+from tests.support import Pki, RunningAgent, audit_records, client, running_agent
 from tests.system import System, run, service_account
 
 pytestmark = pytest.mark.root
@@ -153,19 +152,12 @@ unix_user = "{GHOST_USER}"
 autonomy = "read_only"
 allowed_operations = ["git-status"]
 """
-    config = write(
-        tmp_path / "agent.toml",
-        config_text(
-            pki,
-            tmp_path,
-            service_user=system.user,
-            wrapper_dir=system.wrappers.directory,
-            profiles=profile,
-            extra=f'[git]\nallowed_repos = ["{repos.base / "repos"}"]\n',
-        ),
+    return system.agent_config(
+        pki,
+        tmp_path,
+        profiles=profile,
+        extra=f'[git]\nallowed_repos = ["{repos.base / "repos"}"]\n',
     )
-    system.wrappers.configure(config)
-    return config
 
 
 @pytest.fixture

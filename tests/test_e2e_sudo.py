@@ -12,8 +12,7 @@ import pytest
 from host_agent.errors import RunnerError
 from host_agent.operations import Operation
 from host_agent.runner import Runner
-from tests.support import Pki, config_text
-from tests.support import write_config as write
+from tests.support import Pki
 from tests.system import PROBE, System, run
 
 pytestmark = pytest.mark.root
@@ -71,10 +70,7 @@ def _probe(runner: Runner, *argv: str) -> Operation:
 
 @pytest.fixture
 def runner(system: System, pki: Pki, tmp_path: Path) -> Runner:
-    config = write(
-        tmp_path / "agent.toml",
-        config_text(pki, tmp_path, service_user=system.user, wrapper_dir=system.wrappers.directory),
-    )
+    config = system.agent_config(pki, tmp_path)
     return Runner(dataclasses.replace(config.runner, timeout_seconds=1.0, max_output_bytes=4096))
 
 

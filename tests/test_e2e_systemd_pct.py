@@ -16,8 +16,7 @@ from host_agent.adapters.systemd import STATUS_PROPERTIES
 from host_agent.audit import verify
 from host_agent.config import Config
 from tests.hostile import HOSTILE_NAMES
-from tests.support import Pki, RunningAgent, audit_records, client, config_text, running_agent
-from tests.support import write_config as write
+from tests.support import Pki, RunningAgent, audit_records, client, running_agent
 from tests.system import REPO, System, install_standin, run
 
 pytestmark = pytest.mark.root
@@ -119,19 +118,12 @@ def containers(pct: StandIn) -> StandIn:
 def e2e_config(
     system: System, systemctl: StandIn, pct: StandIn, pki: Pki, tmp_path: Path
 ) -> Config:
-    config = write(
-        tmp_path / "agent.toml",
-        config_text(
-            pki,
-            tmp_path,
-            service_user=system.user,
-            wrapper_dir=system.wrappers.directory,
-            profiles=PROFILES,
-            extra=f'[binaries]\nsystemctl = "{systemctl.path}"\npct = "{pct.path}"\n',
-        ),
+    return system.agent_config(
+        pki,
+        tmp_path,
+        profiles=PROFILES,
+        extra=f'[binaries]\nsystemctl = "{systemctl.path}"\npct = "{pct.path}"\n',
     )
-    system.wrappers.configure(config)
-    return config
 
 
 @pytest.fixture

@@ -17,12 +17,10 @@ from tests.support import (
     audit_records,
     client,
     client_context,
-    config_text,
     listening_port,
     running_agent,
     serve_process,
 )
-from tests.support import write_config as write
 from tests.system import Pool, System, run
 
 pytestmark = pytest.mark.root
@@ -154,17 +152,7 @@ def test_wrapper_rejects_hostile_names_on_its_own(system: System, pool: Pool, va
 def test_unwritable_audit_runs_nothing(
     system: System, pool: Pool, pki: Pki, tmp_path: Path
 ) -> None:
-    user, wrappers = system.user, system.wrappers
-    config = write(
-        tmp_path / "full.toml",
-        config_text(
-            pki,
-            tmp_path,
-            service_user=user,
-            wrapper_dir=wrappers.directory,
-            audit_log=Path("/dev/full"),
-        ),
-    )
+    config = system.agent_config(pki, tmp_path, name="full", audit_log=Path("/dev/full"))
     with running_agent(config) as agent, client(agent, pki, "librarian-1") as http:
         reply = http.post(
             "/host/op",
@@ -183,20 +171,10 @@ def test_result_that_cannot_be_audited_is_reported_as_ran(
     system: System, pool: Pool, pki: Pki, tmp_path: Path
 ) -> None:
     """The decision record fits under a real file-size limit, the result record does not."""
-    user, wrappers = system.user, system.wrappers
     request = {"kind": "zfs", "resource": f"{pool.name}/data", "args": ["snapshot", "limit"]}
 
     def configured(name: str) -> Config:
-        return write(
-            tmp_path / f"{name}.toml",
-            config_text(
-                pki,
-                tmp_path,
-                service_user=user,
-                wrapper_dir=wrappers.directory,
-                audit_log=tmp_path / f"{name}.jsonl",
-            ),
-        )
+        return system.agent_config(pki, tmp_path, name=name, audit_log=tmp_path / f"{name}.jsonl")
 
     probe = configured("probe")
     with running_agent(probe) as agent, client(agent, pki, "librarian-1") as http:
