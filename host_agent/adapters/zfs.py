@@ -11,7 +11,7 @@ Requests (the predecessor's shape):
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from host_agent.adapters.base import (
@@ -180,26 +180,25 @@ def zfs_name(field: str, value: str, *, dataset: bool = True, snapshot: bool = T
 def parse_properties(text: str) -> list[dict[str, Any]]:
     """`zfs get -H -p -o name,property,value` lines → one dict per dataset, in order."""
     datasets: dict[str, dict[str, Any]] = {}
-    for line in text.splitlines():
-        parts = line.split("\t")
-        if len(parts) != 3:
-            continue
-        name, prop, value = parts
-        entry = datasets.setdefault(name, {"name": name})
-        entry[prop] = _value(value)
+    for name, prop, value in _rows(text, 3):
+        datasets.setdefault(name, {"name": name})[prop] = _value(value)
     return list(datasets.values())
 
 
 def parse_get(text: str) -> dict[str, dict[str, Any]]:
     """`zfs get -H -p -o property,value,source` lines → {property: {value, source}}."""
-    properties: dict[str, dict[str, Any]] = {}
+    return {
+        prop: {"value": _value(value), "source": None if source == "-" else source}
+        for prop, value, source in _rows(text, 3)
+    }
+
+
+def _rows(text: str, width: int) -> Iterator[list[str]]:
+    """Tab-separated `-H` output; lines of another width (cut short, noise) are skipped."""
     for line in text.splitlines():
         parts = line.split("\t")
-        if len(parts) != 3:
-            continue
-        prop, value, source = parts
-        properties[prop] = {"value": _value(value), "source": None if source == "-" else source}
-    return properties
+        if len(parts) == width:
+            yield parts
 
 
 def _value(text: str) -> Any:
