@@ -97,6 +97,11 @@ class ApprovalConfig:
     allowed_approvers: tuple[str, ...]
     token_secret: Secret | None
     admin_cn_pattern: str | None
+    # New in host-agent: where approvals live, so they survive a restart.
+    store_path: Path
+
+    def is_admin(self, cn: str) -> bool:
+        return self.admin_cn_pattern is not None and fnmatch.fnmatchcase(cn, self.admin_cn_pattern)
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,8 @@ class Rule:
     always_ask: bool
     approval_admin_only: bool
     deny: bool
+    # Distinct approvers needed (new in host-agent).
+    approvals_required: int = 1
 
     def describe(self) -> str:
         where = f" pattern={self.pattern.pattern!r}" if self.pattern else ""
@@ -314,6 +321,7 @@ def _approval(t: _Table) -> ApprovalConfig:
         allowed_approvers=tuple(t.get("allowed_approvers", list, [], item=str)),
         token_secret=Secret(secret) if secret is not None else None,
         admin_cn_pattern=t.optional("admin_cn_pattern", str, check=_non_empty),
+        store_path=t.path("store_path", default="/var/lib/host-agent/approvals.sqlite3"),
     )
     t.finish()
     return config
@@ -387,6 +395,7 @@ def _rule(t: _Table, index: int) -> Rule:
         always_ask=t.get("always_ask", bool, False),
         approval_admin_only=t.get("approval_admin_only", bool, False),
         deny=t.get("deny", bool, False),
+        approvals_required=t.get("approvals_required", int, 1, check=_between(1, 10)),
     )
     if rule.deny and (rule.approval_required or rule.always_ask):
         t.reader.problem(t.key("deny"), "a deny rule cannot also ask for approval")

@@ -8,7 +8,8 @@
     │   ├── UnknownKind        no adapter for this kind (404)
     │   ├── Unauthenticated    no verified client certificate (401)
     │   ├── PolicyDenied       policy refused the operation (403)
-│   └── AdapterDisabled    the kind is switched off in the config (403)
+│   ├── AdapterDisabled    the kind is switched off in the config (403)
+│   └── ApprovalError      an approval step was refused (status per case)
     ├── AuditUnavailable       the audit log cannot be written: fail closed (503)
     │   └── ResultUnaudited    the operation ran but its result record failed (503)
     ├── RunnerError            the wrapper could not be started or was killed (502/504)
@@ -108,6 +109,15 @@ class AdapterDisabled(RequestError):
 
     def __init__(self, kind: str, how: str) -> None:
         super().__init__(f"{kind} operations are disabled on this agent; {how}", field="kind")
+
+
+class ApprovalError(RequestError):
+    """An approval step was refused: unknown, wrong state, wrong person, wrong operation."""
+
+    def __init__(self, status: int, code: str, message: str, *, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.status = status
+        self.code = code
 
 
 class AuditUnavailable(HostAgentError):

@@ -1,7 +1,7 @@
 """The predecessor's ZFS routes, as thin shims over the `/host/op` pipeline.
 
 `POST /zfs/list {"dataset"?, "type"?}`, `POST /zfs/snapshot {"dataset",
-"snapname"}` and `POST /zfs/destroy {"dataset"}` are translated into host-op
+"snapname"}` and `POST /zfs/destroy {"dataset", "approval_id"?}` are translated into host-op
 documents and go through exactly the same validation, policy, audit and
 runner. Replies keep the predecessor's fields (`success`, `entries`,
 `snapshot`, `audit_id`, `message`) beside ours; errors use our format with
@@ -48,6 +48,9 @@ class LegacyRoute:
             if exc.field is not None:
                 exc.field = self.field_names.get(exc.field, exc.field)
             raise
+        if reply.status == 202:
+            # The predecessor's pending shape, beside ours.
+            return Reply(202, {"pending_approval": True, "success": False, **reply.body})
         body_out = {"success": True, "audit_id": reply.body["request_id"], **reply.body}
         return Reply(reply.status, {**body_out, **self.to_reply(reply.body)})
 
@@ -77,7 +80,10 @@ def _snapshot(document: Document) -> Document:
 
 
 def _destroy(document: Document) -> Document:
-    return {"kind": "zfs", "resource": document.get("dataset"), "args": ["destroy"]}
+    translated = {"kind": "zfs", "resource": document.get("dataset"), "args": ["destroy"]}
+    if "approval_id" in document:
+        translated["approval_id"] = document["approval_id"]
+    return translated
 
 
 def _entries(body: Document) -> Document:
@@ -114,7 +120,7 @@ LEGACY_ROUTES = (
     ),
     LegacyRoute(
         "/zfs/destroy",
-        frozenset({"dataset"}),
+        frozenset({"dataset", "approval_id"}),
         _destroy,
         {"resource": "dataset"},
         lambda body: {"message": f"Destroyed {body['data']['destroyed']}"},

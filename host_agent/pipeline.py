@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from host_agent.adapters import Registry
+from host_agent.approvals.manager import ApprovalManager
+from host_agent.approvals.model import Approval, timestamp
 from host_agent.audit import AuditLog
 from host_agent.config import Config
 from host_agent.errors import (
@@ -39,11 +41,20 @@ class Reply:
 class Pipeline:
     """Everything between a verified identity plus JSON body and the reply."""
 
-    def __init__(self, config: Config, registry: Registry, audit: AuditLog, runner: Runner) -> None:
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry,
+        audit: AuditLog,
+        runner: Runner,
+        approvals: ApprovalManager | None = None,
+    ) -> None:
         self.config = config
         self.registry = registry
         self.audit = audit
         self.runner = runner
+        # None when [approval] enabled = false: operations needing a human are refused.
+        self.approvals = approvals
 
     async def host_op(self, identity: Identity, body: bytes) -> Reply:
         """Serve one `/host/op` body from a verified caller."""
@@ -64,7 +75,7 @@ class Pipeline:
         except RequestError as exc:
             await self._rejected(who, exc, document)
             raise
-        return await self._decide_and_run(who, request, operation)
+        return await self._decide_and_run(who, request, operation, found[1].unix_user)
 
     async def reject(self, identity: Identity, error: RequestError) -> None:
         """Audit a request refused before its body could be read (e.g. too large)."""
@@ -84,7 +95,7 @@ class Pipeline:
         )
 
     async def _decide_and_run(
-        self, who: dict[str, Any], request: HostOpRequest, operation: Operation
+        self, who: dict[str, Any], request: HostOpRequest, operation: Operation, unix_user: str
     ) -> Reply:
         decision = decide(self.config, who["cn"], operation)
         argv = self.runner.argv_for(operation)
@@ -108,11 +119,18 @@ class Pipeline:
         if decision.effect is Effect.DENY:
             raise _denied(decision, who["request_id"])
         if decision.effect is Effect.APPROVAL:
-            # The approval workflow (tokens, Signal, resubmission) is not part of
-            # this build, so an operation that needs a human cannot proceed.
-            raise _denied(
-                decision, who["request_id"], "; no approval channel is available on this agent"
-            )
+            if self.approvals is None:
+                raise _denied(decision, who["request_id"], "; approvals are disabled on this agent")
+            if request.approval_id is None:
+                approval = await self.approvals.create(
+                    who, operation, decision, request.reason, unix_user
+                )
+                return Reply(202, {**described, **_pending(approval)})
+            try:
+                await self.approvals.consume(request.approval_id, who["cn"], operation)
+            except RequestError as exc:
+                exc.request_id = who["request_id"]
+                raise
 
         adapter = self.registry[operation.kind]
         try:
@@ -204,7 +222,26 @@ def _operation_summary(
     }
     if request.reason:
         summary["reason_text"] = request.reason
+    if request.approval_id:
+        summary["approval_id"] = request.approval_id
     return summary
+
+
+def _pending(approval: Approval) -> dict[str, Any]:
+    """The 202 body: how to follow the approval, never its token."""
+    return {
+        "status": "pending",
+        "approval_id": approval.id,
+        "digest": approval.digest,
+        "expires_at": timestamp(approval.expires_at),
+        "approvals_required": approval.approvals_required,
+        "admin_only": approval.admin_only,
+        "message": (
+            f"{approval.operation} needs human approval; the approvers have been asked. Poll "
+            f"GET /approvals/{approval.id}, then resubmit the same request with "
+            f'"approval_id": "{approval.id}".'
+        ),
+    }
 
 
 def _raw_summary(document: Any) -> dict[str, Any]:

@@ -30,6 +30,8 @@ class Decision:
     reason: str
     rule: str
     admin_only: bool = False
+    # How many distinct approvers an approval needs (from the matching rule).
+    approvals_required: int = 1
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -38,6 +40,7 @@ class Decision:
             "reason": self.reason,
             "rule": self.rule,
             "admin_only": self.admin_only,
+            "approvals_required": self.approvals_required,
         }
 
 
@@ -99,6 +102,7 @@ def decide(config: Config, cn: str, operation: Operation) -> Decision:
         )
     rule = matching[0] if matching else None
     admin_only = rule is not None and rule.approval_admin_only
+    quorum = rule.approvals_required if rule is not None else 1
 
     if operation.always_requires_approval:
         return Decision(
@@ -107,6 +111,7 @@ def decide(config: Config, cn: str, operation: Operation) -> Decision:
             f"{name} always needs human approval",
             f"adapter {operation.kind}",
             admin_only,
+            quorum,
         )
     if rule is not None and rule.always_ask:
         return Decision(
@@ -115,6 +120,7 @@ def decide(config: Config, cn: str, operation: Operation) -> Decision:
             f"{name} always needs human approval (always_ask)",
             rule.describe(),
             admin_only,
+            quorum,
         )
     if needs_approval:
         return Decision(
@@ -123,6 +129,7 @@ def decide(config: Config, cn: str, operation: Operation) -> Decision:
             f"{name} needs approval for this agent",
             f"{where}.requires_approval_for",
             admin_only,
+            quorum,
         )
     if rule is not None and rule.approval_required:
         if profile.autonomy is Autonomy.FULL and profile.allow_full_autonomy_bypass:
@@ -138,6 +145,7 @@ def decide(config: Config, cn: str, operation: Operation) -> Decision:
             f"{name} needs approval",
             rule.describe(),
             admin_only,
+            quorum,
         )
 
     source = rule.describe() if rule is not None else f"{where}.allowed_operations"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +11,8 @@ from host_agent.errors import RequestError, ValidationError
 
 MAX_ARGS = 32
 MAX_REASON = 500
-_FIELDS = {"kind", "resource", "args", "dry_run", "reason"}
+_FIELDS = {"kind", "resource", "args", "dry_run", "reason", "approval_id"}
+_APPROVAL_ID = re.compile(r"ap-[0-9a-f]{16}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +24,8 @@ class HostOpRequest:
     args: tuple[str, ...]
     dry_run: bool = False
     reason: str | None = None
+    # Resubmitting an operation a human approved.
+    approval_id: str | None = None
 
 
 def decode_json(body: bytes) -> Any:
@@ -64,4 +68,11 @@ def parse_host_op(document: Any) -> HostOpRequest:
         raise ValidationError(
             "reason", f"must be a string of at most {MAX_REASON} characters", code="invalid_type"
         )
-    return HostOpRequest(kind, resource, tuple(args), dry_run, reason)
+    approval_id = document.get("approval_id")
+    if approval_id is not None and (
+        not isinstance(approval_id, str) or not _APPROVAL_ID.fullmatch(approval_id)
+    ):
+        raise ValidationError(
+            "approval_id", "must be an approval id as returned with 202", code="invalid_type"
+        )
+    return HostOpRequest(kind, resource, tuple(args), dry_run, reason, approval_id)

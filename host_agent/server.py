@@ -11,6 +11,8 @@ from pathlib import Path
 
 from host_agent.adapters import build_registry
 from host_agent.app import build_app
+from host_agent.approvals.manager import ApprovalManager
+from host_agent.approvals.store import SqliteStore
 from host_agent.audit import AuditLog
 from host_agent.config import Config, load_config
 from host_agent.errors import HostAgentError
@@ -32,7 +34,20 @@ def build_pipeline(config: Config) -> Pipeline:
     """Every component the request path needs, built from one config (fails fast)."""
     audit = AuditLog(config.audit.log_path)
     audit.open()
-    return Pipeline(config, build_registry(config), audit, Runner(config.runner))
+    approvals = None
+    if config.approval.enabled:
+        approvals = ApprovalManager(config.approval, SqliteStore(config.approval.store_path), audit)
+    return Pipeline(config, build_registry(config), audit, Runner(config.runner), approvals)
+
+
+async def _sweep_approvals(manager: ApprovalManager, every: float) -> None:
+    """Expire approvals on time (audited) even when nobody asks about them."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await manager.sweep()
+        except HostAgentError as exc:
+            log.error("approval sweep failed: %s", exc)
 
 
 async def run_server(
@@ -58,9 +73,18 @@ async def run_server(
     for warning in config.warnings:
         log.warning("config: %s", warning)
     log.info("host-agent listening on https://%s:%d (mutual TLS)", host, port)
+    sweeper = None
+    if pipeline.approvals is not None:
+        every = min(30.0, config.approval.ttl_seconds / 4)
+        sweeper = asyncio.create_task(_sweep_approvals(pipeline.approvals, every))
     try:
         await serve_tls(build_app(pipeline), listener, context, stop, ready=ready)
     finally:
+        if sweeper is not None:
+            sweeper.cancel()
+        if pipeline.approvals is not None:
+            await pipeline.approvals.drain()
+            pipeline.approvals.store.close()
         pipeline.audit.close()
         log.info("host-agent stopped")
 

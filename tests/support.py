@@ -76,6 +76,7 @@ def config_text(
     wrapper_dir: Path | None = None,
     profiles: str = "",
     extra: str = "",
+    approvals: bool = True,
 ) -> str:
     """A complete config in the predecessor's shape plus the [runner] section.
 
@@ -102,8 +103,10 @@ timeout_seconds = 30
 log_path = "{audit_log or workdir / "audit.jsonl"}"
 
 [approval]
+enabled = {"true" if approvals else "false"}
 ttl_seconds = 300
 allowed_approvers = ["+15555550001"]
+store_path = "{workdir / "approvals.sqlite3"}"
 {profiles}
 [[agents]]
 cn_pattern = "librarian*"

@@ -176,22 +176,42 @@ def test_unknown_cn_is_refused_before_its_input_is_parsed(
     assert _error(reply)["code"] == "unknown_cn"
 
 
-def test_approval_needed_is_refused_while_no_approval_channel_exists(
-    agent: RunningAgent, pki: Pki, tmp_path: Path
+APPROVAL_RULE = '[[rules]]\noperation = "zfs-snapshot"\napproval_required = true\n'
+
+
+def test_approval_needed_answers_202_with_the_id_and_digest_never_the_token(
+    pki: Pki, tmp_path: Path
 ) -> None:
-    extra = '[[rules]]\noperation = "zfs-snapshot"\napproval_required = true\n'
     config = write_config(
-        tmp_path / "approval.toml",
-        config_text(pki, tmp_path / "x", extra=extra).replace(
-            str(tmp_path / "x" / "audit.jsonl"), str(tmp_path / "a.jsonl")
-        ),
+        tmp_path / "approval.toml", config_text(pki, tmp_path, extra=APPROVAL_RULE)
     )
+    body = {"kind": "zfs", "resource": "tank", "args": ["snapshot", "s1"], "reason": "backup"}
+    with running_agent(config) as other, client(other, pki, "librarian-1") as http:
+        reply = http.post("/host/op", json=body)
+    assert reply.status_code == 202, reply.text
+    pending = reply.json()
+    assert pending["status"] == "pending" and pending["approval_id"].startswith("ap-")
+    assert pending["operation"] == "zfs-snapshot" and pending["expires_at"]
+    assert not {"token", "token_hash"} & set(pending)
+    decision, created = audit_records(config.audit.log_path)
+    assert decision["decision"] == "approval_required"
+    assert created["event"] == "approval_created"
+    assert created["approval_id"] == pending["approval_id"]
+    assert created["digest"] == pending["digest"] == decision["digest"]
+    assert len(created["token_hash"]) == 64
+    assert created["token_hash"] not in reply.text
+
+
+def test_approval_needed_is_refused_when_approvals_are_disabled(pki: Pki, tmp_path: Path) -> None:
+    text = config_text(pki, tmp_path, extra=APPROVAL_RULE, approvals=False)
+    config = write_config(tmp_path / "approval.toml", text)
     with running_agent(config) as other, client(other, pki, "librarian-1") as http:
         reply = http.post(
             "/host/op", json={"kind": "zfs", "resource": "tank", "args": ["snapshot", "s1"]}
         )
     assert reply.status_code == 403
     assert _error(reply)["code"] == "approval_required"
+    assert "approvals are disabled" in _error(reply)["message"]
     (record,) = audit_records(config.audit.log_path)
     assert record["decision"] == "approval_required"
 

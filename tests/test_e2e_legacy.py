@@ -62,8 +62,9 @@ def test_policy_applies_to_the_shims_as_to_host_op(
     run("zfs", "snapshot", f"{pool.name}/data@legacy-guarded")
     destroy = {"dataset": f"{pool.name}/data@legacy-guarded"}
     guarded = _post(system_agent, pki, "librarian-1", "/zfs/destroy", destroy)
-    assert guarded.status_code == 403
-    assert guarded.json()["error"]["code"] == "approval_required"
+    assert guarded.status_code == 202
+    assert guarded.json()["pending_approval"] is True
+    assert guarded.json()["approval_id"].startswith("ap-")
     assert f"{pool.name}/data@legacy-guarded" in pool.datasets("snapshot")
     assert "by-reader" not in " ".join(pool.datasets("snapshot"))
 

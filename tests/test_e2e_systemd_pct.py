@@ -379,12 +379,13 @@ def test_pct_destroy_through_the_api_needs_approval_and_runs_nothing(
     live: RunningAgent, pki: Pki, containers: StandIn, e2e_config: Config, cn: str
 ) -> None:
     reply = _post(live, pki, {"kind": "pct", "resource": "101", "args": ["destroy"]}, cn)
-    assert reply.status_code == 403, reply.text
-    assert reply.json()["error"]["code"] == "approval_required"
+    assert reply.status_code == 202, reply.text
+    assert reply.json()["status"] == "pending"
     assert containers.calls() == []
     assert "101" in containers.state()["containers"]
-    (decision,) = audit_records(e2e_config.audit.log_path)
+    decision, created = audit_records(e2e_config.audit.log_path)
     assert (decision["decision"], decision["rule"]) == ("approval_required", "adapter pct")
+    assert created["event"] == "approval_created"
 
 
 def test_pct_wrapper_destroys_when_called_directly(system: System, containers: StandIn) -> None:

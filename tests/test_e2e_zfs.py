@@ -174,7 +174,10 @@ def test_result_that_cannot_be_audited_is_reported_as_ran(
     request = {"kind": "zfs", "resource": f"{pool.name}/data", "args": ["snapshot", "limit"]}
 
     def configured(name: str) -> Config:
-        return system.agent_config(pki, tmp_path, name=name, audit_log=tmp_path / f"{name}.jsonl")
+        # Approvals off: the store's SQLite file would also meet the size limit.
+        return system.agent_config(
+            pki, tmp_path, name=name, audit_log=tmp_path / f"{name}.jsonl", approvals=False
+        )
 
     probe = configured("probe")
     with running_agent(probe) as agent, client(agent, pki, "librarian-1") as http:
@@ -261,8 +264,8 @@ def test_destroy_needs_approval_for_the_librarian(
 ) -> None:
     run("zfs", "snapshot", f"{pool.name}/data@guarded")
     reply = _op(system_agent, pki, "librarian-1", f"{pool.name}/data@guarded", "destroy")
-    assert reply.status_code == 403
-    assert reply.json()["error"]["code"] == "approval_required"
+    assert reply.status_code == 202
+    assert reply.json()["status"] == "pending"
     assert f"{pool.name}/data@guarded" in pool.datasets("snapshot")
 
 

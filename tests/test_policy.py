@@ -527,6 +527,7 @@ def test_policy_explain_json(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         "reason": "zfs-list allowed",
         "rule": "agents[0] (cn_pattern='librarian*').allowed_operations",
         "admin_only": False,
+        "approvals_required": 1,
     }
 
 

@@ -1,0 +1,1 @@
+"""Human approvals: tokens, the store, the state machine and the Signal channel."""

@@ -1,0 +1,321 @@
+"""The approval state machine: create, notify, vote or deny, consume, expire.
+
+Every rule about who may do what to an approval lives here, as pure changes
+that the store applies atomically, and every step is audited (token hash
+only). The requester gets the approval id; only the approvers get the token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from host_agent.approvals import tokens
+from host_agent.approvals.model import Approval, Approver, Status, timestamp
+from host_agent.approvals.store import ApprovalStore, Change
+from host_agent.audit import AuditLog
+from host_agent.config import ApprovalConfig
+from host_agent.errors import ApprovalError
+from host_agent.operations import Operation
+from host_agent.policy import Decision
+
+log = logging.getLogger(__name__)
+
+Notify = Callable[[str, Sequence[str]], Awaitable[object]]
+# Closed approvals (and remembered replies) are kept this long after expiry.
+KEEP_CLOSED_SECONDS = 7 * 86400
+OPEN = (Status.PENDING, Status.APPROVED)
+
+
+class ApprovalManager:
+    def __init__(
+        self,
+        config: ApprovalConfig,
+        store: ApprovalStore,
+        audit: AuditLog,
+        *,
+        notify: Notify | None = None,
+        clock: Callable[[], float] = time.time,
+        host: str | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.audit = audit
+        self.notify = notify
+        self.clock = clock
+        self.host = host or socket.gethostname()
+        self._notifications: set[asyncio.Task[None]] = set()
+
+    # --- the requester's side ---------------------------------------------------
+
+    async def create(
+        self,
+        who: dict[str, Any],
+        operation: Operation,
+        decision: Decision,
+        reason: str | None,
+        unix_user: str,
+    ) -> Approval:
+        """Record a pending approval, audit it, and send the token to the approvers."""
+        token = tokens.new_token()
+        now = self.clock()
+        approval = Approval(
+            id=f"ap-{secrets.token_hex(8)}",
+            token_hash=tokens.hash_token(token, self.config.token_secret),
+            requester_cn=who["cn"],
+            requester_fingerprint=who["fingerprint"],
+            requester_unix_user=unix_user,
+            operation=operation.name,
+            kind=operation.kind,
+            resource=operation.resource,
+            args=operation.args,
+            digest=operation.digest(),
+            reason=reason,
+            admin_only=decision.admin_only,
+            approvals_required=decision.approvals_required,
+            created_at=now,
+            expires_at=now + self.config.ttl_seconds,
+        )
+        await asyncio.to_thread(self.store.add, approval)
+        await self._audit("approval_created", approval, request_id=who["request_id"])
+        self._send(approval, token)
+        return approval
+
+    async def consume(self, approval_id: str, cn: str, operation: Operation) -> Approval:
+        """Use a granted approval for exactly the operation it was granted for, once."""
+        now = self.clock()
+        try:
+            approval = await self._update(approval_id, _consume(cn, operation.digest(), now))
+        except ApprovalError as exc:
+            await self.audit.write(
+                {
+                    "event": "approval_refused",
+                    "approval_id": approval_id,
+                    "cn": cn,
+                    "digest": operation.digest(),
+                    "code": exc.code,
+                }
+            )
+            raise
+        await self._audit("approval_consumed", approval)
+        return approval
+
+    async def visible(self, approval_id: str, cn: str) -> Approval:
+        """One approval, for its requester or an admin; to anyone else it does not exist."""
+        approval = await asyncio.to_thread(self.store.get, approval_id)
+        if approval is None or not (approval.requester_cn == cn or self.config.is_admin(cn)):
+            raise _not_found()
+        return approval
+
+    async def open_approvals(self, requester_cn: str | None = None) -> list[Approval]:
+        return await asyncio.to_thread(self.store.listing, OPEN, requester_cn)
+
+    # --- the approver's side ----------------------------------------------------
+
+    async def decide(self, token_text: str, approve: bool, approver: Approver) -> Approval:
+        """An approver's APPROVE or DENY for the approval `token_text` belongs to."""
+        try:
+            self._check_channel(approver)
+            approval = await self._by_token(token_text)
+        except ApprovalError as exc:
+            await self.audit.write(
+                {"event": "approval_refused", "approver": str(approver), "code": exc.code}
+            )
+            raise
+        try:
+            self._check_approver(approval, approver)
+            change = _vote(approver, self.clock()) if approve else _deny(approver, self.clock())
+            updated = await self._update(approval.id, change)
+        except ApprovalError as exc:
+            await self._audit("approval_refused", approval, approver=str(approver), code=exc.code)
+            raise
+        event = "approval_denied" if not approve else "approval_vote"
+        if updated.status is Status.APPROVED:
+            event = "approval_granted"
+        await self._audit(event, updated, approver=str(approver))
+        return updated
+
+    async def _by_token(self, token_text: str) -> Approval:
+        token = tokens.normalize(token_text)
+        approval = None
+        if token is not None:
+            token_hash = tokens.hash_token(token, self.config.token_secret)
+            approval = await asyncio.to_thread(self.store.by_token, token_hash)
+        if approval is None:
+            raise ApprovalError(404, "unknown_token", "no approval has this token", field="token")
+        return approval
+
+    def _check_channel(self, approver: Approver) -> None:
+        """Whether this person may approve anything at all."""
+        if approver.channel == "signal" and approver.name not in self.config.allowed_approvers:
+            raise ApprovalError(
+                403, "approver_not_allowed", "this number is not in [approval] allowed_approvers"
+            )
+        if approver.channel == "admin" and not self.config.is_admin(approver.name):
+            raise ApprovalError(
+                403, "approver_not_allowed", "only a client whose CN matches admin_cn_pattern"
+            )
+
+    def _check_approver(self, approval: Approval, approver: Approver) -> None:
+        """Whether this person may approve this approval."""
+        if approver.name in (approval.requester_cn, approval.requester_unix_user):
+            raise ApprovalError(403, "self_approval", "a requester cannot approve its own request")
+        if approval.admin_only and approver.channel == "signal":
+            raise ApprovalError(
+                403, "admin_only", "this approval needs an admin (POST /approve or the host)"
+            )
+
+    # --- housekeeping -----------------------------------------------------------
+
+    async def sweep(self) -> list[Approval]:
+        """Expire what is due (audited), and forget long-closed records."""
+        now = self.clock()
+        expired = []
+        for approval in await asyncio.to_thread(self.store.listing, OPEN):
+            if approval.is_due(now):
+                expired.append(await self._update(approval.id, _expire(now)))
+                await self._audit("approval_expired", expired[-1])
+        await asyncio.to_thread(self.store.purge, now - KEEP_CLOSED_SECONDS)
+        return expired
+
+    async def drain(self) -> None:
+        """Wait for notifications still being sent (at shutdown)."""
+        if self._notifications:
+            await asyncio.gather(*self._notifications, return_exceptions=True)
+
+    # --- internals --------------------------------------------------------------
+
+    def _send(self, approval: Approval, token: str) -> None:
+        if self.notify is None or not self.config.allowed_approvers:
+            log.warning("approval %s created but no approver is reachable by Signal", approval.id)
+            return
+        text = message(approval, token, self.host)
+        task = asyncio.create_task(self._notify(self.notify, approval, text))
+        self._notifications.add(task)
+        task.add_done_callback(self._notifications.discard)
+
+    async def _notify(self, notify: Notify, approval: Approval, text: str) -> None:
+        recipients = list(self.config.allowed_approvers)
+        try:
+            await notify(text, recipients)
+        except Exception as exc:  # the approval stays valid: an admin can still use /approve
+            log.error("approval %s: notifying approvers failed: %s", approval.id, exc)
+            await self._audit("approval_notify_failed", approval, error=str(exc))
+            return
+        await self._audit("approval_notified", approval, recipients=recipients)
+
+    async def _update(self, approval_id: str, change: Change) -> Approval:
+        try:
+            return await asyncio.to_thread(self.store.update, approval_id, change)
+        except KeyError:
+            raise _not_found() from None
+
+    async def _audit(self, event: str, approval: Approval, **fields: Any) -> None:
+        await self.audit.write(
+            {
+                "event": event,
+                "approval_id": approval.id,
+                "token_hash": approval.token_hash,
+                "cn": approval.requester_cn,
+                "operation": approval.operation,
+                "resource": approval.resource,
+                "digest": approval.digest,
+                "status": approval.status.value,
+                "approvers": list(approval.approvers),
+                "expires_at": timestamp(approval.expires_at),
+                **fields,
+            }
+        )
+
+
+def message(approval: Approval, token: str, host: str) -> str:
+    """What approvers read: everything needed to decide, and how to answer."""
+    lines = [
+        f"host-agent approval on {host}",
+        f"Requester: {approval.requester_cn}",
+        f"Operation: {approval.operation}",
+        f"Resource: {approval.resource or '(none)'}",
+        f"Arguments: {' '.join(approval.args)}",
+        f"Reason: {approval.reason or '(none given)'}",
+        f"Digest: {approval.digest}",
+        f"Expires: {timestamp(approval.expires_at)}",
+    ]
+    if approval.approvals_required > 1:
+        lines.append(f"Needs {approval.approvals_required} different approvers.")
+    lines += ["", f"Reply APPROVE {token} to allow it, or DENY {token} to refuse."]
+    return "\n".join(lines)
+
+
+def _not_found() -> ApprovalError:
+    return ApprovalError(404, "approval_not_found", "no such approval", field="approval_id")
+
+
+def _open(approval: Approval, now: float) -> None:
+    """Refuse a change to an approval that is no longer waiting for a human."""
+    if approval.is_due(now) or approval.status is Status.EXPIRED:
+        raise ApprovalError(410, "approval_expired", "the approval has expired")
+    if approval.status is not Status.PENDING:
+        raise ApprovalError(
+            409, f"approval_{approval.status.value}", f"the approval is {approval.status.value}"
+        )
+
+
+def _vote(approver: Approver, now: float) -> Change:
+    def change(approval: Approval) -> Approval:
+        _open(approval, now)
+        if str(approver) in approval.approvers:
+            raise ApprovalError(409, "already_voted", "each approver counts once")
+        approvers = (*approval.approvers, str(approver))
+        if len(approvers) < approval.approvals_required:
+            return approval.evolve(approvers=approvers)
+        return approval.evolve(
+            approvers=approvers, status=Status.APPROVED, decided_by=str(approver), decided_at=now
+        )
+
+    return change
+
+
+def _deny(approver: Approver, now: float) -> Change:
+    def change(approval: Approval) -> Approval:
+        _open(approval, now)
+        return approval.evolve(status=Status.DENIED, decided_by=str(approver), decided_at=now)
+
+    return change
+
+
+def _consume(cn: str, digest: str, now: float) -> Change:
+    def change(approval: Approval) -> Approval:
+        if approval.requester_cn != cn:
+            raise _not_found()
+        if approval.digest != digest:
+            raise ApprovalError(
+                403,
+                "approval_mismatch",
+                "the approval was granted for a different operation (kind, resource or args)",
+                field="approval_id",
+            )
+        if approval.is_due(now) or approval.status is Status.EXPIRED:
+            raise ApprovalError(410, "approval_expired", "the approval has expired")
+        if approval.status is not Status.APPROVED:
+            status = approval.status.value
+            raise ApprovalError(
+                403 if approval.status is Status.DENIED else 409,
+                f"approval_{status}",
+                f"the approval is {status}",
+                field="approval_id",
+            )
+        return approval.evolve(status=Status.CONSUMED, consumed_at=now)
+
+    return change
+
+
+def _expire(now: float) -> Change:
+    def change(approval: Approval) -> Approval:
+        return approval.evolve(status=Status.EXPIRED) if approval.is_due(now) else approval
+
+    return change

@@ -1,0 +1,89 @@
+"""What an approval is: the operation it is bound to, who asked, who agreed, and its state."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    CONSUMED = "consumed"
+
+
+@dataclass(frozen=True, slots=True)
+class Approver:
+    """A human as the channel that carried their answer identifies them."""
+
+    channel: str  # "signal", "admin", "pam"
+    name: str  # phone number, client CN or Unix account
+
+    def __str__(self) -> str:
+        return f"{self.channel}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """One request for a human decision, bound to exactly one operation by one caller."""
+
+    id: str
+    token_hash: str
+    requester_cn: str
+    requester_fingerprint: str
+    # The requester's profile account: a local approver with that name is the requester.
+    requester_unix_user: str
+    operation: str
+    kind: str
+    resource: str
+    args: tuple[str, ...]
+    digest: str
+    reason: str | None
+    admin_only: bool
+    approvals_required: int
+    created_at: float
+    expires_at: float
+    status: Status = Status.PENDING
+    approvers: tuple[str, ...] = ()
+    decided_by: str | None = None
+    decided_at: float | None = None
+    consumed_at: float | None = None
+
+    def is_due(self, now: float) -> bool:
+        """Past its expiry while still open (pending, or granted but unused)."""
+        return self.status in (Status.PENDING, Status.APPROVED) and now >= self.expires_at
+
+    def evolve(self, **changes: Any) -> Approval:
+        return replace(self, **changes)
+
+    def public(self) -> dict[str, Any]:
+        """What the requester and admins may see: everything but the token hash."""
+        return {
+            "approval_id": self.id,
+            "status": self.status.value,
+            "operation": self.operation,
+            "kind": self.kind,
+            "resource": self.resource,
+            "args": list(self.args),
+            "digest": self.digest,
+            "reason": self.reason,
+            "requester": self.requester_cn,
+            "admin_only": self.admin_only,
+            "approvals_required": self.approvals_required,
+            "approvers": list(self.approvers),
+            "decided_by": self.decided_by,
+            "created_at": timestamp(self.created_at),
+            "expires_at": timestamp(self.expires_at),
+            "decided_at": timestamp(self.decided_at),
+            "consumed_at": timestamp(self.consumed_at),
+        }
+
+
+def timestamp(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds")

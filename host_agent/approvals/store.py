@@ -1,0 +1,249 @@
+"""Where approvals live: a small interface, and SQLite behind it by default.
+
+The interface is deliberately narrow (add, read, one atomic read-modify-write,
+list, replay memory, purge) so a shared database can back it for a fleet:
+every state rule lives in the manager as a pure function handed to `update`,
+which a backend must run atomically against concurrent callers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Protocol
+
+from host_agent.approvals.model import Approval, Status
+from host_agent.errors import HostAgentError
+
+Change = Callable[[Approval], Approval]
+
+
+class StoreError(HostAgentError):
+    """The approval store cannot be read or written: nothing that needs it proceeds."""
+
+    status = 503
+    code = "approval_store_unavailable"
+
+
+class ApprovalStore(Protocol):
+    def add(self, approval: Approval) -> None: ...
+
+    def get(self, approval_id: str) -> Approval | None: ...
+
+    def by_token(self, token_hash: str) -> Approval | None: ...
+
+    def update(self, approval_id: str, change: Change) -> Approval:
+        """Apply `change` to the current record atomically; it may raise to refuse."""
+        ...
+
+    def listing(
+        self, statuses: Iterable[Status], requester_cn: str | None = None
+    ) -> list[Approval]: ...
+
+    def first_sighting(self, sender: str, timestamp_ms: int, now: float) -> bool:
+        """Remember one reply; False if this sender's message was seen before (a replay)."""
+        ...
+
+    def purge(self, before: float) -> int: ...
+
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    requester_cn TEXT NOT NULL,
+    requester_fingerprint TEXT NOT NULL,
+    requester_unix_user TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    args TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    reason TEXT,
+    admin_only INTEGER NOT NULL,
+    approvals_required INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    approvers TEXT NOT NULL,
+    decided_by TEXT,
+    decided_at REAL,
+    consumed_at REAL
+);
+CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, expires_at);
+CREATE TABLE IF NOT EXISTS replies (
+    sender TEXT NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    seen_at REAL NOT NULL,
+    PRIMARY KEY (sender, timestamp_ms)
+);
+"""
+_COLUMNS = (
+    "id, token_hash, requester_cn, requester_fingerprint, requester_unix_user, operation, kind, "
+    "resource, args, digest, reason, admin_only, approvals_required, created_at, expires_at, "
+    "status, approvers, decided_by, decided_at, consumed_at"
+)
+
+
+class SqliteStore:
+    """One SQLite file (0600, WAL, synchronous FULL); calls are serialised by a lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            _create_private(path)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open approval store {path}: {exc}") from exc
+
+    def add(self, approval: Approval) -> None:
+        with self._transaction() as db:
+            db.execute(_INSERT, _row(approval))
+
+    def get(self, approval_id: str) -> Approval | None:
+        return self._one("SELECT * FROM approvals WHERE id = ?", (approval_id,))
+
+    def by_token(self, token_hash: str) -> Approval | None:
+        return self._one("SELECT * FROM approvals WHERE token_hash = ?", (token_hash,))
+
+    def update(self, approval_id: str, change: Change) -> Approval:
+        with self._transaction() as db:
+            row = db.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+            if row is None:
+                raise KeyError(approval_id)
+            updated = change(_approval(row))
+            db.execute(_UPDATE, (*_row(updated), approval_id))
+            return updated
+
+    def listing(
+        self, statuses: Iterable[Status], requester_cn: str | None = None
+    ) -> list[Approval]:
+        wanted = json.dumps([status.value for status in statuses])
+        with self._locked() as db:
+            rows = db.execute(
+                "SELECT * FROM approvals WHERE status IN (SELECT value FROM json_each(?))"
+                " AND (? IS NULL OR requester_cn = ?) ORDER BY created_at",
+                (wanted, requester_cn, requester_cn),
+            ).fetchall()
+        return [_approval(row) for row in rows]
+
+    def first_sighting(self, sender: str, timestamp_ms: int, now: float) -> bool:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO replies (sender, timestamp_ms, seen_at) VALUES (?, ?, ?)",
+                (sender, timestamp_ms, now),
+            )
+            return cursor.rowcount == 1
+
+    def purge(self, before: float) -> int:
+        """Forget closed approvals and remembered replies older than `before`."""
+        closed = (Status.DENIED.value, Status.EXPIRED.value, Status.CONSUMED.value)
+        with self._transaction() as db:
+            removed = db.execute(
+                "DELETE FROM approvals WHERE status IN (?, ?, ?) AND expires_at < ?",
+                (*closed, before),
+            ).rowcount
+            db.execute("DELETE FROM replies WHERE seen_at < ?", (before,))
+        return removed
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _one(self, query: str, parameters: tuple[str, ...]) -> Approval | None:
+        with self._locked() as db:
+            row = db.execute(query, parameters).fetchone()
+        return None if row is None else _approval(row)
+
+    def _locked(self) -> _Session:
+        return _Session(self, transaction=False)
+
+    def _transaction(self) -> _Session:
+        return _Session(self, transaction=True)
+
+
+class _Session:
+    """The lock, an IMMEDIATE transaction when writing, and sqlite3 errors as StoreError."""
+
+    def __init__(self, store: SqliteStore, *, transaction: bool) -> None:
+        self.store = store
+        self.transaction = transaction
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.store._lock.acquire()
+        try:
+            if self.transaction:
+                self.store._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self.store._lock.release()
+            raise StoreError(f"approval store {self.store.path}: {exc}") from exc
+        return self.store._db
+
+    def __exit__(self, kind: object, error: BaseException | None, trace: object) -> None:
+        try:
+            if self.transaction:
+                self.store._db.execute("COMMIT" if error is None else "ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreError(f"approval store {self.store.path}: {exc}") from exc
+        finally:
+            self.store._lock.release()
+        if isinstance(error, sqlite3.Error):
+            raise StoreError(f"approval store {self.store.path}: {error}") from error
+
+
+_MARKS = ", ".join("?" * len(_COLUMNS.split(", ")))
+# Only our own column list and '?' marks are interpolated, never a value.
+_INSERT = f"INSERT INTO approvals ({_COLUMNS}) VALUES ({_MARKS})"  # noqa: S608
+_UPDATE = f"UPDATE approvals SET ({_COLUMNS}) = ({_MARKS}) WHERE id = ?"  # noqa: S608
+
+
+def _create_private(path: Path) -> None:
+    """Create the file 0600 before SQLite does (its WAL files copy its mode)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(descriptor)
+
+
+def _row(approval: Approval) -> tuple[object, ...]:
+    return (
+        approval.id,
+        approval.token_hash,
+        approval.requester_cn,
+        approval.requester_fingerprint,
+        approval.requester_unix_user,
+        approval.operation,
+        approval.kind,
+        approval.resource,
+        json.dumps(list(approval.args)),
+        approval.digest,
+        approval.reason,
+        int(approval.admin_only),
+        approval.approvals_required,
+        approval.created_at,
+        approval.expires_at,
+        approval.status.value,
+        json.dumps(list(approval.approvers)),
+        approval.decided_by,
+        approval.decided_at,
+        approval.consumed_at,
+    )
+
+
+def _approval(row: tuple[object, ...]) -> Approval:
+    values = list(row)
+    values[8] = tuple(json.loads(str(values[8])))
+    values[11] = bool(values[11])
+    values[15] = Status(str(values[15]))
+    values[16] = tuple(json.loads(str(values[16])))
+    return Approval(*values)  # type: ignore[arg-type]
