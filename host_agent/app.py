@@ -12,10 +12,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from host_agent import __version__
-from host_agent.errors import HostAgentError, OperationFailed, RequestError
+from host_agent.approvals.manager import ApprovalManager
+from host_agent.approvals.model import Approver
+from host_agent.errors import (
+    ApprovalError,
+    HostAgentError,
+    OperationFailed,
+    RequestError,
+    ValidationError,
+)
 from host_agent.identity import Identity, identity_from_scope
 from host_agent.legacy import LEGACY_ROUTES, LegacyRoute
 from host_agent.pipeline import Pipeline
+from host_agent.request import decode_json
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +52,39 @@ def build_app(pipeline: Pipeline) -> Starlette:
 
         return Route(route.path, endpoint, methods=["POST"])
 
+    def approvals() -> ApprovalManager:
+        if pipeline.approvals is None:
+            raise ApprovalError(404, "approvals_disabled", "approvals are disabled on this agent")
+        return pipeline.approvals
+
+    async def approval_status(request: Request) -> Response:
+        identity = identity_from_scope(request.scope)
+        approval_id = request.path_params["approval_id"]
+        approval = await approvals().visible(approval_id, identity.cn)
+        return JSONResponse(approval.public())
+
+    async def own_pending(request: Request) -> Response:
+        identity = identity_from_scope(request.scope)
+        listed = await approvals().open_approvals(identity.cn)
+        return JSONResponse({"approvals": [a.public() for a in listed]})
+
+    async def all_pending(request: Request) -> Response:
+        identity = identity_from_scope(request.scope)
+        if not pipeline.config.approval.is_admin(identity.cn):
+            raise ApprovalError(403, "admin_required", "only an admin CN may list every approval")
+        listed = await approvals().open_approvals()
+        return JSONResponse({"approvals": [a.public() for a in listed]})
+
+    async def approve(request: Request) -> Response:
+        identity, body = await read(request)
+        try:
+            token, verdict = parse_verdict(decode_json(body))
+        except RequestError as exc:
+            await pipeline.reject(identity, exc)
+            raise
+        approval = await approvals().decide(token, verdict, Approver("admin", identity.cn))
+        return JSONResponse(approval.public())
+
     async def health(request: Request) -> Response:
         identity_from_scope(request.scope)
         return JSONResponse(
@@ -53,6 +95,10 @@ def build_app(pipeline: Pipeline) -> Starlette:
         routes=[
             Route("/host/op", host_op, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
+            Route("/approvals/{approval_id}", approval_status, methods=["GET"]),
+            Route("/pending", own_pending, methods=["GET"]),
+            Route("/admin/pending", all_pending, methods=["GET"]),
+            Route("/approve", approve, methods=["POST"]),
             *(legacy(route) for route in LEGACY_ROUTES),
         ],
         exception_handlers={
@@ -74,6 +120,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise _too_large(limit)
     return bytes(body)
+
+
+def parse_verdict(document: Any) -> tuple[str, bool]:
+    """`{"token": "...", "decision": "approve"|"deny"}` (decision defaults to approve)."""
+    if not isinstance(document, dict) or set(document) - {"token", "decision"}:
+        raise ValidationError("body", 'expected {"token", "decision"?}', code="invalid_body")
+    token, decision = document.get("token"), document.get("decision", "approve")
+    if not isinstance(token, str) or len(token) > 64:
+        raise ValidationError("token", "required, the token from the message", code="invalid_type")
+    if decision not in ("approve", "deny"):
+        raise ValidationError("decision", "must be approve or deny", code="invalid_argument")
+    return token, decision == "approve"
 
 
 def _too_large(limit: int) -> RequestError:

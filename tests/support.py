@@ -105,7 +105,8 @@ log_path = "{audit_log or workdir / "audit.jsonl"}"
 [approval]
 enabled = {"true" if approvals else "false"}
 ttl_seconds = 300
-allowed_approvers = ["+15555550001"]
+allowed_approvers = ["+15555550001", "+15555550002"]
+admin_cn_pattern = "admin-*"
 store_path = "{workdir / "approvals.sqlite3"}"
 {profiles}
 [[agents]]

@@ -1,0 +1,355 @@
+"""The approval state machine over the real SQLite store and the real audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from host_agent.adapters.zfs import ZfsAdapter
+from host_agent.approvals import tokens
+from host_agent.approvals.manager import ApprovalManager
+from host_agent.approvals.model import Approver, Status
+from host_agent.approvals.store import SqliteStore
+from host_agent.audit import AuditLog, verify
+from host_agent.config import ApprovalConfig, Secret
+from host_agent.errors import ApprovalError
+from host_agent.operations import Operation
+from host_agent.policy import Decision, Effect
+from host_agent.request import HostOpRequest
+from tests.support import audit_records
+
+REQUESTER = {"request_id": "r1", "cn": "librarian-1", "fingerprint": "ab" * 32, "serial": 7}
+SIGNAL_ONE = Approver("signal", "+15555550001")
+SIGNAL_TWO = Approver("signal", "+15555550002")
+ADMIN = Approver("admin", "admin-1")
+
+
+def operation(resource: str = "tank/a@old", *args: str) -> Operation:
+    return ZfsAdapter().parse(HostOpRequest("zfs", resource, ("destroy", *args)), "librarian")
+
+
+def decision(*, admin_only: bool = False, quorum: int = 1) -> Decision:
+    return Decision(
+        Effect.APPROVAL, "approval_required", "needs a human", "rule", admin_only, quorum
+    )
+
+
+@dataclass
+class Clock:
+    now: float = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Outbox:
+    """Where notifications go in these tests: the real Signal path is tested elsewhere."""
+
+    sent: list[tuple[str, list[str]]] = field(default_factory=list)
+    failing: bool = False
+
+    async def __call__(self, text: str, recipients: Sequence[str]) -> None:
+        if self.failing:
+            raise OSError("bridge down")
+        self.sent.append((text, list(recipients)))
+
+    def token(self) -> str:
+        return self.sent[-1][0].rsplit("APPROVE ", 1)[1].split()[0]
+
+
+@dataclass
+class World:
+    manager: ApprovalManager
+    clock: Clock
+    outbox: Outbox
+    audit_path: Path
+    store_path: Path
+
+    def events(self) -> list[str]:
+        return [record["event"] for record in audit_records(self.audit_path)]
+
+
+def approval_config(**overrides: Any) -> ApprovalConfig:
+    values: dict[str, Any] = {
+        "enabled": True,
+        "ttl_seconds": 300,
+        "token_entropy_bits": 80,
+        "signal_webhook": None,
+        "allowed_approvers": ("+15555550001", "+15555550002"),
+        "token_secret": Secret("pepper"),
+        "admin_cn_pattern": "admin-*",
+        "store_path": Path("unused"),
+        **overrides,
+    }
+    return ApprovalConfig(**values)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    clock, outbox = Clock(), Outbox()
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.open()
+    store = SqliteStore(tmp_path / "state" / "approvals.sqlite3")
+    manager = ApprovalManager(
+        approval_config(), store, audit, notify=outbox, clock=clock, host="host-1"
+    )
+    yield World(manager, clock, outbox, tmp_path / "audit.jsonl", store.path)
+    store.close()
+    audit.close()
+
+
+async def created(world: World, op: Operation | None = None, **decided: Any) -> tuple[str, str]:
+    approval = await world.manager.create(
+        REQUESTER, op or operation(), decision(**decided), "free space", "librarian"
+    )
+    await world.manager.drain()
+    return approval.id, world.outbox.token()
+
+
+def test_message_tells_the_approver_everything_and_the_store_only_a_hash(world: World) -> None:
+    async def scenario() -> None:
+        approval_id, token = await created(world)
+        text, recipients = world.outbox.sent[0]
+        assert recipients == ["+15555550001", "+15555550002"]
+        op = operation()
+        for part in ("host-1", "librarian-1", "zfs-destroy", "tank/a@old", "free space"):
+            assert part in text
+        assert op.digest() in text and f"APPROVE {token}" in text and f"DENY {token}" in text
+        assert len(token) == 16 and set(token) <= set(tokens.TOKEN_ALPHABET)
+        # WAL mode: recent writes are in the -wal file until a checkpoint.
+        files = (world.store_path, world.store_path.with_name(world.store_path.name + "-wal"))
+        stored = b"".join(path.read_bytes() for path in files if path.exists())
+        assert token.encode() not in stored
+        assert tokens.hash_token(token, Secret("pepper")).encode() in stored
+        log = world.audit_path.read_text()
+        assert token not in log
+        assert world.events() == ["approval_created", "approval_notified"]
+        assert (await world.manager.visible(approval_id, "librarian-1")).status is Status.PENDING
+
+    asyncio.run(scenario())
+    assert stat.S_IMODE(world.store_path.stat().st_mode) == 0o600
+
+
+def test_granted_approval_is_consumed_once_for_the_same_operation(world: World) -> None:
+    async def scenario() -> None:
+        approval_id, token = await created(world)
+        granted = await world.manager.decide(token.lower(), True, SIGNAL_ONE)
+        assert granted.status is Status.APPROVED and granted.approvers == ("signal:+15555550001",)
+        consumed = await world.manager.consume(approval_id, "librarian-1", operation())
+        assert consumed.status is Status.CONSUMED
+        with pytest.raises(ApprovalError) as again:
+            await world.manager.consume(approval_id, "librarian-1", operation())
+        assert (again.value.status, again.value.code) == (409, "approval_consumed")
+
+    asyncio.run(scenario())
+    assert world.events()[-3:] == ["approval_granted", "approval_consumed", "approval_refused"]
+    assert verify([world.audit_path]).ok
+
+
+@pytest.mark.parametrize(
+    ("approver", "code"),
+    [
+        pytest.param(Approver("signal", "+15550000000"), "approver_not_allowed", id="stranger"),
+        pytest.param(Approver("admin", "librarian-1"), "approver_not_allowed", id="non-admin-cn"),
+        pytest.param(Approver("pam", "librarian"), "self_approval", id="requester-unix-user"),
+    ],
+)
+def test_only_an_allowed_other_person_may_approve(
+    world: World, approver: Approver, code: str
+) -> None:
+    async def scenario() -> None:
+        approval_id, token = await created(world)
+        with pytest.raises(ApprovalError) as refused:
+            await world.manager.decide(token, True, approver)
+        assert refused.value.code == code
+        assert (await world.manager.visible(approval_id, "librarian-1")).status is Status.PENDING
+
+    asyncio.run(scenario())
+    assert world.events()[-1] == "approval_refused"
+
+
+def test_admin_requester_cannot_approve_its_own_request(world: World) -> None:
+    async def scenario() -> None:
+        approval = await world.manager.create(
+            {**REQUESTER, "cn": "admin-1"}, operation(), decision(), None, "root-helper"
+        )
+        await world.manager.drain()
+        with pytest.raises(ApprovalError) as refused:
+            await world.manager.decide(world.outbox.token(), True, ADMIN)
+        assert refused.value.code == "self_approval"
+        assert (await world.manager.visible(approval.id, "admin-1")).status is Status.PENDING
+
+    asyncio.run(scenario())
+
+
+def test_admin_only_approvals_refuse_signal_and_take_an_admin(world: World) -> None:
+    async def scenario() -> None:
+        _, token = await created(world, admin_only=True)
+        with pytest.raises(ApprovalError) as refused:
+            await world.manager.decide(token, True, SIGNAL_ONE)
+        assert refused.value.code == "admin_only"
+        assert (await world.manager.decide(token, True, ADMIN)).status is Status.APPROVED
+
+    asyncio.run(scenario())
+
+
+def test_two_approvers_means_two_different_people(world: World) -> None:
+    async def scenario() -> None:
+        _, token = await created(world, quorum=2)
+        first = await world.manager.decide(token, True, SIGNAL_ONE)
+        assert first.status is Status.PENDING and len(first.approvers) == 1
+        with pytest.raises(ApprovalError) as twice:
+            await world.manager.decide(token, True, SIGNAL_ONE)
+        assert twice.value.code == "already_voted"
+        second = await world.manager.decide(token, True, SIGNAL_TWO)
+        assert second.status is Status.APPROVED
+        assert second.approvers == ("signal:+15555550001", "signal:+15555550002")
+
+    asyncio.run(scenario())
+    assert world.events()[-2:] == ["approval_refused", "approval_granted"]
+
+
+def test_deny_ends_it(world: World) -> None:
+    async def scenario() -> None:
+        approval_id, token = await created(world)
+        assert (await world.manager.decide(token, False, SIGNAL_ONE)).status is Status.DENIED
+        with pytest.raises(ApprovalError) as late:
+            await world.manager.decide(token, True, SIGNAL_TWO)
+        assert late.value.code == "approval_denied"
+        with pytest.raises(ApprovalError) as used:
+            await world.manager.consume(approval_id, "librarian-1", operation())
+        assert (used.value.status, used.value.code) == (403, "approval_denied")
+
+    asyncio.run(scenario())
+
+
+def test_expiry_ends_pending_and_unused_approvals(world: World) -> None:
+    async def scenario() -> None:
+        pending_id, pending_token = await created(world)
+        granted_id, granted_token = await created(world, operation("tank/b@old"))
+        await world.manager.decide(granted_token, True, SIGNAL_ONE)
+        world.clock.now += 301
+        with pytest.raises(ApprovalError) as late:
+            await world.manager.decide(pending_token, True, SIGNAL_ONE)
+        assert (late.value.status, late.value.code) == (410, "approval_expired")
+        with pytest.raises(ApprovalError) as unused:
+            await world.manager.consume(granted_id, "librarian-1", operation("tank/b@old"))
+        assert unused.value.code == "approval_expired"
+        expired = await world.manager.sweep()
+        assert {a.id for a in expired} == {pending_id, granted_id}
+        assert await world.manager.open_approvals() == []
+
+    asyncio.run(scenario())
+    assert world.events().count("approval_expired") == 2
+
+
+@pytest.mark.parametrize(
+    ("cn", "op", "code"),
+    [
+        pytest.param("librarian-2", operation(), "approval_not_found", id="other-caller"),
+        pytest.param(
+            "librarian-1", operation("tank/a@new"), "approval_mismatch", id="other-target"
+        ),
+        pytest.param(
+            "librarian-1", operation("tank/a@old", "recursive"), "approval_mismatch", id="more-args"
+        ),
+    ],
+)
+def test_approval_binds_caller_and_operation(
+    world: World, cn: str, op: Operation, code: str
+) -> None:
+    async def scenario() -> None:
+        approval_id, token = await created(world)
+        await world.manager.decide(token, True, SIGNAL_ONE)
+        with pytest.raises(ApprovalError) as refused:
+            await world.manager.consume(approval_id, cn, op)
+        assert refused.value.code == code
+        still = await world.manager.visible(approval_id, "librarian-1")
+        assert still.status is Status.APPROVED
+
+    asyncio.run(scenario())
+
+
+def test_fifty_concurrent_consumes_succeed_exactly_once(world: World) -> None:
+    async def scenario() -> list[object]:
+        approval_id, token = await created(world)
+        await world.manager.decide(token, True, SIGNAL_ONE)
+        attempts = [
+            world.manager.consume(approval_id, "librarian-1", operation()) for _ in range(50)
+        ]
+        return await asyncio.gather(*attempts, return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    wins = [o for o in outcomes if not isinstance(o, BaseException)]
+    losses = [o for o in outcomes if isinstance(o, ApprovalError)]
+    assert len(wins) == 1 and len(losses) == 49
+    assert {loss.code for loss in losses} == {"approval_consumed"}
+
+
+def test_approvals_survive_a_restart(world: World, tmp_path: Path) -> None:
+    async def before() -> tuple[str, str, str]:
+        pending_id, _ = await created(world)
+        granted_id, token = await created(world, operation("tank/b@old"))
+        await world.manager.decide(token, True, SIGNAL_ONE)
+        return pending_id, granted_id, token
+
+    pending_id, granted_id, _ = asyncio.run(before())
+    world.manager.store.close()
+
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.open()
+    reopened = SqliteStore(world.store_path)
+    manager = ApprovalManager(approval_config(), reopened, audit, clock=world.clock)
+
+    async def after() -> None:
+        assert {a.id for a in await manager.open_approvals("librarian-1")} == {
+            pending_id,
+            granted_id,
+        }
+        used = await manager.consume(granted_id, "librarian-1", operation("tank/b@old"))
+        assert used.status is Status.CONSUMED
+
+    asyncio.run(after())
+    reopened.close()
+    audit.close()
+    assert verify([tmp_path / "audit.jsonl"]).ok
+
+
+def test_a_failed_notification_is_audited_and_loses_nothing(world: World) -> None:
+    world.outbox.failing = True
+
+    async def scenario() -> None:
+        approval = await world.manager.create(REQUESTER, operation(), decision(), None, "librarian")
+        await world.manager.drain()
+        assert (await world.manager.visible(approval.id, "admin-7")).status is Status.PENDING
+
+    asyncio.run(scenario())
+    assert world.events() == ["approval_created", "approval_notify_failed"]
+
+
+def test_unknown_and_malformed_tokens_are_refused_and_audited(world: World) -> None:
+    async def scenario() -> None:
+        await created(world)
+        for text in ("0" * 16, "short", "ÄBCDEFGHJKMNPQRS", ""):
+            with pytest.raises(ApprovalError) as refused:
+                await world.manager.decide(text, True, SIGNAL_ONE)
+            assert (refused.value.status, refused.value.code) == (404, "unknown_token")
+
+    asyncio.run(scenario())
+    assert world.events().count("approval_refused") == 4
+
+
+def test_token_normalisation_forgives_case_and_look_alikes() -> None:
+    token = tokens.new_token()
+    assert tokens.normalize(f"  {token.lower()} ") == token
+    assert tokens.normalize("IL0O" * 4) == "1100" * 4
+    assert tokens.normalize("U" * 16) is None
+    assert tokens.normalize(token + "0") is None
+    assert len({tokens.new_token() for _ in range(1000)}) == 1000
