@@ -99,6 +99,15 @@ class ApprovalConfig:
     admin_cn_pattern: str | None
     # New in host-agent: where approvals live, so they survive a restart.
     store_path: Path
+    # signal-cli-rest-api: base URL and the bridge's own number (sender).
+    signal_url: str | None = None
+    signal_number: str | None = None
+    # POST /webhook/signal is authenticated by this HMAC secret, or by the
+    # caller being exactly `bridge_cn` (a CN no agent profile matches).
+    webhook_secret: Secret | None = None
+    bridge_cn: str | None = None
+    # Poll signal-cli-rest-api's receive endpoint this often (0: do not poll).
+    poll_interval_seconds: float = 0
 
     def is_admin(self, cn: str) -> bool:
         return self.admin_cn_pattern is not None and fnmatch.fnmatchcase(cn, self.admin_cn_pattern)
@@ -247,6 +256,12 @@ def parse_config(raw: dict[str, Any], source: Path) -> Config:
 
     if not agents:
         reader.problem("agents", "at least one [[agents]] profile is required")
+    bridge = approval.bridge_cn
+    if bridge is not None and any(profile.matches(bridge) for profile in agents):
+        reader.problem(
+            "approval.bridge_cn",
+            f"{bridge!r} matches an [[agents]] cn_pattern: an agent must never be the bridge",
+        )
     if reader.problems:
         raise ConfigError(str(source), reader.problems)
     return Config(
@@ -322,7 +337,19 @@ def _approval(t: _Table) -> ApprovalConfig:
         token_secret=Secret(secret) if secret is not None else None,
         admin_cn_pattern=t.optional("admin_cn_pattern", str, check=_non_empty),
         store_path=t.path("store_path", default="/var/lib/host-agent/approvals.sqlite3"),
+        signal_url=t.optional("signal_url", str, check=_check_url),
+        signal_number=t.optional("signal_number", str, check=_check_phone),
+        webhook_secret=t.optional("webhook_secret", str, check=_check_secret, convert=Secret),
+        bridge_cn=t.optional("bridge_cn", str, check=_non_empty),
+        poll_interval_seconds=float(
+            t.get("poll_interval_seconds", (int, float), 0, check=_between(0, 3600))
+        ),
     )
+    if config.signal_url is not None and config.signal_number is None:
+        t.reader.problem(t.key("signal_number"), "is required with signal_url")
+    for number in config.allowed_approvers:
+        if (message := _check_phone(number)) is not None:
+            t.reader.problem(t.key("allowed_approvers"), f"{number!r}: {message}")
     t.finish()
     return config
 
@@ -494,6 +521,14 @@ def _check_bind(value: str) -> str | None:
 
 def _check_url(value: str) -> str | None:
     return None if re.fullmatch(r"https?://[^\s]+", value) else "must be an http(s) URL"
+
+
+def _check_phone(value: str) -> str | None:
+    return None if re.fullmatch(r"\+[1-9][0-9]{6,14}", value) else "must be an E.164 number (+...)"
+
+
+def _check_secret(value: str) -> str | None:
+    return None if len(value) >= 32 else "must be at least 32 characters"
 
 
 def _check_unix_name(value: str) -> str | None:

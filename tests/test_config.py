@@ -462,6 +462,26 @@ def test_minimal_document_is_valid() -> None:
             "agents[0].allow_recursive: must be a boolean",
             id="allow-recursive-not-bool",
         ),
+        pytest.param(
+            {"approval": {"bridge_cn": "librarian-bridge"}},
+            "approval.bridge_cn: 'librarian-bridge' matches an [[agents]] cn_pattern",
+            id="bridge-cn-is-an-agent",
+        ),
+        pytest.param(
+            {"approval": {"signal_url": "http://127.0.0.1:8080"}},
+            "approval.signal_number: is required with signal_url",
+            id="signal-url-without-number",
+        ),
+        pytest.param(
+            {"approval": {"allowed_approvers": ["5555550001"]}},
+            "approval.allowed_approvers: '5555550001': must be an E.164 number",
+            id="approver-not-e164",
+        ),
+        pytest.param(
+            {"approval": {"webhook_secret": "short"}},
+            "approval.webhook_secret: must be at least 32 characters",
+            id="webhook-secret-short",
+        ),
         pytest.param({"server": "127.0.0.1"}, "server: must be a table", id="section-not-table"),
         pytest.param(
             {"agents": []},
