@@ -14,6 +14,12 @@ from starlette.routing import Route
 from host_agent import __version__
 from host_agent.approvals.manager import ApprovalManager
 from host_agent.approvals.model import Approver
+from host_agent.approvals.signal import (
+    SIGNATURE_HEADER,
+    InvalidWebhookBody,
+    parse_webhook,
+    verify_signature,
+)
 from host_agent.errors import (
     ApprovalError,
     HostAgentError,
@@ -85,6 +91,31 @@ def build_app(pipeline: Pipeline) -> Starlette:
         approval = await approvals().decide(token, verdict, Approver("admin", identity.cn))
         return JSONResponse(approval.public())
 
+    async def signal_webhook(request: Request) -> Response:
+        """Approver replies from the Signal bridge, authenticated apart from any body field."""
+        identity, body = await read(request)
+        settings = pipeline.config.approval
+        signature = request.headers.get(SIGNATURE_HEADER)
+        signed = settings.webhook_secret is not None and verify_signature(
+            settings.webhook_secret.reveal().encode(), body, signature
+        )
+        if not signed and identity.cn != settings.bridge_cn:
+            error = ApprovalError(
+                401,
+                "webhook_unauthenticated",
+                f"needs a valid {SIGNATURE_HEADER} or the bridge's own certificate",
+            )
+            await pipeline.reject(identity, error)
+            raise error
+        try:
+            replies = parse_webhook(body, account=settings.signal_number)
+        except InvalidWebhookBody as exc:
+            invalid = ValidationError("body", exc.reason, code=exc.code)
+            await pipeline.reject(identity, invalid)
+            raise invalid from exc
+        manager = approvals()
+        return JSONResponse({"results": [await manager.handle_reply(r) for r in replies]})
+
     async def health(request: Request) -> Response:
         identity_from_scope(request.scope)
         return JSONResponse(
@@ -99,6 +130,7 @@ def build_app(pipeline: Pipeline) -> Starlette:
             Route("/pending", own_pending, methods=["GET"]),
             Route("/admin/pending", all_pending, methods=["GET"]),
             Route("/approve", approve, methods=["POST"]),
+            Route("/webhook/signal", signal_webhook, methods=["POST"]),
             *(legacy(route) for route in LEGACY_ROUTES),
         ],
         exception_handlers={

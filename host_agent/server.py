@@ -11,7 +11,8 @@ from pathlib import Path
 
 from host_agent.adapters import build_registry
 from host_agent.app import build_app
-from host_agent.approvals.manager import ApprovalManager
+from host_agent.approvals.manager import ApprovalManager, Notify
+from host_agent.approvals.signal import SignalRestNotifier, WebhookNotifier, poll
 from host_agent.approvals.store import SqliteStore
 from host_agent.audit import AuditLog
 from host_agent.config import Config, load_config
@@ -36,8 +37,30 @@ def build_pipeline(config: Config) -> Pipeline:
     audit.open()
     approvals = None
     if config.approval.enabled:
-        approvals = ApprovalManager(config.approval, SqliteStore(config.approval.store_path), audit)
+        store = SqliteStore(config.approval.store_path)
+        approvals = ApprovalManager(config.approval, store, audit, notify=_notifier(config))
     return Pipeline(config, build_registry(config), audit, Runner(config.runner), approvals)
+
+
+def _notifier(config: Config) -> Notify | None:
+    """signal-cli-rest-api when configured, else the predecessor's generic JSON webhook."""
+    approval = config.approval
+    if approval.signal_url is not None and approval.signal_number is not None:
+        return SignalRestNotifier(approval.signal_url, approval.signal_number).send
+    if approval.signal_webhook is not None:
+        return WebhookNotifier(approval.signal_webhook).send
+    return None
+
+
+async def _poll_signal(manager: ApprovalManager, url: str, number: str, every: float) -> None:
+    """For bridges in normal mode: fetch replies instead of receiving a webhook."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            for reply in await poll(url, number):
+                await manager.handle_reply(reply)
+        except HostAgentError as exc:
+            log.error("polling Signal failed: %s", exc)
 
 
 async def _sweep_approvals(manager: ApprovalManager, every: float) -> None:
@@ -73,15 +96,24 @@ async def run_server(
     for warning in config.warnings:
         log.warning("config: %s", warning)
     log.info("host-agent listening on https://%s:%d (mutual TLS)", host, port)
-    sweeper = None
+    background = []
     if pipeline.approvals is not None:
         every = min(30.0, config.approval.ttl_seconds / 4)
-        sweeper = asyncio.create_task(_sweep_approvals(pipeline.approvals, every))
+        background.append(asyncio.create_task(_sweep_approvals(pipeline.approvals, every)))
+        approval = config.approval
+        if approval.poll_interval_seconds and approval.signal_url and approval.signal_number:
+            poller = _poll_signal(
+                pipeline.approvals,
+                approval.signal_url,
+                approval.signal_number,
+                approval.poll_interval_seconds,
+            )
+            background.append(asyncio.create_task(poller))
     try:
         await serve_tls(build_app(pipeline), listener, context, stop, ready=ready)
     finally:
-        if sweeper is not None:
-            sweeper.cancel()
+        for task in background:
+            task.cancel()
         if pipeline.approvals is not None:
             await pipeline.approvals.drain()
             pipeline.approvals.store.close()

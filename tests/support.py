@@ -77,11 +77,13 @@ def config_text(
     profiles: str = "",
     extra: str = "",
     approvals: bool = True,
+    approval: str = "",
 ) -> str:
     """A complete config in the predecessor's shape plus the [runner] section.
 
     `profiles` ([[agents]] tables) come before the standard ones, so they win
-    the first-match for their CNs; `extra` (tables) goes at the end.
+    the first-match for their CNs; `extra` (tables) goes at the end; `approval`
+    adds keys to the [approval] table.
     """
     if service_user is None:
         # As root the runner must drop to an unprivileged account; otherwise it is us.
@@ -108,6 +110,7 @@ ttl_seconds = 300
 allowed_approvers = ["+15555550001", "+15555550002"]
 admin_cn_pattern = "admin-*"
 store_path = "{workdir / "approvals.sqlite3"}"
+{approval}
 {profiles}
 [[agents]]
 cn_pattern = "librarian*"

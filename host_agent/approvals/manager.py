@@ -17,6 +17,7 @@ from typing import Any
 
 from host_agent.approvals import tokens
 from host_agent.approvals.model import Approval, Approver, Status, timestamp
+from host_agent.approvals.signal import IncomingReply, parse_command
 from host_agent.approvals.store import ApprovalStore, Change
 from host_agent.audit import AuditLog
 from host_agent.config import ApprovalConfig
@@ -27,6 +28,8 @@ from host_agent.policy import Decision
 log = logging.getLogger(__name__)
 
 Notify = Callable[[str, Sequence[str]], Awaitable[object]]
+# A reply dated this far in the future is not believed.
+MAX_CLOCK_SKEW_SECONDS = 60
 # Closed approvals (and remembered replies) are kept this long after expiry.
 KEEP_CLOSED_SECONDS = 7 * 86400
 OPEN = (Status.PENDING, Status.APPROVED)
@@ -139,6 +142,40 @@ class ApprovalManager:
             event = "approval_granted"
         await self._audit(event, updated, approver=str(approver))
         return updated
+
+    async def handle_reply(self, reply: IncomingReply) -> dict[str, Any]:
+        """One approver message from Signal: fresh, first seen, a command, then decide."""
+        outcome: dict[str, Any] = {"sender": reply.sender, "timestamp_ms": reply.timestamp_ms}
+        command = parse_command(reply.text)
+        if command is None:
+            return {**outcome, "outcome": "ignored", "code": "not_a_command"}
+        verdict, token = command
+        now = self.clock()
+        age = now - reply.timestamp_ms / 1000
+        try:
+            if age > self.config.ttl_seconds or age < -MAX_CLOCK_SKEW_SECONDS:
+                raise ApprovalError(400, "stale_reply", "the reply is older than the approval ttl")
+            if not await asyncio.to_thread(
+                self.store.first_sighting, reply.sender, reply.timestamp_ms, now
+            ):
+                raise ApprovalError(409, "reply_replayed", "this message was already counted")
+        except ApprovalError as exc:
+            await self.audit.write(
+                {
+                    "event": "approval_refused",
+                    "approver": f"signal:{reply.sender}",
+                    "code": exc.code,
+                    "token_hash": tokens.hash_token(token, self.config.token_secret),
+                }
+            )
+            return {**outcome, "outcome": "refused", "code": exc.code}
+        try:
+            approval = await self.decide(
+                token, verdict == "approve", Approver("signal", reply.sender)
+            )
+        except ApprovalError as exc:
+            return {**outcome, "outcome": "refused", "code": exc.code}
+        return {**outcome, "outcome": approval.status.value, "approval_id": approval.id}
 
     async def _by_token(self, token_text: str) -> Approval:
         token = tokens.normalize(token_text)

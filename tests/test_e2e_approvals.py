@@ -1,0 +1,358 @@
+"""Human approval end to end, as root: a real zfs destroy over mTLS waits for a human,
+the token goes out through a signal-cli-rest-api stand-in, the reply comes back through
+each channel, and the resubmitted operation runs exactly once."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from host_agent.approvals.signal import SIGNATURE_HEADER, sign
+from host_agent.config import Config
+from tests.signal_bridge import SignalBridge, envelope, jsonrpc_receive, running_bridge
+from tests.support import Pki, RunningAgent, audit_records, client, running_agent
+from tests.system import Pool, System, run
+
+pytestmark = pytest.mark.root
+
+SECRET = "s" * 40
+BRIDGE_NUMBER = "+15555550000"
+APPROVER = "+15555550001"
+
+
+@pytest.fixture
+def bridge() -> Iterator[SignalBridge]:
+    with running_bridge(BRIDGE_NUMBER) as running:
+        yield running
+
+
+def configured(
+    system: System, pki: Pki, tmp_path: Path, bridge: SignalBridge, **approval: Any
+) -> Config:
+    keys = {
+        "signal_url": f'"{bridge.url}"',
+        "signal_number": f'"{BRIDGE_NUMBER}"',
+        "webhook_secret": f'"{SECRET}"',
+        "bridge_cn": '"stranger"',
+        **approval,
+    }
+    text = "\n".join(f"{key} = {value}" for key, value in keys.items())
+    return system.agent_config(pki, tmp_path, approval=text)
+
+
+@pytest.fixture
+def config(system: System, pool: Pool, pki: Pki, tmp_path: Path, bridge: SignalBridge) -> Config:
+    return configured(system, pki, tmp_path, bridge)
+
+
+@pytest.fixture
+def live(config: Config) -> Iterator[RunningAgent]:
+    with running_agent(config) as agent:
+        yield agent
+
+
+@pytest.fixture
+def snapshot(pool: Pool) -> Iterator[str]:
+    name = f"{pool.name}/data@approve-{time.monotonic_ns()}"
+    run("zfs", "snapshot", name)
+    yield name
+    run("zfs", "destroy", name, check=False)
+
+
+def destroy(snapshot: str, **extra: Any) -> dict[str, Any]:
+    return {"kind": "zfs", "resource": snapshot, "args": ["destroy"], **extra}
+
+
+def post(agent: RunningAgent, pki: Pki, cn: str, path: str, body: Any, **kw: Any) -> httpx.Response:
+    with client(agent, pki, cn) as http:
+        return http.post(path, json=body, **kw)
+
+
+def get(agent: RunningAgent, pki: Pki, cn: str, path: str) -> httpx.Response:
+    with client(agent, pki, cn) as http:
+        return http.get(path)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def token_sent(bridge: SignalBridge) -> str:
+    """The token from the last message the agent sent to the approvers."""
+    message = wait_for(lambda: bridge.sent)[-1]["message"]
+    return str(message.rsplit("APPROVE ", 1)[1].split()[0])
+
+
+def signed_reply(text: str, sender: str = APPROVER, when_ms: int | None = None) -> bytes:
+    when_ms = when_ms if when_ms is not None else int(time.time() * 1000)
+    return json.dumps(jsonrpc_receive(envelope(sender, text, when_ms), BRIDGE_NUMBER)).encode()
+
+
+def webhook(
+    agent: RunningAgent, pki: Pki, body: bytes, *, cn: str = "librarian-1", signed: bool = True
+) -> httpx.Response:
+    headers = {"Content-Type": "application/json"}
+    if signed:
+        headers[SIGNATURE_HEADER] = sign(SECRET.encode(), body)
+    with client(agent, pki, cn) as http:
+        return http.post("/webhook/signal", content=body, headers=headers)
+
+
+def request_approval(agent: RunningAgent, pki: Pki, snapshot: str) -> str:
+    reply = post(agent, pki, "librarian-1", "/host/op", destroy(snapshot, reason="free space"))
+    assert reply.status_code == 202, reply.text
+    return str(reply.json()["approval_id"])
+
+
+def status(agent: RunningAgent, pki: Pki, approval_id: str, cn: str = "librarian-1") -> str:
+    return str(get(agent, pki, cn, f"/approvals/{approval_id}").json()["status"])
+
+
+def test_full_flow_through_the_signed_webhook(
+    live: RunningAgent, pki: Pki, pool: Pool, bridge: SignalBridge, snapshot: str, config: Config
+) -> None:
+    approval_id = request_approval(live, pki, snapshot)
+    token = token_sent(bridge)
+    (sent,) = bridge.sent
+    assert sent["number"] == BRIDGE_NUMBER
+    assert sent["recipients"] == ["+15555550001", "+15555550002"]
+    assert snapshot in sent["message"] and "free space" in sent["message"]
+    assert status(live, pki, approval_id) == "pending"
+
+    answer = webhook(live, pki, signed_reply(f"APPROVE {token}"))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["results"][0]["outcome"] == "approved"
+    assert status(live, pki, approval_id) == "approved"
+    assert snapshot in pool.datasets("snapshot")
+
+    done = post(live, pki, "librarian-1", "/host/op", destroy(snapshot, approval_id=approval_id))
+    assert done.status_code == 200, done.text
+    assert snapshot not in pool.datasets("snapshot")
+    assert status(live, pki, approval_id) == "consumed"
+
+    records = audit_records(config.audit.log_path)
+    events = [r["event"] for r in records]
+    for step in ("approval_created", "approval_notified", "approval_granted", "approval_consumed"):
+        assert step in events
+    granted = next(r for r in records if r["event"] == "approval_granted")
+    assert granted["approvers"] == [f"signal:{APPROVER}"]
+    run_decision = [r for r in records if r["event"] == "decision"][-1]
+    assert run_decision["approval_id"] == approval_id
+    assert records[-1]["event"] == "result" and records[-1]["outcome"] == "ok"
+    assert token not in config.audit.log_path.read_text()
+
+
+def test_admin_approves_with_post_approve(
+    live: RunningAgent, pki: Pki, pool: Pool, bridge: SignalBridge, snapshot: str
+) -> None:
+    approval_id = request_approval(live, pki, snapshot)
+    token = token_sent(bridge)
+    refused = post(live, pki, "librarian-1", "/approve", {"token": token})
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "approver_not_allowed"
+    approved = post(live, pki, "admin-1", "/approve", {"token": token})
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["approvers"] == ["admin:admin-1"]
+    done = post(live, pki, "librarian-1", "/host/op", destroy(snapshot, approval_id=approval_id))
+    assert done.status_code == 200
+    assert snapshot not in pool.datasets("snapshot")
+
+
+def test_bridge_certificate_may_post_unsigned_but_an_agent_may_not(
+    live: RunningAgent, pki: Pki, bridge: SignalBridge, snapshot: str
+) -> None:
+    approval_id = request_approval(live, pki, snapshot)
+    body = signed_reply(f"APPROVE {token_sent(bridge)}")
+    for cn in ("librarian-1", "admin-1"):
+        unsigned = webhook(live, pki, body, cn=cn, signed=False)
+        assert unsigned.status_code == 401
+        assert unsigned.json()["error"]["code"] == "webhook_unauthenticated"
+    assert status(live, pki, approval_id) == "pending"
+    from_bridge = webhook(live, pki, body, cn="stranger", signed=False)
+    assert from_bridge.status_code == 200
+    assert status(live, pki, approval_id) == "approved"
+
+
+def test_wrong_signature_is_refused(
+    live: RunningAgent, pki: Pki, bridge: SignalBridge, snapshot: str
+) -> None:
+    approval_id = request_approval(live, pki, snapshot)
+    body = signed_reply(f"APPROVE {token_sent(bridge)}")
+    with client(live, pki, "librarian-1") as http:
+        forged = http.post(
+            "/webhook/signal",
+            content=body,
+            headers={SIGNATURE_HEADER: sign(b"guessed-secret" * 3, body)},
+        )
+    assert forged.status_code == 401
+    assert status(live, pki, approval_id) == "pending"
+
+
+def test_replies_through_polling(
+    system: System, pool: Pool, pki: Pki, tmp_path: Path, bridge: SignalBridge, snapshot: str
+) -> None:
+    config = configured(system, pki, tmp_path, bridge, poll_interval_seconds="0.2")
+    with running_agent(config) as agent:
+        approval_id = request_approval(agent, pki, snapshot)
+        bridge.queue_reply(APPROVER, f"CONFIRM {token_sent(bridge)}")
+        wait_for(lambda: status(agent, pki, approval_id) == "approved")
+        done = post(
+            agent, pki, "librarian-1", "/host/op", destroy(snapshot, approval_id=approval_id)
+        )
+    assert done.status_code == 200
+    assert snapshot not in pool.datasets("snapshot")
+
+
+@pytest.mark.parametrize(
+    ("sender", "text", "code"),
+    [
+        pytest.param(
+            "+15550000000", "APPROVE {token}", "approver_not_allowed", id="not-allowlisted"
+        ),
+        pytest.param(APPROVER, "APPROVE 0000000000000000", "unknown_token", id="wrong-token"),
+    ],
+)
+def test_replies_that_do_not_count(
+    live: RunningAgent,
+    pki: Pki,
+    bridge: SignalBridge,
+    snapshot: str,
+    sender: str,
+    text: str,
+    code: str,
+) -> None:
+    approval_id = request_approval(live, pki, snapshot)
+    body = signed_reply(text.format(token=token_sent(bridge)), sender=sender)
+    result = webhook(live, pki, body).json()["results"][0]
+    assert (result["outcome"], result["code"]) == ("refused", code)
+    assert status(live, pki, approval_id) == "pending"
+
+
+def test_a_replayed_or_stale_reply_does_not_count_twice(
+    live: RunningAgent, pki: Pki, bridge: SignalBridge, pool: Pool
+) -> None:
+    """Two approvals: the same message replayed for the second one is refused."""
+    first = f"{pool.name}/data@replay-a"
+    run("zfs", "snapshot", first)
+    approval_id = request_approval(live, pki, first)
+    token = token_sent(bridge)
+    body = signed_reply(f"DENY {token}")
+    assert webhook(live, pki, body).json()["results"][0]["outcome"] == "denied"
+    again = webhook(live, pki, body).json()["results"][0]
+    assert (again["outcome"], again["code"]) == ("refused", "reply_replayed")
+    stale = signed_reply(f"APPROVE {token}", when_ms=int((time.time() - 3600) * 1000))
+    assert webhook(live, pki, stale).json()["results"][0]["code"] == "stale_reply"
+    denied = post(live, pki, "librarian-1", "/host/op", destroy(first, approval_id=approval_id))
+    assert denied.status_code == 403
+    assert denied.json()["error"]["code"] == "approval_denied"
+    assert first in pool.datasets("snapshot")
+    run("zfs", "destroy", first)
+
+
+def test_an_approval_runs_only_its_own_operation_once(
+    live: RunningAgent, pki: Pki, bridge: SignalBridge, pool: Pool, snapshot: str
+) -> None:
+    other = f"{pool.name}/data@other-{time.monotonic_ns()}"
+    run("zfs", "snapshot", other)
+    approval_id = request_approval(live, pki, snapshot)
+    assert post(live, pki, "admin-1", "/approve", {"token": token_sent(bridge)}).status_code == 200
+
+    swapped = post(live, pki, "librarian-1", "/host/op", destroy(other, approval_id=approval_id))
+    assert (swapped.status_code, swapped.json()["error"]["code"]) == (403, "approval_mismatch")
+    stolen = post(live, pki, "reader-1", "/host/op", destroy(snapshot, approval_id=approval_id))
+    assert stolen.status_code == 403  # the reader may not destroy at all
+    assert get(live, pki, "reader-1", f"/approvals/{approval_id}").status_code == 404
+    assert other in pool.datasets("snapshot") and snapshot in pool.datasets("snapshot")
+
+    assert (
+        post(
+            live, pki, "librarian-1", "/host/op", destroy(snapshot, approval_id=approval_id)
+        ).status_code
+        == 200
+    )
+    run("zfs", "snapshot", snapshot)  # the same name again: a reused approval must not touch it
+    reused = post(live, pki, "librarian-1", "/host/op", destroy(snapshot, approval_id=approval_id))
+    assert (reused.status_code, reused.json()["error"]["code"]) == (409, "approval_consumed")
+    assert snapshot in pool.datasets("snapshot")
+    run("zfs", "destroy", other)
+
+
+def test_fifty_concurrent_resubmits_run_it_once(
+    live: RunningAgent, pki: Pki, bridge: SignalBridge, pool: Pool, snapshot: str, config: Config
+) -> None:
+    approval_id = request_approval(live, pki, snapshot)
+    assert post(live, pki, "admin-1", "/approve", {"token": token_sent(bridge)}).status_code == 200
+    body = destroy(snapshot, approval_id=approval_id)
+
+    def resubmit(_: int) -> int:
+        return post(live, pki, "librarian-1", "/host/op", body).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool_of_clients:
+        codes = list(pool_of_clients.map(resubmit, range(50)))
+    assert sorted(codes) == [200] + [409] * 49
+    results = [r for r in audit_records(config.audit.log_path) if r["event"] == "result"]
+    assert len(results) == 1 and results[0]["outcome"] == "ok"
+    assert snapshot not in pool.datasets("snapshot")
+
+
+def test_pending_and_granted_approvals_survive_a_restart(
+    config: Config, pki: Pki, bridge: SignalBridge, pool: Pool, snapshot: str
+) -> None:
+    second = f"{pool.name}/data@restart-{time.monotonic_ns()}"
+    run("zfs", "snapshot", second)
+    with running_agent(config) as agent:
+        granted_id = request_approval(agent, pki, snapshot)
+        post(agent, pki, "admin-1", "/approve", {"token": token_sent(bridge)})
+        pending_id = request_approval(agent, pki, second)
+        pending_token = token_sent(bridge)
+    with running_agent(config) as agent:
+        assert status(agent, pki, granted_id) == "approved"
+        assert status(agent, pki, pending_id) == "pending"
+        listed = get(agent, pki, "librarian-1", "/pending").json()["approvals"]
+        assert {a["approval_id"] for a in listed} == {granted_id, pending_id}
+        assert get(agent, pki, "admin-1", "/admin/pending").status_code == 200
+        assert get(agent, pki, "librarian-1", "/admin/pending").status_code == 403
+        run_granted = post(
+            agent, pki, "librarian-1", "/host/op", destroy(snapshot, approval_id=granted_id)
+        )
+        assert run_granted.status_code == 200
+        assert post(agent, pki, "admin-1", "/approve", {"token": pending_token}).status_code == 200
+        run_pending = post(
+            agent, pki, "librarian-1", "/host/op", destroy(second, approval_id=pending_id)
+        )
+        assert run_pending.status_code == 200
+    assert snapshot not in pool.datasets("snapshot") and second not in pool.datasets("snapshot")
+
+
+def test_a_failed_send_is_retried_audited_and_loses_nothing(
+    live: RunningAgent, pki: Pki, bridge: SignalBridge, snapshot: str, config: Config
+) -> None:
+    bridge.fail_next(1, status=503)
+    approval_id = request_approval(live, pki, snapshot)
+    token_sent(bridge)
+    wait_for(lambda: len(bridge.sent) == 2)
+    wait_for(
+        lambda: "approval_notified" in [r["event"] for r in audit_records(config.audit.log_path)]
+    )
+    bridge.fail_next(10, status=500)
+    second = request_approval(live, pki, snapshot)
+    wait_for(
+        lambda: (
+            "approval_notify_failed" in [r["event"] for r in audit_records(config.audit.log_path)]
+        ),
+        timeout=30,
+    )
+    assert status(live, pki, approval_id) == "pending" and status(live, pki, second) == "pending"
