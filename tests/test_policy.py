@@ -548,3 +548,13 @@ def test_policy_explain_invalid_argument_is_a_one_line_error(
     assert status == 1
     assert out == ""
     assert err.splitlines() == ["host-agent: error: args[1]: snapshot name must not start with '-'"]
+
+
+def test_a_rule_can_ask_for_several_approvers() -> None:
+    config = make_config(
+        agent(allowed_operations=["zfs-destroy"]),
+        rules=({"operation": "zfs-destroy", "approval_required": True, "approvals_required": 2},),
+    )
+    decision = decide(config, "librarian-1", zfs("tank/a@old", "destroy"))
+    assert (decision.effect, decision.approvals_required) == (Effect.APPROVAL, 2)
+    assert decide(config, "librarian-1", pct_destroy()).approvals_required == 1
