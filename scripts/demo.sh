@@ -68,6 +68,9 @@ wrapper_dir = "libexec"
 [audit]
 log_path = "audit.jsonl"
 
+[approval]
+store_path = "approvals.sqlite3"
+
 [[agents]]
 cn_pattern = "librarian*"
 agent_type = "librarian"
