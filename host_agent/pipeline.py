@@ -237,7 +237,7 @@ def _pending(approval: Approval) -> dict[str, Any]:
         "approvals_required": approval.approvals_required,
         "admin_only": approval.admin_only,
         "message": (
-            f"{approval.operation} needs human approval; the approvers have been asked. Poll "
+            f"{approval.operation} needs human approval. Poll "
             f"GET /approvals/{approval.id}, then resubmit the same request with "
             f'"approval_id": "{approval.id}".'
         ),
