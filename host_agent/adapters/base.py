@@ -145,8 +145,10 @@ def check_text(
     max_length: int,
     pattern: re.Pattern[str] | None = None,
     what: str = "value",
+    allow_option: bool = False,
 ) -> str:
-    """The checks every user value gets: non-empty, bounded, printable ASCII, no option."""
+    """The checks every user value gets: non-empty, bounded, printable ASCII, no option
+    (unless an admin's allowlist explicitly permits one: `allow_option`)."""
     if not value:
         raise ValidationError(field, f"{what} must not be empty", code="missing_argument")
     if len(value) > max_length:
@@ -157,7 +159,7 @@ def check_text(
             f"{what} may contain printable ASCII only (no spaces, control or non-ASCII characters)",
             code="invalid_characters",
         )
-    if value.startswith("-"):
+    if value.startswith("-") and not allow_option:
         raise ValidationError(field, f"{what} must not start with '-'", code="option_injection")
     if pattern is not None and not pattern.fullmatch(value):
         raise ValidationError(field, f"not a valid {what}", code="invalid_name")

@@ -133,12 +133,8 @@ class ExecAdapter(Adapter):
 
 def check_argument(field: str, value: str, pattern: re.Pattern[str]) -> str:
     """One command argument: safe text, a full match of its pattern, an option only if allowed."""
-    try:
-        check_text(field, value, max_length=MAX_ARGUMENT, what="argument")
-    except ValidationError as error:
-        # check_text looks at a leading '-' last, so every other check has passed.
-        if error.code != "option_injection" or not pattern.pattern.startswith("-"):
-            raise
+    allow_option = pattern.pattern.startswith("-")
+    check_text(field, value, max_length=MAX_ARGUMENT, what="argument", allow_option=allow_option)
     if not pattern.fullmatch(value):
         raise ValidationError(
             field,
