@@ -18,7 +18,7 @@ from host_agent.approvals.model import Approver, Status
 from host_agent.approvals.store import SqliteStore
 from host_agent.audit import AuditLog, verify
 from host_agent.config import ApprovalConfig, Secret
-from host_agent.errors import ApprovalError
+from host_agent.errors import ApprovalError, AuditUnavailable
 from host_agent.operations import Operation
 from host_agent.policy import Decision, Effect
 from host_agent.request import HostOpRequest
@@ -353,3 +353,39 @@ def test_token_normalisation_forgives_case_and_look_alikes() -> None:
     assert tokens.normalize("U" * 16) is None
     assert tokens.normalize(token + "0") is None
     assert len({tokens.new_token() for _ in range(1000)}) == 1000
+
+
+def test_reads_expire_what_is_due_and_audit_it_once(world: World) -> None:
+    async def scenario() -> None:
+        approval_id, _ = await created(world)
+        world.clock.now += 301
+        seen = await asyncio.gather(
+            *(world.manager.visible(approval_id, "librarian-1") for _ in range(5))
+        )
+        assert {a.status for a in seen} == {Status.EXPIRED}
+        assert await world.manager.open_approvals("librarian-1") == []
+        assert await world.manager.sweep() == []
+
+    asyncio.run(scenario())
+    assert world.events().count("approval_expired") == 1
+
+
+def test_nothing_is_stored_when_its_creation_cannot_be_audited(tmp_path: Path) -> None:
+    audit = AuditLog(Path("/dev/full"))
+    audit.open()
+    store = SqliteStore(tmp_path / "approvals.sqlite3")
+    outbox = Outbox()
+    manager = ApprovalManager(approval_config(), store, audit, notify=outbox)
+
+    async def scenario() -> None:
+        with pytest.raises(AuditUnavailable):
+            await manager.create(REQUESTER, operation(), decision(), None, "librarian")
+        await manager.drain()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        audit.close()
+    assert store.listing(list(Status)) == []
+    assert outbox.sent == []
+    store.close()

@@ -84,8 +84,9 @@ class ApprovalManager:
             created_at=now,
             expires_at=now + self.config.ttl_seconds,
         )
-        await asyncio.to_thread(self.store.add, approval)
+        # Audited first: no approval exists that the log does not know of.
         await self._audit("approval_created", approval, request_id=who["request_id"])
+        await asyncio.to_thread(self.store.add, approval)
         self._send(approval, token)
         return approval
 
@@ -113,10 +114,14 @@ class ApprovalManager:
         approval = await asyncio.to_thread(self.store.get, approval_id)
         if approval is None or not (approval.requester_cn == cn or self.config.is_admin(cn)):
             raise _not_found()
-        return approval
+        return await self._expire_if_due(approval, self.clock())
 
     async def open_approvals(self, requester_cn: str | None = None) -> list[Approval]:
-        return await asyncio.to_thread(self.store.listing, OPEN, requester_cn)
+        """Pending and granted approvals; any found past their expiry are expired first."""
+        now = self.clock()
+        listed = await asyncio.to_thread(self.store.listing, OPEN, requester_cn)
+        current = [await self._expire_if_due(approval, now) for approval in listed]
+        return [approval for approval in current if approval.status in OPEN]
 
     # --- the approver's side ----------------------------------------------------
 
@@ -214,10 +219,21 @@ class ApprovalManager:
         now = self.clock()
         expired = []
         for approval in await asyncio.to_thread(self.store.listing, OPEN):
-            if approval.is_due(now):
-                expired.append(await self._update(approval.id, _expire(now)))
-                await self._audit("approval_expired", expired[-1])
+            current = await self._expire_if_due(approval, now)
+            if current.status is Status.EXPIRED:
+                expired.append(current)
         await asyncio.to_thread(self.store.purge, now - KEEP_CLOSED_SECONDS)
+        return expired
+
+    async def _expire_if_due(self, approval: Approval, now: float) -> Approval:
+        """Expire `approval` if its time is up (audited once, whoever gets there first)."""
+        if not approval.is_due(now):
+            return approval
+        try:
+            expired = await self._update(approval.id, _expire(now))
+        except _AlreadyClosed as closed:
+            return closed.current
+        await self._audit("approval_expired", expired)
         return expired
 
     async def drain(self) -> None:
@@ -351,8 +367,17 @@ def _consume(cn: str, digest: str, now: float) -> Change:
     return change
 
 
+class _AlreadyClosed(Exception):
+    """Another caller expired (or closed) the approval first: nothing to change or audit."""
+
+    def __init__(self, current: Approval) -> None:
+        self.current = current
+
+
 def _expire(now: float) -> Change:
     def change(approval: Approval) -> Approval:
-        return approval.evolve(status=Status.EXPIRED) if approval.is_due(now) else approval
+        if not approval.is_due(now):
+            raise _AlreadyClosed(approval)
+        return approval.evolve(status=Status.EXPIRED)
 
     return change
