@@ -78,6 +78,7 @@ def config_text(
     extra: str = "",
     approvals: bool = True,
     approval: str = "",
+    approval_ttl: int = 300,
 ) -> str:
     """A complete config in the predecessor's shape plus the [runner] section.
 
@@ -106,7 +107,7 @@ log_path = "{audit_log or workdir / "audit.jsonl"}"
 
 [approval]
 enabled = {"true" if approvals else "false"}
-ttl_seconds = 300
+ttl_seconds = {approval_ttl}
 allowed_approvers = ["+15555550001", "+15555550002"]
 admin_cn_pattern = "admin-*"
 store_path = "{workdir / "approvals.sqlite3"}"

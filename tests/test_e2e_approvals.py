@@ -34,7 +34,13 @@ def bridge() -> Iterator[SignalBridge]:
 
 
 def configured(
-    system: System, pki: Pki, tmp_path: Path, bridge: SignalBridge, **approval: Any
+    system: System,
+    pki: Pki,
+    tmp_path: Path,
+    bridge: SignalBridge,
+    *,
+    approval_ttl: int = 300,
+    **approval: Any,
 ) -> Config:
     keys = {
         "signal_url": f'"{bridge.url}"',
@@ -44,7 +50,7 @@ def configured(
         **approval,
     }
     text = "\n".join(f"{key} = {value}" for key, value in keys.items())
-    return system.agent_config(pki, tmp_path, approval=text)
+    return system.agent_config(pki, tmp_path, approval=text, approval_ttl=approval_ttl)
 
 
 @pytest.fixture
@@ -356,3 +362,35 @@ def test_a_failed_send_is_retried_audited_and_loses_nothing(
         timeout=30,
     )
     assert status(live, pki, approval_id) == "pending" and status(live, pki, second) == "pending"
+
+
+def test_the_predecessors_generic_webhook_carries_the_message(
+    system: System, pool: Pool, pki: Pki, tmp_path: Path, bridge: SignalBridge, snapshot: str
+) -> None:
+    """Without signal_url, `signal_webhook` gets {"message", "recipients"}."""
+    text = f'signal_webhook = "{bridge.url}/webhook"'
+    config = system.agent_config(pki, tmp_path, approval=text)
+    with running_agent(config) as agent:
+        approval_id = request_approval(agent, pki, snapshot)
+        (posted,) = wait_for(lambda: bridge.webhook_posts)
+    assert set(posted) == {"message", "recipients"}
+    assert posted["recipients"] == ["+15555550001", "+15555550002"]
+    assert snapshot in posted["message"] and "APPROVE " in posted["message"]
+    assert bridge.sent == []
+    assert approval_id.startswith("ap-")
+
+
+def test_the_sweeper_expires_approvals_nobody_asks_about(
+    system: System, pool: Pool, pki: Pki, tmp_path: Path, bridge: SignalBridge, snapshot: str
+) -> None:
+    config = configured(system, pki, tmp_path, bridge, approval_ttl=10)
+    with running_agent(config) as agent:
+        approval_id = request_approval(agent, pki, snapshot)
+        expired = wait_for(
+            lambda: [
+                r for r in audit_records(config.audit.log_path) if r["event"] == "approval_expired"
+            ],
+            timeout=30,
+        )
+    assert [r["approval_id"] for r in expired] == [approval_id]
+    assert snapshot in pool.datasets("snapshot")

@@ -557,4 +557,7 @@ def test_a_rule_can_ask_for_several_approvers() -> None:
     )
     decision = decide(config, "librarian-1", zfs("tank/a@old", "destroy"))
     assert (decision.effect, decision.approvals_required) == (Effect.APPROVAL, 2)
-    assert decide(config, "librarian-1", pct_destroy()).approvals_required == 1
+    # Without a matching rule (the agent's own requires_approval_for), one approver suffices.
+    listed = make_config(agent(requires_approval_for=["zfs-destroy"]))
+    alone = decide(listed, "librarian-1", zfs("tank/a@old", "destroy"))
+    assert (alone.effect, alone.approvals_required) == (Effect.APPROVAL, 1)
