@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import sys
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -108,6 +109,10 @@ class ApprovalConfig:
     bridge_cn: str | None = None
     # Poll signal-cli-rest-api's receive endpoint this often (0: do not poll).
     poll_interval_seconds: float = 0
+    # `host-agent approve` on the host: members of approvers_group reach the agent
+    # through this Unix socket and authenticate with their password (PAM).
+    local_socket: Path | None = None
+    approvers_group: str | None = None
 
     def is_admin(self, cn: str) -> bool:
         return self.admin_cn_pattern is not None and fnmatch.fnmatchcase(cn, self.admin_cn_pattern)
@@ -194,6 +199,8 @@ class BinariesConfig:
     pct: Path
     git: Path
     ansible_playbook: Path
+    # The Python that runs host-agent (python-pam installed): the PAM wrapper's interpreter.
+    python: Path
 
 
 @dataclass(frozen=True)
@@ -344,9 +351,13 @@ def _approval(t: _Table) -> ApprovalConfig:
         poll_interval_seconds=float(
             t.get("poll_interval_seconds", (int, float), 0, check=_between(0, 3600))
         ),
+        local_socket=t.optional_path("local_socket"),
+        approvers_group=t.optional("approvers_group", str, check=_check_unix_name),
     )
     if config.signal_url is not None and config.signal_number is None:
         t.reader.problem(t.key("signal_number"), "is required with signal_url")
+    if config.local_socket is not None and config.approvers_group is None:
+        t.reader.problem(t.key("approvers_group"), "is required with local_socket")
     for number in config.allowed_approvers:
         if (message := _check_phone(number)) is not None:
             t.reader.problem(t.key("allowed_approvers"), f"{number!r}: {message}")
@@ -479,6 +490,7 @@ def _binaries(t: _Table) -> BinariesConfig:
         pct=binary("pct", "/usr/sbin/pct"),
         git=binary("git", "/usr/bin/git"),
         ansible_playbook=binary("ansible_playbook", "/usr/bin/ansible-playbook"),
+        python=binary("python", sys.executable),
     )
     t.finish()
     return config

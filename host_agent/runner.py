@@ -24,6 +24,7 @@ from host_agent.operations import Operation
 
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 _KILL_GRACE_SECONDS = 2.0
+PAM_WRAPPER = "host-agent-pam"
 _READ_CHUNK = 65536
 
 
@@ -64,12 +65,20 @@ class Runner:
     async def run(self, operation: Operation) -> RunResult:
         if not isinstance(operation, Operation):
             raise TypeError("the runner accepts only validated Operation values")
-        argv = self.argv_for(operation)
+        return await self._execute(self.argv_for(operation))
+
+    async def check_password(self, user: str, password: str) -> RunResult:
+        """Ask the PAM wrapper whether `password` is `user`'s; it travels on stdin, never argv."""
+        wrapper = self.config.wrapper_dir / PAM_WRAPPER
+        argv = (str(self.config.sudo), "-n", "--", str(wrapper), user)
+        return await self._execute(argv, stdin=password.encode("utf-8") + b"\n")
+
+    async def _execute(self, argv: tuple[str, ...], stdin: bytes | None = None) -> RunResult:
         started = time.monotonic()
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=dict(CLEAN_ENV),
@@ -82,10 +91,13 @@ class Runner:
 
         cap = self.config.max_output_bytes
         collect = asyncio.gather(
-            _read_capped(process.stdout, cap), _read_capped(process.stderr, cap), process.wait()
+            _read_capped(process.stdout, cap),
+            _read_capped(process.stderr, cap),
+            _feed(process.stdin, stdin),
+            process.wait(),
         )
         try:
-            (out, out_cut), (err, err_cut), exit_code = await asyncio.wait_for(
+            (out, out_cut), (err, err_cut), _, exit_code = await asyncio.wait_for(
                 collect, self.config.timeout_seconds
             )
         except TimeoutError as exc:
@@ -155,6 +167,16 @@ async def _read_capped(stream: asyncio.StreamReader | None, cap: int) -> tuple[b
         if len(chunk) > room:
             truncated = True
     return bytes(kept), truncated
+
+
+async def _feed(stream: asyncio.StreamWriter | None, data: bytes | None) -> None:
+    """Write `data` and close stdin; a child that exits without reading is not an error."""
+    if stream is None or data is None:
+        return
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        stream.write(data)
+        await stream.drain()
+    stream.close()
 
 
 async def _terminate(process: asyncio.subprocess.Process) -> None:

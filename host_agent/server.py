@@ -11,6 +11,7 @@ from pathlib import Path
 
 from host_agent.adapters import build_registry
 from host_agent.app import build_app
+from host_agent.approvals.local import LocalApprovals
 from host_agent.approvals.manager import ApprovalManager, Notify
 from host_agent.approvals.signal import SignalRestNotifier, WebhookNotifier, poll
 from host_agent.approvals.store import SqliteStore
@@ -97,6 +98,7 @@ async def run_server(
         log.warning("config: %s", warning)
     log.info("host-agent listening on https://%s:%d (mutual TLS)", host, port)
     background = []
+    local: asyncio.Server | None = None
     if pipeline.approvals is not None:
         every = min(30.0, config.approval.ttl_seconds / 4)
         background.append(asyncio.create_task(_sweep_approvals(pipeline.approvals, every)))
@@ -110,10 +112,21 @@ async def run_server(
             )
             background.append(asyncio.create_task(poller))
     try:
+        local_socket, group = config.approval.local_socket, config.approval.approvers_group
+        if pipeline.approvals is not None and local_socket is not None and group is not None:
+            local = await LocalApprovals(pipeline.approvals, pipeline.runner, group).serve(
+                local_socket
+            )
+            log.info("local approvals (host-agent approve) on %s", local_socket)
         await serve_tls(build_app(pipeline), listener, context, stop, ready=ready)
     finally:
         for task in background:
             task.cancel()
+        if local is not None:
+            local.close()
+            await local.wait_closed()
+            if local_socket is not None:
+                local_socket.unlink(missing_ok=True)
         if pipeline.approvals is not None:
             await pipeline.approvals.drain()
             pipeline.approvals.store.close()

@@ -29,6 +29,7 @@ def render(config: Config) -> str:
         f"pct_bin={config.binaries.pct}",
         f"git_bin={config.binaries.git}",
         f"ansible_playbook_bin={config.binaries.ansible_playbook}",
+        f"python_bin={config.binaries.python}",
     ]
     lines += [f"git_repo={repo}" for repo in config.git.allowed_repos]
     lines += [f"git_user={user}" for user in git_users(config)]
@@ -40,6 +41,8 @@ def render(config: Config) -> str:
         lines.append(f"exec_playbook_dir={config.exec.playbook_dir}")
     lines += [f"exec_playbook={name}" for name in config.exec.allowed_playbooks]
     lines.append(f"ansible_inventory={config.exec.ansible_inventory}")
+    if config.approval.approvers_group is not None:
+        lines.append(f"approvers_group={config.approval.approvers_group}")
     return "\n".join(lines) + "\n"
 
 

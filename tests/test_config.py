@@ -478,6 +478,16 @@ def test_minimal_document_is_valid() -> None:
             id="approver-not-e164",
         ),
         pytest.param(
+            {"approval": {"local_socket": "/run/host-agent/approve.sock"}},
+            "approval.approvers_group: is required with local_socket",
+            id="local-socket-without-group",
+        ),
+        pytest.param(
+            {"approval": {"approvers_group": "Admins;x"}},
+            "approval.approvers_group: must be a Unix account name",
+            id="approvers-group-not-a-name",
+        ),
+        pytest.param(
             {"approval": {"webhook_secret": "short"}},
             "approval.webhook_secret: must be at least 32 characters",
             id="webhook-secret-short",

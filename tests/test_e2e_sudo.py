@@ -46,10 +46,16 @@ def test_installed_sudoers_passes_visudo_and_grants_exactly_the_wrappers(system:
     )
     expected = [
         str(wrappers.directory / name)
-        for name in ("host-agent-exec", "host-agent-git", "host-agent-pct", "host-agent-systemd")
+        for name in (
+            "host-agent-exec",
+            "host-agent-git",
+            "host-agent-pam",
+            "host-agent-pct",
+            "host-agent-systemd",
+            "host-agent-test-probe",
+            "host-agent-zfs",
+        )
     ]
-    expected += [str(wrappers.directory / "host-agent-test-probe")]
-    expected += [str(wrappers.directory / "host-agent-zfs")]
     assert granted == sorted(expected)
 
 

@@ -50,8 +50,13 @@ allowed_playbooks = ["restart.yml"]
 [exec.argument_patterns]
 "/usr/bin/du" = ["-s", "/srv/[a-z]+"]
 
+[approval]
+local_socket = "/run/host-agent/approve.sock"
+approvers_group = "host-agent-approvers"
+
 [binaries]
 systemctl = "/bin/systemctl"
+python = "/opt/host-agent/venv/bin/python"
 """
 
 
@@ -71,6 +76,7 @@ def test_render_lists_every_allowlist_and_binary(config_path: Path) -> None:
         "pct_bin=/usr/sbin/pct",
         "git_bin=/usr/bin/git",
         "ansible_playbook_bin=/usr/bin/ansible-playbook",
+        "python_bin=/opt/host-agent/venv/bin/python",
         "git_repo=/srv/app",
         "git_repo=/srv/site",
         # only profiles granted some git operation; the librarian is not
@@ -82,6 +88,7 @@ def test_render_lists_every_allowlist_and_binary(config_path: Path) -> None:
         "exec_playbook_dir=/etc/host-agent/playbooks",
         "exec_playbook=restart.yml",
         "ansible_inventory=localhost,",
+        "approvers_group=host-agent-approvers",
     ]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import socket
 import time
@@ -33,6 +34,7 @@ MAX_CLOCK_SKEW_SECONDS = 60
 # Closed approvals (and remembered replies) are kept this long after expiry.
 KEEP_CLOSED_SECONDS = 7 * 86400
 OPEN = (Status.PENDING, Status.APPROVED)
+APPROVAL_ID = re.compile(r"ap-[0-9a-f]{16}")
 
 
 class ApprovalManager:
@@ -125,28 +127,39 @@ class ApprovalManager:
 
     # --- the approver's side ----------------------------------------------------
 
-    async def decide(self, token_text: str, approve: bool, approver: Approver) -> Approval:
-        """An approver's APPROVE or DENY for the approval `token_text` belongs to."""
+    async def decide(
+        self, reference: str, approve: bool, approver: Approver, **context: Any
+    ) -> Approval:
+        """An approver's APPROVE or DENY for the approval `reference` (its token) names.
+
+        `context` (e.g. the local caller's uid) goes into every audit record of the step.
+        """
         try:
             self._check_channel(approver)
-            approval = await self._by_token(token_text)
+            approval = await self._find(reference, approver)
         except ApprovalError as exc:
-            await self.audit.write(
-                {"event": "approval_refused", "approver": str(approver), "code": exc.code}
-            )
+            await self.refuse(approver, exc.code, **context)
             raise
         try:
             self._check_approver(approval, approver)
             change = _vote(approver, self.clock()) if approve else _deny(approver, self.clock())
             updated = await self._update(approval.id, change)
         except ApprovalError as exc:
-            await self._audit("approval_refused", approval, approver=str(approver), code=exc.code)
+            await self._audit(
+                "approval_refused", approval, approver=str(approver), code=exc.code, **context
+            )
             raise
         event = "approval_denied" if not approve else "approval_vote"
         if updated.status is Status.APPROVED:
             event = "approval_granted"
-        await self._audit(event, updated, approver=str(approver))
+        await self._audit(event, updated, approver=str(approver), **context)
         return updated
+
+    async def refuse(self, approver: Approver, code: str, **context: Any) -> None:
+        """Audit a refusal that happened before any approval was identified."""
+        await self.audit.write(
+            {"event": "approval_refused", "approver": str(approver), "code": code, **context}
+        )
 
     async def handle_reply(self, reply: IncomingReply) -> dict[str, Any]:
         """One approver message from Signal: fresh, first seen, a command, then decide."""
@@ -165,14 +178,8 @@ class ApprovalManager:
             ):
                 raise ApprovalError(409, "reply_replayed", "this message was already counted")
         except ApprovalError as exc:
-            await self.audit.write(
-                {
-                    "event": "approval_refused",
-                    "approver": f"signal:{reply.sender}",
-                    "code": exc.code,
-                    "token_hash": tokens.hash_token(token, self.config.token_secret),
-                }
-            )
+            token_hash = tokens.hash_token(token, self.config.token_secret)
+            await self.refuse(Approver("signal", reply.sender), exc.code, token_hash=token_hash)
             return {**outcome, "outcome": "refused", "code": exc.code}
         try:
             approval = await self.decide(
@@ -181,6 +188,16 @@ class ApprovalManager:
         except ApprovalError as exc:
             return {**outcome, "outcome": "refused", "code": exc.code}
         return {**outcome, "outcome": approval.status.value, "approval_id": approval.id}
+
+    async def _find(self, reference: str, approver: Approver) -> Approval:
+        """By token; a person authenticated on the host (PAM) may name the approval id instead,
+        since the token may never have reached them when Signal is down."""
+        if approver.channel == "pam" and APPROVAL_ID.fullmatch(reference):
+            approval = await asyncio.to_thread(self.store.get, reference)
+            if approval is None:
+                raise _not_found()
+            return approval
+        return await self._by_token(reference)
 
     async def _by_token(self, token_text: str) -> Approval:
         token = tokens.normalize(token_text)

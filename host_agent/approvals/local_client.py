@@ -1,0 +1,102 @@
+"""The person's side of the approval socket: make sure it is the agent, then ask.
+
+A password is only ever sent to a listener that root or the socket
+directory's owner started, in a directory no one else can write to, so a
+look-alike socket cannot collect it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+from pathlib import Path
+from typing import Any
+
+from host_agent.approvals.local import Peer, peer_of
+from host_agent.errors import HostAgentError
+
+DEFAULT_SOCKET = Path("/run/host-agent/approve.sock")
+MAX_REPLY_BYTES = 4 * 2**20
+TIMEOUT_SECONDS = 60.0
+
+
+class LocalApprovalUnavailable(HostAgentError):
+    """The agent cannot be reached, or what listens at the socket is not trusted."""
+
+    code = "local_approval_unavailable"
+
+
+class Connection:
+    """One request/reply exchange with the agent over its approval socket."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(TIMEOUT_SECONDS)
+        try:
+            self._sock.connect(str(path))
+        except OSError as exc:
+            self._sock.close()
+            raise LocalApprovalUnavailable(
+                f"cannot reach the agent at {path}: {exc.strerror} "
+                "(is it running, with [approval] local_socket set to this path?)"
+            ) from None
+        try:
+            check_listener(path, peer_of(self._sock))
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send one request; the agent answers once and closes."""
+        try:
+            self._sock.sendall(json.dumps(request).encode() + b"\n")
+            reply = self._read_line()
+        except OSError as exc:
+            raise LocalApprovalUnavailable(f"{self.path}: {exc.strerror or exc}") from None
+        finally:
+            self._sock.close()
+        try:
+            document = json.loads(reply)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise LocalApprovalUnavailable(f"{self.path}: the reply is not JSON") from None
+        if not isinstance(document, dict) or not isinstance(document.get("ok"), bool):
+            raise LocalApprovalUnavailable(f"{self.path}: unexpected reply")
+        return document
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _read_line(self) -> bytes:
+        received = bytearray()
+        while not received.endswith(b"\n"):
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+            if len(received) > MAX_REPLY_BYTES:
+                raise LocalApprovalUnavailable(f"{self.path}: reply too large")
+        return bytes(received)
+
+
+def check_listener(path: Path, peer: Peer) -> None:
+    """Refuse a socket that someone other than root or the agent could have put there."""
+    try:
+        node = path.lstat()
+        directories = [(parent, parent.stat()) for parent in path.parents]
+    except OSError as exc:
+        raise LocalApprovalUnavailable(f"{path}: {exc.strerror}") from None
+    trusted = (0, peer.uid)
+    problem = None
+    if not stat.S_ISSOCK(node.st_mode):
+        problem = "is not a socket"
+    elif node.st_uid != peer.uid:
+        problem = f"is served by uid {peer.uid}, who did not create it"
+    for index, (directory, info) in enumerate(directories):
+        # Above the socket's own directory a sticky bit (as on /tmp) protects the entries.
+        writable = info.st_mode & 0o022 and not (index and info.st_mode & stat.S_ISVTX)
+        if problem is None and (info.st_uid not in trusted or writable):
+            problem = f"is below {directory}, which others can change"
+    if problem is not None:
+        raise LocalApprovalUnavailable(f"refusing to send a password: {path} {problem}")
