@@ -1,7 +1,8 @@
 """The request path of `/host/op`: parse → decide → audit → run → audit.
 
 Nothing runs before its decision record is durable; every refusal, including
-malformed input, is audited too.
+malformed input, is audited too. An operation that needs a human first gets its
+adapter's read-only preview run (audited), so approvers see what it would change.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from host_agent.adapters import Registry
+from host_agent.adapters.base import Failure
 from host_agent.approvals.manager import ApprovalManager
 from host_agent.approvals.model import Approval, timestamp
 from host_agent.audit import AuditLog
@@ -30,6 +32,7 @@ from host_agent.request import HostOpRequest, decode_json, parse_host_op
 from host_agent.runner import Runner, RunResult
 
 _STDERR_TAIL = 2000
+_UNAVAILABLE = "preview unavailable"
 
 
 @dataclass(frozen=True)
@@ -122,8 +125,9 @@ class Pipeline:
             if self.approvals is None:
                 raise _denied(decision, who["request_id"], "; approvals are disabled on this agent")
             if request.approval_id is None:
+                preview = await self._preview(who, operation)
                 approval = await self.approvals.create(
-                    who, operation, decision, request.reason, unix_user
+                    who, operation, decision, request.reason, unix_user, preview=preview
                 )
                 return Reply(202, {**described, **_pending(approval)})
             try:
@@ -140,24 +144,40 @@ class Pipeline:
             exc.request_id = who["request_id"]
             raise
         failure = adapter.outcome(operation, result)
-        await self._result(
-            who,
-            operation,
-            {
-                "outcome": "ok" if failure is None else "failed",
-                "code": None if failure is None else failure.code,
-                "exit_code": result.exit_code,
-                "duration_ms": round(result.duration_seconds * 1000, 3),
-                "truncated": result.truncated,
-                "stderr_tail": result.stderr[-_STDERR_TAIL:],
-            },
-        )
+        await self._result(who, operation, _run_fields(result, failure))
         body = {**described, **_result_body(result)}
         if failure is not None:
             error = OperationFailed(failure.status, failure.code, failure.message, body)
             error.request_id = who["request_id"]
             raise error
         return Reply(200, {**body, "data": adapter.interpret(operation, result)})
+
+    async def _preview(self, who: dict[str, Any], operation: Operation) -> list[str]:
+        """What approvers should know `operation` would change, from the adapter's read-only
+        preview run (audited like any run). A preview that fails or times out becomes one
+        "unavailable" line: it must never keep the approval from being asked for."""
+        adapter = self.registry[operation.kind]
+        preview = adapter.preview(operation)
+        if preview is None:
+            return []
+        record = {
+            **who,
+            "event": "preview",
+            "operation": operation.name,
+            "argv": list(self.runner.argv_for(preview)),
+        }
+        try:
+            result = await self.runner.run(preview)
+        except RunnerError as exc:
+            await self.audit.write({**record, "outcome": exc.code, "message": str(exc)})
+            return [f"{_UNAVAILABLE}: {exc}"]
+        failure = adapter.outcome(preview, result)
+        await self.audit.write({**record, **_run_fields(result, failure)})
+        if failure is not None:
+            return [f"{_UNAVAILABLE}: {failure.message}"]
+        if result.truncated:
+            return [f"{_UNAVAILABLE}: its output was cut at the output cap"]
+        return adapter.describe_preview(operation, result)
 
     async def _result(
         self, who: dict[str, Any], operation: Operation, fields: dict[str, Any]
@@ -258,6 +278,18 @@ def _raw_summary(document: Any) -> dict[str, Any]:
     if isinstance(args, list):
         parts["args"] = [a[:256] if isinstance(a, str) else repr(a)[:256] for a in args[:32]]
     return parts
+
+
+def _run_fields(result: RunResult, failure: Failure | None) -> dict[str, Any]:
+    """How a finished run is audited."""
+    return {
+        "outcome": "ok" if failure is None else "failed",
+        "code": None if failure is None else failure.code,
+        "exit_code": result.exit_code,
+        "duration_ms": round(result.duration_seconds * 1000, 3),
+        "truncated": result.truncated,
+        "stderr_tail": result.stderr[-_STDERR_TAIL:],
+    }
 
 
 def _result_body(result: RunResult) -> dict[str, Any]:

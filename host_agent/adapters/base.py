@@ -112,6 +112,28 @@ class Adapter(ABC):
         """Structured data from a successful run (none by default)."""
         return {}
 
+    def preview(self, operation: Operation) -> Operation | None:
+        """A read-only operation whose output shows approvers what `operation` would
+        change, run before they are asked (none by default)."""
+        return None
+
+    def describe_preview(self, operation: Operation, result: RunResult) -> list[str]:
+        """Lines for approvers from the successful run of `preview(operation)`."""
+        return []
+
+    def internal(self, command: str, resource: str, *argv: str) -> Operation:
+        """A read-only wrapper command the agent runs for itself; clients cannot ask for it
+        (it is not in `commands`), so it never meets policy."""
+        return Operation(
+            kind=self.kind,
+            command=command,
+            resource=resource,
+            args=(command,),
+            wrapper=self.wrapper,
+            wrapper_argv=(command, *argv),
+            mutating=False,
+        )
+
     def outcome(self, operation: Operation, result: RunResult) -> Failure | None:
         """None when the run did what was asked; otherwise how to report it."""
         if result.exit_code == 0:

@@ -6,12 +6,17 @@ Requests (the predecessor's shape):
     {"kind": "zfs", "resource": "tank/media",     "args": ["snapshot", "daily-2024-01-15"]}
     {"kind": "zfs", "resource": "tank/media@old", "args": ["destroy"]}
     {"kind": "zfs", "resource": "tank/media@old", "args": ["rollback"]}
+
+Before approvers are asked about a destroy or rollback, the wrapper's read-only
+`tree` lists the dataset and everything under it, and `describe_preview` says
+what the operation would remove (zfs-fuse has no `zfs destroy -n`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from host_agent.adapters.base import (
@@ -76,6 +81,8 @@ GET_PROPERTIES = (
     "usedbychildren",
 )
 RECURSIVE = "recursive"
+# The wrapper's read-only listing behind previews; not a command clients may send.
+TREE = "tree"
 
 
 class ZfsAdapter(Adapter):
@@ -143,6 +150,18 @@ class ZfsAdapter(Adapter):
     def is_recursive(self, call: Call) -> bool:
         return call.command in ("destroy", "rollback") and RECURSIVE in call.args
 
+    def preview(self, operation: Operation) -> Operation | None:
+        if operation.command not in ("destroy", "rollback"):
+            return None
+        dataset = operation.resource.partition("@")[0]
+        return self.internal(TREE, dataset, dataset)
+
+    def describe_preview(self, operation: Operation, result: RunResult) -> list[str]:
+        entries = parse_tree(result.stdout)
+        if operation.command == "rollback":
+            return rollback_preview(operation.resource, entries, recursive=operation.recursive)
+        return destroy_preview(operation.resource, entries, recursive=operation.recursive)
+
     def interpret(self, operation: Operation, result: RunResult) -> dict[str, Any]:
         command, target = operation.command, operation.wrapper_argv[-1]
         if command == "snapshot":
@@ -175,6 +194,81 @@ def zfs_name(field: str, value: str, *, dataset: bool = True, snapshot: bool = T
     if base.count("/") + 1 > MAX_DEPTH:
         raise ValidationError(field, f"dataset nested deeper than {MAX_DEPTH}", code="too_long")
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One line of the wrapper's `tree`: a dataset or snapshot and when it was made."""
+
+    name: str
+    type: str
+    createtxg: int
+
+    @property
+    def dataset(self) -> str:
+        return self.name.partition("@")[0]
+
+    @property
+    def snapname(self) -> str:
+        return self.name.partition("@")[2]
+
+
+def parse_tree(text: str) -> list[Entry]:
+    """`zfs list -H -r -t all -o name,type,createtxg` lines, in zfs's order."""
+    return [Entry(name, kind, int(txg)) for name, kind, txg in _rows(text, 3) if txg.isdigit()]
+
+
+def destroy_preview(target: str, entries: list[Entry], *, recursive: bool) -> list[str]:
+    """What `zfs destroy [-r] target` removes, as `zfs destroy -nv` would list it."""
+    dataset, at, snapname = target.partition("@")
+    if at:
+        doomed = [
+            e.name
+            for e in entries
+            if e.type == "snapshot"
+            and e.snapname == snapname
+            and (e.dataset == dataset or recursive)
+        ]
+        return doomed or [f"nothing: no snapshot {target} (zfs will refuse)"]
+    if not any(e.name == dataset for e in entries):
+        return [f"nothing: no dataset {dataset} (zfs will refuse)"]
+    below = [e for e in entries if e.name != dataset]
+    if recursive or not below:
+        return [dataset, *(e.name for e in below)]
+    datasets = sum(e.type != "snapshot" for e in below)
+    snapshots = len(below) - datasets
+    return [
+        f"nothing: zfs refuses to destroy {dataset} without recursive; it has "
+        f"{_count(datasets, 'dataset')} and {_count(snapshots, 'snapshot')} under it"
+    ]
+
+
+def rollback_preview(target: str, entries: list[Entry], *, recursive: bool) -> list[str]:
+    """What `zfs rollback [-r] target` discards: the dataset's snapshots made after it."""
+    dataset = target.partition("@")[0]
+    snapshots = [e for e in entries if e.type == "snapshot" and e.dataset == dataset]
+    found = next((e for e in snapshots if e.name == target), None)
+    if found is None:
+        return [f"nothing: no snapshot {target} (zfs will refuse)"]
+    newer = [
+        e.name
+        for e in sorted(snapshots, key=lambda e: e.createtxg)
+        if e.createtxg > found.createtxg
+    ]
+    discarded = f"{dataset}: every change since {target} is discarded"
+    if not newer:
+        return [discarded]
+    if not recursive:
+        return [
+            "nothing: zfs refuses without recursive, because newer snapshots exist "
+            "(a recursive rollback destroys them):",
+            *newer,
+        ]
+    return [discarded, "and the newer snapshots are destroyed:", *newer]
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def parse_properties(text: str) -> list[dict[str, Any]]:

@@ -65,8 +65,11 @@ class ApprovalManager:
         decision: Decision,
         reason: str | None,
         unix_user: str,
+        *,
+        preview: Sequence[str] = (),
     ) -> Approval:
-        """Record a pending approval, audit it, and send the token to the approvers."""
+        """Record a pending approval, audit it, and send the token to the approvers, with
+        `preview`: what the operation would change, as the adapter's dry run found."""
         token = tokens.new_token()
         now = self.clock()
         approval = Approval(
@@ -89,7 +92,7 @@ class ApprovalManager:
         # Audited first: no approval exists that the log does not know of.
         await self._audit("approval_created", approval, request_id=who["request_id"])
         await asyncio.to_thread(self.store.add, approval)
-        self._send(approval, token)
+        self._send(approval, token, preview)
         return approval
 
     async def consume(self, approval_id: str, cn: str, operation: Operation) -> Approval:
@@ -260,11 +263,11 @@ class ApprovalManager:
 
     # --- internals --------------------------------------------------------------
 
-    def _send(self, approval: Approval, token: str) -> None:
+    def _send(self, approval: Approval, token: str, preview: Sequence[str]) -> None:
         if self.notify is None or not self.config.allowed_approvers:
             log.warning("approval %s created but no approver is reachable by Signal", approval.id)
             return
-        text = message(approval, token, self.host)
+        text = message(approval, token, self.host, preview)
         task = asyncio.create_task(self._notify(self.notify, approval, text))
         self._notifications.add(task)
         task.add_done_callback(self._notifications.discard)
@@ -303,8 +306,18 @@ class ApprovalManager:
         )
 
 
-def message(approval: Approval, token: str, host: str) -> str:
-    """What approvers read: everything needed to decide, and how to answer."""
+def message(
+    approval: Approval,
+    token: str,
+    host: str,
+    preview: Sequence[str] = (),
+    *,
+    preview_limit: int = 20,
+) -> str:
+    """What approvers read: everything needed to decide, and how to answer.
+
+    `preview` is capped so a recursive destroy of a large tree stays one readable message.
+    """
     lines = [
         f"host-agent approval on {host}",
         f"Requester: {approval.requester_cn}",
@@ -317,6 +330,10 @@ def message(approval: Approval, token: str, host: str) -> str:
     ]
     if approval.approvals_required > 1:
         lines.append(f"Needs {approval.approvals_required} different approvers.")
+    if preview:
+        lines += ["", "Would affect:", *(f"  {line}" for line in preview[:preview_limit])]
+        if len(preview) > preview_limit:
+            lines.append(f"  ... and {len(preview) - preview_limit} more")
     lines += ["", f"Reply APPROVE {token} to allow it, or DENY {token} to refuse."]
     return "\n".join(lines)
 
