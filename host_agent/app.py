@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -29,6 +30,7 @@ from host_agent.errors import (
 )
 from host_agent.identity import Identity, identity_from_scope
 from host_agent.legacy import LEGACY_ROUTES, LegacyRoute
+from host_agent.metrics import CONTENT_TYPE
 from host_agent.pipeline import Pipeline
 from host_agent.request import decode_json
 
@@ -116,6 +118,11 @@ def build_app(pipeline: Pipeline) -> Starlette:
         manager = approvals()
         return JSONResponse({"results": [await manager.handle_reply(r) for r in replies]})
 
+    async def metrics(request: Request) -> Response:
+        identity_from_scope(request.scope)
+        exposition = await asyncio.to_thread(pipeline.metrics.exposition)
+        return Response(exposition, media_type=CONTENT_TYPE)
+
     async def health(request: Request) -> Response:
         identity_from_scope(request.scope)
         return JSONResponse(
@@ -126,6 +133,7 @@ def build_app(pipeline: Pipeline) -> Starlette:
         routes=[
             Route("/host/op", host_op, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/approvals/{approval_id}", approval_status, methods=["GET"]),
             Route("/pending", own_pending, methods=["GET"]),
             Route("/admin/pending", all_pending, methods=["GET"]),

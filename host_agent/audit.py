@@ -46,9 +46,16 @@ def record_hash(record: dict[str, Any]) -> str:
 class AuditLog:
     """Append-only, hash-chained, fsync'd JSONL file; safe to share between threads."""
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], float] | None = None,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
         self.path = path
         self._clock = clock
+        self._on_failure = on_failure
         self._lock = threading.Lock()
         self._file: IO[bytes] | None = None
         self._writer: jsonlines.Writer | None = None
@@ -87,6 +94,14 @@ class AuditLog:
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
         """Chain, write and fsync one record; return it as written."""
+        try:
+            return self._append(record)
+        except AuditUnavailable:
+            if self._on_failure is not None:
+                self._on_failure()
+            raise
+
+    def _append(self, record: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             if self._file is None or self._writer is None:
                 self._open_locked()

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the agent")
     serve.add_argument("--config", required=True, type=Path)
+    serve.add_argument(
+        "--pid-file", type=Path, help="write the process id here while running (without systemd)"
+    )
     serve.set_defaults(handler=_serve)
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
@@ -153,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(options: argparse.Namespace) -> int:
     from host_agent.server import serve  # imported late: only `serve` needs Hypercorn
 
-    serve(options.config)
+    serve(options.config, options.pid_file)
     return EXIT_OK
 
 

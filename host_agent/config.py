@@ -10,6 +10,7 @@ accepted and reported in `Config.warnings`, never dropped silently.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import re
 import sys
 import tomllib
@@ -55,14 +56,10 @@ class Secret:
         return hash(self._value)
 
 
-@dataclass(frozen=True)
-class ServerConfig:
+class _Listener:
+    """A `host:port` bind (IPv6 in brackets) with its parts."""
+
     bind: str
-    cert: Path
-    key: Path
-    client_ca: Path
-    crl_file: Path | None
-    max_body_bytes: int
 
     @property
     def host(self) -> str:
@@ -71,6 +68,16 @@ class ServerConfig:
     @property
     def port(self) -> int:
         return int(self.bind.rpartition(":")[2])
+
+
+@dataclass(frozen=True)
+class ServerConfig(_Listener):
+    bind: str
+    cert: Path
+    key: Path
+    client_ca: Path
+    crl_file: Path | None
+    max_body_bytes: int
 
 
 @dataclass(frozen=True)
@@ -119,7 +126,9 @@ class ApprovalConfig:
 
 
 @dataclass(frozen=True)
-class MetricsConfig:
+class MetricsConfig(_Listener):
+    """The optional plain-HTTP /metrics listener, meant for loopback."""
+
     enabled: bool
     bind: str
 
@@ -370,8 +379,20 @@ def _metrics(t: _Table) -> MetricsConfig:
         enabled=t.get("enabled", bool, False),
         bind=t.get("bind", str, "127.0.0.1:19090", check=_check_bind),
     )
+    if config.enabled and not _is_loopback(config.host):
+        t.reader.warn(
+            f"{t.key('bind')}: {config.bind} is not a loopback address; the metrics "
+            "listener is plain HTTP without authentication"
+        )
     t.finish()
     return config
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _rate_limit(t: _Table) -> RateLimitConfig:

@@ -19,6 +19,7 @@ from host_agent.audit import AuditLog
 from host_agent.config import Config
 from host_agent.errors import (
     AuditUnavailable,
+    HostAgentError,
     OperationFailed,
     PolicyDenied,
     RequestError,
@@ -26,6 +27,7 @@ from host_agent.errors import (
     RunnerError,
 )
 from host_agent.identity import Identity
+from host_agent.metrics import Metrics
 from host_agent.operations import Operation
 from host_agent.policy import Decision, Effect, decide, find_profile, unknown_caller
 from host_agent.request import HostOpRequest, decode_json, parse_host_op
@@ -51,11 +53,13 @@ class Pipeline:
         audit: AuditLog,
         runner: Runner,
         approvals: ApprovalManager | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
         self.audit = audit
         self.runner = runner
+        self.metrics = metrics or Metrics()
         # None when [approval] enabled = false: operations needing a human are refused.
         self.approvals = approvals
 
@@ -73,12 +77,21 @@ class Pipeline:
             request = parse_host_op(document)
             adapter = self.registry.adapter_for(request.kind)
             operation = adapter.parse(request, found[1].unix_user)
-        except PolicyDenied:
+        except PolicyDenied as exc:
+            self.metrics.request(None, exc.code)
             raise
         except RequestError as exc:
+            self.metrics.request(None, exc.code)
             await self._rejected(who, exc, document)
             raise
-        return await self._decide_and_run(who, request, operation, found[1].unix_user)
+        try:
+            reply = await self._decide_and_run(who, request, operation, found[1].unix_user)
+        except HostAgentError as exc:
+            self.metrics.request(operation.name, exc.code)
+            raise
+        outcome = "approval_pending" if reply.status == 202 else "ok"
+        self.metrics.request(operation.name, outcome)
+        return reply
 
     async def reject(self, identity: Identity, error: RequestError) -> None:
         """Audit a request refused before its body could be read (e.g. too large)."""
@@ -143,6 +156,9 @@ class Pipeline:
             await self._result(who, operation, {"outcome": exc.code, "message": str(exc)})
             exc.request_id = who["request_id"]
             raise
+        self.metrics.operation_duration.labels(operation=operation.name).observe(
+            result.duration_seconds
+        )
         failure = adapter.outcome(operation, result)
         await self._result(who, operation, _run_fields(result, failure))
         body = {**described, **_result_body(result)}
@@ -198,6 +214,7 @@ class Pipeline:
     async def _decision(
         self, who: dict[str, Any], what: dict[str, Any], decision: Decision
     ) -> None:
+        self.metrics.policy_decisions.labels(effect=decision.effect.value).inc()
         await self.audit.write(
             {
                 **who,

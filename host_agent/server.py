@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
+import os
 import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import start_http_server
 
 from host_agent.adapters import build_registry
 from host_agent.app import build_app
 from host_agent.approvals.local import LocalApprovals
 from host_agent.approvals.manager import ApprovalManager, Notify
+from host_agent.approvals.model import Status
 from host_agent.approvals.signal import SignalRestNotifier, WebhookNotifier, poll
 from host_agent.approvals.store import SqliteStore
 from host_agent.audit import AuditLog
 from host_agent.config import Config, load_config
 from host_agent.errors import HostAgentError
+from host_agent.metrics import Metrics
+from host_agent.notify import notify
 from host_agent.pipeline import Pipeline
 from host_agent.runner import Runner
 from host_agent.tls import server_context
@@ -32,15 +41,28 @@ class ListenError(HostAgentError):
     code = "listen_failed"
 
 
-def build_pipeline(config: Config) -> Pipeline:
+def build_pipeline(config: Config, metrics: Metrics | None = None) -> Pipeline:
     """Every component the request path needs, built from one config (fails fast)."""
-    audit = AuditLog(config.audit.log_path)
+    metrics = metrics or Metrics()
+    audit = AuditLog(config.audit.log_path, on_failure=metrics.audit_write_failures.inc)
     audit.open()
     approvals = None
     if config.approval.enabled:
         store = SqliteStore(config.approval.store_path)
-        approvals = ApprovalManager(config.approval, store, audit, notify=_notifier(config))
-    return Pipeline(config, build_registry(config), audit, Runner(config.runner), approvals)
+        approvals = ApprovalManager(
+            config.approval, store, audit, notify=_notifier(config), metrics=metrics
+        )
+        metrics.count_open_approvals(functools.partial(_count, store))
+    registry = build_registry(config)
+    return Pipeline(config, registry, audit, Runner(config.runner), approvals, metrics)
+
+
+def _count(store: SqliteStore, status: Status) -> float:
+    """For the scrape: a store that cannot answer must not break the whole exposition."""
+    try:
+        return store.count(status)
+    except HostAgentError:
+        return math.nan
 
 
 def _notifier(config: Config) -> Notify | None:
@@ -74,6 +96,18 @@ async def _sweep_approvals(manager: ApprovalManager, every: float) -> None:
             log.error("approval sweep failed: %s", exc)
 
 
+def _serve_metrics(config: Config, metrics: Metrics) -> WSGIServer:
+    """[metrics] enabled: the same registry over plain HTTP, for a loopback scraper."""
+    try:
+        exporter, _thread = start_http_server(
+            config.metrics.port, addr=config.metrics.host, registry=metrics.registry
+        )
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {config.metrics.bind}: {exc.strerror}") from exc
+    log.info("metrics on http://%s/metrics", config.metrics.bind)
+    return exporter
+
+
 async def run_server(
     config: Config,
     *,
@@ -97,6 +131,12 @@ async def run_server(
     for warning in config.warnings:
         log.warning("config: %s", warning)
     log.info("host-agent listening on https://%s:%d (mutual TLS)", host, port)
+
+    def announce() -> None:
+        notify("READY=1", f"STATUS=listening on {config.server.bind}")
+        if ready is not None:
+            ready()
+
     background = []
     local: asyncio.Server | None = None
     if pipeline.approvals is not None:
@@ -111,17 +151,24 @@ async def run_server(
                 approval.poll_interval_seconds,
             )
             background.append(asyncio.create_task(poller))
+    exporter = None
     try:
+        if config.metrics.enabled:
+            exporter = _serve_metrics(config, pipeline.metrics)
         local_socket, group = config.approval.local_socket, config.approval.approvers_group
         if pipeline.approvals is not None and local_socket is not None and group is not None:
             local = await LocalApprovals(pipeline.approvals, pipeline.runner, group).serve(
                 local_socket
             )
             log.info("local approvals (host-agent approve) on %s", local_socket)
-        await serve_tls(build_app(pipeline), listener, context, stop, ready=ready)
+        await serve_tls(build_app(pipeline), listener, context, stop, ready=announce)
     finally:
+        notify("STOPPING=1")
         for task in background:
             task.cancel()
+        if exporter is not None:
+            exporter.shutdown()
+            exporter.server_close()
         if local is not None:
             local.close()
             await local.wait_closed()
@@ -134,5 +181,15 @@ async def run_server(
         log.info("host-agent stopped")
 
 
-def serve(config_path: Path) -> None:
-    asyncio.run(run_server(load_config(config_path)))
+def serve(config_path: Path, pid_file: Path | None = None) -> None:
+    """Run the agent; `pid_file` (for logrotate and init scripts without systemd) while it runs."""
+    if pid_file is None:
+        asyncio.run(run_server(load_config(config_path)))
+        return
+    temporary = pid_file.with_name(f".{pid_file.name}.tmp")
+    temporary.write_text(f"{os.getpid()}\n")
+    temporary.replace(pid_file)
+    try:
+        asyncio.run(run_server(load_config(config_path)))
+    finally:
+        pid_file.unlink(missing_ok=True)

@@ -206,13 +206,20 @@ def running_agent(config: Config) -> Iterator[RunningAgent]:
 LISTENING = re.compile(r"listening on https://127\.0\.0\.1:(\d+)")
 
 
-def serve_process(config: Path, *, prefix: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+def serve_process(
+    config: Path,
+    *,
+    prefix: tuple[str, ...] = (),
+    options: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[str]:
     """`host-agent serve` as a real process (`prefix` e.g. runs it under prlimit)."""
     return subprocess.Popen(
-        [*prefix, sys.executable, "-m", "host_agent", "serve", "--config", str(config)],
+        [*prefix, sys.executable, "-m", "host_agent", "serve", "--config", str(config), *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        env=None if env is None else {**os.environ, **env},
     )
 
 

@@ -31,6 +31,34 @@ def test_serve_answers_then_stops_cleanly_on_sigterm(pki: Pki, tmp_path: Path) -
         process.communicate()
 
 
+def test_a_service_manager_hears_ready_and_stopping_and_the_pid_file_lives_while_it_runs(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """What a systemd Type=notify unit and logrotate's postrotate rely on."""
+    config = tmp_path / "agent.toml"
+    config.write_text(config_text(pki, tmp_path))
+    pid_file = tmp_path / "host-agent.pid"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(str(tmp_path / "notify.sock"))
+        manager.settimeout(30)
+        process = serve_process(
+            config,
+            options=("--pid-file", str(pid_file)),
+            env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")},
+        )
+        try:
+            ready = manager.recv(4096).decode()
+            assert ready.startswith("READY=1\nSTATUS=listening on 127.0.0.1:")
+            assert pid_file.read_text() == f"{process.pid}\n"
+            process.send_signal(signal.SIGTERM)
+            assert manager.recv(4096) == b"STOPPING=1"
+            assert process.wait(30) == 0
+        finally:
+            process.kill()
+            process.communicate()
+    assert not pid_file.exists()
+
+
 def _start_failure(config: Path) -> tuple[int, str]:
     done = subprocess.run(
         [sys.executable, "-m", "host_agent", "serve", "--config", str(config)],

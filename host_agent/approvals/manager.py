@@ -23,6 +23,7 @@ from host_agent.approvals.store import ApprovalStore, Change
 from host_agent.audit import AuditLog
 from host_agent.config import ApprovalConfig
 from host_agent.errors import ApprovalError
+from host_agent.metrics import Metrics
 from host_agent.operations import Operation
 from host_agent.policy import Decision
 
@@ -47,10 +48,12 @@ class ApprovalManager:
         notify: Notify | None = None,
         clock: Callable[[], float] = time.time,
         host: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.audit = audit
+        self.metrics = metrics
         self.notify = notify
         self.clock = clock
         self.host = host or socket.gethostname()
@@ -101,7 +104,7 @@ class ApprovalManager:
         try:
             approval = await self._update(approval_id, _consume(cn, operation.digest(), now))
         except ApprovalError as exc:
-            await self.audit.write(
+            await self._record(
                 {
                     "event": "approval_refused",
                     "approval_id": approval_id,
@@ -160,7 +163,7 @@ class ApprovalManager:
 
     async def refuse(self, approver: Approver, code: str, **context: Any) -> None:
         """Audit a refusal that happened before any approval was identified."""
-        await self.audit.write(
+        await self._record(
             {"event": "approval_refused", "approver": str(approver), "code": code, **context}
         )
 
@@ -288,8 +291,14 @@ class ApprovalManager:
         except KeyError:
             raise _not_found() from None
 
+    async def _record(self, record: dict[str, Any]) -> None:
+        """Every step is audited, then counted."""
+        await self.audit.write(record)
+        if self.metrics is not None:
+            self.metrics.approval_event(record["event"])
+
     async def _audit(self, event: str, approval: Approval, **fields: Any) -> None:
-        await self.audit.write(
+        await self._record(
             {
                 "event": event,
                 "approval_id": approval.id,

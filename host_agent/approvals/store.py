@@ -44,6 +44,8 @@ class ApprovalStore(Protocol):
         self, statuses: Iterable[Status], requester_cn: str | None = None
     ) -> list[Approval]: ...
 
+    def count(self, status: Status) -> int: ...
+
     def first_sighting(self, sender: str, timestamp_ms: int, now: float) -> bool:
         """Remember one reply; False if this sender's message was seen before (a replay)."""
         ...
@@ -137,6 +139,13 @@ class SqliteStore:
                 (wanted, requester_cn, requester_cn),
             ).fetchall()
         return [_approval(row) for row in rows]
+
+    def count(self, status: Status) -> int:
+        with self._locked() as db:
+            row = db.execute(
+                "SELECT COUNT(*) FROM approvals WHERE status = ?", (status.value,)
+            ).fetchone()
+        return int(row[0])
 
     def first_sighting(self, sender: str, timestamp_ms: int, now: float) -> bool:
         with self._transaction() as db:
