@@ -74,23 +74,56 @@ class AuditLog:
             try:
                 _drop_torn_tail(handle, self.path)
                 last = _last_record(handle)
-                if last is None:
+                if last is None and self._seq == 0:
                     last = _last_record_of(self.path.with_name(self.path.name + ".1"))
             except BaseException:
                 handle.close()
                 raise
         except OSError as exc:
             raise AuditUnavailable(f"cannot open audit log {self.path}: {exc.strerror}") from exc
-        if last is not None:
+        if last is not None and self._seq and int(last["seq"]) != self._seq:
+            # What this process wrote is the truth; the chain continues from it.
+            log.warning(
+                "audit log %s ends at seq %s, but seq %d was written last; continuing from %d",
+                self.path,
+                last["seq"],
+                self._seq,
+                self._seq,
+            )
+        elif last is not None:
             self._seq, self._prev = int(last["seq"]), str(last["hash"])
         self._file = handle
         self._writer = jsonlines.Writer(handle, dumps=canonical, flush=True)
 
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-            self._file = self._writer = None
+            self._close_locked()
+
+    def reopen(self) -> None:
+        """Start writing to whatever file is at `path` now (after logrotate moved ours away).
+
+        The chain continues across files: the first record of the new file
+        points at the last record of the old one.
+        """
+        with self._lock:
+            self._close_locked()
+            self._open_locked()
+
+    def _close_locked(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file = self._writer = None
+
+    def _rotated_locked(self) -> bool:
+        """Whether `path` is no longer the file we hold (renamed or removed)."""
+        if self._file is None:
+            return False
+        try:
+            current = os.stat(self.path)
+        except OSError:  # gone; if it cannot be reopened either, that open says why
+            return True
+        held = os.fstat(self._file.fileno())
+        return (current.st_dev, current.st_ino) != (held.st_dev, held.st_ino)
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
         """Chain, write and fsync one record; return it as written."""
@@ -103,6 +136,9 @@ class AuditLog:
 
     def _append(self, record: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
+            if self._rotated_locked():
+                # Rotated without (or before) the SIGHUP: follow the path, lose nothing.
+                self._close_locked()
             if self._file is None or self._writer is None:
                 self._open_locked()
             handle, writer = self._file, self._writer

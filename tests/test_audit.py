@@ -499,3 +499,62 @@ def test_concurrent_appends_keep_one_contiguous_chain(tmp_path: Path) -> None:
     result = verify([path])
     assert result.ok, result.error
     assert (result.records, result.last_seq) == (1600, 1600)
+
+
+# --- rotation: the chain continues across files -------------------------------------
+
+
+def _seqs(*paths: Path) -> list[int]:
+    return [json.loads(line)["seq"] for path in paths for line in path.read_text().splitlines()]
+
+
+def test_a_renamed_log_is_followed_without_a_signal(tmp_path: Path) -> None:
+    """logrotate's `create` without the postrotate signal (or before it): nothing lost."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    log.open()
+    for n in range(3):
+        log.append({"event": "before", "n": n})
+    path.rename(tmp_path / "audit.jsonl.1")
+    for n in range(2):
+        log.append({"event": "after", "n": n})
+    log.close()
+    rotated = tmp_path / "audit.jsonl.1"
+    assert _seqs(rotated) == [1, 2, 3]
+    assert _seqs(path) == [4, 5]
+    assert verify([rotated, path]).ok
+
+
+def test_reopen_starts_the_new_file_where_the_old_one_ended(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    log.open()
+    log.append({"event": "one"})
+    path.rename(tmp_path / "audit.jsonl.1")
+    path.touch(mode=0o640)  # what `create` does
+    log.reopen()
+    last = log.append({"event": "two"})
+    log.close()
+    assert last["seq"] == 2
+    assert last["prev"] == json.loads((tmp_path / "audit.jsonl.1").read_text())["hash"]
+    assert verify([tmp_path / "audit.jsonl.1", path]).ok
+
+
+def test_after_two_rotations_the_chain_continues_from_memory_not_from_dot_one(
+    tmp_path: Path,
+) -> None:
+    """With `.1` already replaced by a newer rotation, only what was written counts."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    log.open()
+    log.append({"event": "one"})
+    path.rename(tmp_path / "audit.jsonl.2")
+    (tmp_path / "audit.jsonl.1").write_text("")  # an unrelated, empty .1
+    log.append({"event": "two"})
+    path.rename(tmp_path / "audit.jsonl.1")
+    log.reopen()
+    log.append({"event": "three"})
+    log.close()
+    files = [tmp_path / "audit.jsonl.2", tmp_path / "audit.jsonl.1", path]
+    assert _seqs(*files) == [1, 2, 3]
+    assert verify(files).ok
