@@ -28,6 +28,7 @@ from host_agent.errors import (
     RequestError,
     ValidationError,
 )
+from host_agent.health import HostHealth
 from host_agent.identity import Identity, identity_from_scope
 from host_agent.legacy import LEGACY_ROUTES, LegacyRoute
 from host_agent.metrics import CONTENT_TYPE
@@ -37,7 +38,7 @@ from host_agent.request import decode_json
 log = logging.getLogger(__name__)
 
 
-def build_app(pipeline: Pipeline) -> Starlette:
+def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette:
     """The ASGI app; every route is reached only over the mutual-TLS listener."""
     max_body = pipeline.config.server.max_body_bytes
 
@@ -123,16 +124,18 @@ def build_app(pipeline: Pipeline) -> Starlette:
         exposition = await asyncio.to_thread(pipeline.metrics.exposition)
         return Response(exposition, media_type=CONTENT_TYPE)
 
-    async def health(request: Request) -> Response:
+    host = health or HostHealth(pipeline.metrics)
+
+    async def health_check(request: Request) -> Response:
         identity_from_scope(request.scope)
         return JSONResponse(
-            {"status": "ok", "version": __version__, "adapters": sorted(pipeline.registry)}
+            {**host.report(), "version": __version__, "adapters": sorted(pipeline.registry)}
         )
 
     return Starlette(
         routes=[
             Route("/host/op", host_op, methods=["POST"]),
-            Route("/health", health, methods=["GET"]),
+            Route("/health", health_check, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/approvals/{approval_id}", approval_status, methods=["GET"]),
             Route("/pending", own_pending, methods=["GET"]),

@@ -63,6 +63,14 @@ class Pipeline:
         # None when [approval] enabled = false: operations needing a human are refused.
         self.approvals = approvals
 
+    def reconfigure(self, config: Config, registry: Registry) -> None:
+        """A reloaded config: requests from now on see the new policy, adapters and limits."""
+        self.config = config
+        self.registry = registry
+        self.runner.config = config.runner
+        if self.approvals is not None:
+            self.approvals.reconfigure(config.approval)
+
     async def host_op(self, identity: Identity, body: bytes) -> Reply:
         """Serve one `/host/op` body from a verified caller."""
         who = _who(identity)

@@ -18,18 +18,20 @@ from prometheus_client import start_http_server
 from host_agent.adapters import build_registry
 from host_agent.app import build_app
 from host_agent.approvals.local import LocalApprovals
-from host_agent.approvals.manager import ApprovalManager, Notify
+from host_agent.approvals.manager import ApprovalManager
 from host_agent.approvals.model import Status
-from host_agent.approvals.signal import SignalRestNotifier, WebhookNotifier, poll
+from host_agent.approvals.signal import notifier, poll
 from host_agent.approvals.store import SqliteStore
 from host_agent.audit import AuditLog
 from host_agent.config import Config, load_config
 from host_agent.errors import HostAgentError
+from host_agent.health import HostHealth
 from host_agent.metrics import Metrics
 from host_agent.notify import notify
 from host_agent.pipeline import Pipeline
+from host_agent.reload import Reloader
 from host_agent.runner import Runner
-from host_agent.tls import server_context
+from host_agent.tls import ContextHolder, server_context
 from host_agent.tls_server import bind_socket, serve_tls
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,7 @@ def build_pipeline(config: Config, metrics: Metrics | None = None) -> Pipeline:
     if config.approval.enabled:
         store = SqliteStore(config.approval.store_path)
         approvals = ApprovalManager(
-            config.approval, store, audit, notify=_notifier(config), metrics=metrics
+            config.approval, store, audit, notify=notifier(config.approval), metrics=metrics
         )
         metrics.count_open_approvals(functools.partial(_count, store))
     registry = build_registry(config)
@@ -65,16 +67,6 @@ def _count(store: SqliteStore, status: Status) -> float:
         return math.nan
 
 
-def _notifier(config: Config) -> Notify | None:
-    """signal-cli-rest-api when configured, else the predecessor's generic JSON webhook."""
-    approval = config.approval
-    if approval.signal_url is not None and approval.signal_number is not None:
-        return SignalRestNotifier(approval.signal_url, approval.signal_number).send
-    if approval.signal_webhook is not None:
-        return WebhookNotifier(approval.signal_webhook).send
-    return None
-
-
 async def _poll_signal(manager: ApprovalManager, url: str, number: str, every: float) -> None:
     """For bridges in normal mode: fetch replies instead of receiving a webhook."""
     while True:
@@ -84,6 +76,20 @@ async def _poll_signal(manager: ApprovalManager, url: str, number: str, every: f
                 await manager.handle_reply(reply)
         except HostAgentError as exc:
             log.error("polling Signal failed: %s", exc)
+
+
+async def _warn_periodically(health: HostHealth, every: float = 3600.0) -> None:
+    """A CRL that is fine at start-up can expire while the agent runs."""
+    while True:
+        await asyncio.sleep(every)
+        health.warn()
+
+
+def _counter(metrics: Metrics) -> Callable[[str], None]:
+    def count(reason: str) -> None:
+        metrics.tls_handshake_failures.labels(reason=reason).inc()
+
+    return count
 
 
 async def _sweep_approvals(manager: ApprovalManager, every: float) -> None:
@@ -115,9 +121,12 @@ async def run_server(
     shutdown: asyncio.Event | None = None,
     ready: Callable[[], None] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT (or `shutdown` is set, for tests)."""
-    context = server_context(config.server)
+    """Serve until SIGTERM/SIGINT (or `shutdown` is set, for tests); SIGHUP reloads."""
+    tls = ContextHolder(server_context(config.server))
     pipeline = build_pipeline(config)
+    health = HostHealth(pipeline.metrics)
+    health.refresh(config)
+    reloader = Reloader(config, tls, pipeline, on_reload=health.refresh)
     try:
         listener = sock or bind_socket(config.server.host, config.server.port)
     except OSError as exc:
@@ -127,6 +136,7 @@ async def run_server(
     if shutdown is None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload_in_background)
     host, port = listener.getsockname()[:2]
     for warning in config.warnings:
         log.warning("config: %s", warning)
@@ -137,7 +147,7 @@ async def run_server(
         if ready is not None:
             ready()
 
-    background = []
+    background = [asyncio.create_task(_warn_periodically(health))]
     local: asyncio.Server | None = None
     if pipeline.approvals is not None:
         every = min(30.0, config.approval.ttl_seconds / 4)
@@ -161,7 +171,14 @@ async def run_server(
                 local_socket
             )
             log.info("local approvals (host-agent approve) on %s", local_socket)
-        await serve_tls(build_app(pipeline), listener, context, stop, ready=announce)
+        await serve_tls(
+            build_app(pipeline, health),
+            listener,
+            tls,
+            stop,
+            ready=announce,
+            on_handshake_failure=_counter(pipeline.metrics),
+        )
     finally:
         notify("STOPPING=1")
         for task in background:

@@ -26,6 +26,9 @@ def server_context(server: ServerConfig) -> ssl.SSLContext:
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     context.set_ciphers(TLS12_CIPHERS)
     context.set_alpn_protocols(["h2", "http/1.1"])
+    for path in (server.cert, server.key):
+        if not path.exists():
+            raise TLSSetupError(f"TLS certificate/key: {path} does not exist")
     _load(server.cert, "certificate/key", context.load_cert_chain, server.cert, server.key)
     _load(server.client_ca, "client CA", context.load_verify_locations, cafile=server.client_ca)
     if server.crl_file is not None:
@@ -33,6 +36,16 @@ def server_context(server: ServerConfig) -> ssl.SSLContext:
         # Only the leaf is checked: the CA is ours and has no issuer CRL of its own.
         context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     return context
+
+
+class ContextHolder:
+    """The context new handshakes use; a reload replaces it, open connections keep theirs."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.current = context
+
+    def __call__(self) -> ssl.SSLContext:
+        return self.current
 
 
 def cipher_suite_ids(context: ssl.SSLContext) -> dict[str, int]:

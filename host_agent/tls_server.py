@@ -2,11 +2,13 @@
 
 No Hypercorn release fills `scope["extensions"]["tls"]` (hypercorn issue #62).
 This module owns the listening socket instead of `hypercorn.asyncio.serve`:
-`asyncio.start_server` completes the TLS handshake (client certificate
-required), then each connection gets Hypercorn's own `TCPServer` with an app
-wrapper that adds the *verified* peer certificate of that connection to every
-request scope — HTTP/1.1 and HTTP/2 alike. It is the only module that touches
-Hypercorn internals; the version range in pyproject.toml pins them.
+each accepted connection is upgraded with `StreamWriter.start_tls` using the
+context current at that moment (so a reload changes certificates, CA and
+CRL for new handshakes only, and failed handshakes can be counted), then gets
+Hypercorn's own `TCPServer` with an app wrapper that adds the *verified* peer
+certificate of that connection to every request scope — HTTP/1.1 and HTTP/2
+alike. It is the only module that touches Hypercorn internals; the version
+range in pyproject.toml pins them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 ASGIApp = Callable[..., Awaitable[None]]
 
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
+HANDSHAKE_TIMEOUT_SECONDS = 10.0
 
 
 def tls_extension(ssl_object: ssl.SSLObject, cipher_ids: dict[str, int]) -> dict[str, Any]:
@@ -80,13 +83,17 @@ def bind_socket(host: str, port: int) -> socket.socket:
 async def serve_tls(
     app: ASGIApp,
     sock: socket.socket,
-    context: ssl.SSLContext,
+    context: Callable[[], ssl.SSLContext],
     shutdown: asyncio.Event,
     *,
     ready: Callable[[], None] | None = None,
+    on_handshake_failure: Callable[[str], None] | None = None,
     graceful_timeout: float = 10.0,
 ) -> None:
-    """Serve `app` over mutual TLS on `sock` until `shutdown` is set."""
+    """Serve `app` over mutual TLS on `sock` until `shutdown` is set.
+
+    `context()` is asked for the TLS context at every handshake.
+    """
     config = HypercornConfig()
     config.accesslog = None
     config.errorlog = log
@@ -96,24 +103,34 @@ async def serve_tls(
     loop = asyncio.get_running_loop()
     worker = WorkerContext(None)
     connections: set[asyncio.Task[None]] = set()
-    cipher_ids = cipher_suite_ids(context)
+    cipher_ids = _CipherIds()
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
             connections.add(task)
             task.add_done_callback(connections.discard)
+        current = context()
+        try:
+            # The first await of the connection: start_tls pauses reading before the
+            # loop can buffer any of the ClientHello outside the TLS layer.
+            await writer.start_tls(current, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_SECONDS)
+        except (OSError, TimeoutError) as exc:
+            reason = handshake_failure_reason(exc)
+            log.debug("TLS handshake failed (%s): %s", reason, exc)
+            if on_handshake_failure is not None:
+                on_handshake_failure(reason)
+            writer.close()
+            return
         ssl_object = writer.get_extra_info("ssl_object")
         if ssl_object is None or not ssl_object.getpeercert(binary_form=True):
             # Unreachable with CERT_REQUIRED; refuse rather than serve without identity.
             writer.close()
             return
-        wrapped = _ConnectionApp(app, tls_extension(ssl_object, cipher_ids))
+        wrapped = _ConnectionApp(app, tls_extension(ssl_object, cipher_ids.of(current)))
         await TCPServer(wrapped, loop, config, worker, {}, reader, writer)
 
-    server = await asyncio.start_server(
-        on_connection, sock=sock, ssl=context, ssl_handshake_timeout=10.0, backlog=1024
-    )
+    server = await asyncio.start_server(on_connection, sock=sock, backlog=1024)
     if ready is not None:
         ready()
     try:
@@ -126,3 +143,52 @@ async def serve_tls(
             _done, pending = await asyncio.wait(connections, timeout=graceful_timeout)
             for task in pending:
                 task.cancel()
+
+
+class _CipherIds:
+    """cipher_suite_ids of the context in use, recomputed only when it changes."""
+
+    def __init__(self) -> None:
+        self._context: ssl.SSLContext | None = None
+        self._ids: dict[str, int] = {}
+
+    def of(self, context: ssl.SSLContext) -> dict[str, int]:
+        if context is not self._context:
+            self._context, self._ids = context, cipher_suite_ids(context)
+        return self._ids
+
+
+# OpenSSL X509 verify codes worth telling apart on a dashboard.
+_VERIFY_REASONS = {
+    9: "certificate_not_yet_valid",
+    10: "certificate_expired",
+    23: "certificate_revoked",
+    3: "crl_unavailable",
+    11: "crl_not_yet_valid",
+    12: "crl_expired",
+    2: "unknown_ca",
+    18: "unknown_ca",
+    19: "unknown_ca",
+    20: "unknown_ca",
+    21: "unknown_ca",
+}
+_SSL_REASONS = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no_client_certificate",
+    "UNSUPPORTED_PROTOCOL": "protocol_version",
+    "WRONG_VERSION_NUMBER": "protocol_version",
+    "VERSION_TOO_LOW": "protocol_version",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "protocol_version",
+    "NO_SHARED_CIPHER": "no_shared_cipher",
+    "HTTP_REQUEST": "plain_http",
+}
+
+
+def handshake_failure_reason(exc: BaseException) -> str:
+    """A bounded label for why a handshake failed."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return _VERIFY_REASONS.get(exc.verify_code, "certificate_invalid")
+    if isinstance(exc, ssl.SSLError):
+        return _SSL_REASONS.get(str(exc.reason), "tls_error")
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "connection_lost"

@@ -13,12 +13,12 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from host_agent.approvals import tokens
 from host_agent.approvals.model import Approval, Approver, Status, timestamp
-from host_agent.approvals.signal import IncomingReply, parse_command
+from host_agent.approvals.signal import IncomingReply, Notify, notifier, parse_command
 from host_agent.approvals.store import ApprovalStore, Change
 from host_agent.audit import AuditLog
 from host_agent.config import ApprovalConfig
@@ -29,7 +29,6 @@ from host_agent.policy import Decision
 
 log = logging.getLogger(__name__)
 
-Notify = Callable[[str, Sequence[str]], Awaitable[object]]
 # A reply dated this far in the future is not believed.
 MAX_CLOCK_SKEW_SECONDS = 60
 # Closed approvals (and remembered replies) are kept this long after expiry.
@@ -58,6 +57,11 @@ class ApprovalManager:
         self.clock = clock
         self.host = host or socket.gethostname()
         self._notifications: set[asyncio.Task[None]] = set()
+
+    def reconfigure(self, config: ApprovalConfig) -> None:
+        """A reloaded config: new approvers, ttl for new approvals, Signal endpoints."""
+        self.config = config
+        self.notify = notifier(config)
 
     # --- the requester's side ---------------------------------------------------
 

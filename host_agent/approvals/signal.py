@@ -57,6 +57,7 @@ from typing import IO, Any, Protocol
 
 from host_agent import __version__
 from host_agent.approvals.tokens import TOKEN_ALPHABET, TOKEN_LENGTH, normalize
+from host_agent.config import ApprovalConfig
 from host_agent.errors import HostAgentError
 
 __all__ = [
@@ -310,6 +311,18 @@ def _recipients(recipients: Sequence[str]) -> list[str]:
     if not all(isinstance(r, str) and r for r in recipients):
         raise ValueError("every recipient must be a non-empty string")
     return list(recipients)
+
+
+Notify = Callable[[str, Sequence[str]], Awaitable[object]]
+
+
+def notifier(config: ApprovalConfig) -> Notify | None:
+    """signal-cli-rest-api when configured, else the predecessor's generic JSON webhook."""
+    if config.signal_url is not None and config.signal_number is not None:
+        return SignalRestNotifier(config.signal_url, config.signal_number).send
+    if config.signal_webhook is not None:
+        return WebhookNotifier(config.signal_webhook).send
+    return None
 
 
 # --- HTTP (standard library only) -----------------------------------------------

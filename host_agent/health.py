@@ -1,0 +1,60 @@
+"""What /health says beyond "up": problems an operator must fix before they bite.
+
+Computed when the config is (re)loaded, never per request: the CRL's
+remaining life (an expired CRL fails every handshake) and sudoers grants
+to the service account broader than the wrappers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from host_agent.config import Config
+from host_agent.crl import CrlStatus, read_crl_status
+from host_agent.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class HostHealth:
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.metrics = metrics
+        self.clock = clock
+        self.crl = CrlStatus(None, None)
+
+    def refresh(self, config: Config) -> None:
+        """Re-read what the config points at (start-up and every reload)."""
+        self.crl = read_crl_status(config.server.crl_file)
+        if self.crl.next_update is not None:
+            self.metrics.crl_next_update.set(self.crl.next_update.timestamp())
+        self.warn()
+
+    def warn(self) -> None:
+        """Log what needs an operator (also called periodically while running)."""
+        state = self.crl.state(self.clock())
+        if state == "expired":
+            log.error(
+                "the CRL %s expired at %s: every TLS handshake fails until it is replaced",
+                self.crl.path,
+                self.crl.next_update,
+            )
+        elif state == "expiring":
+            log.warning(
+                "the CRL %s must be replaced before %s", self.crl.path, self.crl.next_update
+            )
+        elif state == "unreadable":
+            log.error("the CRL cannot be checked: %s", self.crl.error)
+
+    def report(self) -> dict[str, Any]:
+        crl = self.crl.public(self.clock())
+        bad = ("expired", "expiring", "unreadable")
+        problems = [f"crl_{crl['state']}"] if crl["state"] in bad else []
+        return {"status": "degraded" if problems else "ok", "problems": problems, "crl": crl}

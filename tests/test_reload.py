@@ -1,0 +1,175 @@
+"""SIGHUP on a real `host-agent serve` process: new config, certificates and CRL for new
+handshakes, open connections untouched, a broken config kept out, the audit log reopened."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+
+from host_agent import certs
+from host_agent.audit import verify
+from tests.support import Pki, client_context, config_text, listening_port, serve_process
+
+DESTROY_DRY_RUN = {"kind": "zfs", "resource": "tank/data@old", "args": ["destroy"], "dry_run": True}
+DENY_DESTROY = '[[rules]]\noperation = "zfs-destroy"\ndeny = true\n'
+
+
+class Served:
+    """A serve process, its config file and port, and a way to wait for its log lines."""
+
+    def __init__(self, process: subprocess.Popen[str], config: Path, pki: Pki) -> None:
+        self.process = process
+        self.config = config
+        self.pki = pki
+        self.port = listening_port(process)
+        self.url = f"https://127.0.0.1:{self.port}"
+
+    def client(self, cn: str = "librarian-1") -> httpx.Client:
+        cert, key = self.pki.client(cn)
+        return httpx.Client(
+            base_url=self.url, verify=client_context(self.pki.ca, cert, key), timeout=30
+        )
+
+    def sighup(self, expect: str) -> str:
+        """Send SIGHUP and return the log line matching `expect` (reloaded / reload failed)."""
+        self.process.send_signal(signal.SIGHUP)
+        assert self.process.stderr is not None
+        while line := self.process.stderr.readline():
+            if re.search(expect, line):
+                return line
+        raise AssertionError(f"the agent exited without logging {expect!r}")
+
+
+@pytest.fixture
+def own_pki(pki: Pki, tmp_path: Path) -> Pki:
+    """A copy of the session PKI this test may re-issue and revoke in."""
+    directory = tmp_path / "pki"
+    shutil.copytree(pki.directory, directory)
+    return Pki(directory, pki.other_ca)
+
+
+@pytest.fixture
+def served(own_pki: Pki, tmp_path: Path) -> Iterator[Served]:
+    config = tmp_path / "agent.toml"
+    config.write_text(config_text(own_pki, tmp_path))
+    process = serve_process(config)
+    try:
+        yield Served(process, config, own_pki)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        process.kill()
+        process.communicate()
+
+
+def decision(served: Served) -> str:
+    with served.client() as http:
+        reply = http.post("/host/op", json=DESTROY_DRY_RUN)
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["decision"]["effect"])
+
+
+def reloads(served: Served, result: str) -> float:
+    with served.client() as http:
+        text = http.get("/metrics").text
+    match = re.search(rf'host_agent_config_reloads_total{{result="{result}"}} (\S+)', text)
+    assert match is not None
+    return float(match.group(1))
+
+
+def test_a_new_policy_applies_to_the_next_request(served: Served, tmp_path: Path) -> None:
+    assert decision(served) == "approval_required"
+    served.config.write_text(served.config.read_text() + DENY_DESTROY)
+    served.sighup("reloaded")
+    assert decision(served) == "deny"
+    assert reloads(served, "success") == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        pytest.param(lambda text: text + "\n[[rules]\n", "invalid|cannot", id="not-toml"),
+        pytest.param(
+            lambda text: text.replace("ttl_seconds = 300", 'ttl_seconds = "soon"'),
+            "ttl_seconds",
+            id="wrong-type",
+        ),
+        pytest.param(
+            lambda text: text.replace('bind = "127.0.0.1:0"', 'bind = "127.0.0.1:1"'),
+            "server.bind needs a restart",
+            id="restart-only-key",
+        ),
+        pytest.param(
+            lambda text: text.replace("server.key", "missing.key"),
+            "missing.key",
+            id="unreadable-key",
+        ),
+    ],
+)
+def test_a_bad_reload_keeps_everything_as_it_was(served: Served, change: object, why: str) -> None:
+    original = served.config.read_text()
+    served.config.write_text(change(original + DENY_DESTROY))  # type: ignore[operator]
+    line = served.sighup("reload failed")
+    assert re.search(why, line), line
+    assert decision(served) == "approval_required"
+    assert reloads(served, "failure") == 1
+    served.config.write_text(original + DENY_DESTROY)
+    served.sighup("reloaded")
+    assert decision(served) == "deny"
+
+
+def peer_serial(served: Served, cn: str = "librarian-1") -> int:
+    """The serial of the server certificate a new handshake gets."""
+    context = client_context(served.pki.ca, *served.pki.client(cn))
+    with (
+        socket.create_connection(("127.0.0.1", served.port)) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return int(x509.load_der_x509_certificate(der).serial_number)
+
+
+def test_new_certificate_and_crl_for_new_handshakes_open_connections_untouched(
+    served: Served,
+) -> None:
+    before = peer_serial(served)
+    with served.client() as kept:
+        assert kept.get("/health").status_code == 200
+        certs.issue_server(served.pki.directory, names=["localhost"], ips=["127.0.0.1"], force=True)
+        certs.revoke(served.pki.directory, "librarian-1")
+        served.sighup("reloaded")
+        # The keep-alive connection made before the reload still works...
+        assert kept.get("/health").status_code == 200
+    # ...while new handshakes get the new certificate and the new CRL.
+    assert peer_serial(served, "reader-1") != before
+    refused = (ssl.SSLError, httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)
+    with pytest.raises(refused), served.client() as http:
+        http.get("/health")
+    with served.client("reader-1") as http:
+        text = http.get("/metrics").text
+    assert 'host_agent_tls_handshake_failures_total{reason="certificate_revoked"} 1.0' in text
+
+
+def test_sighup_reopens_the_audit_log_and_the_chain_continues(
+    served: Served, tmp_path: Path
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    decision(served)
+    rotated = log.rename(tmp_path / "audit.jsonl.1")
+    log.touch(mode=0o640)
+    served.sighup("reloaded")
+    decision(served)
+    assert log.stat().st_size > 0
+    result = verify([rotated, log])
+    assert result.ok, result.error
