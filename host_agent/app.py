@@ -33,6 +33,7 @@ from host_agent.identity import Identity, identity_from_scope
 from host_agent.legacy import LEGACY_ROUTES, LegacyRoute
 from host_agent.metrics import CONTENT_TYPE
 from host_agent.pipeline import Pipeline
+from host_agent.ratelimit import RateLimited
 from host_agent.request import decode_json
 
 log = logging.getLogger(__name__)
@@ -61,30 +62,37 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
 
         return Route(route.path, endpoint, methods=["POST"])
 
+    async def limited(request: Request) -> Identity:
+        """The caller of an approval route, within its rate limit."""
+        identity = identity_from_scope(request.scope)
+        await pipeline.limit(identity, "approval", request.url.path)
+        return identity
+
     def approvals() -> ApprovalManager:
         if pipeline.approvals is None:
             raise ApprovalError(404, "approvals_disabled", "approvals are disabled on this agent")
         return pipeline.approvals
 
     async def approval_status(request: Request) -> Response:
-        identity = identity_from_scope(request.scope)
+        identity = await limited(request)
         approval_id = request.path_params["approval_id"]
         approval = await approvals().visible(approval_id, identity.cn)
         return JSONResponse(approval.public())
 
     async def own_pending(request: Request) -> Response:
-        identity = identity_from_scope(request.scope)
+        identity = await limited(request)
         listed = await approvals().open_approvals(identity.cn)
         return JSONResponse({"approvals": [a.public() for a in listed]})
 
     async def all_pending(request: Request) -> Response:
-        identity = identity_from_scope(request.scope)
+        identity = await limited(request)
         if not pipeline.config.approval.is_admin(identity.cn):
             raise ApprovalError(403, "admin_required", "only an admin CN may list every approval")
         listed = await approvals().open_approvals()
         return JSONResponse({"approvals": [a.public() for a in listed]})
 
     async def approve(request: Request) -> Response:
+        await limited(request)
         identity, body = await read(request)
         try:
             token, verdict = parse_verdict(decode_json(body))
@@ -198,11 +206,14 @@ async def _agent_error(request: Request, exc: Exception) -> Response:
         extra["request_id"] = exc.request_id
     if isinstance(exc, OperationFailed):
         extra["result"] = exc.result
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
     field = exc.field if isinstance(exc, RequestError) else None
     message = exc.message if isinstance(exc, RequestError) else str(exc)
     if exc.status >= 500:
         log.error("%s %s: %s: %s", request.method, request.url.path, exc.code, message)
-    return JSONResponse(error_body(exc.code, message, field, **extra), status_code=exc.status)
+    return JSONResponse(
+        error_body(exc.code, message, field, **extra), status_code=exc.status, headers=headers
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -134,11 +134,25 @@ class MetricsConfig(_Listener):
 
 
 @dataclass(frozen=True)
+class Limit:
+    """`requests` per `per_seconds`, refilled continuously (a token bucket)."""
+
+    requests: int
+    per_seconds: int
+
+
+@dataclass(frozen=True)
 class RateLimitConfig:
     enabled: bool
+    # The predecessor's: max_requests per window_seconds per CN on each of `endpoints`.
     max_requests: int
     window_seconds: int
     endpoints: tuple[str, ...]
+    # New: per CN and class of request.
+    read: Limit = Limit(600, 60)
+    mutating: Limit = Limit(120, 60)
+    approval: Limit = Limit(120, 60)
+    max_tracked: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -403,9 +417,22 @@ def _rate_limit(t: _Table) -> RateLimitConfig:
         endpoints=tuple(
             t.get("endpoints", list, ["/zfs/destroy", "/approve", "/pending"], item=str)
         ),
+        read=_limit(t.table("read"), Limit(600, 60)),
+        mutating=_limit(t.table("mutating"), Limit(120, 60)),
+        approval=_limit(t.table("approval"), Limit(120, 60)),
+        max_tracked=t.get("max_tracked", int, 10_000, check=_between(100, 10_000_000)),
     )
     t.finish()
     return config
+
+
+def _limit(t: _Table, default: Limit) -> Limit:
+    limit = Limit(
+        requests=t.get("requests", int, default.requests, check=_between(1, 1_000_000)),
+        per_seconds=t.get("per_seconds", int, default.per_seconds, check=_between(1, 86400)),
+    )
+    t.finish()
+    return limit
 
 
 def _agent(t: _Table) -> AgentProfile:

@@ -43,7 +43,7 @@ class LegacyRoute:
             raise
         translated = json.dumps(self.to_host_op(document)).encode()
         try:
-            reply = await pipeline.host_op(identity, translated)
+            reply = await pipeline.host_op(identity, translated, self.path)
         except RequestError as exc:
             if exc.field is not None:
                 exc.field = self.field_names.get(exc.field, exc.field)

@@ -30,6 +30,7 @@ from host_agent.identity import Identity
 from host_agent.metrics import Metrics
 from host_agent.operations import Operation
 from host_agent.policy import Decision, Effect, decide, find_profile, unknown_caller
+from host_agent.ratelimit import RateLimited, RateLimiter
 from host_agent.request import HostOpRequest, decode_json, parse_host_op
 from host_agent.runner import Runner, RunResult
 
@@ -60,6 +61,7 @@ class Pipeline:
         self.audit = audit
         self.runner = runner
         self.metrics = metrics or Metrics()
+        self.limiter = RateLimiter(config.rate_limit)
         # None when [approval] enabled = false: operations needing a human are refused.
         self.approvals = approvals
 
@@ -68,11 +70,12 @@ class Pipeline:
         self.config = config
         self.registry = registry
         self.runner.config = config.runner
+        self.limiter.config = config.rate_limit
         if self.approvals is not None:
             self.approvals.reconfigure(config.approval)
 
-    async def host_op(self, identity: Identity, body: bytes) -> Reply:
-        """Serve one `/host/op` body from a verified caller."""
+    async def host_op(self, identity: Identity, body: bytes, path: str = "/host/op") -> Reply:
+        """One `/host/op` body (or a predecessor route's, at `path`) from a verified caller."""
         who = _who(identity)
         document: Any = None
         try:
@@ -85,6 +88,7 @@ class Pipeline:
             request = parse_host_op(document)
             adapter = self.registry.adapter_for(request.kind)
             operation = adapter.parse(request, found[1].unix_user)
+            self._check_limit(identity.cn, "mutating" if operation.mutating else "read", path)
         except PolicyDenied as exc:
             self.metrics.request(None, exc.code)
             raise
@@ -100,6 +104,21 @@ class Pipeline:
         outcome = "approval_pending" if reply.status == 202 else "ok"
         self.metrics.request(operation.name, outcome)
         return reply
+
+    async def limit(self, identity: Identity, limit: str, path: str) -> None:
+        """Rate-limit a non-operation route (the approval routes); refusals are audited."""
+        try:
+            self._check_limit(identity.cn, limit, path)
+        except RateLimited as exc:
+            await self.reject(identity, exc)
+            raise
+
+    def _check_limit(self, cn: str, limit: str, path: str) -> None:
+        try:
+            self.limiter.check(cn, limit, path)
+        except RateLimited as exc:
+            self.metrics.rate_limited.labels(limit=exc.limit).inc()
+            raise
 
     async def reject(self, identity: Identity, error: RequestError) -> None:
         """Audit a request refused before its body could be read (e.g. too large)."""
