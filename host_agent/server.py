@@ -148,7 +148,7 @@ async def run_server(
             ready()
 
     background = [asyncio.create_task(_warn_periodically(health))]
-    local: asyncio.Server | None = None
+    local: LocalApprovals | None = None
     if pipeline.approvals is not None:
         every = min(30.0, config.approval.ttl_seconds / 4)
         background.append(asyncio.create_task(_sweep_approvals(pipeline.approvals, every)))
@@ -167,9 +167,8 @@ async def run_server(
             exporter = _serve_metrics(config, pipeline.metrics)
         local_socket, group = config.approval.local_socket, config.approval.approvers_group
         if pipeline.approvals is not None and local_socket is not None and group is not None:
-            local = await LocalApprovals(pipeline.approvals, pipeline.runner, group).serve(
-                local_socket
-            )
+            local = LocalApprovals(pipeline.approvals, pipeline.runner, group)
+            await local.serve(local_socket)
             log.info("local approvals (host-agent approve) on %s", local_socket)
         await serve_tls(
             build_app(pipeline, health),
@@ -186,11 +185,8 @@ async def run_server(
         if exporter is not None:
             exporter.shutdown()
             exporter.server_close()
-        if local is not None:
-            local.close()
-            await local.wait_closed()
-            if local_socket is not None:
-                local_socket.unlink(missing_ok=True)
+        if local is not None and local_socket is not None:
+            await local.stop(local_socket)
         if pipeline.approvals is not None:
             await pipeline.approvals.drain()
             pipeline.approvals.store.close()

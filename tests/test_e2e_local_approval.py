@@ -426,9 +426,19 @@ def test_no_agent_listening_is_exit_3_before_any_password_prompt(
     assert "cannot reach the agent" in outcome.stderr
 
 
-def test_connection_checks_the_listener(live: RunningAgent, socket_path: Path) -> None:
-    """Root reaching the agent's own socket is trusted (it is the agent's uid)."""
-    Connection(socket_path).close()
+def test_root_trusts_the_agents_socket_but_is_no_approver(
+    live: RunningAgent, socket_path: Path
+) -> None:
+    """The listener passes the client's checks (it is the agent's uid); the agent then
+    refuses root, which is not in the approvers group."""
+    reply = Connection(socket_path).ask({"action": "list"})
+    assert reply == {
+        "ok": False,
+        "error": {
+            "code": "not_an_approver",
+            "message": reply["error"]["message"],
+        },
+    }
 
 
 # --- the PAM wrapper on its own, through sudo as the service account ---------------

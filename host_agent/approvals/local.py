@@ -36,6 +36,7 @@ MAX_PASSWORD_BYTES = 1024
 # A person types a password after connecting; a program that holds the line longer is cut off.
 READ_TIMEOUT_SECONDS = 120.0
 MAX_CONNECTIONS = 8
+STOP_GRACE_SECONDS = 5.0
 # host-agent-pam's exit codes (see the wrapper).
 _PAM_OK, _PAM_FAILED, _PAM_BAD_INPUT, _PAM_NOT_MEMBER = 0, 65, 64, 77
 
@@ -83,10 +84,12 @@ class LocalApprovals:
         self.runner = runner
         self.group = group
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._server: asyncio.Server | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
         # One password check at a time: with PAM's delay on failure, guessing stays slow.
         self._pam = asyncio.Lock()
 
-    async def serve(self, path: Path) -> asyncio.Server:
+    async def serve(self, path: Path) -> None:
         """Listen on `path`; the directory must be one only root or this service can change."""
         try:
             grp.getgrnam(self.group)
@@ -94,11 +97,28 @@ class LocalApprovals:
             raise LocalSocketError(
                 f"[approval] approvers_group {self.group!r} does not exist"
             ) from None
-        return await asyncio.start_unix_server(
+        self._server = await asyncio.start_unix_server(
             self._connection, sock=bind(path), limit=MAX_REQUEST_BYTES
         )
 
+    async def stop(self, path: Path) -> None:
+        """Stop listening, let sessions in progress answer (briefly), remove the socket."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        await asyncio.sleep(0)  # sessions accepted but not yet started get to start
+        if self._sessions:
+            _, unfinished = await asyncio.wait(self._sessions, timeout=STOP_GRACE_SECONDS)
+            for session in unfinished:
+                session.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+        path.unlink(missing_ok=True)
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        session = asyncio.current_task()
+        if session is not None:
+            self._sessions.add(session)
+            session.add_done_callback(self._sessions.discard)
         try:
             try:
                 if self._slots.locked():
