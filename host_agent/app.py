@@ -134,6 +134,13 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
 
     host = health or HostHealth(pipeline.metrics)
 
+    async def warn_permissions(request: Request) -> Response:
+        identity = identity_from_scope(request.scope)
+        if not pipeline.config.approval.is_admin(identity.cn):
+            raise ApprovalError(403, "admin_required", "only an admin CN may read the findings")
+        findings = host.permission_findings()
+        return JSONResponse({"count": len(findings), "findings": findings})
+
     async def health_check(request: Request) -> Response:
         identity_from_scope(request.scope)
         return JSONResponse(
@@ -145,6 +152,7 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
             Route("/host/op", host_op, methods=["POST"]),
             Route("/health", health_check, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/admin/warn-permissions", warn_permissions, methods=["GET"]),
             Route("/approvals/{approval_id}", approval_status, methods=["GET"]),
             Route("/pending", own_pending, methods=["GET"]),
             Route("/admin/pending", all_pending, methods=["GET"]),

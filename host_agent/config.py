@@ -78,6 +78,8 @@ class ServerConfig(_Listener):
     client_ca: Path
     crl_file: Path | None
     max_body_bytes: int
+    # Scanned for grants to the service account broader than the wrappers.
+    sudoers_file: Path = Path("/etc/sudoers")
 
 
 @dataclass(frozen=True)
@@ -322,6 +324,7 @@ def _server(t: _Table) -> ServerConfig:
         client_ca=t.path("client_ca", required=True),
         crl_file=t.optional_path("crl_file"),
         max_body_bytes=t.get("max_body_bytes", int, 65536, check=_between(1024, 16 * 2**20)),
+        sudoers_file=t.path("sudoers_file", default="/etc/sudoers"),
     )
     t.finish()
     return config

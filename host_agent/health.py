@@ -2,19 +2,23 @@
 
 Computed when the config is (re)loaded, never per request: the CRL's
 remaining life (an expired CRL fails every handshake) and sudoers grants
-to the service account broader than the wrappers.
+to the service account broader than the wrappers (an agent not running as
+root cannot read /etc/sudoers: that is a finding of its own).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import pwd
 from collections.abc import Callable
 from typing import Any
 
 from host_agent.config import Config
 from host_agent.crl import CrlStatus, read_crl_status
 from host_agent.metrics import Metrics
+from host_agent.sudoers_probe import SudoersProbe
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +33,26 @@ class HostHealth:
         self.metrics = metrics
         self.clock = clock
         self.crl = CrlStatus(None, None)
+        self.sudoers: SudoersProbe | None = None
 
     def refresh(self, config: Config) -> None:
         """Re-read what the config points at (start-up and every reload)."""
         self.crl = read_crl_status(config.server.crl_file)
         if self.crl.next_update is not None:
             self.metrics.crl_next_update.set(self.crl.next_update.timestamp())
+        self.sudoers = SudoersProbe(
+            config.server.sudoers_file, _service_user(config), config.runner.wrapper_dir
+        )
+        self.metrics.sudoers_risky_entries.set(self.sudoers.count)
+        for finding in self.sudoers.findings:
+            log.warning(
+                "sudoers %s:%s: %s %s (%s)",
+                finding.file,
+                finding.line,
+                finding.code,
+                finding.command,
+                finding.detail,
+            )
         self.warn()
 
     def warn(self) -> None:
@@ -57,4 +75,20 @@ class HostHealth:
         crl = self.crl.public(self.clock())
         bad = ("expired", "expiring", "unreadable")
         problems = [f"crl_{crl['state']}"] if crl["state"] in bad else []
-        return {"status": "degraded" if problems else "ok", "problems": problems, "crl": crl}
+        risky = self.sudoers.count if self.sudoers is not None else 0
+        if risky:
+            problems.append("sudoers_risky_entries")
+        return {
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
+            "crl": crl,
+            "sudoers_risky_entries": risky,
+        }
+
+    def permission_findings(self) -> list[dict[str, Any]]:
+        return [] if self.sudoers is None else [f.public() for f in self.sudoers.findings]
+
+
+def _service_user(config: Config) -> str:
+    """The account sudoers is checked for: the configured one, or whoever runs the agent."""
+    return config.runner.service_user or pwd.getpwuid(os.geteuid()).pw_name

@@ -12,7 +12,7 @@ from host_agent.config import Config
 from host_agent.crl import WARN_BEFORE, read_crl_status
 from host_agent.health import HostHealth
 from host_agent.metrics import Metrics
-from tests.support import Pki, RunningAgent, client
+from tests.support import Pki, RunningAgent, client, config_text, running_agent, write_config
 
 
 def health_at(config: Config, moment: dt.datetime) -> HostHealth:
@@ -54,3 +54,27 @@ def test_an_unreadable_or_absent_crl_is_reported_not_raised(tmp_path: Path) -> N
     assert read_crl_status(garbage).state(dt.datetime.now(dt.UTC)) == "unreadable"
     assert read_crl_status(tmp_path / "missing.pem").error is not None
     assert read_crl_status(None).state(dt.datetime.now(dt.UTC)) == "none"
+
+
+def test_risky_sudoers_grants_degrade_health_and_are_listed_for_admins(
+    pki: Pki, tmp_path: Path
+) -> None:
+    sudoers = tmp_path / "sudoers"
+    sudoers.write_text("nobody ALL=(ALL) NOPASSWD: ALL\n")
+    text = config_text(pki, tmp_path, service_user="nobody").replace(
+        "[runner]", f'sudoers_file = "{sudoers}"\n\n[runner]'
+    )
+    config = write_config(tmp_path / "agent.toml", text)
+    with running_agent(config) as agent:
+        with client(agent, pki, "reader-1") as http:
+            health = http.get("/health").json()
+            refused = http.get("/admin/warn-permissions")
+            metrics = http.get("/metrics").text
+        with client(agent, pki, "admin-1") as http:
+            listed = http.get("/admin/warn-permissions").json()
+    assert (health["status"], health["sudoers_risky_entries"]) == ("degraded", 1)
+    assert "sudoers_risky_entries" in health["problems"]
+    assert refused.status_code == 403
+    assert listed["count"] == 1
+    assert (listed["findings"][0]["code"], listed["findings"][0]["line"]) == ("nopasswd_all", 1)
+    assert "host_agent_sudoers_risky_entries 1.0" in metrics
