@@ -11,7 +11,7 @@ VENV=${HOST_AGENT_VENV:-$REPO/.venv}
 if [[ $(id -u) == 0 ]]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq python3-venv sudo zfs-fuse shellcheck curl openssl procps \
+    apt-get install -y -qq python3-venv sudo zfs-fuse shellcheck curl openssl procps logrotate systemd \
         util-linux >/dev/null
 fi
 
@@ -20,7 +20,7 @@ fi
 "$VENV/bin/pip" install -q -e ".[test,ansible]"
 
 echo "== shellcheck"
-shellcheck -x wrappers/* scripts/*.sh \
+shellcheck -x install.sh wrappers/* scripts/*.sh \
     tests/wrappers/* .ci/run
 echo "== ruff"
 "$VENV/bin/ruff" check host_agent tests

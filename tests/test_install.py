@@ -1,0 +1,609 @@
+"""install.sh for real, as root, under --prefix: files, owners, modes, validation,
+a second run that changes nothing, a dry run, the installed agent answering over
+mutual TLS, log rotation, and --uninstall.
+
+One install per module (the package install is the slow part). The tests read
+it and leave it as they found it, except the last one, which uninstalls it.
+"""
+
+from __future__ import annotations
+
+import grp
+import gzip
+import hashlib
+import os
+import pwd
+import secrets
+import shutil
+import ssl
+import stat
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from host_agent import __version__
+from host_agent.config import load_config
+from tests.support import client_context, listening_port, raw_exchange
+from tests.system import REPO, require_root_tools, run
+
+pytestmark = pytest.mark.root
+
+INSTALL_TIMEOUT = 600
+# Installed with a listener on a free port, reported by the agent when it starts.
+BIND = "127.0.0.1:0"
+# Settings that imply NoNewPrivileges=yes for a unit with User= (systemd.exec(5)),
+# which would stop sudo; or put the service in its own mount namespace, where
+# the wrappers' zfs mounts would stay.
+FORBIDDEN_UNIT_KEYS = {
+    "NoNewPrivileges",
+    "DynamicUser",
+    "LockPersonality",
+    "MemoryDenyWriteExecute",
+    "PrivateDevices",
+    "ProtectClock",
+    "ProtectHostname",
+    "ProtectKernelLogs",
+    "ProtectKernelModules",
+    "ProtectKernelTunables",
+    "RestrictAddressFamilies",
+    "RestrictNamespaces",
+    "RestrictRealtime",
+    "RestrictSUIDSGID",
+    "SystemCallArchitectures",
+    "SystemCallFilter",
+    "SystemCallLog",
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "PrivateMounts",
+    "ReadOnlyPaths",
+    "ReadWritePaths",
+    "InaccessiblePaths",
+    "ProtectControlGroups",
+    "ProtectProc",
+    "ProcSubset",
+    "BindPaths",
+    "TemporaryFileSystem",
+    "PrivateUsers",
+    "PrivateNetwork",
+    "CapabilityBoundingSet",
+}
+
+
+@dataclass(frozen=True)
+class Installed:
+    source: Path  # the checkout install.sh runs from
+    prefix: Path
+    user: str
+    approvers: str
+    first_run: str
+
+    def path(self, absolute: str) -> Path:
+        return self.prefix / absolute.lstrip("/")
+
+    def install(self, *options: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return install_sh(
+            self.source, self.prefix, self.user, self.approvers, *options, check=check
+        )
+
+    @property
+    def ids(self) -> tuple[int, int]:
+        entry = pwd.getpwnam(self.user)
+        return entry.pw_uid, entry.pw_gid
+
+
+def install_sh(
+    source: Path, prefix: Path, user: str, approvers: str, *options: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    argv = [str(source / "install.sh"), "--prefix", str(prefix), "--user", user]
+    argv += ["--approvers-group", approvers, *options]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
+    if check and done.returncode != 0:
+        raise AssertionError(f"install.sh failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return done
+
+
+def remove_accounts(user: str, *groups: str) -> None:
+    run("userdel", user, check=False)
+    for group in groups:
+        run("groupdel", group, check=False)
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[Path]:
+    """A world-readable scratch directory: the service account must reach into it."""
+    require_root_tools("visudo", "logrotate", "useradd", "groupadd", "runuser")
+    directory = Path(tempfile.mkdtemp(prefix="ha-install-", dir="/tmp"))
+    directory.chmod(0o755)
+    # A snapshot of the checkout, so edits made meanwhile cannot change the second run.
+    shutil.copytree(
+        REPO,
+        directory / "source",
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", ".demo", "build", "*.egg-info", "__pycache__", ".*_cache", "tests"
+        ),
+    )
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
+@pytest.fixture(scope="module")
+def installed(base: Path) -> Iterator[Installed]:
+    prefix = base / "prefix"
+    prefix.mkdir(mode=0o755)
+    suffix = secrets.token_hex(3)
+    user, approvers = f"ha-inst-{suffix}", f"ha-appr-{suffix}"
+    try:
+        done = install_sh(base / "source", prefix, user, approvers, "--bind", BIND)
+        yield Installed(base / "source", prefix, user, approvers, done.stdout)
+    finally:
+        remove_accounts(user, user, approvers)
+
+
+def attributes(path: Path) -> tuple[str, str, str]:
+    info = path.lstat()
+    return (
+        oct(stat.S_IMODE(info.st_mode)),
+        pwd.getpwuid(info.st_uid).pw_name,
+        grp.getgrgid(info.st_gid).gr_name,
+    )
+
+
+def manifest(root: Path) -> list[tuple[str, int, int, int, str]]:
+    """Every entry under `root`: path, mode, owner, group, and content hash or link target."""
+    entries = []
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            content = os.readlink(path)
+        elif stat.S_ISREG(info.st_mode):
+            content = hashlib.sha256(path.read_bytes()).hexdigest()
+        else:
+            content = ""
+        entries.append(
+            (str(path.relative_to(root)), info.st_mode, info.st_uid, info.st_gid, content)
+        )
+    return entries
+
+
+def test_first_run_reports_every_step_and_counts_the_changes(installed: Installed) -> None:
+    lines = installed.first_run.splitlines()
+    steps = lines[: lines.index("")]
+    assert all(line.split()[0] in ("created", "updated", "unchanged") for line in steps[:-1])
+    created = sum(line.startswith(("created", "updated")) for line in steps)
+    assert steps[-1] == f"{created} change(s) made"
+    assert f"created user {installed.user} (system account, no login shell, no home)" in steps
+
+
+def test_service_account_is_a_system_account_without_login_or_home(installed: Installed) -> None:
+    entry = pwd.getpwnam(installed.user)
+    assert entry.pw_uid < 1000
+    assert entry.pw_shell == "/usr/sbin/nologin"
+    assert not Path(entry.pw_dir).exists()
+    assert grp.getgrgid(entry.pw_gid).gr_name == installed.user
+    assert grp.getgrnam(installed.approvers).gr_gid < 1000
+
+
+@pytest.mark.parametrize(
+    ("path", "mode", "owner", "group"),
+    [
+        ("/etc/host-agent", "0o750", "root", "SERVICE"),
+        ("/etc/host-agent/agent.toml", "0o640", "root", "SERVICE"),
+        ("/etc/host-agent/wrappers.conf", "0o644", "root", "root"),
+        ("/etc/host-agent/certs", "0o750", "root", "SERVICE"),
+        ("/etc/host-agent/certs/ca.crt", "0o644", "root", "root"),
+        ("/etc/host-agent/certs/ca.key", "0o600", "root", "root"),
+        ("/etc/host-agent/certs/server.crt", "0o644", "root", "root"),
+        ("/etc/host-agent/certs/server.key", "0o640", "root", "SERVICE"),
+        ("/etc/host-agent/certs/crl.pem", "0o644", "root", "root"),
+        ("/etc/sudoers.d/host-agent", "0o440", "root", "root"),
+        ("/etc/pam.d/host-agent", "0o644", "root", "root"),
+        ("/etc/logrotate.d/host-agent", "0o644", "root", "root"),
+        ("/etc/systemd/system/host-agent.service", "0o644", "root", "root"),
+        ("/usr/local/libexec/host-agent", "0o755", "root", "root"),
+        ("/usr/local/libexec/host-agent/host-agent-lib.sh", "0o644", "root", "root"),
+        ("/opt/host-agent/venv", "0o755", "root", "root"),
+        ("/opt/host-agent/venv/bin/host-agent", "0o755", "root", "root"),
+        ("/var/log/host-agent", "0o750", "SERVICE", "SERVICE"),
+        ("/var/lib/host-agent", "0o700", "SERVICE", "SERVICE"),
+        ("/run/host-agent", "0o755", "SERVICE", "SERVICE"),
+    ],
+)
+def test_installed_file_has_its_owner_and_mode(
+    installed: Installed, path: str, mode: str, owner: str, group: str
+) -> None:
+    service = installed.user
+    expected = (mode, owner.replace("SERVICE", service), group.replace("SERVICE", service))
+    assert attributes(installed.path(path)) == expected
+
+
+def test_every_wrapper_is_installed_root_owned_and_executable(installed: Installed) -> None:
+    sources = sorted(
+        path
+        for path in (REPO / "wrappers").glob("host-agent-*")
+        if path.name != "host-agent-lib.sh"
+    )
+    directory = installed.path("/usr/local/libexec/host-agent")
+    assert sorted(path.name for path in directory.iterdir()) == sorted(
+        [*(path.name for path in sources), "host-agent-lib.sh"]
+    )
+    for source in sources:
+        assert attributes(directory / source.name) == ("0o755", "root", "root")
+        assert (directory / source.name).read_bytes() == source.read_bytes()
+
+
+def test_nothing_installed_is_writable_by_anyone_but_its_owner(installed: Installed) -> None:
+    writable = [
+        str(path)
+        for path in installed.prefix.rglob("*")
+        if not path.is_symlink() and path.lstat().st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    ]
+    assert writable == []
+
+
+def test_command_link_points_into_the_virtualenv(installed: Installed) -> None:
+    link = installed.path("/usr/local/bin/host-agent")
+    assert os.readlink(link) == str(installed.path("/opt/host-agent/venv/bin/host-agent"))
+    assert run(str(link), "--version").stdout == f"host-agent {__version__}\n"
+
+
+def test_sudoers_drop_in_validates_and_grants_exactly_the_installed_wrappers(
+    installed: Installed,
+) -> None:
+    sudoers = installed.path("/etc/sudoers.d/host-agent")
+    assert run("visudo", "-cf", str(sudoers)).returncode == 0
+    text = sudoers.read_text()
+    rules = " ".join(line for line in text.splitlines() if not line.startswith("#"))
+    directory = installed.path("/usr/local/libexec/host-agent")
+    grants = {word.rstrip(",") for word in rules.split() if word.startswith(str(installed.prefix))}
+    assert grants == {
+        str(directory / name)
+        for name in (
+            "host-agent-zfs",
+            "host-agent-systemd",
+            "host-agent-pct",
+            "host-agent-git",
+            "host-agent-exec",
+            "host-agent-pam",
+        )
+    }
+    assert f"{installed.user} ALL=(root) NOPASSWD:" in text
+    assert "@SERVICE_USER@" not in text and "@WRAPPER_DIR@" not in text
+
+
+def test_pam_service_file_is_the_shipped_one(installed: Installed) -> None:
+    assert (
+        installed.path("/etc/pam.d/host-agent").read_bytes()
+        == (REPO / "pam/host-agent").read_bytes()
+    )
+
+
+def test_wrappers_read_the_installed_allowlist_file(installed: Installed) -> None:
+    conf = installed.path("/etc/host-agent/wrappers.conf")
+    lib = installed.path("/usr/local/libexec/host-agent/host-agent-lib.sh").read_text()
+    assert f"readonly HA_WRAPPER_CONFIG={conf}\n" in lib
+    lines = conf.read_text().splitlines()
+    assert f"python_bin={installed.path('/opt/host-agent/venv/bin/python')}" in lines
+    assert f"approvers_group={installed.approvers}" in lines
+
+
+def test_config_skeleton_passes_check_config_with_the_installed_paths(installed: Installed) -> None:
+    path = installed.path("/etc/host-agent/agent.toml")
+    checked = run(str(installed.path("/usr/local/bin/host-agent")), "check-config", str(path))
+    assert checked.stdout.strip() == f"{path}: OK (1 agent profile(s), 0 rule(s))"
+    assert checked.stderr == ""
+    config = load_config(path)
+    certs = installed.path("/etc/host-agent/certs")
+    assert config.server.bind == BIND
+    assert (config.server.cert, config.server.key) == (certs / "server.crt", certs / "server.key")
+    assert (config.server.client_ca, config.server.crl_file) == (
+        certs / "ca.crt",
+        certs / "crl.pem",
+    )
+    assert config.runner.service_user == installed.user
+    assert config.runner.wrapper_dir == installed.path("/usr/local/libexec/host-agent")
+    assert config.audit.log_path == installed.path("/var/log/host-agent/audit.jsonl")
+    assert config.audit.retention_days == 90
+    assert config.approval.store_path == installed.path("/var/lib/host-agent/approvals.sqlite3")
+    assert config.approval.local_socket == installed.path("/run/host-agent/approve.sock")
+    assert config.approval.approvers_group == installed.approvers
+    assert config.binaries.python == installed.path("/opt/host-agent/venv/bin/python")
+    [profile] = config.agents
+    assert profile.autonomy.value == "read_only"
+
+
+def test_logrotate_config_validates_and_rotates_by_renaming(installed: Installed) -> None:
+    config = installed.path("/etc/logrotate.d/host-agent")
+    with tempfile.TemporaryDirectory() as scratch:
+        checked = run("logrotate", "-d", "-s", f"{scratch}/state", str(config), check=False)
+    assert checked.returncode == 0, checked.stderr
+    assert "error" not in checked.stderr.lower()
+    lines = config.read_text().splitlines()
+    directives = [line.split() for line in lines if line.strip() and not line.startswith("#")]
+    group = installed.user
+    for expected in (
+        ["daily"],
+        ["rotate", "90"],
+        ["compress"],
+        ["delaycompress"],
+        ["nodateext"],
+        ["missingok"],
+        ["notifempty"],
+        ["sharedscripts"],
+        ["create", "0640", installed.user, group],
+        ["su", installed.user, group],
+    ):
+        assert expected in directives
+    assert not any("copytruncate" in words for words in directives)
+    assert directives[0] == [f"{installed.path('/var/log/host-agent/audit.jsonl')}", "{"]
+
+
+def test_unit_file_passes_systemd_analyze_verify(installed: Installed) -> None:
+    require_root_tools("systemd-analyze")
+    unit = installed.path("/etc/systemd/system/host-agent.service")
+    done = run("systemd-analyze", "verify", str(unit), check=False)
+    assert done.returncode == 0, done.stderr
+    assert unit.name not in done.stdout + done.stderr
+
+
+def test_unit_runs_the_installed_agent_as_the_service_account_with_sudo_intact(
+    installed: Installed,
+) -> None:
+    settings = [
+        line.split("=", 1)
+        for line in installed.path("/etc/systemd/system/host-agent.service")
+        .read_text()
+        .splitlines()
+        if "=" in line and not line.startswith("#")
+    ]
+    values = dict(settings)
+    venv, config = (
+        installed.path("/opt/host-agent/venv"),
+        installed.path("/etc/host-agent/agent.toml"),
+    )
+    assert values["Type"] == "notify"
+    assert values["ExecStart"] == f"{venv}/bin/host-agent serve --config {config}"
+    assert values["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert (values["User"], values["Group"]) == (installed.user, installed.user)
+    assert (values["RuntimeDirectory"], values["RuntimeDirectoryMode"]) == ("host-agent", "0755")
+    assert (values["StateDirectory"], values["StateDirectoryMode"]) == ("host-agent", "0700")
+    assert (values["LogsDirectory"], values["LogsDirectoryMode"]) == ("host-agent", "0750")
+    assert values["UMask"] == "0027"
+    assert FORBIDDEN_UNIT_KEYS.isdisjoint(key for key, _ in settings)
+
+
+def test_second_run_changes_nothing_and_says_so(installed: Installed) -> None:
+    before = manifest(installed.prefix)
+    done = installed.install("--bind", BIND)
+    assert manifest(installed.prefix) == before
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "nothing to change"
+    assert [line for line in lines[:-1] if not line.startswith("unchanged ")] == []
+    assert done.stderr == ""
+
+
+def test_dry_run_on_the_installed_prefix_finds_nothing_to_change(installed: Installed) -> None:
+    before = manifest(installed.prefix)
+    done = installed.install("--dry-run")
+    assert done.stdout.splitlines()[-1] == "nothing to change"
+    assert manifest(installed.prefix) == before
+
+
+def test_a_changed_mode_is_put_right_and_reported(installed: Installed) -> None:
+    conf = installed.path("/etc/host-agent/wrappers.conf")
+    conf.chmod(0o666)
+    done = installed.install()
+    assert f"updated {conf} (mode 0644, root:root)" in done.stdout.splitlines()
+    assert attributes(conf) == ("0o644", "root", "root")
+    assert installed.install().stdout.splitlines()[-1] == "nothing to change"
+
+
+def test_dry_run_on_a_fresh_prefix_changes_nothing(installed: Installed, base: Path) -> None:
+    prefix = Path(tempfile.mkdtemp(dir=base))
+    suffix = secrets.token_hex(3)
+    user, approvers = f"ha-dry-{suffix}", f"ha-dryap-{suffix}"
+    try:
+        done = install_sh(installed.source, prefix, user, approvers, "--dry-run")
+        assert list(prefix.iterdir()) == []
+        assert run("id", user, check=False).returncode != 0
+        assert run("getent", "group", approvers, check=False).returncode != 0
+    finally:
+        remove_accounts(user, user, approvers)
+    lines = done.stdout.splitlines()
+    assert f"would create user {user} (system account, no login shell, no home)" in lines
+    assert f"would create {prefix}/etc/sudoers.d/host-agent (mode 0440, root:root)" in lines
+    assert lines[-1].startswith("dry run: ") and lines[-1].endswith("none was")
+
+
+def test_refuses_to_run_as_another_user_than_root(installed: Installed) -> None:
+    before = manifest(installed.prefix)
+    argv = [str(installed.source / "install.sh"), "--prefix", str(installed.prefix)]
+    done = run("runuser", "-u", "nobody", "--", *argv, check=False)
+    assert done.returncode == 77
+    assert "run as root" in done.stderr
+    assert manifest(installed.prefix) == before
+
+
+@pytest.fixture
+def agent_port(installed: Installed) -> Iterator[int]:
+    """The installed agent, started as the service account as the unit would."""
+    uid, gid = installed.ids
+    process = subprocess.Popen(
+        [
+            str(installed.path("/opt/host-agent/venv/bin/host-agent")),
+            "serve",
+            "--config",
+            str(installed.path("/etc/host-agent/agent.toml")),
+        ],
+        user=uid,
+        group=gid,
+        extra_groups=[],
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield listening_port(process)
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
+
+
+def test_installed_agent_answers_a_client_of_the_installed_ca(
+    installed: Installed, agent_port: int
+) -> None:
+    certs = installed.path("/etc/host-agent/certs")
+    cn = f"monitor-{secrets.token_hex(3)}"
+    run(str(installed.path("/usr/local/bin/host-agent")), "certs", "client", str(certs), cn)
+    context = client_context(certs / "ca.crt", certs / f"{cn}.crt", certs / f"{cn}.key")
+    with httpx.Client(base_url=f"https://127.0.0.1:{agent_port}", verify=context) as client:
+        reply = client.get("/health")
+    assert reply.status_code == 200
+    assert (reply.json()["version"], reply.json()["crl"]["state"]) == (__version__, "ok")
+    try:
+        anonymous = raw_exchange(agent_port, client_context(certs / "ca.crt"))
+    except (ssl.SSLError, OSError):
+        anonymous = b""
+    assert anonymous == b""
+    log = installed.path("/var/log/host-agent/audit.jsonl")
+    assert attributes(log) == ("0o640", installed.user, installed.user)
+    assert stat.S_ISSOCK(installed.path("/run/host-agent/approve.sock").lstat().st_mode)
+
+
+# Stands in for the agent behind the pid file: reports the SIGHUP it receives.
+HUP_RECORDER = """
+import signal
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+print("ready", flush=True)
+signal.sigwait({signal.SIGHUP})
+print("HUP", flush=True)
+"""
+
+
+def hup_recorder(user: int | None = None) -> subprocess.Popen[str]:
+    # The system Python: the service account cannot reach the test's interpreter.
+    process = subprocess.Popen(
+        ["/usr/bin/python3", "-c", HUP_RECORDER], user=user, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    return process
+
+
+def test_logrotate_renames_creates_compresses_and_signals_only_the_service(
+    installed: Installed, base: Path
+) -> None:
+    uid, gid = installed.ids
+    log = installed.path("/var/log/host-agent/audit.jsonl")
+    pid_file = installed.path("/run/host-agent/host-agent.pid")
+    argv = ["logrotate", "-f", "-s", str(base / "logrotate.state")]
+    argv.append(str(installed.path("/etc/logrotate.d/host-agent")))
+
+    def write(text: str) -> None:
+        log.write_text(text)
+        os.chown(log, uid, gid)
+        log.chmod(0o640)
+
+    def rotate(recorder: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
+        pid_file.write_text(f"{recorder.pid}\n")
+        try:
+            return run(*argv, check=False)
+        finally:
+            pid_file.unlink()
+
+    try:
+        write('{"seq": 1}\n')
+        recorder = hup_recorder(uid)
+        assert rotate(recorder).returncode == 0
+        assert recorder.communicate(timeout=10)[0] == "HUP\n"
+        assert installed.path("/var/log/host-agent/audit.jsonl.1").read_text() == '{"seq": 1}\n'
+        assert log.read_text() == ""
+        assert attributes(log) == ("0o640", installed.user, installed.user)
+
+        write('{"seq": 2}\n')
+        recorder = hup_recorder(uid)
+        assert rotate(recorder).returncode == 0
+        assert recorder.communicate(timeout=10)[0] == "HUP\n"
+        assert installed.path("/var/log/host-agent/audit.jsonl.1").read_text() == '{"seq": 2}\n'
+        rotated = installed.path("/var/log/host-agent/audit.jsonl.2.gz")
+        assert gzip.decompress(rotated.read_bytes()) == b'{"seq": 1}\n'
+
+        # A stale pid file naming someone else's process: that process gets nothing.
+        write('{"seq": 3}\n')
+        stranger = hup_recorder()
+        try:
+            failed = rotate(stranger)
+            with pytest.raises(subprocess.TimeoutExpired):
+                stranger.wait(1)
+        finally:
+            stranger.kill()
+            stranger.communicate()
+        assert failed.returncode != 0
+        assert "Operation not permitted" in failed.stderr
+    finally:
+        for rotated_log in installed.path("/var/log/host-agent").glob("audit.jsonl.*"):
+            rotated_log.unlink()
+
+
+def test_install_wrappers_script_keeps_its_interface(installed: Installed, base: Path) -> None:
+    """`install-wrappers.sh DIR CONFIG USER SUDOERS`, as demo.sh and tests/system.py run it."""
+    root = Path(tempfile.mkdtemp(dir=base))
+    root.chmod(0o755)
+    argv = [str(installed.source / "scripts/install-wrappers.sh"), str(root / "libexec")]
+    argv += [str(root / "wrappers.conf"), installed.user, str(root / "sudoers")]
+    first = run(*argv)
+    assert f"created {root}/sudoers (mode 0440, root:root)" in first.stdout.splitlines()
+    assert run("visudo", "-cf", str(root / "sudoers")).returncode == 0
+    lib = (root / "libexec/host-agent-lib.sh").read_text()
+    assert f"readonly HA_WRAPPER_CONFIG={root}/wrappers.conf\n" in lib
+    assert all(line.startswith("unchanged ") for line in run(*argv).stdout.splitlines())
+
+
+def test_uninstall_removes_what_it_installed_and_keeps_logs_approvals_and_config(
+    installed: Installed,
+) -> None:
+    """Runs last: it takes the module's install away."""
+    marker = installed.path("/var/lib/host-agent/approvals.sqlite3")
+    marker.touch()
+    kept = [
+        "/etc/host-agent/agent.toml",
+        "/etc/host-agent/wrappers.conf",
+        "/etc/host-agent/certs/ca.key",
+        "/etc/host-agent/certs/server.key",
+        "/var/log/host-agent",
+        "/var/lib/host-agent/approvals.sqlite3",
+    ]
+    removed = [
+        "/opt/host-agent",
+        "/usr/local/libexec/host-agent",
+        "/usr/local/bin/host-agent",
+        "/etc/sudoers.d/host-agent",
+        "/etc/pam.d/host-agent",
+        "/etc/logrotate.d/host-agent",
+        "/etc/systemd/system/host-agent.service",
+        "/run/host-agent",
+    ]
+    before = manifest(installed.prefix)
+    planned = installed.install("--uninstall", "--dry-run").stdout.splitlines()
+    assert manifest(installed.prefix) == before
+    assert f"would remove {installed.path('/etc/sudoers.d/host-agent')}" in planned
+
+    done = installed.install("--uninstall")
+    assert [path for path in removed if os.path.lexists(installed.path(path))] == []
+    assert [path for path in kept if not installed.path(path).exists()] == []
+    lines = done.stdout.splitlines()
+    assert f"kept {installed.path('/var/log/host-agent')} (audit logs)" in lines
+    assert f"kept {installed.path('/var/lib/host-agent')} (approvals)" in lines
+    assert lines[-1].startswith("To remove the rest too: rm -rf ")
+    assert pwd.getpwnam(installed.user).pw_name == installed.user
+
+    again = installed.install("--uninstall").stdout.splitlines()
+    assert "nothing to change" in again
+    assert [line for line in again if line.startswith(("removed", "updated", "created"))] == []
