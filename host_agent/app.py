@@ -138,8 +138,7 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
         identity = identity_from_scope(request.scope)
         if not pipeline.config.approval.is_admin(identity.cn):
             raise ApprovalError(403, "admin_required", "only an admin CN may read the findings")
-        findings = host.permission_findings()
-        return JSONResponse({"count": len(findings), "findings": findings})
+        return JSONResponse(host.permission_findings())
 
     async def health_check(request: Request) -> Response:
         identity_from_scope(request.scope)

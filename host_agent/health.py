@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import pwd
 from collections.abc import Callable
@@ -34,15 +35,24 @@ class HostHealth:
         self.clock = clock
         self.crl = CrlStatus(None, None)
         self.sudoers: SudoersProbe | None = None
+        self.sudoers_unchecked: str | None = None
 
     def refresh(self, config: Config) -> None:
         """Re-read what the config points at (start-up and every reload)."""
         self.crl = read_crl_status(config.server.crl_file)
         if self.crl.next_update is not None:
             self.metrics.crl_next_update.set(self.crl.next_update.timestamp())
-        self.sudoers = SudoersProbe(
-            config.server.sudoers_file, _service_user(config), config.runner.wrapper_dir
-        )
+        sudoers = config.server.sudoers_file
+        if os.geteuid() != 0 and not os.access(sudoers, os.R_OK):
+            # The usual case under the systemd unit (User=): not a finding, but not a pass.
+            self.sudoers = None
+            self.sudoers_unchecked = f"{sudoers} is not readable by this unprivileged process"
+            self.metrics.sudoers_risky_entries.set(math.nan)
+            log.warning("sudoers not checked: %s", self.sudoers_unchecked)
+            self.warn()
+            return
+        self.sudoers_unchecked = None
+        self.sudoers = SudoersProbe(sudoers, _service_user(config), config.runner.wrapper_dir)
         self.metrics.sudoers_risky_entries.set(self.sudoers.count)
         for finding in self.sudoers.findings:
             log.warning(
@@ -75,7 +85,7 @@ class HostHealth:
         crl = self.crl.public(self.clock())
         bad = ("expired", "expiring", "unreadable")
         problems = [f"crl_{crl['state']}"] if crl["state"] in bad else []
-        risky = self.sudoers.count if self.sudoers is not None else 0
+        risky = self.sudoers.count if self.sudoers is not None else None
         if risky:
             problems.append("sudoers_risky_entries")
         return {
@@ -83,10 +93,14 @@ class HostHealth:
             "problems": problems,
             "crl": crl,
             "sudoers_risky_entries": risky,
+            **({"sudoers_unchecked": self.sudoers_unchecked} if self.sudoers_unchecked else {}),
         }
 
-    def permission_findings(self) -> list[dict[str, Any]]:
-        return [] if self.sudoers is None else [f.public() for f in self.sudoers.findings]
+    def permission_findings(self) -> dict[str, Any]:
+        if self.sudoers is None:
+            return {"checked": False, "reason": self.sudoers_unchecked, "count": None}
+        findings = [finding.public() for finding in self.sudoers.findings]
+        return {"checked": True, "count": len(findings), "findings": findings}
 
 
 def _service_user(config: Config) -> str:

@@ -467,7 +467,15 @@ def test_installed_agent_answers_a_client_of_the_installed_ca(
     with httpx.Client(base_url=f"https://127.0.0.1:{agent_port}", verify=context) as client:
         reply = client.get("/health")
     assert reply.status_code == 200
-    assert (reply.json()["version"], reply.json()["crl"]["state"]) == (__version__, "ok")
+    health = reply.json()
+    assert (health["version"], health["crl"]["state"], health["status"]) == (
+        __version__,
+        "ok",
+        "ok",
+    )
+    # Run as the service account, it cannot read /etc/sudoers: unchecked, not a finding.
+    assert health["sudoers_risky_entries"] is None
+    assert "not readable" in health["sudoers_unchecked"]
     try:
         anonymous = raw_exchange(agent_port, client_context(certs / "ca.crt"))
     except (ssl.SSLError, OSError):
