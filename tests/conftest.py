@@ -1,13 +1,23 @@
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from host_agent.config import Config
+from tests.signal_bridge import SignalBridge, running_bridge
 from tests.support import Pki, RunningAgent, config_text, make_pki, running_agent, write_config
-from tests.system import PROBE, Pool, System, installed_system, require_root_tools, zfs_pool
+from tests.system import (
+    PROBE,
+    Pool,
+    System,
+    installed_system,
+    require_root_tools,
+    run,
+    zfs_pool,
+)
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +84,19 @@ def operator_agent(system: System, pool: Pool, pki: Pki, tmp_path: Path) -> Iter
     config = system.agent_config(pki, tmp_path, name="operator", profiles=OPERATOR)
     with running_agent(config) as agent:
         yield agent
+
+
+@pytest.fixture
+def bridge() -> Iterator[SignalBridge]:
+    """A loopback signal-cli-rest-api stand-in (see tests/signal_bridge.py)."""
+    with running_bridge() as running:
+        yield running
+
+
+@pytest.fixture
+def snapshot(pool: Pool) -> Iterator[str]:
+    """A fresh snapshot of `<pool>/data` for one test (destroyed afterwards if still there)."""
+    name = f"{pool.name}/data@approve-{time.monotonic_ns()}"
+    run("zfs", "snapshot", name)
+    yield name
+    run("zfs", "destroy", name, check=False)

@@ -30,6 +30,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 Json = dict[str, Any]
 
 
+# The bridge's own number (the sender of every outgoing message).
+BRIDGE_NUMBER = "+15555550000"
+
+
 def uuid_for(number: str) -> str:
     """A stable ACI UUID per number, as Signal would report it."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"signal:{number}"))
@@ -317,7 +321,7 @@ def _handler(bridge: SignalBridge) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def running_bridge(number: str = "+15555550000") -> Iterator[SignalBridge]:
+def running_bridge(number: str = BRIDGE_NUMBER) -> Iterator[SignalBridge]:
     bridge = SignalBridge(number).start()
     try:
         yield bridge

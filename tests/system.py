@@ -36,11 +36,13 @@ def require_root_tools(*tools: str) -> None:
 
 
 def run(
-    *argv: str, user: str | None = None, check: bool = True
+    *argv: str, user: str | None = None, check: bool = True, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     if user is not None:
         argv = ("runuser", "-u", user, "--", *argv)
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=check)
+    return subprocess.run(
+        argv, input=stdin, capture_output=True, text=True, timeout=60, check=check
+    )
 
 
 @contextmanager

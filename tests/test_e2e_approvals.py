@@ -7,7 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +16,15 @@ import pytest
 
 from host_agent.approvals.signal import SIGNATURE_HEADER, sign
 from host_agent.config import Config
-from tests.signal_bridge import SignalBridge, envelope, jsonrpc_receive, running_bridge
+from tests.approval_flow import destroy, get, post, request_approval, status, token_sent, wait_for
+from tests.signal_bridge import BRIDGE_NUMBER, SignalBridge, envelope, jsonrpc_receive
 from tests.support import Pki, RunningAgent, audit_records, client, running_agent
 from tests.system import Pool, System, run
 
 pytestmark = pytest.mark.root
 
 SECRET = "s" * 40
-BRIDGE_NUMBER = "+15555550000"
 APPROVER = "+15555550001"
-
-
-@pytest.fixture
-def bridge() -> Iterator[SignalBridge]:
-    with running_bridge(BRIDGE_NUMBER) as running:
-        yield running
 
 
 def configured(
@@ -64,44 +58,6 @@ def live(config: Config) -> Iterator[RunningAgent]:
         yield agent
 
 
-@pytest.fixture
-def snapshot(pool: Pool) -> Iterator[str]:
-    name = f"{pool.name}/data@approve-{time.monotonic_ns()}"
-    run("zfs", "snapshot", name)
-    yield name
-    run("zfs", "destroy", name, check=False)
-
-
-def destroy(snapshot: str, **extra: Any) -> dict[str, Any]:
-    return {"kind": "zfs", "resource": snapshot, "args": ["destroy"], **extra}
-
-
-def post(agent: RunningAgent, pki: Pki, cn: str, path: str, body: Any, **kw: Any) -> httpx.Response:
-    with client(agent, pki, cn) as http:
-        return http.post(path, json=body, **kw)
-
-
-def get(agent: RunningAgent, pki: Pki, cn: str, path: str) -> httpx.Response:
-    with client(agent, pki, cn) as http:
-        return http.get(path)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
-def token_sent(bridge: SignalBridge) -> str:
-    """The token from the last message the agent sent to the approvers."""
-    message = wait_for(lambda: bridge.sent)[-1]["message"]
-    return str(message.rsplit("APPROVE ", 1)[1].split()[0])
-
-
 def signed_reply(text: str, sender: str = APPROVER, when_ms: int | None = None) -> bytes:
     when_ms = when_ms if when_ms is not None else int(time.time() * 1000)
     return json.dumps(jsonrpc_receive(envelope(sender, text, when_ms), BRIDGE_NUMBER)).encode()
@@ -115,16 +71,6 @@ def webhook(
         headers[SIGNATURE_HEADER] = sign(SECRET.encode(), body)
     with client(agent, pki, cn) as http:
         return http.post("/webhook/signal", content=body, headers=headers)
-
-
-def request_approval(agent: RunningAgent, pki: Pki, snapshot: str) -> str:
-    reply = post(agent, pki, "librarian-1", "/host/op", destroy(snapshot, reason="free space"))
-    assert reply.status_code == 202, reply.text
-    return str(reply.json()["approval_id"])
-
-
-def status(agent: RunningAgent, pki: Pki, approval_id: str, cn: str = "librarian-1") -> str:
-    return str(get(agent, pki, cn, f"/approvals/{approval_id}").json()["status"])
 
 
 def test_full_flow_through_the_signed_webhook(

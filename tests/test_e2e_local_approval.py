@@ -24,19 +24,10 @@ import pytest
 from host_agent import cli
 from host_agent.approvals.local_client import Connection
 from host_agent.config import Config
-from tests.signal_bridge import SignalBridge
+from tests.approval_flow import destroy, post, request_approval, status, token_sent
+from tests.signal_bridge import BRIDGE_NUMBER, SignalBridge
 from tests.support import Pki, RunningAgent, audit_records, running_agent
 from tests.system import REPO, Pool, System, run
-from tests.test_e2e_approvals import (  # noqa: F401  (fixtures)
-    BRIDGE_NUMBER,
-    bridge,
-    destroy,
-    post,
-    request_approval,
-    snapshot,
-    status,
-    token_sent,
-)
 
 pytestmark = pytest.mark.root
 
@@ -80,18 +71,12 @@ def people(pam_service: Path) -> Iterator[People]:
         for name in accounts:
             member = [] if name == made.outsider else ["-G", group]
             run("useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", *member, name)
-        chpasswd = "".join(f"{name}:{PASSWORD}\n" for name in accounts)
-        done = run_with_input(("chpasswd",), chpasswd)
-        assert done.returncode == 0, done.stderr
+        run("chpasswd", stdin="".join(f"{name}:{PASSWORD}\n" for name in accounts))
         yield made
     finally:
         for name in accounts:
             run("userdel", name, check=False)
         run("groupdel", group, check=False)
-
-
-def run_with_input(argv: tuple[str, ...], text: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, input=text, capture_output=True, text=True, timeout=60)
 
 
 @pytest.fixture
@@ -122,7 +107,7 @@ def config(
     pool: Pool,
     pki: Pki,
     tmp_path: Path,
-    bridge: SignalBridge,  # noqa: F811
+    bridge: SignalBridge,
     people: People,
     socket_path: Path,
 ) -> Config:
@@ -207,8 +192,8 @@ def test_an_approver_with_the_right_password_approves_and_the_operation_runs(
     config: Config,
     pki: Pki,
     pool: Pool,
-    bridge: SignalBridge,  # noqa: F811
-    snapshot: str,  # noqa: F811
+    bridge: SignalBridge,
+    snapshot: str,
     people: People,
     socket_path: Path,
 ) -> None:
@@ -233,7 +218,7 @@ def test_on_the_host_the_approval_id_stands_for_the_token_and_deny_ends_it(
     config: Config,
     pki: Pki,
     pool: Pool,
-    snapshot: str,  # noqa: F811
+    snapshot: str,
     people: People,
     socket_path: Path,
 ) -> None:
@@ -268,8 +253,8 @@ def test_refused_and_audited_and_nothing_runs(
     config: Config,
     pki: Pki,
     pool: Pool,
-    bridge: SignalBridge,  # noqa: F811
-    snapshot: str,  # noqa: F811
+    bridge: SignalBridge,
+    snapshot: str,
     people: People,
     socket_path: Path,
     who: str,
@@ -376,9 +361,9 @@ def test_hostile_passwords_are_only_ever_wrong(
     config: Config,
     people: People,
     socket_path: Path,
-    bridge: SignalBridge,  # noqa: F811
+    bridge: SignalBridge,
     pki: Pki,
-    snapshot: str,  # noqa: F811
+    snapshot: str,
     password: str,
 ) -> None:
     approval_id = request_approval(live, pki, snapshot)
@@ -448,8 +433,8 @@ def pam_wrapper(
     system: System, *argv: str, password: str = PASSWORD
 ) -> subprocess.CompletedProcess[str]:
     wrapper = str(system.wrappers.directory / "host-agent-pam")
-    return run_with_input(
-        ("runuser", "-u", system.user, "--", "sudo", "-n", "--", wrapper, *argv), f"{password}\n"
+    return run(
+        "sudo", "-n", "--", wrapper, *argv, user=system.user, check=False, stdin=f"{password}\n"
     )
 
 

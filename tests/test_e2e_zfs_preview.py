@@ -5,16 +5,16 @@ wrapper's read-only `tree` through real sudo on a real zfs-fuse pool, which it l
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from host_agent.config import Config
+from tests.approval_flow import post, wait_for
 from tests.hostile import HOSTILE_NAMES
-from tests.signal_bridge import SignalBridge, running_bridge
+from tests.signal_bridge import BRIDGE_NUMBER, SignalBridge
 from tests.support import (
     Pki,
     RunningAgent,
@@ -28,7 +28,6 @@ from tests.system import Pool, System, install_standin, run
 
 pytestmark = pytest.mark.root
 
-BRIDGE_NUMBER = "+15555550000"
 # The librarian may ask for destroy and rollback, recursive too, but only with a human.
 PROFILES = """
 [[agents]]
@@ -44,12 +43,6 @@ REFUSED_ROLLBACK = (
     "nothing: zfs refuses without recursive, because newer snapshots exist "
     "(a recursive rollback destroys them):"
 )
-
-
-@pytest.fixture
-def bridge() -> Iterator[SignalBridge]:
-    with running_bridge(BRIDGE_NUMBER) as running:
-        yield running
 
 
 def _config_text(system: System, pki: Pki, tmp_path: Path, bridge: SignalBridge, **kw: Any) -> str:
@@ -88,21 +81,6 @@ def dataset(pool: Pool) -> Iterator[str]:
     run("zfs", "create", name)
     yield name
     run("zfs", "destroy", "-r", name, check=False)
-
-
-def post(agent: RunningAgent, pki: Pki, cn: str, path: str, body: Any) -> httpx.Response:
-    with client(agent, pki, cn) as http:
-        return http.post(path, json=body)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def ask(agent: RunningAgent, pki: Pki, resource: str, *args: str) -> str:

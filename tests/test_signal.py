@@ -7,7 +7,6 @@ import json
 import logging
 import socket
 import subprocess
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,16 +30,15 @@ from host_agent.approvals.signal import (
     verify_signature,
 )
 from tests.signal_bridge import (
+    BRIDGE_NUMBER,
     SignalBridge,
     envelope,
     jsonrpc_receive,
     receipt,
-    running_bridge,
     sync_message,
     typing,
 )
 
-BRIDGE = "+15555550000"
 ALICE = "+15555550001"
 BOB = "+15555550002"
 TOKEN = "X7K9M2P4Q8R5N6V3"
@@ -56,18 +54,12 @@ class Sleeps(list[float]):
 
 
 @pytest.fixture
-def bridge() -> Iterator[SignalBridge]:
-    with running_bridge(BRIDGE) as running:
-        yield running
-
-
-@pytest.fixture
 def sleeps() -> Sleeps:
     return Sleeps()
 
 
 def rest(bridge: SignalBridge, sleeps: Sleeps, **options: Any) -> SignalRestNotifier:
-    return SignalRestNotifier(bridge.url, BRIDGE, sleep=sleeps, **options)
+    return SignalRestNotifier(bridge.url, BRIDGE_NUMBER, sleep=sleeps, **options)
 
 
 def send(notifier: SignalRestNotifier | WebhookNotifier, *recipients: str) -> SendReceipt:
@@ -93,7 +85,7 @@ def test_send_posts_the_exact_v2_body_and_reads_the_timestamp(
 ) -> None:
     receipt_ = send(rest(bridge, sleeps), ALICE, BOB)
 
-    assert bridge.sent == [{"number": BRIDGE, "recipients": [ALICE, BOB], "message": TEXT}]
+    assert bridge.sent == [{"number": BRIDGE_NUMBER, "recipients": [ALICE, BOB], "message": TEXT}]
     [request] = bridge.recorded("/v2/send")
     assert request.method == "POST"
     assert request.headers["content-type"] == "application/json"
@@ -162,7 +154,7 @@ def test_send_retries_server_errors_with_exponential_backoff(
 
     assert receipt_.attempts == 3
     assert [r.status for r in bridge.recorded("/v2/send")] == [500, 500, 201]
-    assert bridge.sent == [{"number": BRIDGE, "recipients": [ALICE], "message": TEXT}] * 3
+    assert bridge.sent == [{"number": BRIDGE_NUMBER, "recipients": [ALICE], "message": TEXT}] * 3
     assert sleeps == [0.5, 1.0]
     assert "127.0.0.1" in caplog.text and "HTTP 500" in caplog.text
     assert_secret_free(caplog.text)
@@ -262,7 +254,7 @@ def test_nothing_listening_is_a_connection_failure(sleeps: Sleeps) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    notifier = SignalRestNotifier(f"http://127.0.0.1:{port}/", BRIDGE, sleep=sleeps)
+    notifier = SignalRestNotifier(f"http://127.0.0.1:{port}/", BRIDGE_NUMBER, sleep=sleeps)
 
     error = failure(notifier)
 
@@ -312,11 +304,11 @@ def test_webhook_notifier_retries_and_gives_up_like_the_rest_one(
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param(lambda: SignalRestNotifier("ftp://127.0.0.1", BRIDGE), id="scheme"),
-        pytest.param(lambda: SignalRestNotifier("http://", BRIDGE), id="no-host"),
-        pytest.param(lambda: SignalRestNotifier("http://u:p@h", BRIDGE), id="credentials"),
-        pytest.param(lambda: SignalRestNotifier("http://h?x=1", BRIDGE), id="query"),
-        pytest.param(lambda: SignalRestNotifier("http://h:99999", BRIDGE), id="port"),
+        pytest.param(lambda: SignalRestNotifier("ftp://127.0.0.1", BRIDGE_NUMBER), id="scheme"),
+        pytest.param(lambda: SignalRestNotifier("http://", BRIDGE_NUMBER), id="no-host"),
+        pytest.param(lambda: SignalRestNotifier("http://u:p@h", BRIDGE_NUMBER), id="credentials"),
+        pytest.param(lambda: SignalRestNotifier("http://h?x=1", BRIDGE_NUMBER), id="query"),
+        pytest.param(lambda: SignalRestNotifier("http://h:99999", BRIDGE_NUMBER), id="port"),
         pytest.param(lambda: SignalRestNotifier("http://h", ""), id="no-number"),
         pytest.param(lambda: WebhookNotifier("http://h/a b"), id="space"),
         pytest.param(lambda: WebhookNotifier("http://h", headers={"X": "a\r\nB: c"}), id="crlf"),
@@ -348,7 +340,7 @@ def body(document: Any) -> bytes:
 
 
 def test_jsonrpc_receive_notification() -> None:
-    notification = jsonrpc_receive(envelope(ALICE, f"APPROVE {TOKEN}", WHEN), BRIDGE)
+    notification = jsonrpc_receive(envelope(ALICE, f"APPROVE {TOKEN}", WHEN), BRIDGE_NUMBER)
 
     assert parse_webhook(body(notification)) == [
         IncomingReply(sender=ALICE, text=f"APPROVE {TOKEN}", timestamp_ms=WHEN, source="jsonrpc")
@@ -357,11 +349,11 @@ def test_jsonrpc_receive_notification() -> None:
 
 def test_a_list_of_notifications_skips_receipts_typing_and_textless_messages() -> None:
     notifications = [
-        jsonrpc_receive(receipt(ALICE, WHEN), BRIDGE),
-        jsonrpc_receive(typing(ALICE, WHEN + 1), BRIDGE),
-        jsonrpc_receive(envelope(ALICE, None, WHEN + 2), BRIDGE),  # attachment only
-        jsonrpc_receive(envelope(BOB, f"deny {TOKEN}", WHEN + 3), BRIDGE),
-        {"envelope": envelope(ALICE, "yes", WHEN + 4), "account": BRIDGE},  # websocket shape
+        jsonrpc_receive(receipt(ALICE, WHEN), BRIDGE_NUMBER),
+        jsonrpc_receive(typing(ALICE, WHEN + 1), BRIDGE_NUMBER),
+        jsonrpc_receive(envelope(ALICE, None, WHEN + 2), BRIDGE_NUMBER),  # attachment only
+        jsonrpc_receive(envelope(BOB, f"deny {TOKEN}", WHEN + 3), BRIDGE_NUMBER),
+        {"envelope": envelope(ALICE, "yes", WHEN + 4), "account": BRIDGE_NUMBER},  # websocket shape
     ]
 
     assert parse_webhook(body(notifications)) == [
@@ -371,13 +363,16 @@ def test_a_list_of_notifications_skips_receipts_typing_and_textless_messages() -
 
 
 def test_a_group_message_counts_as_its_sender() -> None:
-    notification = jsonrpc_receive(envelope(ALICE, "hi", WHEN, group_id="Z3JvdXA="), BRIDGE)
+    notification = jsonrpc_receive(envelope(ALICE, "hi", WHEN, group_id="Z3JvdXA="), BRIDGE_NUMBER)
 
     assert parse_webhook(body(notification)) == [IncomingReply(ALICE, "hi", WHEN, "jsonrpc")]
 
 
 def test_the_bridges_own_messages_are_not_replies() -> None:
-    assert parse_webhook(body(jsonrpc_receive(envelope(BRIDGE, "hi", WHEN), BRIDGE))) == []
+    assert (
+        parse_webhook(body(jsonrpc_receive(envelope(BRIDGE_NUMBER, "hi", WHEN), BRIDGE_NUMBER)))
+        == []
+    )
 
 
 def test_a_sender_with_a_hidden_number_is_named_by_uuid() -> None:
@@ -385,7 +380,7 @@ def test_a_sender_with_a_hidden_number_is_named_by_uuid() -> None:
     hidden["sourceNumber"] = None
     hidden["source"] = "0f5d5a0e-8a5e-4c1b-9a53-2b4f3e7c1d00"
 
-    [reply] = parse_webhook(body(jsonrpc_receive(hidden, BRIDGE)))
+    [reply] = parse_webhook(body(jsonrpc_receive(hidden, BRIDGE_NUMBER)))
 
     assert reply.sender == "0f5d5a0e-8a5e-4c1b-9a53-2b4f3e7c1d00"
 
@@ -447,7 +442,7 @@ def test_other_transcripts_are_not_replies(notification: dict[str, Any]) -> None
 def test_notifications_for_another_account_are_ignored_when_the_account_is_given() -> None:
     notification = jsonrpc_receive(envelope(ALICE, "hi", WHEN), "+15555557777")
 
-    assert parse_webhook(body(notification), account=BRIDGE) == []
+    assert parse_webhook(body(notification), account=BRIDGE_NUMBER) == []
     assert parse_webhook(body(notification)) != []
 
 
@@ -483,7 +478,7 @@ GOOD_ENVELOPE = envelope(ALICE, "hi", WHEN)
 
 
 def with_envelope(**changes: Any) -> bytes:
-    return body(jsonrpc_receive({**GOOD_ENVELOPE, **changes}, BRIDGE))
+    return body(jsonrpc_receive({**GOOD_ENVELOPE, **changes}, BRIDGE_NUMBER))
 
 
 @pytest.mark.parametrize(
@@ -499,7 +494,7 @@ def with_envelope(**changes: Any) -> bytes:
         pytest.param(body({"jsonrpc": "1.0", "method": "receive"}), id="wrong-version"),
         pytest.param(body({"jsonrpc": "2.0", "method": "receive"}), id="no-params"),
         pytest.param(body({"jsonrpc": "2.0", "method": "receive", "params": {}}), id="no-envelope"),
-        pytest.param(body({"envelope": [], "account": BRIDGE}), id="envelope-list"),
+        pytest.param(body({"envelope": [], "account": BRIDGE_NUMBER}), id="envelope-list"),
         pytest.param(body({"envelope": GOOD_ENVELOPE, "account": 5}), id="account-number"),
         pytest.param(with_envelope(dataMessage="hi"), id="data-not-object"),
         pytest.param(with_envelope(dataMessage={"message": 7}), id="message-not-string"),
@@ -534,13 +529,15 @@ def test_malformed_bodies_are_refused(raw: bytes) -> None:
 def test_text_length_is_bounded() -> None:
     longest = "x" * MAX_TEXT_LENGTH
 
-    assert parse_webhook(body(jsonrpc_receive(envelope(ALICE, longest, WHEN), BRIDGE)))
+    assert parse_webhook(body(jsonrpc_receive(envelope(ALICE, longest, WHEN), BRIDGE_NUMBER)))
     with pytest.raises(InvalidWebhookBody, match="longer than 2000"):
-        parse_webhook(body(jsonrpc_receive(envelope(ALICE, longest + "x", WHEN), BRIDGE)))
+        parse_webhook(body(jsonrpc_receive(envelope(ALICE, longest + "x", WHEN), BRIDGE_NUMBER)))
 
 
 def test_notifications_per_body_are_bounded() -> None:
-    many = [jsonrpc_receive(envelope(ALICE, "hi", WHEN + n), BRIDGE) for n in range(MAX_REPLIES)]
+    many = [
+        jsonrpc_receive(envelope(ALICE, "hi", WHEN + n), BRIDGE_NUMBER) for n in range(MAX_REPLIES)
+    ]
 
     assert len(parse_webhook(body(many))) == MAX_REPLIES
     with pytest.raises(InvalidWebhookBody, match="more than 100"):
@@ -548,7 +545,7 @@ def test_notifications_per_body_are_bounded() -> None:
 
 
 def test_body_size_is_bounded() -> None:
-    padded = jsonrpc_receive(envelope(ALICE, "hi", WHEN), BRIDGE)
+    padded = jsonrpc_receive(envelope(ALICE, "hi", WHEN), BRIDGE_NUMBER)
     padded["params"]["padding"] = "x" * (1 << 20)
 
     with pytest.raises(InvalidWebhookBody, match="larger than"):
@@ -557,7 +554,7 @@ def test_body_size_is_bounded() -> None:
 
 def test_errors_do_not_echo_the_text() -> None:
     with pytest.raises(InvalidWebhookBody) as caught:
-        parse_webhook(body(jsonrpc_receive(envelope(ALICE, TOKEN * 200, WHEN), BRIDGE)))
+        parse_webhook(body(jsonrpc_receive(envelope(ALICE, TOKEN * 200, WHEN), BRIDGE_NUMBER)))
 
     assert TOKEN not in str(caught.value)
 
@@ -568,26 +565,28 @@ def test_errors_do_not_echo_the_text() -> None:
 def test_poll_reads_and_empties_the_bridges_queue(bridge: SignalBridge) -> None:
     bridge.queue_reply(ALICE, f"APPROVE {TOKEN}", WHEN)
     bridge.queue(receipt(BOB, WHEN + 1))
-    bridge.queue(sync_message(BRIDGE, f"DENY {TOKEN}", WHEN + 2))
+    bridge.queue(sync_message(BRIDGE_NUMBER, f"DENY {TOKEN}", WHEN + 2))
 
-    replies = asyncio.run(poll(bridge.url, BRIDGE, headers={"Authorization": "Bearer s3cret"}))
+    replies = asyncio.run(
+        poll(bridge.url, BRIDGE_NUMBER, headers={"Authorization": "Bearer s3cret"})
+    )
 
     assert replies == [
         IncomingReply(ALICE, f"APPROVE {TOKEN}", WHEN, "poll"),
-        IncomingReply(BRIDGE, f"DENY {TOKEN}", WHEN + 2, "sync"),
+        IncomingReply(BRIDGE_NUMBER, f"DENY {TOKEN}", WHEN + 2, "sync"),
     ]
     [request] = bridge.recorded()
     assert (request.method, request.path) == ("GET", "/v1/receive/%2B15555550000?max_messages=100")
     assert request.headers["authorization"] == "Bearer s3cret"
-    assert asyncio.run(poll(bridge.url, BRIDGE)) == []
+    assert asyncio.run(poll(bridge.url, BRIDGE_NUMBER)) == []
 
 
 def test_poll_takes_at_most_max_messages_per_call(bridge: SignalBridge) -> None:
     for n in range(150):
         bridge.queue_reply(ALICE, "hi", WHEN + n)
 
-    assert len(asyncio.run(poll(bridge.url, BRIDGE))) == 100
-    assert len(asyncio.run(poll(bridge.url, BRIDGE))) == 50
+    assert len(asyncio.run(poll(bridge.url, BRIDGE_NUMBER))) == 100
+    assert len(asyncio.run(poll(bridge.url, BRIDGE_NUMBER))) == 50
 
 
 @pytest.mark.parametrize(
@@ -607,14 +606,14 @@ def test_poll_failures(bridge: SignalBridge, arrange: Any, reason: str) -> None:
     arrange(bridge)
 
     with pytest.raises(SignalError) as caught:
-        asyncio.run(poll(bridge.url, BRIDGE))
+        asyncio.run(poll(bridge.url, BRIDGE_NUMBER))
 
     assert caught.value.code == "signal_receive_failed"
     assert reason in str(caught.value)
 
 
 def test_poll_refuses_bad_arguments(bridge: SignalBridge) -> None:
-    for number, timeout in (("", 1.0), (BRIDGE, 0.0)):
+    for number, timeout in (("", 1.0), (BRIDGE_NUMBER, 0.0)):
         with pytest.raises(ValueError):
             asyncio.run(poll(bridge.url, number, timeout=timeout))
     assert bridge.recorded() == []
@@ -680,7 +679,7 @@ def test_the_token_alphabet_is_crockford_base32() -> None:
 # --- bridge authentication ----------------------------------------------------------
 
 SECRET = b"bridge-secret"
-SIGNED = body(jsonrpc_receive(envelope(ALICE, f"APPROVE {TOKEN}", WHEN), BRIDGE))
+SIGNED = body(jsonrpc_receive(envelope(ALICE, f"APPROVE {TOKEN}", WHEN), BRIDGE_NUMBER))
 
 
 def test_signature_round_trip() -> None:

@@ -1,0 +1,54 @@
+"""Helpers for end-to-end approval tests: ask for a destroy, read the token the
+Signal stand-in received, poll the approval. Fixtures (`bridge`, `snapshot`) are
+in conftest.py."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from tests.signal_bridge import SignalBridge
+from tests.support import Pki, RunningAgent, client
+
+
+def destroy(snapshot: str, **extra: Any) -> dict[str, Any]:
+    return {"kind": "zfs", "resource": snapshot, "args": ["destroy"], **extra}
+
+
+def post(agent: RunningAgent, pki: Pki, cn: str, path: str, body: Any, **kw: Any) -> httpx.Response:
+    with client(agent, pki, cn) as http:
+        return http.post(path, json=body, **kw)
+
+
+def get(agent: RunningAgent, pki: Pki, cn: str, path: str) -> httpx.Response:
+    with client(agent, pki, cn) as http:
+        return http.get(path)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def token_sent(bridge: SignalBridge) -> str:
+    """The token from the last message the agent sent to the approvers."""
+    message = wait_for(lambda: bridge.sent)[-1]["message"]
+    return str(message.rsplit("APPROVE ", 1)[1].split()[0])
+
+
+def request_approval(agent: RunningAgent, pki: Pki, snapshot: str) -> str:
+    reply = post(agent, pki, "librarian-1", "/host/op", destroy(snapshot, reason="free space"))
+    assert reply.status_code == 202, reply.text
+    return str(reply.json()["approval_id"])
+
+
+def status(agent: RunningAgent, pki: Pki, approval_id: str, cn: str = "librarian-1") -> str:
+    return str(get(agent, pki, cn, f"/approvals/{approval_id}").json()["status"])
