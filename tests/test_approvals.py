@@ -389,3 +389,50 @@ def test_nothing_is_stored_when_its_creation_cannot_be_audited(tmp_path: Path) -
     assert store.listing(list(Status)) == []
     assert outbox.sent == []
     store.close()
+
+
+def test_a_reloaded_config_changes_who_may_approve_and_where_tokens_go(world: World) -> None:
+    """After SIGHUP: a number dropped from allowed_approvers no longer counts, and with no
+    Signal endpoint configured any more, new tokens are not sent anywhere."""
+
+    async def scenario() -> None:
+        approval_id, token = await created(world)
+        world.manager.reconfigure(approval_config(allowed_approvers=("+15555550002",)))
+        with pytest.raises(ApprovalError) as refused:
+            await world.manager.decide(token, True, SIGNAL_ONE)
+        assert refused.value.code == "approver_not_allowed"
+        granted = await world.manager.decide(token, True, SIGNAL_TWO)
+        assert (granted.id, granted.status) == (approval_id, Status.APPROVED)
+        sent = len(world.outbox.sent)
+        await world.manager.create(REQUESTER, operation(), decision(), None, "librarian")
+        await world.manager.drain()
+        assert len(world.outbox.sent) == sent
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        pytest.param("ap-{id}", id="id-over-signal"),
+        pytest.param("AP-{id}", id="id-upper-case"),
+    ],
+)
+def test_only_a_person_on_the_host_may_name_the_approval_id(world: World, reference: str) -> None:
+    async def scenario() -> None:
+        approval_id, _ = await created(world)
+        text = reference.format(id=approval_id.removeprefix("ap-"))
+        for approver in (SIGNAL_ONE, ADMIN):
+            with pytest.raises(ApprovalError) as refused:
+                await world.manager.decide(text, True, approver)
+            assert refused.value.code == "unknown_token"
+        on_host = Approver("pam", "alice")
+        if text == approval_id:
+            approved = await world.manager.decide(text, True, on_host)
+            assert approved.status is Status.APPROVED
+        else:  # not an id, so read as a token: none matches
+            with pytest.raises(ApprovalError) as refused:
+                await world.manager.decide(text, True, on_host)
+            assert refused.value.code == "unknown_token"
+
+    asyncio.run(scenario())

@@ -478,6 +478,21 @@ def test_minimal_document_is_valid() -> None:
             id="approver-not-e164",
         ),
         pytest.param(
+            {"rate_limit": {"read": {"requests": 0}}},
+            "rate_limit.read.requests: must be between 1 and 1000000",
+            id="rate-limit-zero-requests",
+        ),
+        pytest.param(
+            {"rate_limit": {"mutating": {"per_minute": 5}}},
+            "rate_limit.mutating.per_minute: unknown key",
+            id="rate-limit-unknown-key",
+        ),
+        pytest.param(
+            {"rate_limit": {"approval": 10}},
+            "rate_limit.approval: must be a table",
+            id="rate-limit-class-not-table",
+        ),
+        pytest.param(
             {"approval": {"local_socket": "/run/host-agent/approve.sock"}},
             "approval.approvers_group: is required with local_socket",
             id="local-socket-without-group",
@@ -617,3 +632,14 @@ def test_check_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture
     path = tmp_path / "absent.toml"
     assert main(["check-config", str(path)]) == 2
     assert capsys.readouterr().err.startswith(f"host-agent: {path}: invalid configuration:")
+
+
+def test_rate_limit_classes_load_with_defaults_for_the_rest() -> None:
+    config = parse_config(
+        document(rate_limit={"mutating": {"requests": 10, "per_seconds": 30}, "max_tracked": 500}),
+        SOURCE,
+    )
+    limits = config.rate_limit
+    assert (limits.mutating.requests, limits.mutating.per_seconds) == (10, 30)
+    assert (limits.read.requests, limits.read.per_seconds) == (600, 60)
+    assert (limits.approval.requests, limits.max_tracked) == (120, 500)

@@ -101,6 +101,16 @@ requires_approval_for = ["zfs-destroy"]
 """
 
 
+# Snapshots named two-* need two different approvers.
+TWO_APPROVERS_RULE = """
+[[rules]]
+operation = "zfs-destroy"
+pattern = ".*@two-.*"
+approval_required = true
+approvals_required = 2
+"""
+
+
 @pytest.fixture
 def config(
     system: System,
@@ -122,6 +132,7 @@ def config(
         tmp_path,
         approval="\n".join(f"{key} = {value}" for key, value in keys.items()),
         profiles=REQUESTER_PROFILE.format(requester=people.requester),
+        extra=TWO_APPROVERS_RULE,
     )
 
 
@@ -238,6 +249,29 @@ def test_on_the_host_the_approval_id_stands_for_the_token_and_deny_ends_it(
     assert again.status_code == 403
     assert again.json()["error"]["code"] == "approval_denied"
     assert snapshot in pool.datasets("snapshot")
+
+
+def test_two_approvers_on_the_host_each_count_once_and_json_shows_the_reply(
+    live: RunningAgent, pki: Pki, pool: Pool, people: People, socket_path: Path
+) -> None:
+    snapshot = f"{pool.name}/data@two-{secrets.token_hex(3)}"
+    run("zfs", "snapshot", snapshot)
+    approval_id = request_approval(live, pki, snapshot)
+    first = approve(people.approver, socket_path, approval_id)
+    assert first.exit_code == 0, first.stderr
+    assert first.stdout.startswith(f"vote recorded for {approval_id}")
+    assert first.stdout.rstrip().endswith("1 of 2 approvals")
+    again = approve(people.approver, socket_path, approval_id)
+    assert (again.exit_code, "(already_voted)" in again.stderr) == (1, True)
+    second = approve(people.second, socket_path, approval_id, "--json")
+    assert second.exit_code == 0, second.stderr
+    reply = json.loads(second.stdout)
+    assert reply["ok"] is True
+    assert reply["approval"]["status"] == "approved"
+    assert reply["approval"]["approvers"] == [f"pam:{people.approver}", f"pam:{people.second}"]
+    done = post(live, pki, "librarian-1", "/host/op", destroy(snapshot, approval_id=approval_id))
+    assert done.status_code == 200, done.text
+    assert snapshot not in pool.datasets("snapshot")
 
 
 @pytest.mark.parametrize(

@@ -226,3 +226,29 @@ def test_curl_tls_1_1_is_refused(agent: RunningAgent, pki: Pki) -> None:
     )
     assert done.returncode != 0
     assert '"status"' not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("cn", "reason"),
+    [
+        pytest.param("expired-1", "certificate_expired", id="expired"),
+        pytest.param("future-1", "certificate_not_yet_valid", id="not-yet-valid"),
+        pytest.param("revoked-1", "certificate_revoked", id="revoked"),
+        pytest.param(None, "no_client_certificate", id="no-certificate"),
+        pytest.param("other-ca", "unknown_ca", id="other-ca"),
+    ],
+)
+def test_failed_handshakes_are_counted_by_reason(
+    agent: RunningAgent, pki: Pki, cn: str | None, reason: str
+) -> None:
+    if cn is None:
+        context = client_context(pki.ca)
+    elif cn == "other-ca":
+        other = pki.other_ca
+        context = client_context(pki.ca, other / "librarian-1.crt", other / "librarian-1.key")
+    else:
+        context = client_context(pki.ca, *pki.client(cn))
+    _refused(agent, pki, context)
+    with client(agent, pki, "reader-1") as http:
+        text = http.get("/metrics").text
+    assert f'host_agent_tls_handshake_failures_total{{reason="{reason}"}} 1.0' in text
