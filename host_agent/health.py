@@ -2,12 +2,15 @@
 
 Computed when the config is (re)loaded, never per request: the CRL's
 remaining life (an expired CRL fails every handshake) and sudoers grants
-to the service account broader than the wrappers (an agent not running as
-root cannot read /etc/sudoers: that is a finding of its own).
+to the service account broader than the wrappers. An agent that cannot
+read /etc/sudoers (the unit runs it unprivileged) asks the read-only root
+wrapper host-agent-sudoers; if that fails too, sudoers is reported as
+unchecked, never as clean.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import math
@@ -18,8 +21,10 @@ from typing import Any
 
 from host_agent.config import Config
 from host_agent.crl import CrlStatus, read_crl_status
+from host_agent.errors import RunnerError
 from host_agent.metrics import Metrics
-from host_agent.sudoers_probe import SudoersProbe
+from host_agent.runner import SUDOERS_WRAPPER, Runner
+from host_agent.sudoers_probe import Finding, findings_from_json, scan
 
 log = logging.getLogger(__name__)
 
@@ -34,35 +39,31 @@ class HostHealth:
         self.metrics = metrics
         self.clock = clock
         self.crl = CrlStatus(None, None)
-        self.sudoers: SudoersProbe | None = None
+        self.sudoers: tuple[Finding, ...] | None = None
         self.sudoers_unchecked: str | None = None
 
-    def refresh(self, config: Config) -> None:
+    async def refresh(self, config: Config, runner: Runner) -> None:
         """Re-read what the config points at (start-up and every reload)."""
         self.crl = read_crl_status(config.server.crl_file)
         if self.crl.next_update is not None:
             self.metrics.crl_next_update.set(self.crl.next_update.timestamp())
-        sudoers = config.server.sudoers_file
-        if os.geteuid() != 0 and not os.access(sudoers, os.R_OK):
-            # The usual case under the systemd unit (User=): not a finding, but not a pass.
-            self.sudoers = None
-            self.sudoers_unchecked = f"{sudoers} is not readable by this unprivileged process"
+        try:
+            self.sudoers, self.sudoers_unchecked = await _sudoers_findings(config, runner), None
+        except SudoersUnchecked as exc:
+            self.sudoers, self.sudoers_unchecked = None, str(exc)
             self.metrics.sudoers_risky_entries.set(math.nan)
-            log.warning("sudoers not checked: %s", self.sudoers_unchecked)
-            self.warn()
-            return
-        self.sudoers_unchecked = None
-        self.sudoers = SudoersProbe(sudoers, _service_user(config), config.runner.wrapper_dir)
-        self.metrics.sudoers_risky_entries.set(self.sudoers.count)
-        for finding in self.sudoers.findings:
-            log.warning(
-                "sudoers %s:%s: %s %s (%s)",
-                finding.file,
-                finding.line,
-                finding.code,
-                finding.command,
-                finding.detail,
-            )
+            log.warning("sudoers not checked: %s", exc)
+        else:
+            self.metrics.sudoers_risky_entries.set(len(self.sudoers))
+            for finding in self.sudoers:
+                log.warning(
+                    "sudoers %s:%s: %s %s (%s)",
+                    finding.file,
+                    finding.line,
+                    finding.code,
+                    finding.command,
+                    finding.detail,
+                )
         self.warn()
 
     def warn(self) -> None:
@@ -85,7 +86,7 @@ class HostHealth:
         crl = self.crl.public(self.clock())
         bad = ("expired", "expiring", "unreadable")
         problems = [f"crl_{crl['state']}"] if crl["state"] in bad else []
-        risky = self.sudoers.count if self.sudoers is not None else None
+        risky = len(self.sudoers) if self.sudoers is not None else None
         if risky:
             problems.append("sudoers_risky_entries")
         return {
@@ -99,8 +100,35 @@ class HostHealth:
     def permission_findings(self) -> dict[str, Any]:
         if self.sudoers is None:
             return {"checked": False, "reason": self.sudoers_unchecked, "count": None}
-        findings = [finding.public() for finding in self.sudoers.findings]
+        findings = [finding.public() for finding in self.sudoers]
         return {"checked": True, "count": len(findings), "findings": findings}
+
+
+class SudoersUnchecked(Exception):
+    """Why the sudoers grants could not be listed."""
+
+
+async def _sudoers_findings(config: Config, runner: Runner) -> tuple[Finding, ...]:
+    """Scanned here when readable (an agent run as root), else by the root wrapper."""
+    path = config.server.sudoers_file
+    if os.access(path, os.R_OK):
+        wrapper_dir = config.runner.wrapper_dir
+        return await asyncio.to_thread(scan, path, _service_user(config), wrapper_dir)
+    try:
+        result = await runner.list_sudoers_grants()
+    except RunnerError as exc:
+        raise SudoersUnchecked(f"{path} is not readable and {exc}") from exc
+    if result.truncated:
+        why = "its output was cut at [runner] max_output_bytes"
+    elif result.exit_code != 0:
+        last_lines = result.stderr.strip().splitlines()[-1:]
+        why = last_lines[0] if last_lines else f"exit status {result.exit_code}"
+    else:
+        try:
+            return findings_from_json(result.stdout)
+        except ValueError as exc:
+            why = f"unexpected output: {exc}"
+    raise SudoersUnchecked(f"{path} is not readable and {SUDOERS_WRAPPER} failed: {why}")
 
 
 def _service_user(config: Config) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from host_agent.adapters import build_registry
@@ -57,7 +57,7 @@ class Reloader:
         tls: ContextHolder,
         pipeline: Pipeline,
         *,
-        on_reload: Callable[[Config], None] | None = None,
+        on_reload: Callable[[Config], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.tls = tls
@@ -91,7 +91,7 @@ class Reloader:
             self.pipeline.reconfigure(config, registry)
             self.config = config
             if self.on_reload is not None:
-                self.on_reload(config)
+                await self.on_reload(config)
             for warning in config.warnings:
                 log.warning("config: %s", warning)
             self.pipeline.metrics.config_reloads.labels(result="success").inc()

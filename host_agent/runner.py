@@ -25,6 +25,7 @@ from host_agent.operations import Operation
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 _KILL_GRACE_SECONDS = 2.0
 PAM_WRAPPER = "host-agent-pam"
+SUDOERS_WRAPPER = "host-agent-sudoers"
 _READ_CHUNK = 65536
 
 
@@ -59,8 +60,7 @@ class Runner:
         self._account = _resolve_account(config.service_user)
 
     def argv_for(self, operation: Operation) -> tuple[str, ...]:
-        wrapper = self.config.wrapper_dir / operation.wrapper
-        return (str(self.config.sudo), "-n", "--", str(wrapper), *operation.wrapper_argv)
+        return self._wrapper_argv(operation.wrapper, *operation.wrapper_argv)
 
     async def run(self, operation: Operation) -> RunResult:
         if not isinstance(operation, Operation):
@@ -69,9 +69,15 @@ class Runner:
 
     async def check_password(self, user: str, password: str) -> RunResult:
         """Ask the PAM wrapper whether `password` is `user`'s; it travels on stdin, never argv."""
-        wrapper = self.config.wrapper_dir / PAM_WRAPPER
-        argv = (str(self.config.sudo), "-n", "--", str(wrapper), user)
+        argv = self._wrapper_argv(PAM_WRAPPER, user)
         return await self._execute(argv, stdin=password.encode("utf-8") + b"\n")
+
+    async def list_sudoers_grants(self) -> RunResult:
+        """Ask the read-only root wrapper for the service account's risky sudoers grants."""
+        return await self._execute(self._wrapper_argv(SUDOERS_WRAPPER))
+
+    def _wrapper_argv(self, wrapper: str, *argv: str) -> tuple[str, ...]:
+        return (str(self.config.sudo), "-n", "--", str(self.config.wrapper_dir / wrapper), *argv)
 
     async def _execute(self, argv: tuple[str, ...], stdin: bytes | None = None) -> RunResult:
         started = time.monotonic()

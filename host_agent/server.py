@@ -125,8 +125,12 @@ async def run_server(
     tls = ContextHolder(server_context(config.server))
     pipeline = build_pipeline(config)
     health = HostHealth(pipeline.metrics)
-    health.refresh(config)
-    reloader = Reloader(config, tls, pipeline, on_reload=health.refresh)
+    await health.refresh(config, pipeline.runner)
+
+    async def refresh_health(config: Config) -> None:
+        await health.refresh(config, pipeline.runner)
+
+    reloader = Reloader(config, tls, pipeline, on_reload=refresh_health)
     try:
         listener = sock or bind_socket(config.server.host, config.server.port)
     except OSError as exc:

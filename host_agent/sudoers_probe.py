@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import errno
 import grp
+import json
 import os
 import pwd
 import re
 import socket
 import stat
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -125,28 +127,6 @@ class Finding:
         }
 
 
-class SudoersProbe:
-    """The findings for one account, scanned once; `refresh()` rescans (on reload)."""
-
-    def __init__(self, root_file: Path, service_user: str, wrapper_dir: Path) -> None:
-        self.root_file = root_file
-        self.service_user = service_user
-        self.wrapper_dir = wrapper_dir
-        self._findings = scan(root_file, service_user, wrapper_dir)
-
-    @property
-    def findings(self) -> tuple[Finding, ...]:
-        return self._findings
-
-    @property
-    def count(self) -> int:
-        return len(self._findings)
-
-    def refresh(self) -> tuple[Finding, ...]:
-        self._findings = scan(self.root_file, self.service_user, self.wrapper_dir)
-        return self._findings
-
-
 def scan(root_file: Path, service_user: str, wrapper_dir: Path) -> tuple[Finding, ...]:
     """Every finding for `service_user` in `root_file` and its includes, in reading order."""
     reader = _Reader()
@@ -154,6 +134,34 @@ def scan(root_file: Path, service_user: str, wrapper_dir: Path) -> tuple[Finding
     account = _Account.lookup(service_user)
     evaluator = _Evaluator(reader, account, os.path.normpath(wrapper_dir))
     return tuple(dict.fromkeys(evaluator.run(reader.entries)))
+
+
+# What `main` prints for each finding (see Finding.public).
+_FINDING_TYPES = {
+    "file": str,
+    "line": int,
+    "code": str,
+    "severity": str,
+    "command": str,
+    "detail": str,
+    "spec": str,
+}
+
+
+def findings_from_json(text: str) -> tuple[Finding, ...]:
+    """Read what `main` printed (as root, for the agent); anything else is a ValueError."""
+    document = json.loads(text)
+    items = document.get("findings") if isinstance(document, dict) else None
+    if not isinstance(items, list):
+        raise ValueError("expected an object with a list of findings")
+    findings = []
+    for item in items:
+        if not isinstance(item, dict) or set(item) != set(_FINDING_TYPES):
+            raise ValueError(f"not a finding: {item!r:.200}")
+        if not all(type(item[key]) is kind for key, kind in _FINDING_TYPES.items()):
+            raise ValueError(f"a finding with a value of the wrong type: {item!r:.200}")
+        findings.append(Finding(**{**item, "severity": Severity(item["severity"])}))
+    return tuple(findings)
 
 
 # --- reading files ---------------------------------------------------------------------------
@@ -798,3 +806,22 @@ def _bracket(body: str) -> str:
         out.append("-" if is_range else re.escape(body[index]))
         index += 1
     return f"[^/{''.join(out)}]" if negated else f"[{''.join(out)}]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m host_agent.sudoers_probe SUDOERS USER WRAPPER_DIR`: the findings as JSON.
+
+    Run as root by the host-agent-sudoers wrapper for an agent that cannot read sudoers.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3:
+        print("usage: python -m host_agent.sudoers_probe SUDOERS USER WRAPPER_DIR", file=sys.stderr)
+        return 64
+    findings = scan(Path(args[0]), args[1], Path(args[2]))
+    json.dump({"findings": [finding.public() for finding in findings]}, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,6 +30,7 @@ def render(config: Config) -> str:
         f"git_bin={config.binaries.git}",
         f"ansible_playbook_bin={config.binaries.ansible_playbook}",
         f"python_bin={config.binaries.python}",
+        f"sudoers_file={config.server.sudoers_file}",
     ]
     lines += [f"git_repo={repo}" for repo in config.git.allowed_repos]
     lines += [f"git_user={user}" for user in git_users(config)]

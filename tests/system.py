@@ -5,12 +5,16 @@ Everything created here has a per-session unique name and is removed at the end.
 
 from __future__ import annotations
 
+import io
 import os
+import pwd
 import secrets
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,3 +186,46 @@ def zfs_pool(root: Path) -> Iterator[Pool]:
         if daemon is not None:
             daemon.terminate()
             daemon.wait(30)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def as_user(user: str, action: Callable[[], int], stdin: str = "") -> Outcome:
+    """Run `action` in a child process that really is `user` (uid, gid, groups).
+
+    Forked rather than exec'd: the child needs no access to this checkout or
+    its virtualenv, which another account may not be able to read.
+    """
+    entry = pwd.getpwnam(user)
+    groups = os.getgrouplist(user, entry.pw_gid)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        stdin_read, stdin_write = os.pipe()
+        os.write(stdin_write, stdin.encode())
+        os.close(stdin_write)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (child)
+            code = 70
+            try:
+                os.setgroups(groups)
+                os.setgid(entry.pw_gid)
+                os.setuid(entry.pw_uid)
+                sys.stdin = io.TextIOWrapper(io.FileIO(stdin_read, "r"))
+                sys.stdout = io.TextIOWrapper(io.FileIO(os.dup(out.fileno()), "w"))
+                sys.stderr = io.TextIOWrapper(io.FileIO(os.dup(err.fileno()), "w"))
+                code = action()
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+        os.close(stdin_read)
+        _, wait_status = os.waitpid(pid, 0)
+        out.seek(0)
+        err.seek(0)
+        return Outcome(
+            os.waitstatus_to_exitcode(wait_status), out.read().decode(), err.read().decode()
+        )

@@ -4,15 +4,12 @@ real zfs destroy waiting for the decision."""
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import pwd
 import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,7 +24,7 @@ from host_agent.config import Config
 from tests.approval_flow import destroy, post, request_approval, status, token_sent
 from tests.signal_bridge import BRIDGE_NUMBER, SignalBridge
 from tests.support import Pki, RunningAgent, audit_records, running_agent
-from tests.system import REPO, Pool, System, run
+from tests.system import REPO, Outcome, Pool, System, as_user, run
 
 pytestmark = pytest.mark.root
 
@@ -140,49 +137,6 @@ def config(
 def live(config: Config) -> Iterator[RunningAgent]:
     with running_agent(config) as agent:
         yield agent
-
-
-@dataclass(frozen=True)
-class Outcome:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-
-def as_user(user: str, action: Callable[[], int], stdin: str = "") -> Outcome:
-    """Run `action` in a child process that really is `user` (uid, gid, groups).
-
-    Forked rather than exec'd: the child needs no access to this checkout or
-    its virtualenv, which another account may not be able to read.
-    """
-    entry = pwd.getpwnam(user)
-    groups = os.getgrouplist(user, entry.pw_gid)
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        stdin_read, stdin_write = os.pipe()
-        os.write(stdin_write, stdin.encode())
-        os.close(stdin_write)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover (child)
-            code = 70
-            try:
-                os.setgroups(groups)
-                os.setgid(entry.pw_gid)
-                os.setuid(entry.pw_uid)
-                sys.stdin = io.TextIOWrapper(io.FileIO(stdin_read, "r"))
-                sys.stdout = io.TextIOWrapper(io.FileIO(os.dup(out.fileno()), "w"))
-                sys.stderr = io.TextIOWrapper(io.FileIO(os.dup(err.fileno()), "w"))
-                code = action()
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
-        os.close(stdin_read)
-        _, wait_status = os.waitpid(pid, 0)
-        out.seek(0)
-        err.seek(0)
-        return Outcome(
-            os.waitstatus_to_exitcode(wait_status), out.read().decode(), err.read().decode()
-        )
 
 
 def approve(user: str, socket_path: Path, *args: str, password: str = PASSWORD) -> Outcome:

@@ -51,6 +51,7 @@ def test_installed_sudoers_passes_visudo_and_grants_exactly_the_wrappers(system:
             "host-agent-git",
             "host-agent-pam",
             "host-agent-pct",
+            "host-agent-sudoers",
             "host-agent-systemd",
             "host-agent-test-probe",
             "host-agent-zfs",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 
@@ -12,12 +13,13 @@ from host_agent.config import Config
 from host_agent.crl import WARN_BEFORE, read_crl_status
 from host_agent.health import HostHealth
 from host_agent.metrics import Metrics
+from host_agent.runner import Runner
 from tests.support import Pki, RunningAgent, client, config_text, running_agent, write_config
 
 
 def health_at(config: Config, moment: dt.datetime) -> HostHealth:
     health = HostHealth(Metrics(CollectorRegistry()), clock=lambda: moment)
-    health.refresh(config)
+    asyncio.run(health.refresh(config, Runner(config.runner)))
     return health
 
 
@@ -56,15 +58,19 @@ def test_an_unreadable_or_absent_crl_is_reported_not_raised(tmp_path: Path) -> N
     assert read_crl_status(None).state(dt.datetime.now(dt.UTC)) == "none"
 
 
+def sudoers_config(pki: Pki, tmp_path: Path, sudoers: Path) -> Config:
+    text = config_text(pki, tmp_path, service_user="nobody").replace(
+        "[runner]", f'sudoers_file = "{sudoers}"\n\n[runner]'
+    )
+    return write_config(tmp_path / "agent.toml", text)
+
+
 def test_risky_sudoers_grants_degrade_health_and_are_listed_for_admins(
     pki: Pki, tmp_path: Path
 ) -> None:
     sudoers = tmp_path / "sudoers"
     sudoers.write_text("nobody ALL=(ALL) NOPASSWD: ALL\n")
-    text = config_text(pki, tmp_path, service_user="nobody").replace(
-        "[runner]", f'sudoers_file = "{sudoers}"\n\n[runner]'
-    )
-    config = write_config(tmp_path / "agent.toml", text)
+    config = sudoers_config(pki, tmp_path, sudoers)
     with running_agent(config) as agent:
         with client(agent, pki, "reader-1") as http:
             health = http.get("/health").json()
@@ -78,3 +84,16 @@ def test_risky_sudoers_grants_degrade_health_and_are_listed_for_admins(
     assert listed["count"] == 1
     assert (listed["findings"][0]["code"], listed["findings"][0]["line"]) == ("nopasswd_all", 1)
     assert "host_agent_sudoers_risky_entries 1.0" in metrics
+
+
+def test_sudoers_is_scanned_on_refresh_not_per_report(pki: Pki, tmp_path: Path) -> None:
+    sudoers = tmp_path / "sudoers"
+    sudoers.write_text("# nothing granted yet\n")
+    config = sudoers_config(pki, tmp_path, sudoers)
+    health = health_at(config, dt.datetime.now(dt.UTC))
+    assert health.report()["sudoers_risky_entries"] == 0
+    sudoers.write_text("nobody ALL=(ALL) NOPASSWD: ALL\n")
+    assert health.report()["sudoers_risky_entries"] == 0
+    asyncio.run(health.refresh(config, Runner(config.runner)))
+    assert health.report()["sudoers_risky_entries"] == 1
+    assert health.permission_findings()["findings"][0]["code"] == "nopasswd_all"

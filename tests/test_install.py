@@ -272,6 +272,7 @@ def test_sudoers_drop_in_validates_and_grants_exactly_the_installed_wrappers(
             "host-agent-git",
             "host-agent-exec",
             "host-agent-pam",
+            "host-agent-sudoers",
         )
     }
     assert f"{installed.user} ALL=(root) NOPASSWD:" in text
@@ -473,9 +474,13 @@ def test_installed_agent_answers_a_client_of_the_installed_ca(
         "ok",
         "ok",
     )
-    # Run as the service account, it cannot read /etc/sudoers: unchecked, not a finding.
+    # As the service account it cannot read /etc/sudoers, and with --prefix its sudoers
+    # drop-in is not where sudo looks, so the root wrapper is refused: unchecked, not clean.
     assert health["sudoers_risky_entries"] is None
-    assert "not readable" in health["sudoers_unchecked"]
+    assert health["sudoers_unchecked"] == (
+        "/etc/sudoers is not readable and host-agent-sudoers failed: "
+        "sudo: a password is required"
+    )
     try:
         anonymous = raw_exchange(agent_port, client_context(certs / "ca.crt"))
     except (ssl.SSLError, OSError):

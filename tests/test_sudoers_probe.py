@@ -25,7 +25,8 @@ from host_agent.sudoers_probe import (
     MAX_INCLUDE_DEPTH,
     Finding,
     Severity,
-    SudoersProbe,
+    findings_from_json,
+    main,
     scan,
 )
 from tests.system import REPO, require_root_tools, run
@@ -610,37 +611,74 @@ def test_hostile_lines_are_findings_not_exceptions(
     )
 
 
-# --- the cached holder -----------------------------------------------------------------------
+# --- the report the root wrapper prints for an unprivileged agent ----------------------------
 
 
-def test_probe_scans_once_and_refreshes_on_demand(account: Account, tmp_path: Path) -> None:
-    root = sudoers(tmp_path, {"sudoers": rendered_grant(account.user)})
-    probe = SudoersProbe(root, account.user, WRAPPERS)
-    assert (probe.count, probe.findings) == (0, ())
-
-    root.chmod(0o640)
-    with root.open("a") as grants:
-        grants.write(f"{account.user} ALL = (root) NOPASSWD: ALL\n")
-    assert visudo(root).returncode == 0
-    assert probe.count == 0  # cached: /health does not rescan per request
-
-    [finding] = probe.refresh()
-    assert probe.count == 1 and probe.findings == (finding,)
-    public = json.loads(json.dumps(finding.public()))
-    assert public == {
-        "file": str(root),
-        "line": len(rendered_grant(account.user).splitlines()) + 1,
-        "code": "nopasswd_all",
-        "severity": "critical",
-        "command": "ALL",
-        "detail": finding.detail,
-        "spec": f"{account.user} ALL = (root) NOPASSWD: ALL",
+def test_findings_travel_as_json_and_back(
+    account: Account, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grant = rendered_grant(account.user)
+    root = sudoers(tmp_path, {"sudoers": f"{grant}{account.user} ALL = (root) NOPASSWD: ALL\n"})
+    [finding] = scan(root, account.user, WRAPPERS)
+    assert main([str(root), account.user, str(WRAPPERS)]) == 0
+    printed = capsys.readouterr().out
+    assert findings_from_json(printed) == (finding,)
+    assert json.loads(printed) == {
+        "findings": [
+            {
+                "file": str(root),
+                "line": len(grant.splitlines()) + 1,
+                "code": "nopasswd_all",
+                "severity": "critical",
+                "command": "ALL",
+                "detail": finding.detail,
+                "spec": f"{account.user} ALL = (root) NOPASSWD: ALL",
+            }
+        ]
     }
 
 
-def test_probe_survives_its_file_vanishing(account: Account, tmp_path: Path) -> None:
+def test_the_report_needs_exactly_three_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(DEFAULT_SUDOERS), "root"]) == 64
+    assert "usage:" in capsys.readouterr().err
+
+
+GOOD = {
+    "file": "/etc/sudoers",
+    "line": 3,
+    "code": "nopasswd_all",
+    "severity": "critical",
+    "command": "ALL",
+    "detail": "d",
+    "spec": "s",
+}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "not json",
+        "[]",
+        '{"findings": {}}',
+        json.dumps({"findings": [[]]}),
+        json.dumps({"findings": [{**GOOD, "extra": 1}]}),
+        json.dumps({"findings": [{k: v for k, v in GOOD.items() if k != "spec"}]}),
+        json.dumps({"findings": [{**GOOD, "line": "3"}]}),
+        json.dumps({"findings": [{**GOOD, "line": True}]}),
+        json.dumps({"findings": [{**GOOD, "severity": "catastrophic"}]}),
+        json.dumps({"findings": [{**GOOD, "command": None}]}),
+    ],
+)
+def test_anything_but_the_report_is_refused(text: str) -> None:
+    """The agent trusts the wrapper's output no further than its shape."""
+    assert findings_from_json(json.dumps({"findings": [GOOD]}))[0].severity is Severity.CRITICAL
+    with pytest.raises(ValueError):
+        findings_from_json(text)
+
+
+def test_a_vanished_root_file_is_a_finding(account: Account, tmp_path: Path) -> None:
     root = sudoers(tmp_path, {"sudoers": rendered_grant(account.user)})
-    probe = SudoersProbe(root, account.user, WRAPPERS)
     shutil.move(root, tmp_path / "elsewhere")
-    [finding] = probe.refresh()
+    [finding] = scan(root, account.user, WRAPPERS)
     assert (finding.file, finding.code) == (str(root), "unreadable")

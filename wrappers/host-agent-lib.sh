@@ -10,6 +10,9 @@ readonly HA_WRAPPER_CONFIG=/etc/host-agent/wrappers.conf
 # shellcheck disable=SC2034  # used by the wrappers that source this file
 readonly EX_USAGE=64 EX_NOINPUT=66 EX_NOUSER=67 EX_NOPERM=77 EX_CONFIG=78
 readonly HA_MAX_NAME=255
+# A Unix account name as useradd accepts it by default.
+# shellcheck disable=SC2034  # used by the wrappers that source this file
+readonly HA_USER_NAME='[a-z_][a-z0-9_-]{0,31}'
 
 HA_NAME=${0##*/}
 export LC_ALL=C
@@ -102,6 +105,21 @@ ha_binary() {
     ha_trusted_file "$1" "$path"
     [[ -x $HA_TRUSTED ]] || ha_refuse "$EX_CONFIG" "$1=$path is not executable"
     printf '%s\n' "$path"
+}
+
+# ha_python: python_bin's path, for the wrappers that run Python as root. A
+# virtualenv's files are code run as root here, so every one of them must be
+# root's and not group/world-writable.
+ha_python() {
+    local python venv bad
+    python=$(ha_binary python_bin /usr/bin/python3)
+    venv=$(dirname -- "$(dirname -- "$python")")
+    if [[ -f $venv/pyvenv.cfg ]]; then
+        ha_trusted_file "python environment" "$venv/pyvenv.cfg"
+        bad=$(find "$venv" ! -type l \( ! -user root -o -perm /022 \) -print -quit)
+        [[ -z $bad ]] || ha_refuse "$EX_CONFIG" "python environment: $bad is not root's alone"
+    fi
+    printf '%s\n' "$python"
 }
 
 # ha_check FIELD VALUE REGEX: bounded, no leading '-', full match of REGEX.
