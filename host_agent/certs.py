@@ -12,7 +12,7 @@ import ipaddress
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,9 @@ CRL = "crl.pem"
 CN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _RESERVED = {"ca", "server", "crl"}
 _DAY = dt.timedelta(days=1)
+# A CRL shorter-lived than the 3-day expiry warning would warn all the time.
+MIN_CRL_DAYS = 4
+MAX_CRL_DAYS = 366
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ def init_ca(
     _write_key(directory / CA_KEY, key, force)
     _write_public(directory / CA_CERT, ca.public_bytes(serialization.Encoding.PEM), force)
     issue_server(directory, names=names, ips=ips, days=days, force=True)
-    write_crl(directory, revoked=(), days=crl_days)
+    write_crl(directory, revoked={}, days=crl_days)
 
 
 def issue_server(
@@ -158,35 +161,68 @@ def revoke(directory: Path, cn: str, *, crl_days: int = 30) -> int:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except FileNotFoundError as exc:
         raise CertificateError(f"no certificate for CN {cn!r} at {cert_path}") from exc
-    revoked = {entry.serial_number for entry in load_crl(directory)}
-    revoked.add(cert.serial_number)
-    write_crl(directory, revoked=sorted(revoked), days=crl_days)
+    revoked = _revoked_entries(directory)
+    revoked.setdefault(cert.serial_number, dt.datetime.now(dt.UTC))
+    write_crl(directory, revoked=revoked, days=crl_days)
     return cert.serial_number
 
 
-def write_crl(directory: Path, *, revoked: Iterable[int], days: int = 30) -> None:
-    """(Re)write crl.pem listing `revoked` serials, valid for `days`."""
+def refresh_crl(directory: Path, *, days: int = 30) -> x509.CertificateRevocationList:
+    """Re-sign the CRL with a new next update, keeping every revocation and its date.
+
+    Python's ssl fails every handshake once the CRL is past its next update,
+    so this runs daily (install.sh sets up a timer) well before that.
+    """
+    write_crl(directory, revoked=_revoked_entries(directory), days=days)
+    return load_crl(directory)
+
+
+def write_crl(directory: Path, *, revoked: Mapping[int, dt.datetime], days: int = 30) -> None:
+    """(Re)write crl.pem listing `revoked` serials with their revocation dates, valid for `days`."""
+    if not MIN_CRL_DAYS <= days <= MAX_CRL_DAYS:
+        raise CertificateError(f"a CRL must be valid for {MIN_CRL_DAYS} to {MAX_CRL_DAYS} days")
     ca_cert, ca_key = _load_ca(directory)
     now = dt.datetime.now(dt.UTC)
+    # Back-dated a little, like certificates, for clients with a slightly slow clock.
+    issued = now - dt.timedelta(minutes=5)
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca_cert.subject)
-        .last_update(now - dt.timedelta(minutes=5))
+        .last_update(issued)
         .next_update(now + days * _DAY)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
         )
     )
-    for serial in revoked:
+    for serial, revoked_at in sorted(revoked.items()):
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder()
             .serial_number(serial)
-            .revocation_date(now - dt.timedelta(minutes=5))
+            .revocation_date(min(revoked_at, issued))
             .build()
         )
     crl = builder.sign(ca_key, hashes.SHA256())
     _write_public(directory / CRL, crl.public_bytes(serialization.Encoding.PEM), force=True)
+
+
+def _revoked_entries(directory: Path) -> dict[int, dt.datetime]:
+    """The current CRL's revocations, refusing a CRL this CA did not sign: re-signing
+    a planted or corrupt one would quietly un-revoke what it left out."""
+    ca_cert, _ = _load_ca(directory)
+    try:
+        crl = load_crl(directory)
+    except ValueError as exc:
+        raise CertificateError(f"{directory / CRL} is not a PEM CRL: {exc}") from exc
+    public_key = ca_cert.public_key()
+    if crl.issuer != ca_cert.subject or not (
+        isinstance(public_key, ec.EllipticCurvePublicKey) and crl.is_signature_valid(public_key)
+    ):
+        raise CertificateError(
+            f"{directory / CRL} is not signed by {directory / CA_CERT}; "
+            "restore the CA's own CRL before re-signing"
+        )
+    return {entry.serial_number: entry.revocation_date_utc for entry in crl}
 
 
 def load_crl(directory: Path) -> x509.CertificateRevocationList:

@@ -94,6 +94,17 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("dir", type=Path)
     revoke.add_argument("cn")
     revoke.set_defaults(handler=_certs_revoke)
+    crl = cert_commands.add_parser(
+        "crl", help="re-sign the CRL with a new next update (daily, before it expires)"
+    )
+    crl.add_argument("dir", type=Path)
+    crl.add_argument(
+        "--days",
+        type=int,
+        default=30,
+        help=f"valid for this many days ({certs.MIN_CRL_DAYS}-{certs.MAX_CRL_DAYS}; default 30)",
+    )
+    crl.set_defaults(handler=_certs_crl)
 
     policy = commands.add_parser("policy", help="inspect policy decisions")
     policy_commands = policy.add_subparsers(required=True, metavar="ACTION")
@@ -194,6 +205,15 @@ def _certs_client(options: argparse.Namespace) -> int:
 def _certs_revoke(options: argparse.Namespace) -> int:
     serial = certs.revoke(options.dir, options.cn)
     print(f"revoked {options.cn} (serial {serial:x}); rewrote {options.dir / certs.CRL}")
+    return EXIT_OK
+
+
+def _certs_crl(options: argparse.Namespace) -> int:
+    crl = certs.refresh_crl(options.dir, days=options.days)
+    print(
+        f"rewrote {options.dir / certs.CRL}: {len(crl)} revoked certificate(s), "
+        f"next update {crl.next_update_utc:%Y-%m-%dT%H:%M:%SZ}; reload the agent to use it"
+    )
     return EXIT_OK
 
 

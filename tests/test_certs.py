@@ -407,3 +407,75 @@ def test_revoke_of_an_unknown_cn_errors(ca_dir: Path, capsys: pytest.CaptureFixt
     assert code == 1
     assert "nobody-1" in one_line_error(err)
     assert (ca_dir / certs.CRL).read_bytes() == before
+
+
+# --- `certs crl`: re-signing before the next update --------------------------------------
+
+
+def test_crl_refresh_moves_the_next_update_and_keeps_every_revocation(
+    ca_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    certs.issue_client(ca_dir, "librarian-1")
+    certs.issue_client(ca_dir, "reader-1")
+    certs.revoke(ca_dir, "librarian-1")
+    certs.revoke(ca_dir, "reader-1")
+    before = {entry.serial_number: entry.revocation_date_utc for entry in certs.load_crl(ca_dir)}
+    old_next = certs.load_crl(ca_dir).next_update_utc
+    assert old_next is not None
+
+    code, out, _ = run_cli(capsys, "certs", "crl", str(ca_dir), "--days", "90")
+    assert code == 0
+    crl = certs.load_crl(ca_dir)
+    assert {entry.serial_number: entry.revocation_date_utc for entry in crl} == before
+    assert crl.is_signature_valid(ec_public_key(load_cert(ca_dir / certs.CA_CERT)))
+    assert crl.next_update_utc is not None and crl.next_update_utc > old_next
+    expected = dt.datetime.now(dt.UTC) + dt.timedelta(days=90)
+    assert abs(crl.next_update_utc - expected) < dt.timedelta(minutes=5)
+    assert out == (
+        f"rewrote {ca_dir / certs.CRL}: 2 revoked certificate(s), next update "
+        f"{crl.next_update_utc:%Y-%m-%dT%H:%M:%SZ}; reload the agent to use it\n"
+    )
+    assert mode_of(ca_dir / certs.CRL) == 0o644
+
+
+@pytest.mark.parametrize("days", ["0", "3", "367", "-1"])
+def test_crl_refresh_refuses_a_lifetime_out_of_range(
+    ca_dir: Path, capsys: pytest.CaptureFixture[str], days: str
+) -> None:
+    before = (ca_dir / certs.CRL).read_bytes()
+    code, _, err = run_cli(capsys, "certs", "crl", str(ca_dir), "--days", days)
+    assert code == 1
+    assert one_line_error(err) == "host-agent: error: a CRL must be valid for 4 to 366 days\n"
+    assert (ca_dir / certs.CRL).read_bytes() == before
+
+
+def test_crl_refresh_refuses_a_crl_its_ca_did_not_sign(
+    ca_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Re-signing a planted CRL would un-revoke whatever it left out."""
+    other = tmp_path / "other"
+    certs.init_ca(other)
+    planted = (other / certs.CRL).read_bytes()
+    (ca_dir / certs.CRL).write_bytes(planted)
+    code, _, err = run_cli(capsys, "certs", "crl", str(ca_dir))
+    assert code == 1
+    assert f"{ca_dir / certs.CRL} is not signed by {ca_dir / certs.CA_CERT}" in err
+    assert (ca_dir / certs.CRL).read_bytes() == planted
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "no CRL at"), (b"not a crl\n", "is not a PEM CRL")],
+    ids=["missing", "garbage"],
+)
+def test_crl_refresh_refuses_a_missing_or_garbled_crl(
+    ca_dir: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, message: str
+) -> None:
+    path = ca_dir / certs.CRL
+    if content is None:
+        path.unlink()
+    else:
+        path.write_bytes(content)
+    code, _, err = run_cli(capsys, "certs", "crl", str(ca_dir))
+    assert code == 1 and message in err
+    assert (path.read_bytes() if path.exists() else None) == content

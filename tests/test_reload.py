@@ -3,22 +3,27 @@ handshakes, open connections untouched, a broken config kept out, the audit log 
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from host_agent import certs
 from host_agent.audit import verify
 from tests.support import Pki, client_context, config_text, listening_port, serve_process
+from tests.system import run
 
 DESTROY_DRY_RUN = {"kind": "zfs", "resource": "tank/data@old", "args": ["destroy"], "dry_run": True}
 DENY_DESTROY = '[[rules]]\noperation = "zfs-destroy"\ndeny = true\n'
@@ -173,3 +178,40 @@ def test_sighup_reopens_the_audit_log_and_the_chain_continues(
     assert log.stat().st_size > 0
     result = verify([rotated, log])
     assert result.ok, result.error
+
+
+def write_expired_crl(directory: Path) -> None:
+    """What a CRL nobody re-signed becomes: signed by the CA, past its next update."""
+    ca = x509.load_pem_x509_certificate((directory / certs.CA_CERT).read_bytes())
+    key = serialization.load_pem_private_key((directory / certs.CA_KEY).read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    now = dt.datetime.now(dt.UTC)
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(now - dt.timedelta(days=31))
+        .next_update(now - dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (directory / certs.CRL).write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+
+
+def test_an_expired_crl_fails_every_handshake_until_certs_crl_and_a_reload(
+    served: Served,
+) -> None:
+    write_expired_crl(served.pki.directory)
+    served.sighup("reloaded")
+    refused = (ssl.SSLError, httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)
+    for cn in ("librarian-1", "reader-1", "admin-1"):
+        with pytest.raises(refused), served.client(cn) as http:
+            http.get("/health")
+
+    host_agent = Path(sys.executable).with_name("host-agent")
+    done = run(str(host_agent), "certs", "crl", str(served.pki.directory))
+    assert "0 revoked certificate(s)" in done.stdout
+    served.sighup("reloaded")
+    with served.client("reader-1") as http:
+        health = http.get("/health").json()
+        text = http.get("/metrics").text
+    assert (health["status"], health["crl"]["state"]) == ("ok", "ok")
+    assert 'host_agent_tls_handshake_failures_total{reason="crl_expired"} 3.0' in text
