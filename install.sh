@@ -97,8 +97,13 @@ CERTS=$ETC/certs
 SUDOERS=$ROOT/etc/sudoers.d/host-agent
 PAM=$ROOT/etc/pam.d/host-agent
 LOGROTATE=$ROOT/etc/logrotate.d/host-agent
+RELOAD=$ROOT/usr/local/sbin/host-agent-reload
+CRON=$ROOT/etc/cron.d/host-agent
 UNIT_NAME=host-agent.service
 UNIT=$ROOT/etc/systemd/system/$UNIT_NAME
+CRL_TIMER_NAME=host-agent-crl.timer
+CRL_SERVICE=$ROOT/etc/systemd/system/host-agent-crl.service
+CRL_TIMER=$ROOT/etc/systemd/system/$CRL_TIMER_NAME
 LOG_DIR=$ROOT/var/log/host-agent
 STATE_DIR=$ROOT/var/lib/host-agent
 RUN_DIR=$ROOT/run/host-agent
@@ -323,8 +328,15 @@ install_wrappers_conf() {
     fi
 }
 
+# The one way everything else (logrotate, the CRL job) asks the agent to reload.
+install_reload() {
+    ha_render "$HA_REPO/scripts/host-agent-reload.sh" RUN_DIR="$RUN_DIR" \
+        SERVICE_USER="$SERVICE_USER" > "$HA_STAGING/reload"
+    ha_put_file "$HA_STAGING/reload" "$RELOAD" 0755 root root
+}
+
 install_logrotate() {
-    ha_render "$HA_REPO/logrotate/host-agent" LOG_DIR="$LOG_DIR" RUN_DIR="$RUN_DIR" \
+    ha_render "$HA_REPO/logrotate/host-agent" LOG_DIR="$LOG_DIR" RELOAD="$RELOAD" \
         SERVICE_USER="$SERVICE_USER" SERVICE_GROUP="$SERVICE_GROUP" > "$HA_STAGING/logrotate"
     # Its `su` switches to the service account: checkable by root, once that exists.
     if [[ $(id -u) == 0 ]] && id -u "$SERVICE_USER" >/dev/null 2>&1 \
@@ -336,22 +348,41 @@ install_logrotate() {
     ha_put_file "$HA_STAGING/logrotate" "$LOGROTATE" 0644 root root
 }
 
+# The CRL is re-signed daily: by a systemd timer, or by cron where systemd is not PID 1.
+install_crl_refresh() {
+    ha_render "$HA_REPO/systemd/host-agent-crl.service" HOST_AGENT="$HA_BIN" CERTS="$CERTS" \
+        RELOAD="$RELOAD" > "$HA_STAGING/crl.service"
+    ha_put_file "$HA_STAGING/crl.service" "$CRL_SERVICE" 0644 root root
+    ha_put_file "$HA_REPO/systemd/$CRL_TIMER_NAME" "$CRL_TIMER" 0644 root root
+    ha_render "$HA_REPO/cron/host-agent" HOST_AGENT="$HA_BIN" CERTS="$CERTS" RELOAD="$RELOAD" \
+        > "$HA_STAGING/cron"
+    ha_put_file "$HA_STAGING/cron" "$CRON" 0644 root root
+}
+
 install_unit() {
-    local before=$HA_CHANGES
+    local before=$HA_CHANGES unit
     ha_render "$HA_REPO/systemd/host-agent.service" VENV="$VENV" CONFIG="$CONFIG" \
         SERVICE_USER="$SERVICE_USER" SERVICE_GROUP="$SERVICE_GROUP" > "$HA_STAGING/unit"
     ha_put_file "$HA_STAGING/unit" "$UNIT" 0644 root root
+    install_crl_refresh
     if [[ -n $ROOT ]]; then
-        ha_unchanged "systemd: $UNIT_NAME not enabled (installed under --prefix)"
+        ha_unchanged "systemd: $UNIT_NAME and $CRL_TIMER_NAME not enabled (installed under --prefix)"
     elif ! systemd_manages; then
-        ha_unchanged "systemd: not running as PID 1 here, $UNIT_NAME not enabled"
+        ha_unchanged "systemd: not running as PID 1 here, $UNIT_NAME and $CRL_TIMER_NAME not enabled"
     else
         ((HA_CHANGES == before)) || ha_run systemctl daemon-reload
-        if systemctl --quiet is-enabled "$UNIT_NAME" 2>/dev/null; then
-            ha_unchanged "systemd: $UNIT_NAME enabled"
-        else
-            ha_changed enable "systemd: $UNIT_NAME"
-            ha_run systemctl --quiet enable "$UNIT_NAME"
+        for unit in "$UNIT_NAME" "$CRL_TIMER_NAME"; do
+            if systemctl --quiet is-enabled "$unit" 2>/dev/null; then
+                ha_unchanged "systemd: $unit enabled"
+            else
+                ha_changed enable "systemd: $unit"
+                ha_run systemctl --quiet enable "$unit"
+            fi
+        done
+        # The timer runs from now on; the agent itself is started by the operator.
+        if ! systemctl --quiet is-active "$CRL_TIMER_NAME"; then
+            ha_changed start "systemd: $CRL_TIMER_NAME"
+            ha_run systemctl start "$CRL_TIMER_NAME"
         fi
     fi
 }
@@ -370,6 +401,10 @@ EOF
         echo "  - systemd is not PID 1 here; start the agent with"
         echo "      $(start_command)"
         echo "    ($RUN_DIR is on tmpfs: after a reboot re-run install.sh first)"
+        if ! command -v cron >/dev/null; then
+            echo "  - no cron here to run $CRON: re-sign the CRL before it expires"
+            echo "      $BIN_LINK certs crl $CERTS && $RELOAD"
+        fi
     fi
 }
 
@@ -392,6 +427,7 @@ main_install() {
     install_wrappers_conf
     ha_install_wrappers "$LIBEXEC" "$WRAPPERS_CONF" "$SERVICE_USER" "$SUDOERS"
     ha_put_file "$HA_REPO/pam/host-agent" "$PAM" 0644 root root
+    install_reload
     install_logrotate
     install_unit
     if ((HA_CHANGES == 0)); then
@@ -423,22 +459,28 @@ stop_unmanaged_agent() {
 }
 
 main_uninstall() {
+    local unit before
     if systemd_manages && [[ -f $UNIT ]]; then
-        if systemctl --quiet is-enabled "$UNIT_NAME" 2>/dev/null \
-            || systemctl --quiet is-active "$UNIT_NAME"; then
-            ha_changed disable "systemd: $UNIT_NAME (stopped)"
-            ha_run systemctl --quiet disable --now "$UNIT_NAME"
-        fi
+        for unit in "$CRL_TIMER_NAME" "$UNIT_NAME"; do
+            if systemctl --quiet is-enabled "$unit" 2>/dev/null \
+                || systemctl --quiet is-active "$unit"; then
+                ha_changed disable "systemd: $unit (stopped)"
+                ha_run systemctl --quiet disable --now "$unit"
+            fi
+        done
     else
         stop_unmanaged_agent
     fi
-    if [[ -e $UNIT ]] && systemd_manages; then
-        ha_remove "$UNIT"
+    before=$HA_CHANGES
+    for unit in "$UNIT" "$CRL_SERVICE" "$CRL_TIMER"; do
+        ha_remove "$unit"
+    done
+    if systemd_manages && ((HA_CHANGES > before)); then
         ha_run systemctl daemon-reload
-    else
-        ha_remove "$UNIT"
     fi
+    ha_remove "$CRON"
     ha_remove "$LOGROTATE"
+    ha_remove "$RELOAD"
     ha_remove "$PAM"
     ha_remove "$SUDOERS"
     ha_uninstall_wrappers "$LIBEXEC"

@@ -8,6 +8,7 @@ it and leave it as they found it, except the last one, which uninstalls it.
 
 from __future__ import annotations
 
+import datetime as dt
 import grp
 import gzip
 import hashlib
@@ -26,7 +27,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from host_agent import __version__
+from host_agent import __version__, certs
 from host_agent.config import load_config
 from tests.support import client_context, listening_port, raw_exchange
 from tests.system import REPO, require_root_tools, run
@@ -206,7 +207,11 @@ def test_service_account_is_a_system_account_without_login_or_home(installed: In
         ("/etc/sudoers.d/host-agent", "0o440", "root", "root"),
         ("/etc/pam.d/host-agent", "0o644", "root", "root"),
         ("/etc/logrotate.d/host-agent", "0o644", "root", "root"),
+        ("/etc/cron.d/host-agent", "0o644", "root", "root"),
         ("/etc/systemd/system/host-agent.service", "0o644", "root", "root"),
+        ("/etc/systemd/system/host-agent-crl.service", "0o644", "root", "root"),
+        ("/etc/systemd/system/host-agent-crl.timer", "0o644", "root", "root"),
+        ("/usr/local/sbin/host-agent-reload", "0o755", "root", "root"),
         ("/usr/local/libexec/host-agent", "0o755", "root", "root"),
         ("/usr/local/libexec/host-agent/host-agent-lib.sh", "0o644", "root", "root"),
         ("/opt/host-agent/venv", "0o755", "root", "root"),
@@ -343,12 +348,17 @@ def test_logrotate_config_validates_and_rotates_by_renaming(installed: Installed
     ):
         assert expected in directives
     assert not any("copytruncate" in words for words in directives)
+    postrotate = lines[lines.index("    postrotate") + 1 : lines.index("    endscript")]
+    assert postrotate == [f"        {installed.path('/usr/local/sbin/host-agent-reload')}"]
     assert directives[0] == [f"{installed.path('/var/log/host-agent/audit.jsonl')}", "{"]
 
 
-def test_unit_file_passes_systemd_analyze_verify(installed: Installed) -> None:
+@pytest.mark.parametrize(
+    "name", ["host-agent.service", "host-agent-crl.service", "host-agent-crl.timer"]
+)
+def test_unit_file_passes_systemd_analyze_verify(installed: Installed, name: str) -> None:
     require_root_tools("systemd-analyze")
-    unit = installed.path("/etc/systemd/system/host-agent.service")
+    unit = installed.path(f"/etc/systemd/system/{name}")
     done = run("systemd-analyze", "verify", str(unit), check=False)
     assert done.returncode == 0, done.stderr
     assert unit.name not in done.stdout + done.stderr
@@ -478,8 +488,7 @@ def test_installed_agent_answers_a_client_of_the_installed_ca(
     # drop-in is not where sudo looks, so the root wrapper is refused: unchecked, not clean.
     assert health["sudoers_risky_entries"] is None
     assert health["sudoers_unchecked"] == (
-        "/etc/sudoers is not readable and host-agent-sudoers failed: "
-        "sudo: a password is required"
+        "/etc/sudoers is not readable and host-agent-sudoers failed: sudo: a password is required"
     )
     try:
         anonymous = raw_exchange(agent_port, client_context(certs / "ca.crt"))
@@ -565,6 +574,53 @@ def test_logrotate_renames_creates_compresses_and_signals_only_the_service(
             rotated_log.unlink()
 
 
+def test_the_crl_is_re_signed_daily_and_the_agent_told_to_reload(installed: Installed) -> None:
+    """The cron line (hosts without systemd) runs for real; the timer's service does the same."""
+    certs_dir = installed.path("/etc/host-agent/certs")
+    host_agent = installed.path("/opt/host-agent/venv/bin/host-agent")
+    reload = installed.path("/usr/local/sbin/host-agent-reload")
+    [job] = [
+        line
+        for line in installed.path("/etc/cron.d/host-agent").read_text().splitlines()
+        if line and not line.startswith("#") and "=" not in line.split()[0]
+    ]
+    fields = job.split(maxsplit=6)
+    assert fields[:6] == ["17", "4", "*", "*", "*", "root"]
+    assert fields[6] == (
+        f"[ -d /run/systemd/system ] || {{ {host_agent} certs crl {certs_dir} >/dev/null "
+        f"&& {reload}; }}"
+    )
+    service = dict(
+        line.split("=", 1)
+        for line in installed.path("/etc/systemd/system/host-agent-crl.service")
+        .read_text()
+        .splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert service["ExecStart"] == f"{host_agent} certs crl {certs_dir}"
+    assert service["ExecStartPost"] == str(reload)
+    timer = installed.path("/etc/systemd/system/host-agent-crl.timer").read_text().splitlines()
+    assert {"OnCalendar=daily", "Persistent=true", "WantedBy=timers.target"} <= set(timer)
+
+    run(str(host_agent), "certs", "crl", str(certs_dir), "--days", "10")
+    uid, _ = installed.ids
+    pid_file = installed.path("/run/host-agent/host-agent.pid")
+    recorder = hup_recorder(uid)
+    pid_file.write_text(f"{recorder.pid}\n")
+    try:
+        done = run("sh", "-c", fields[6])
+        assert recorder.communicate(timeout=10)[0] == "HUP\n"
+    finally:
+        pid_file.unlink()
+        recorder.kill()
+    assert done.stdout == ""
+    crl = certs.load_crl(certs_dir)
+    assert crl.next_update_utc is not None
+    remaining = crl.next_update_utc - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(days=29) < remaining <= dt.timedelta(days=30)
+    assert attributes(certs_dir / "crl.pem") == ("0o644", "root", "root")
+
+
 def test_install_wrappers_script_keeps_its_interface(installed: Installed, base: Path) -> None:
     """`install-wrappers.sh DIR CONFIG USER SUDOERS`, as demo.sh and tests/system.py run it."""
     root = Path(tempfile.mkdtemp(dir=base))
@@ -600,7 +656,11 @@ def test_uninstall_removes_what_it_installed_and_keeps_logs_approvals_and_config
         "/etc/sudoers.d/host-agent",
         "/etc/pam.d/host-agent",
         "/etc/logrotate.d/host-agent",
+        "/etc/cron.d/host-agent",
         "/etc/systemd/system/host-agent.service",
+        "/etc/systemd/system/host-agent-crl.service",
+        "/etc/systemd/system/host-agent-crl.timer",
+        "/usr/local/sbin/host-agent-reload",
         "/run/host-agent",
     ]
     before = manifest(installed.prefix)
