@@ -12,6 +12,7 @@ import datetime as dt
 import grp
 import gzip
 import hashlib
+import json
 import os
 import pwd
 import secrets
@@ -20,7 +21,10 @@ import ssl
 import stat
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -442,9 +446,9 @@ def test_refuses_to_run_as_another_user_than_root(installed: Installed) -> None:
     assert manifest(installed.prefix) == before
 
 
-@pytest.fixture
-def agent_port(installed: Installed) -> Iterator[int]:
-    """The installed agent, started as the service account as the unit would."""
+@contextmanager
+def installed_agent(installed: Installed, *options: str) -> Iterator[int]:
+    """The installed agent, started as the service account as the unit would; its port."""
     uid, gid = installed.ids
     process = subprocess.Popen(
         [
@@ -452,6 +456,7 @@ def agent_port(installed: Installed) -> Iterator[int]:
             "serve",
             "--config",
             str(installed.path("/etc/host-agent/agent.toml")),
+            *options,
         ],
         user=uid,
         group=gid,
@@ -461,20 +466,39 @@ def agent_port(installed: Installed) -> Iterator[int]:
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert process.stderr is not None
+    # Keep reading its log once it listens, so that a busy agent never blocks on a full pipe.
+    drain = threading.Thread(target=process.stderr.read, daemon=True)
     try:
-        yield listening_port(process)
+        port = listening_port(process)
+        drain.start()
+        yield port
     finally:
         process.terminate()
-        process.communicate(timeout=30)
+        process.wait(timeout=30)
+        if drain.is_alive():
+            drain.join(timeout=30)
+        process.stderr.close()
+
+
+@pytest.fixture
+def agent_port(installed: Installed) -> Iterator[int]:
+    with installed_agent(installed) as port:
+        yield port
+
+
+def client_certificate(installed: Installed, cn: str) -> ssl.SSLContext:
+    """A client certificate from the installed CA, as an operator would issue it."""
+    certs_dir = installed.path("/etc/host-agent/certs")
+    run(str(installed.path("/usr/local/bin/host-agent")), "certs", "client", str(certs_dir), cn)
+    return client_context(certs_dir / "ca.crt", certs_dir / f"{cn}.crt", certs_dir / f"{cn}.key")
 
 
 def test_installed_agent_answers_a_client_of_the_installed_ca(
     installed: Installed, agent_port: int
 ) -> None:
     certs = installed.path("/etc/host-agent/certs")
-    cn = f"monitor-{secrets.token_hex(3)}"
-    run(str(installed.path("/usr/local/bin/host-agent")), "certs", "client", str(certs), cn)
-    context = client_context(certs / "ca.crt", certs / f"{cn}.crt", certs / f"{cn}.key")
+    context = client_certificate(installed, f"monitor-{secrets.token_hex(3)}")
     with httpx.Client(base_url=f"https://127.0.0.1:{agent_port}", verify=context) as client:
         reply = client.get("/health")
     assert reply.status_code == 200
@@ -572,6 +596,96 @@ def test_logrotate_renames_creates_compresses_and_signals_only_the_service(
     finally:
         for rotated_log in installed.path("/var/log/host-agent").glob("audit.jsonl.*"):
             rotated_log.unlink()
+
+
+CLIENTS = 4
+ROTATIONS = 5
+# Refused (the installed config allows no git repository): audited, no process started.
+REFUSED = {"kind": "git", "resource": "/srv/app", "args": ["status"]}
+
+
+def audit_files(log_dir: Path) -> list[Path]:
+    """The audit log and its rotations, oldest first, as `audit verify` wants them."""
+    rotated = sorted(log_dir.glob("audit.jsonl.*"), key=lambda path: int(path.name.split(".")[2]))
+    return [*reversed(rotated), log_dir / "audit.jsonl"]
+
+
+def audit_lines(path: Path) -> list[dict[str, object]]:
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    return [json.loads(line) for line in data.decode().splitlines()]
+
+
+def test_rotation_under_load_loses_no_audit_line(installed: Installed, base: Path) -> None:
+    """Forced logrotate runs while clients keep sending: every request's record is in one
+    of the files, seq runs on without a gap across them, and the chain verifies."""
+    log_dir = installed.path("/var/log/host-agent")
+    for old in log_dir.glob("audit.jsonl*"):
+        old.unlink()
+    pid_file = installed.path("/run/host-agent/host-agent.pid")
+    logrotate = ["logrotate", "-f", "-s", str(base / "rotation.state")]
+    logrotate.append(str(installed.path("/etc/logrotate.d/host-agent")))
+    contexts = [
+        client_certificate(installed, f"monitor-{secrets.token_hex(3)}") for _ in range(CLIENTS)
+    ]
+    request_ids: list[str] = []
+    failures: list[str] = []
+    sending = threading.Event()
+    sending.set()
+
+    with installed_agent(installed, "--pid-file", str(pid_file)) as port:
+
+        def send(context: ssl.SSLContext) -> None:
+            url = f"https://127.0.0.1:{port}"
+            try:
+                with httpx.Client(base_url=url, verify=context, timeout=30) as http:
+                    while sending.is_set():
+                        reply = http.post("/host/op", json=REFUSED)
+                        if reply.status_code not in (400, 429):
+                            failures.append(f"{reply.status_code} {reply.text}")
+                        request_ids.append(reply.json()["request_id"])
+            except Exception as exc:  # a dead client is a failure, reported below
+                failures.append(repr(exc))
+
+        clients = [threading.Thread(target=send, args=(context,)) for context in contexts]
+        for client in clients:
+            client.start()
+
+        def after_more_requests() -> None:
+            """Let 20 more requests through; each client in its tight loop keeps one in flight."""
+            before = len(request_ids)
+            while len(request_ids) < before + 20 and all(c.is_alive() for c in clients):
+                time.sleep(0.01)
+
+        try:
+            for _ in range(ROTATIONS):
+                after_more_requests()
+                done = run(*logrotate, check=False)
+                assert done.returncode == 0, done.stderr
+            after_more_requests()
+        finally:
+            sending.clear()
+            for client in clients:
+                client.join(timeout=60)
+    assert failures == []
+
+    files = audit_files(log_dir)
+    assert len(files) == ROTATIONS + 1
+    verified = run(
+        str(installed.path("/usr/local/bin/host-agent")),
+        "audit",
+        "verify",
+        *map(str, files),
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    records = [record for path in files for record in audit_lines(path)]
+    seqs = [record["seq"] for record in records]
+    assert seqs == list(range(1, len(records) + 1))
+    audited = [
+        record["request_id"] for record in records if record["event"] in ("decision", "rejected")
+    ]
+    assert sorted(audited) == sorted(request_ids)
+    assert all(audit_lines(path) for path in files)
 
 
 def test_the_crl_is_re_signed_daily_and_the_agent_told_to_reload(installed: Installed) -> None:
