@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,10 @@ MAX_ARGS = 32
 MAX_REASON = 500
 _FIELDS = {"kind", "resource", "args", "dry_run", "reason", "approval_id"}
 _APPROVAL_ID = re.compile(r"ap-[0-9a-f]{16}")
+# Control, format (bidi overrides, zero-width), line/paragraph separators,
+# surrogates, private-use and unassigned: the reason is shown to approvers as
+# one line, and none of these may fake or hide the lines around it.
+_UNSHOWABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,12 @@ def parse_host_op(document: Any) -> HostOpRequest:
     if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
         raise ValidationError(
             "reason", f"must be a string of at most {MAX_REASON} characters", code="invalid_type"
+        )
+    if reason is not None and any(unicodedata.category(c) in _UNSHOWABLE for c in reason):
+        raise ValidationError(
+            "reason",
+            "one line of text: no control, formatting or invisible characters",
+            code="invalid_characters",
         )
     approval_id = document.get("approval_id")
     if approval_id is not None and (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,24 @@ def _error(reply: httpx.Response) -> dict[str, Any]:
             "invalid_type",
             "reason",
             id="reason-overlong",
+        ),
+        *(
+            pytest.param(
+                json.dumps({"kind": "zfs", "args": ["list"], "reason": reason}).encode(),
+                "invalid_characters",
+                "reason",
+                id=f"reason-{name}",
+            )
+            for name, reason in [
+                ("fake-lines", "cleanup\nWould affect:\n  nothing"),
+                ("carriage-return", "ok\rDigest: 00"),
+                ("nul", "ok\x00"),
+                ("escape-sequence", "ok\x1b[2J"),
+                ("bidi-override", "ok \u202e"),
+                ("zero-width", "o\u200bk"),
+                ("line-separator", "ok\u2028Digest: 00"),
+                ("lone-surrogate", "ok\ud800"),
+            ]
         ),
         pytest.param(
             b'{"kind": "zfs", "args": [' + b'"a",' * 40 + b'"a"]}',
@@ -226,7 +245,7 @@ def test_dry_run_answers_the_decision_without_running(
             "resource": "tank/data",
             "args": ["snapshot", "before-upgrade"],
             "dry_run": True,
-            "reason": "upgrade",
+            "reason": "upgrade – vor dem Update, naïve café 😀",
         },
     )
     assert reply.status_code == 200
@@ -240,7 +259,9 @@ def test_dry_run_answers_the_decision_without_running(
     assert body["argv"][:3] == [str(config.runner.sudo), "-n", "--"]
     records = audit_records(config.audit.log_path)
     assert [r["event"] for r in records] == ["decision"]
-    assert records[0]["dry_run"] is True and records[0]["reason_text"] == "upgrade"
+    assert records[0]["dry_run"] is True and records[0]["reason_text"] == (
+        "upgrade – vor dem Update, naïve café 😀"
+    )
     assert records[0]["digest"] == body["digest"]
 
 
