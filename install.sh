@@ -221,6 +221,12 @@ install_certs() {
         ((DRY_RUN)) && return
         "$HA_BIN" certs init "$CERTS" "${names[@]}" >/dev/null
     fi
+    # A CA brought from elsewhere (the predecessor's) may never have had a CRL.
+    if [[ -e $CERTS/ca.crt && -e $CERTS/ca.key && ! -e $CERTS/crl.pem ]]; then
+        ha_changed create "$CERTS/crl.pem (empty, signed by the existing CA)"
+        ((DRY_RUN)) && return
+        "$HA_BIN" certs crl "$CERTS" --create >/dev/null
+    fi
     # The CA key stays root's; the service reads its own key through its group.
     for file in ca.crt:0644 ca.key:0600 server.crt:0644 server.key:0640 crl.pem:0644; do
         mode=${file#*:} file=${file%:*} group=root

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from host_agent.errors import CertificateError
@@ -167,13 +167,22 @@ def revoke(directory: Path, cn: str, *, crl_days: int = 30) -> int:
     return cert.serial_number
 
 
-def refresh_crl(directory: Path, *, days: int = 30) -> x509.CertificateRevocationList:
+def refresh_crl(
+    directory: Path, *, days: int = 30, create: bool = False
+) -> x509.CertificateRevocationList:
     """Re-sign the CRL with a new next update, keeping every revocation and its date.
 
     Python's ssl fails every handshake once the CRL is past its next update,
-    so this runs daily (install.sh sets up a timer) well before that.
+    so this runs daily (install.sh sets up a timer) well before that. `create`
+    makes an empty one where there is none (a CA made elsewhere never had one).
     """
-    write_crl(directory, revoked=_revoked_entries(directory), days=days)
+    if not (directory / CRL).exists() and not create:
+        raise CertificateError(
+            f"no CRL at {directory / CRL}: restore it from a backup, or, for a CA that "
+            "never had one, make an empty one with --create"
+        )
+    revoked = _revoked_entries(directory) if (directory / CRL).exists() else {}
+    write_crl(directory, revoked=revoked, days=days)
     return load_crl(directory)
 
 
@@ -216,7 +225,8 @@ def _revoked_entries(directory: Path) -> dict[int, dt.datetime]:
         raise CertificateError(f"{directory / CRL} is not a PEM CRL: {exc}") from exc
     public_key = ca_cert.public_key()
     if crl.issuer != ca_cert.subject or not (
-        isinstance(public_key, ec.EllipticCurvePublicKey) and crl.is_signature_valid(public_key)
+        isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+        and crl.is_signature_valid(public_key)
     ):
         raise CertificateError(
             f"{directory / CRL} is not signed by {directory / CA_CERT}; "
@@ -283,14 +293,18 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+# `certs init` makes EC CAs; RSA ones (the predecessor's) are kept working after an upgrade.
+CaKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def _load_ca(directory: Path) -> tuple[x509.Certificate, CaKey]:
     try:
         cert = x509.load_pem_x509_certificate((directory / CA_CERT).read_bytes())
         key = serialization.load_pem_private_key((directory / CA_KEY).read_bytes(), None)
     except FileNotFoundError as exc:
         raise CertificateError(f"no CA in {directory}; run `host-agent certs init` first") from exc
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise CertificateError(f"{directory / CA_KEY} is not an EC key made by host-agent")
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise CertificateError(f"{directory / CA_KEY} is neither an EC nor an RSA private key")
     return cert, key
 
 

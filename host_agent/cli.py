@@ -104,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
         default=30,
         help=f"valid for this many days ({certs.MIN_CRL_DAYS}-{certs.MAX_CRL_DAYS}; default 30)",
     )
+    crl.add_argument(
+        "--create",
+        action="store_true",
+        help="make an empty CRL if DIR has none (a CA made elsewhere, e.g. by the predecessor)",
+    )
     crl.set_defaults(handler=_certs_crl)
 
     policy = commands.add_parser("policy", help="inspect policy decisions")
@@ -209,7 +214,7 @@ def _certs_revoke(options: argparse.Namespace) -> int:
 
 
 def _certs_crl(options: argparse.Namespace) -> int:
-    crl = certs.refresh_crl(options.dir, days=options.days)
+    crl = certs.refresh_crl(options.dir, days=options.days, create=options.create)
     print(
         f"rewrote {options.dir / certs.CRL}: {len(crl)} revoked certificate(s), "
         f"next update {crl.next_update_utc:%Y-%m-%dT%H:%M:%SZ}; reload the agent to use it"

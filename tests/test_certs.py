@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 import stat
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from host_agent import certs
 from host_agent.cli import main
 from host_agent.errors import CertificateError
+from tests.support import Pki, client, config_text, running_agent, write_config
 
 INIT_FILES = (certs.CA_CERT, certs.CA_KEY, certs.SERVER_CERT, certs.SERVER_KEY, certs.CRL)
 
@@ -479,3 +482,69 @@ def test_crl_refresh_refuses_a_missing_or_garbled_crl(
     code, _, err = run_cli(capsys, "certs", "crl", str(ca_dir))
     assert code == 1 and message in err
     assert (path.read_bytes() if path.exists() else None) == content
+
+
+def rsa_ca(directory: Path) -> x509.Certificate:
+    """A CA as openssl makes them (the predecessor's installer did): RSA, no CRL yet."""
+    directory.mkdir()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "clash-ca")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    (directory / certs.CA_CERT).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    (directory / certs.CA_KEY).write_bytes(key_pem)
+    return cert
+
+
+def test_a_ca_made_elsewhere_gets_an_empty_crl_only_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    directory = tmp_path / "clash"
+    ca = rsa_ca(directory)
+    code, _, err = run_cli(capsys, "certs", "crl", str(directory))
+    assert code == 1 and "make an empty one with --create" in err
+    assert not (directory / certs.CRL).exists()
+
+    code, out, _ = run_cli(capsys, "certs", "crl", str(directory), "--create")
+    assert code == 0 and "0 revoked certificate(s)" in out
+    public_key = ca.public_key()
+    assert isinstance(public_key, rsa.RSAPublicKey)
+    assert certs.load_crl(directory).is_signature_valid(public_key)
+    # --create never empties a CRL that exists.
+    certs.issue_client(directory, "librarian-1")
+    serial = certs.revoke(directory, "librarian-1")
+    assert run_cli(capsys, "certs", "crl", str(directory), "--create")[0] == 0
+    assert [entry.serial_number for entry in certs.load_crl(directory)] == [serial]
+
+
+def test_an_rsa_ca_from_the_predecessor_serves_and_revokes_for_real(tmp_path: Path) -> None:
+    directory = tmp_path / "clash"
+    rsa_ca(directory)
+    certs.refresh_crl(directory, create=True)
+    certs.issue_server(directory, names=["localhost"], ips=["127.0.0.1"])
+    for cn in ("librarian-1", "revoked-1"):
+        certs.issue_client(directory, cn)
+    certs.revoke(directory, "revoked-1")
+    pki = Pki(directory, directory)
+    config = write_config(tmp_path / "agent.toml", config_text(pki, tmp_path))
+    with running_agent(config) as agent:
+        with client(agent, pki, "librarian-1") as http:
+            assert http.get("/health").json()["crl"]["state"] == "ok"
+        refused = (ssl.SSLError, httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)
+        with pytest.raises(refused), client(agent, pki, "revoked-1") as http:
+            http.get("/health")

@@ -420,6 +420,20 @@ def test_a_changed_mode_is_put_right_and_reported(installed: Installed) -> None:
     assert installed.install().stdout.splitlines()[-1] == "nothing to change"
 
 
+def test_a_ca_brought_without_a_crl_gets_an_empty_one(installed: Installed) -> None:
+    """As after an upgrade from the predecessor, whose CA never made a CRL."""
+    crl = installed.path("/etc/host-agent/certs/crl.pem")
+    crl.unlink()
+    planned = installed.install("--dry-run").stdout.splitlines()
+    assert f"would create {crl} (empty, signed by the existing CA)" in planned
+    assert not crl.exists()
+    done = installed.install().stdout.splitlines()
+    assert f"created {crl} (empty, signed by the existing CA)" in done
+    assert attributes(crl) == ("0o644", "root", "root")
+    assert len(certs.load_crl(crl.parent)) == 0
+    assert installed.install().stdout.splitlines()[-1] == "nothing to change"
+
+
 def test_dry_run_on_a_fresh_prefix_changes_nothing(installed: Installed, base: Path) -> None:
     prefix = Path(tempfile.mkdtemp(dir=base))
     suffix = secrets.token_hex(3)
