@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from host_agent import __version__
-from host_agent.approvals.manager import ApprovalManager
+from host_agent.approvals.manager import APPROVAL_ID, ApprovalManager
 from host_agent.approvals.model import Approver
 from host_agent.approvals.signal import (
     SIGNATURE_HEADER,
@@ -95,11 +95,12 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
         await limited(request)
         identity, body = await read(request)
         try:
-            token, verdict = parse_verdict(decode_json(body))
+            token, verdict, approval_id = parse_verdict(decode_json(body))
         except RequestError as exc:
             await pipeline.reject(identity, exc)
             raise
-        approval = await approvals().decide(token, verdict, Approver("admin", identity.cn))
+        admin = Approver("admin", identity.cn)
+        approval = await approvals().decide(token, verdict, admin, approval_id=approval_id)
         return JSONResponse(approval.public())
 
     async def signal_webhook(request: Request) -> Response:
@@ -180,16 +181,24 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def parse_verdict(document: Any) -> tuple[str, bool]:
-    """`{"token": "...", "decision": "approve"|"deny"}` (decision defaults to approve)."""
-    if not isinstance(document, dict) or set(document) - {"token", "decision"}:
-        raise ValidationError("body", 'expected {"token", "decision"?}', code="invalid_body")
+def parse_verdict(document: Any) -> tuple[str, bool, str | None]:
+    """`{"token": "...", "decision": "approve"|"deny", "approval_id": "..."}`: decision
+    defaults to approve; approval_id (the predecessor's body has it) is optional."""
+    if not isinstance(document, dict) or set(document) - {"token", "decision", "approval_id"}:
+        raise ValidationError(
+            "body", 'expected {"token", "decision"?, "approval_id"?}', code="invalid_body"
+        )
     token, decision = document.get("token"), document.get("decision", "approve")
     if not isinstance(token, str) or len(token) > 64:
         raise ValidationError("token", "required, the token from the message", code="invalid_type")
     if decision not in ("approve", "deny"):
         raise ValidationError("decision", "must be approve or deny", code="invalid_argument")
-    return token, decision == "approve"
+    approval_id = document.get("approval_id")
+    if approval_id is not None and (
+        not isinstance(approval_id, str) or not APPROVAL_ID.fullmatch(approval_id)
+    ):
+        raise ValidationError("approval_id", "not an approval id", code="invalid_type")
+    return token, decision == "approve", approval_id
 
 
 def _too_large(limit: int) -> RequestError:

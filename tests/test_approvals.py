@@ -436,3 +436,20 @@ def test_only_a_person_on_the_host_may_name_the_approval_id(world: World, refere
             assert refused.value.code == "unknown_token"
 
     asyncio.run(scenario())
+
+
+def test_the_predecessors_approval_id_must_name_the_tokens_approval(world: World) -> None:
+    """POST /approve with {"approval_id", "token"}: both must point at the same approval."""
+
+    async def scenario() -> None:
+        first_id, first_token = await created(world)
+        second_id, _ = await created(world)
+        with pytest.raises(ApprovalError) as refused:
+            await world.manager.decide(first_token, True, ADMIN, approval_id=second_id)
+        assert (refused.value.code, refused.value.field) == ("approval_id_mismatch", "approval_id")
+        assert (await world.manager.visible(first_id, "librarian-1")).status is Status.PENDING
+        approved = await world.manager.decide(first_token, True, ADMIN, approval_id=first_id)
+        assert approved.status is Status.APPROVED
+
+    asyncio.run(scenario())
+    assert "approval_refused" in world.events()

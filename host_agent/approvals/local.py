@@ -142,7 +142,7 @@ class LocalApprovals:
     async def _answer(self, peer: Peer, reader: asyncio.StreamReader) -> dict[str, Any]:
         user = peer.user
         approver = Approver("pam", user if user is not None else f"#{peer.uid}")
-        seen = {"peer_uid": peer.uid, "peer_pid": peer.pid}
+        seen: dict[str, Any] = {"peer_uid": peer.uid, "peer_pid": peer.pid}
         if user is None or not self._is_member(user):
             await self.manager.refuse(approver, "not_an_approver", **seen)
             raise ApprovalError(

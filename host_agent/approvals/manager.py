@@ -138,15 +138,30 @@ class ApprovalManager:
     # --- the approver's side ----------------------------------------------------
 
     async def decide(
-        self, reference: str, approve: bool, approver: Approver, **context: Any
+        self,
+        reference: str,
+        approve: bool,
+        approver: Approver,
+        *,
+        approval_id: str | None = None,
+        **context: Any,
     ) -> Approval:
         """An approver's APPROVE or DENY for the approval `reference` (its token) names.
 
-        `context` (e.g. the local caller's uid) goes into every audit record of the step.
+        `approval_id`, when given (the predecessor's /approve body has it), must be the
+        approval the token belongs to. `context` (e.g. the local caller's uid) goes into
+        every audit record of the step.
         """
         try:
             self._check_channel(approver)
             approval = await self._find(reference, approver)
+            if approval_id is not None and approval.id != approval_id:
+                raise ApprovalError(
+                    409,
+                    "approval_id_mismatch",
+                    "the token belongs to another approval",
+                    field="approval_id",
+                )
         except ApprovalError as exc:
             await self.refuse(approver, exc.code, **context)
             raise
