@@ -115,7 +115,13 @@ def test_admin_approves_with_post_approve(
     refused = post(live, pki, "librarian-1", "/approve", {"token": token})
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "approver_not_allowed"
-    approved = post(live, pki, "admin-1", "/approve", {"token": token})
+    # The predecessor's body names the approval too; it must be the token's own.
+    other = post(
+        live, pki, "admin-1", "/approve", {"approval_id": "ap-" + "0" * 16, "token": token}
+    )
+    assert (other.status_code, other.json()["error"]["code"]) == (409, "approval_id_mismatch")
+    body = {"approval_id": approval_id, "token": token}
+    approved = post(live, pki, "admin-1", "/approve", body)
     assert approved.status_code == 200, approved.text
     assert approved.json()["approvers"] == ["admin:admin-1"]
     done = post(live, pki, "librarian-1", "/host/op", destroy(snapshot, approval_id=approval_id))
