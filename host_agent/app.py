@@ -35,6 +35,7 @@ from host_agent.metrics import CONTENT_TYPE
 from host_agent.pipeline import Pipeline
 from host_agent.ratelimit import RateLimited
 from host_agent.request import decode_json
+from host_agent.tools import build_manifest
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +148,22 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
             {**host.report(), "version": __version__, "adapters": sorted(pipeline.registry)}
         )
 
+    async def tools_manifest(request: Request) -> Response:
+        """The tools this caller may call under the current policy (a read, like /health)."""
+        identity = identity_from_scope(request.scope)
+        manifest = build_manifest(
+            pipeline.config,
+            pipeline.registry,
+            identity.cn,
+            approvals_enabled=pipeline.approvals is not None,
+        )
+        return JSONResponse(manifest)
+
     return Starlette(
         routes=[
             Route("/host/op", host_op, methods=["POST"]),
             Route("/health", health_check, methods=["GET"]),
+            Route("/v1/tools/manifest", tools_manifest, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/admin/warn-permissions", warn_permissions, methods=["GET"]),
             Route("/approvals/{approval_id}", approval_status, methods=["GET"]),

@@ -53,24 +53,10 @@ def decide(config: Config, cn: str, operation: Operation) -> Decision:
     where = f"agents[{index}] (cn_pattern={profile.cn_pattern!r})"
     name = operation.name
 
-    if profile.autonomy is Autonomy.READ_ONLY and operation.mutating:
-        return Decision(
-            Effect.DENY,
-            "read_only",
-            f"agent is read_only and {name} changes state",
-            f"{where}.autonomy",
-        )
-
-    allowed = _listed(profile.allowed_operations, name)
+    refusal = _refusal(profile, where, name, mutating=operation.mutating)
+    if refusal is not None:
+        return refusal
     needs_approval = _listed(profile.requires_approval_for, name)
-    if not allowed and not needs_approval:
-        return Decision(
-            Effect.DENY,
-            "operation_not_allowed",
-            f"{name} is not granted to this agent",
-            f"default deny: {where} lists neither allowed_operations nor "
-            "requires_approval_for for it",
-        )
 
     restrictions = [p for p in profile.pattern_rules if p.operation == name]
     if restrictions and not any(p.pattern.fullmatch(operation.resource) for p in restrictions):
@@ -132,7 +118,7 @@ def decide(config: Config, cn: str, operation: Operation) -> Decision:
             quorum,
         )
     if rule is not None and rule.approval_required:
-        if profile.autonomy is Autonomy.FULL and profile.allow_full_autonomy_bypass:
+        if _bypasses(profile):
             return Decision(
                 Effect.ALLOW,
                 "allowed",
@@ -152,6 +138,55 @@ def decide(config: Config, cn: str, operation: Operation) -> Decision:
     return Decision(Effect.ALLOW, "allowed", f"{name} allowed", source)
 
 
+class ApprovalNeed(StrEnum):
+    """Whether an operation offered to a caller needs a human, over every resource."""
+
+    NEVER = "never"
+    ALWAYS = "always"
+    DEPENDS = "depends"
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What `decide` can answer one caller for one operation name, whatever the resource."""
+
+    approval: ApprovalNeed
+    # The caller's pattern_rules for the operation: a resource must fully match one (R4).
+    resource_patterns: tuple[str, ...]
+    # Whether recursive calls can be allowed (R5).
+    recursive: bool
+
+
+def offer(
+    config: Config, profile: AgentProfile, name: str, *, mutating: bool, forced_approval: bool
+) -> Offer | None:
+    """None when `decide` denies `name` to `profile` for every resource (R2, R3, a deny
+    rule without a pattern); otherwise whether the approval rows (R7-R11) always, never
+    or only for some resources ask a human. pattern_rules (R4) and deny rules with a
+    pattern (R6) only narrow where it is allowed; the former are `resource_patterns`."""
+    if _refusal(profile, "", name, mutating=mutating) is not None:
+        return None
+    rules = [rule for rule in config.rules if rule.operation == name]
+    if any(rule.deny and rule.pattern is None for rule in rules):
+        return None
+    patterns = tuple(p.pattern.pattern for p in profile.pattern_rules if p.operation == name)
+    recursive = profile.allow_recursive
+    if forced_approval or _listed(profile.requires_approval_for, name):
+        return Offer(ApprovalNeed.ALWAYS, patterns, recursive)
+    # For a resource no deny rule matches, the first rule whose pattern matches decides.
+    candidates = [rule for rule in rules if not rule.deny]
+    asks = [
+        rule.always_ask or (rule.approval_required and not _bypasses(profile))
+        for rule in candidates
+    ]
+    if not any(asks):
+        return Offer(ApprovalNeed.NEVER, patterns, recursive)
+    catch_all = next((i for i, rule in enumerate(candidates) if rule.pattern is None), None)
+    if catch_all is not None and all(asks[: catch_all + 1]):
+        return Offer(ApprovalNeed.ALWAYS, patterns, recursive)
+    return Offer(ApprovalNeed.DEPENDS, patterns, recursive)
+
+
 def find_profile(config: Config, cn: str) -> tuple[int, AgentProfile] | None:
     """First profile, in file order, whose CN pattern matches (with its index)."""
     for index, profile in enumerate(config.agents):
@@ -167,6 +202,33 @@ def unknown_caller(cn: str) -> Decision:
         f"no agent profile matches CN {cn!r}",
         "default deny: no [[agents]] cn_pattern matches",
     )
+
+
+def _refusal(profile: AgentProfile, where: str, name: str, *, mutating: bool) -> Decision | None:
+    """R2 and R3: what the profile alone refuses, whatever the resource."""
+    if profile.autonomy is Autonomy.READ_ONLY and mutating:
+        return Decision(
+            Effect.DENY,
+            "read_only",
+            f"agent is read_only and {name} changes state",
+            f"{where}.autonomy",
+        )
+    if not _listed(profile.allowed_operations, name) and not _listed(
+        profile.requires_approval_for, name
+    ):
+        return Decision(
+            Effect.DENY,
+            "operation_not_allowed",
+            f"{name} is not granted to this agent",
+            f"default deny: {where} lists neither allowed_operations nor "
+            "requires_approval_for for it",
+        )
+    return None
+
+
+def _bypasses(profile: AgentProfile) -> bool:
+    """R10: full autonomy may skip a rule's approval_required (never always_ask)."""
+    return profile.autonomy is Autonomy.FULL and profile.allow_full_autonomy_bypass
 
 
 def _listed(patterns: tuple[str, ...], name: str) -> bool:

@@ -11,7 +11,7 @@ VENV=${HOST_AGENT_VENV:-$REPO/.venv}
 if [[ $(id -u) == 0 ]]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq python3-venv sudo zfs-fuse shellcheck curl openssl procps logrotate systemd \
+    apt-get install -y -qq python3-venv sudo zfs-fuse shellcheck curl openssl procps logrotate systemd nodejs \
         util-linux >/dev/null
 fi
 

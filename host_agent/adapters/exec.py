@@ -28,9 +28,14 @@ from host_agent.adapters.base import (
     Adapter,
     Call,
     Failure,
+    args_schema,
     check_choice,
     check_text,
+    choice_schema,
+    ecma_regex,
     expect_args,
+    parameters_schema,
+    text_schema,
 )
 from host_agent.config import ExecConfig
 from host_agent.errors import AdapterDisabled, ValidationError
@@ -55,6 +60,11 @@ class ExecAdapter(Adapter):
     kind = "exec"
     wrapper = "host-agent-exec"
     commands: ClassVar[Mapping[str, bool]] = {"run": True}
+    summaries: ClassVar[Mapping[str, str]] = {
+        "run": "Run one allowlisted command (resource: its exact path) with arguments "
+        "matching its patterns, or an Ansible playbook (resource: ansible://NAME; "
+        "args ['check'] for a dry run).",
+    }
     stderr_failures = (
         ("permission denied", Failure(403, "permission_denied", "permission denied")),
     )
@@ -95,6 +105,53 @@ class ExecAdapter(Adapter):
         for index, (value, pattern) in enumerate(zip(call.args, patterns, strict=False), 1):
             check_argument(f"args[{index}]", value, pattern)
         return ("command", resource, *call.args)
+
+    def tool_parameters(self, command: str, *, recursive: bool = True) -> dict[str, Any] | None:
+        """One branch per allowed command or playbook: its resource and the arguments it
+        takes. A command whose argument patterns have no portable spelling is left out."""
+        if not self.config.enabled:
+            return None
+        branches: list[tuple[str, dict[str, Any]]] = []
+        for command_path, patterns in self._patterns.items():
+            positions = [argument_schema(pattern) for pattern in patterns]
+            portable = [schema for schema in positions if schema is not None]
+            if not _fits(command_path) or len(portable) != len(positions):
+                continue
+            described = "No arguments"
+            if patterns:
+                described = (
+                    f"Up to {len(patterns)} argument(s), in order, each a whole match of "
+                    "its pattern: " + " ".join(p.pattern for p in patterns)
+                )
+            branches.append((command_path, args_schema(described, portable)))
+        check = args_schema(
+            f"Optional ['{CHECK}']: a dry run (ansible-playbook --check)",
+            [choice_schema("dry run", (CHECK,))],
+        )
+        for name in self.config.allowed_playbooks:
+            if _fits(PLAYBOOK_PREFIX + name):
+                branches.append((PLAYBOOK_PREFIX + name, check))
+        if not branches:
+            return None
+        resources = [resource for resource, _ in branches]
+        return parameters_schema(
+            resource={
+                "type": "string",
+                "description": "An allowed command's exact path, or ansible://PLAYBOOK",
+                "enum": resources,
+            },
+            args={
+                "type": "array",
+                "description": "The arguments the chosen resource takes (see anyOf)",
+                "items": {"type": "string"},
+                "maxItems": max(_most(args) for _, args in branches),
+            },
+            anyOf=[
+                {"properties": {"resource": {"const": resource}, "args": args}}
+                for resource, args in branches
+            ],
+            examples=[{"resource": resources[0]}],
+        )
 
     def _playbook(self, call: Call, name: str) -> tuple[str, ...]:
         if name not in self.config.allowed_playbooks:
@@ -142,6 +199,29 @@ def check_argument(field: str, value: str, pattern: re.Pattern[str]) -> str:
             code="argument_not_allowed",
         )
     return value
+
+
+def argument_schema(pattern: re.Pattern[str]) -> dict[str, Any] | None:
+    """The JSON Schema of what `check_argument` accepts for `pattern`; None when the
+    pattern has no portable spelling."""
+    portable = ecma_regex(pattern.pattern)
+    if portable is None:
+        return None
+    return text_schema(
+        f"Matching {pattern.pattern}",
+        max_length=MAX_ARGUMENT,
+        pattern=portable,
+        allow_option=pattern.pattern.startswith("-"),
+    )
+
+
+def _fits(resource: str) -> bool:
+    """Whether `validate` can accept `resource` as text at all (config does not bound it)."""
+    return len(resource) <= MAX_PATH
+
+
+def _most(args: dict[str, Any]) -> int:
+    return len(args.get("prefixItems", ())) or int(args.get("maxItems", 0))
 
 
 def parse_recap(text: str) -> dict[str, dict[str, int]]:

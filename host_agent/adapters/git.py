@@ -18,7 +18,18 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from host_agent.adapters.base import Adapter, Call, Failure, check_text, expect_args
+from host_agent.adapters.base import (
+    Adapter,
+    Call,
+    Failure,
+    args_schema,
+    check_text,
+    ecma_escape,
+    expect_args,
+    integer_pattern,
+    parameters_schema,
+    text_schema,
+)
 from host_agent.config import GitConfig
 from host_agent.errors import ValidationError
 from host_agent.operations import Operation
@@ -30,12 +41,23 @@ DEFAULT_COUNT = "10"
 MAX_COUNT = 200
 DEFAULT_REMOTE = "origin"
 COUNT_RE = re.compile(r"[1-9][0-9]{0,2}")
+_COUNT_DIGITS = len(str(MAX_COUNT))
 # No leading '.', no '..', no trailing '.': always a valid remote (and refspec) name.
 REMOTE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)*")
 # Stricter than git: refs that also pass check-ref-format may still carry shell
 # metacharacters (`$`, `;`, `|`, ...); those are refused too.
-REF_RE = re.compile(r"[A-Za-z0-9._/+@-]+")
+_REF_CHARS = "A-Za-z0-9._+@-"  # within one '/'-separated component
+REF_RE = re.compile(rf"[/{_REF_CHARS}]+")
 _REF_FORBIDDEN = frozenset("~^:?*[\\")
+# What `ref_name` accepts, in portable syntax: components that do not start with '.'
+# nor end with '.lock', no '..', no trailing '.', not '@' ('@{' and the forbidden
+# characters are outside REF_RE already).
+_REF_COMPONENT = rf"[{_REF_CHARS.replace('.', '')}][{_REF_CHARS}]*"
+REF_SCHEMA_PATTERN = (
+    rf"(?!.*\.\.)(?!.*\.lock(?:/|$))(?!.*\.$)(?!@$){_REF_COMPONENT}(?:/{_REF_COMPONENT})*"
+)
+# One component of a repository path: not empty, not '.' or '..' ('/' ends it).
+_PATH_COMPONENT = r"(?!\.\.?(?:/|$))[^/]+"
 
 # `git fetch` reports each updated ref on stderr: " * [new branch]  x -> origin/x".
 _FETCH_UPDATE = re.compile(r"^ [ +\-*!=t] (\[[^\]]*\]|\S+)\s+(\S+)\s+-> (\S+)", re.MULTILINE)
@@ -55,6 +77,15 @@ class GitAdapter(Adapter):
         "fetch": True,
         "pull": True,
         "checkout": True,
+    }
+    summaries: ClassVar[Mapping[str, str]] = {
+        "status": "Show a git working tree's branch, upstream, ahead/behind counts and "
+        "changed files.",
+        "log": "Show the latest commits of a git working tree: hash, author, date, subject.",
+        "fetch": "Fetch from a remote into a git working tree.",
+        "pull": "Fast-forward a git working tree from its remote (never merges).",
+        "checkout": "Check out a branch or tag in a git working tree; refuses when local "
+        "changes would be overwritten.",
     }
     # git 2.39's messages, most specific first.
     stderr_failures = (
@@ -117,6 +148,64 @@ class GitAdapter(Adapter):
             *head,
             check_text("args[1]", remote, max_length=MAX_NAME, pattern=REMOTE_RE, what="remote"),
         )
+
+    def tool_parameters(self, command: str, *, recursive: bool = True) -> dict[str, Any] | None:
+        repos = self.repo_patterns()
+        if not repos:
+            return None
+        example = repos[0][1]
+        resource = text_schema(
+            "Absolute path of a working tree inside one of "
+            + ", ".join(str(r) for r in self.config.allowed_repos)
+            + f", e.g. {example}",
+            max_length=MAX_PATH,
+            pattern="|".join(pattern for pattern, _ in repos),
+        )
+        if command == "status":
+            return parameters_schema(resource=resource, examples=[{"resource": example}])
+        if command == "log":
+            count = text_schema(
+                f"How many commits, 1 to {MAX_COUNT}",
+                max_length=_COUNT_DIGITS,
+                pattern=integer_pattern(1, MAX_COUNT),
+            )
+            return parameters_schema(
+                resource=resource,
+                args=args_schema(f"Optional [COUNT] (default {DEFAULT_COUNT})", [count]),
+                examples=[{"resource": example, "args": ["20"]}],
+            )
+        if command == "checkout":
+            ref = text_schema(
+                "Branch or tag, e.g. main or v1.2.0",
+                max_length=MAX_NAME,
+                pattern=REF_SCHEMA_PATTERN,
+            )
+            return parameters_schema(
+                resource=resource,
+                args=args_schema("[REF]: the branch or tag to check out", [ref], least=1),
+                examples=[{"resource": example, "args": ["main"]}],
+            )
+        remote = text_schema("Remote name", max_length=MAX_NAME, pattern=REMOTE_RE.pattern)
+        return parameters_schema(
+            resource=resource,
+            args=args_schema(f"Optional [REMOTE] (default {DEFAULT_REMOTE})", [remote]),
+            examples=[{"resource": example}, {"resource": example, "args": [DEFAULT_REMOTE]}],
+        )
+
+    def repo_patterns(self) -> list[tuple[str, str]]:
+        """For each allowed repository that can admit a path: the portable regex of the
+        paths `allowed_repo` accepts inside it (before symlinks), and an example path."""
+        patterns = []
+        for allowed in map(str, self.config.allowed_repos):
+            base = allowed.rstrip("/")
+            if "//" in base:
+                continue  # a leading '//': no path without empty components is inside it
+            inside = f"{ecma_escape(base)}(?:/{_PATH_COMPONENT})"
+            # Only "/" ends in '/' (Path drops a trailing one): paths below it, not itself.
+            example = allowed if base == allowed else f"{base}/app"
+            if len(example) <= MAX_PATH:
+                patterns.append((inside + ("*" if base == allowed else "+"), example))
+        return patterns
 
     def allowed_repo(self, field: str, value: str) -> str:
         """A repository path inside `[git] allowed_repos`, before and after resolving symlinks."""
@@ -206,7 +295,7 @@ def _ref_format_problem(value: str) -> str | None:
 
 def log_count(field: str, value: str) -> str:
     """How many commits `log` shows: 1..MAX_COUNT, plain decimal."""
-    check_text(field, value, max_length=3, what="count")
+    check_text(field, value, max_length=_COUNT_DIGITS, what="count")
     if not COUNT_RE.fullmatch(value) or int(value) > MAX_COUNT:
         raise ValidationError(
             field, f"count must be a whole number from 1 to {MAX_COUNT}", code="invalid_argument"

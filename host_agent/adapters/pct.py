@@ -13,7 +13,16 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from host_agent.adapters.base import Adapter, Call, Failure, check_text, expect_args
+from host_agent.adapters.base import (
+    Adapter,
+    Call,
+    Failure,
+    check_text,
+    expect_args,
+    integer_pattern,
+    parameters_schema,
+    text_schema,
+)
 from host_agent.errors import ValidationError
 from host_agent.operations import Operation
 from host_agent.runner import RunResult
@@ -37,6 +46,12 @@ class PctAdapter(Adapter):
         "stop": True,
         "destroy": True,
     }
+    summaries: ClassVar[Mapping[str, str]] = {
+        "status": "Show whether a Proxmox container is running.",
+        "start": "Start a Proxmox container.",
+        "stop": "Stop a Proxmox container.",
+        "destroy": "Destroy a Proxmox container and its disks.",
+    }
     # pve-container's messages: "Configuration file 'nodes/N/lxc/101.conf' does
     # not exist", "CT is locked (backup)", "unable to destroy CT 101 - container
     # is running", "CT 101 already running", "CT 101 not running", ...
@@ -59,6 +74,14 @@ class PctAdapter(Adapter):
     def validate(self, call: Call) -> tuple[str, ...]:
         expect_args(call, most=0)
         return (vmid("resource", call.resource),)
+
+    def tool_parameters(self, command: str, *, recursive: bool = True) -> dict[str, Any] | None:
+        container = text_schema(
+            f"Container ID (VMID), {MIN_VMID} to {MAX_VMID}, e.g. 101",
+            max_length=_MAX_VMID_TEXT,
+            pattern=integer_pattern(MIN_VMID, MAX_VMID),
+        )
+        return parameters_schema(resource=container, examples=[{"resource": "101"}])
 
     def forces_approval(self, command: str) -> bool:
         """Destroying a container is never left to configuration alone."""

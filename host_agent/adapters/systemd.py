@@ -15,7 +15,15 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from host_agent.adapters.base import Adapter, Call, Failure, check_text, expect_args
+from host_agent.adapters.base import (
+    Adapter,
+    Call,
+    Failure,
+    check_text,
+    expect_args,
+    parameters_schema,
+    text_schema,
+)
 from host_agent.errors import ValidationError
 from host_agent.operations import Operation
 from host_agent.runner import RunResult
@@ -27,10 +35,12 @@ UNIT_TYPES = ("service", "socket", "timer", "target", "mount", "path")
 # `@` separates an instance and may appear once.
 _UNIT_CHARS = re.compile(r"[A-Za-z0-9:_.@-]+")
 _PART = r"[A-Za-z0-9:_.-]"
-UNIT_RE = re.compile(
-    rf"(?P<prefix>[A-Za-z0-9_]{_PART}*)(?:(?P<at>@)(?P<instance>{_PART}+)?)?"
-    rf"\.(?:{'|'.join(UNIT_TYPES)})"
-)
+_PREFIX = rf"[A-Za-z0-9_]{_PART}*"
+_INSTANCE = rf"{_PART}+"
+_SUFFIX = rf"\.(?:{'|'.join(UNIT_TYPES)})"
+UNIT_RE = re.compile(rf"(?P<prefix>{_PREFIX})(?:(?P<at>@)(?P<instance>{_INSTANCE})?)?{_SUFFIX}")
+# What `unit_name` accepts, in portable syntax: no '..', an instance after any '@'.
+UNIT_SCHEMA_PATTERN = rf"(?!.*\.\.){_PREFIX}(?:@{_INSTANCE})?{_SUFFIX}"
 _GLOB_CHARS = frozenset("*?[]")
 
 # What `status` asks systemctl for (the wrapper keeps the same list).
@@ -60,6 +70,13 @@ class SystemdAdapter(Adapter):
         "stop": True,
         "restart": True,
     }
+    summaries: ClassVar[Mapping[str, str]] = {
+        "status": "Show a systemd unit's state: load, active and sub state, unit file "
+        "state, main PID and exit status, active since.",
+        "start": "Start a systemd unit.",
+        "stop": "Stop a systemd unit.",
+        "restart": "Restart a systemd unit.",
+    }
     # systemctl's messages: "Failed to start X: Unit X not found.", "... Unit X
     # not loaded." (stop), "... Access denied", "Job for X canceled.", ...
     stderr_failures = (
@@ -88,6 +105,15 @@ class SystemdAdapter(Adapter):
     def validate(self, call: Call) -> tuple[str, ...]:
         expect_args(call, most=0)
         return (unit_name("resource", call.resource),)
+
+    def tool_parameters(self, command: str, *, recursive: bool = True) -> dict[str, Any] | None:
+        unit = text_schema(
+            f"Unit NAME.TYPE or NAME@INSTANCE.TYPE, TYPE one of {', '.join(UNIT_TYPES)}; "
+            "e.g. nginx.service, getty@tty1.service",
+            max_length=MAX_UNIT_NAME,
+            pattern=UNIT_SCHEMA_PATTERN,
+        )
+        return parameters_schema(resource=unit, examples=[{"resource": "nginx.service"}])
 
     def interpret(self, operation: Operation, result: RunResult) -> dict[str, Any]:
         if operation.command == "status":

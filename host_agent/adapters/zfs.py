@@ -23,9 +23,13 @@ from host_agent.adapters.base import (
     Adapter,
     Call,
     Failure,
+    args_schema,
     check_choice,
     check_text,
+    choice_schema,
     expect_args,
+    parameters_schema,
+    text_schema,
 )
 from host_agent.errors import ValidationError
 from host_agent.operations import Operation
@@ -36,8 +40,9 @@ from host_agent.runner import RunResult
 # so '.' and '..' can never be components).
 MAX_NAME = 255
 MAX_DEPTH = 50
+_POOL = r"[A-Za-z][A-Za-z0-9_.:-]*"
 _COMPONENT = r"[A-Za-z0-9_][A-Za-z0-9_.:-]*"
-DATASET_RE = re.compile(rf"[A-Za-z][A-Za-z0-9_.:-]*(?:/{_COMPONENT})*")
+DATASET_RE = re.compile(rf"{_POOL}(?:/{_COMPONENT})*")
 SNAPSHOT_COMPONENT_RE = re.compile(_COMPONENT)
 # Words zpool reserves for vdev types: never pool names.
 RESERVED_POOL_NAMES = frozenset(
@@ -81,6 +86,10 @@ GET_PROPERTIES = (
     "usedbychildren",
 )
 RECURSIVE = "recursive"
+# Validation bounds DATASET@NAME as a whole, which a JSON Schema cannot say across two
+# fields; the snapshot tool's schema splits MAX_NAME: a name of at most this many
+# characters, the dataset the rest.
+SNAPSHOT_NAME_SCHEMA_MAX = 64
 # The wrapper's read-only listing behind previews; not a command clients may send.
 TREE = "tree"
 
@@ -94,6 +103,16 @@ class ZfsAdapter(Adapter):
         "snapshot": True,
         "destroy": True,
         "rollback": True,
+    }
+    summaries: ClassVar[Mapping[str, str]] = {
+        "list": "List ZFS datasets with type, used, available, referenced and mountpoint: "
+        "every pool, or one dataset and everything under it.",
+        "get": "Read properties of one ZFS dataset or snapshot.",
+        "snapshot": "Create the snapshot DATASET@NAME of one ZFS dataset.",
+        "destroy": "Destroy a ZFS dataset or snapshot (never a pool's root dataset); "
+        "without 'recursive' zfs refuses when it has children.",
+        "rollback": "Roll a ZFS dataset back to one of its snapshots, discarding every "
+        "change since; without 'recursive' zfs refuses when newer snapshots exist.",
     }
     stderr_failures = (
         ("does not exist", Failure(404, "not_found", "dataset or snapshot does not exist")),
@@ -150,6 +169,74 @@ class ZfsAdapter(Adapter):
     def is_recursive(self, call: Call) -> bool:
         return call.command in ("destroy", "rollback") and RECURSIVE in call.args
 
+    def tool_parameters(self, command: str, *, recursive: bool = True) -> dict[str, Any] | None:
+        if command == "list":
+            return parameters_schema(
+                resource=name_schema(
+                    "Dataset to list with everything under it, e.g. tank/media; "
+                    "omit to list every pool",
+                    snapshot=False,
+                ),
+                resource_required=False,
+                args=args_schema(
+                    "Optional: which type to list (default: filesystems and volumes)",
+                    [choice_schema("dataset type", LIST_TYPES)],
+                ),
+                examples=[{"resource": "tank/media", "args": ["snapshot"]}],
+            )
+        if command == "get":
+            return parameters_schema(
+                resource=name_schema(
+                    "Dataset or snapshot, e.g. tank/media or tank/media@daily-2024-01-15"
+                ),
+                args=args_schema(
+                    "Properties to read; none reads every property listed here",
+                    [choice_schema("property", GET_PROPERTIES)] * len(GET_PROPERTIES),
+                ),
+                examples=[{"resource": "tank/media", "args": ["used", "compression"]}],
+            )
+        if command == "snapshot":
+            name = text_schema(
+                "Snapshot name, e.g. daily-2024-01-15",
+                max_length=SNAPSHOT_NAME_SCHEMA_MAX,
+                pattern=_COMPONENT,
+            )
+            return parameters_schema(
+                resource=name_schema(
+                    "Dataset to snapshot, e.g. tank/media",
+                    snapshot=False,
+                    max_length=MAX_NAME - 1 - SNAPSHOT_NAME_SCHEMA_MAX,
+                ),
+                args=args_schema("[NAME]: the new snapshot's name", [name], least=1),
+                examples=[{"resource": "tank/media", "args": ["daily-2024-01-15"]}],
+            )
+        if command == "destroy":
+            resource = name_schema(
+                "Dataset below a pool's root, or a snapshot, e.g. tank/media/old or tank/media@old",
+                below_pool=True,
+            )
+            example = {"resource": "tank/media@old"}
+        else:
+            resource = name_schema(
+                "Snapshot DATASET@NAME, e.g. tank/media@daily-2024-01-15", dataset=False
+            )
+            example = {"resource": "tank/media@daily-2024-01-15"}
+        if not recursive:
+            return parameters_schema(resource=resource, examples=[example])
+        return parameters_schema(
+            resource=resource,
+            args=args_schema(
+                "Optional ['recursive']: also "
+                + (
+                    "children and their snapshots"
+                    if command == "destroy"
+                    else "destroy the snapshots newer than the target"
+                ),
+                [choice_schema("recursive", (RECURSIVE,))],
+            ),
+            examples=[example, {**example, "args": [RECURSIVE]}],
+        )
+
     def preview(self, operation: Operation) -> Operation | None:
         if operation.command not in ("destroy", "rollback"):
             return None
@@ -194,6 +281,29 @@ def zfs_name(field: str, value: str, *, dataset: bool = True, snapshot: bool = T
     if base.count("/") + 1 > MAX_DEPTH:
         raise ValidationError(field, f"dataset nested deeper than {MAX_DEPTH}", code="too_long")
     return value
+
+
+def name_schema(
+    description: str,
+    *,
+    dataset: bool = True,
+    snapshot: bool = True,
+    below_pool: bool = False,
+    max_length: int = MAX_NAME,
+) -> dict[str, Any]:
+    """The JSON Schema of what `zfs_name` accepts (`below_pool`: not a pool's root)."""
+    reserved = "|".join(sorted(RESERVED_POOL_NAMES))
+    pool = f"(?!(?:{reserved})(?:[/@]|$)){_POOL}"
+    snapname = f"@{_COMPONENT}"
+    if below_pool:
+        # A dataset below the pool (with or without a snapshot), or the pool's snapshot.
+        below = f"(?:/{_COMPONENT}){{1,{MAX_DEPTH - 1}}}"
+        pattern = f"{pool}(?:{below}(?:{snapname})?|{snapname})"
+    else:
+        pattern = f"{pool}(?:/{_COMPONENT}){{0,{MAX_DEPTH - 1}}}"
+        if snapshot:
+            pattern += f"(?:{snapname})" + ("?" if dataset else "")
+    return text_schema(description, max_length=max_length, pattern=pattern)
 
 
 @dataclass(frozen=True, slots=True)

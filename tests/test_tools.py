@@ -1,0 +1,403 @@
+"""GET /v1/tools/manifest over mutual TLS: each caller sees the tools policy lets it ask for."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from jsonschema import Draft202012Validator
+
+from host_agent.config import Config, parse_config
+from host_agent.operations import OPERATION_NAMES, Operation
+from host_agent.policy import ApprovalNeed, Effect, decide, find_profile, offer
+from host_agent.tools import SCHEMA_DIALECT
+from tests.support import (
+    Pki,
+    RunningAgent,
+    audit_records,
+    client,
+    client_context,
+    config_text,
+    listening_port,
+    running_agent,
+    serve_process,
+    write_config,
+)
+
+MANIFEST = "/v1/tools/manifest"
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+EXTRA = """
+[git]
+allowed_repos = ["/srv/app"]
+
+[exec]
+enabled = true
+allowed_commands = ["/usr/bin/uptime", "/usr/bin/du"]
+playbook_dir = "/etc/host-agent/playbooks"
+allowed_playbooks = ["site.yml"]
+
+[exec.argument_patterns]
+"/usr/bin/du" = ["-s", "/srv/[a-z]+"]
+
+[[rules]]
+operation = "zfs-get"
+deny = true
+
+[[rules]]
+operation = "zfs-rollback"
+pattern = "tank/.*"
+deny = true
+
+[[rules]]
+operation = "systemd-restart"
+pattern = "db.*"
+approval_required = true
+
+[[rules]]
+operation = "systemd-stop"
+always_ask = true
+"""
+
+# Before the standard profiles, so they win the first match for these CNs.
+PROFILES = """
+[[agents]]
+cn_pattern = "reader-*"
+agent_type = "auditor"
+unix_user = "auditor"
+autonomy = "read_only"
+allowed_operations = ["*"]
+requires_approval_for = ["zfs-destroy"]
+
+[[agents]]
+cn_pattern = "admin-*"
+agent_type = "operator"
+unix_user = "operator"
+autonomy = "full"
+allowed_operations = ["*"]
+allow_recursive = true
+
+[[agents.pattern_rules]]
+operation = "zfs-snapshot"
+pattern = "tank/.*"
+"""
+
+
+def manifest(agent: RunningAgent, pki: Pki, cn: str) -> dict[str, Any]:
+    with client(agent, pki, cn) as http:
+        reply = http.get(MANIFEST)
+    assert reply.status_code == 200, reply.text
+    body: dict[str, Any] = reply.json()
+    return body
+
+
+def names(body: dict[str, Any]) -> list[str]:
+    return [tool["function"]["name"] for tool in body["tools"]]
+
+
+def tool(body: dict[str, Any], name: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(t for t in body["tools"] if t["function"]["name"] == name)
+    return found
+
+
+def approval(body: dict[str, Any]) -> dict[str, str]:
+    return {t["function"]["name"]: t["x-host-agent"]["approval"] for t in body["tools"]}
+
+
+@pytest.fixture
+def policy_agent(pki: Pki, tmp_path: Path) -> Any:
+    text = config_text(pki, tmp_path, profiles=PROFILES, extra=EXTRA)
+    with running_agent(write_config(tmp_path / "agent.toml", text)) as agent:
+        yield agent
+
+
+def test_each_caller_sees_the_tools_its_profile_grants(agent: RunningAgent, pki: Pki) -> None:
+    librarian = manifest(agent, pki, "librarian-1")
+    assert names(librarian) == ["zfs-destroy", "zfs-list", "zfs-snapshot"]
+    assert approval(librarian) == {
+        "zfs-destroy": "always",
+        "zfs-list": "never",
+        "zfs-snapshot": "never",
+    }
+    assert names(manifest(agent, pki, "reader-1")) == ["zfs-list"]
+    assert names(manifest(agent, pki, "admin-1")) == [
+        "zfs-destroy",
+        "zfs-get",
+        "zfs-list",
+        "zfs-rollback",
+        "zfs-snapshot",
+    ]
+
+
+def test_the_manifest_is_openai_tools_with_2020_12_schemas(agent: RunningAgent, pki: Pki) -> None:
+    body = manifest(agent, pki, "librarian-1")
+    assert body["cn"] == "librarian-1"
+    assert body["agent_type"] == "librarian"
+    assert body["autonomy"] == "supervised"
+    assert body["approvals_enabled"] is True
+    assert body["schema_dialect"] == SCHEMA_DIALECT
+    for entry in body["tools"]:
+        assert set(entry) == {"type", "function", "x-host-agent"}
+        assert entry["type"] == "function"
+        function = entry["function"]
+        assert set(function) == {"name", "description", "parameters"}
+        assert TOOL_NAME.fullmatch(function["name"])
+        assert function["name"] in OPERATION_NAMES
+        assert function["description"]
+        Draft202012Validator.check_schema(function["parameters"])
+        extension = entry["x-host-agent"]
+        assert f"{extension['kind']}-{extension['command']}" == function["name"]
+        assert set(extension) == {"kind", "command", "mutating", "approval", "resource_patterns"}
+    destroy = tool(body, "zfs-destroy")
+    assert destroy["x-host-agent"]["mutating"] is True
+    assert "human approves" in destroy["function"]["description"]
+    # librarian lacks allow_recursive: the tool does not offer 'recursive' at all.
+    assert "args" not in destroy["function"]["parameters"]["properties"]
+
+
+def test_a_read_only_profile_sees_no_mutating_tool(policy_agent: RunningAgent, pki: Pki) -> None:
+    body = manifest(policy_agent, pki, "reader-1")
+    # zfs-get is denied to everyone by a rule; zfs-destroy (requires_approval_for)
+    # stays hidden because read_only comes first.
+    assert names(body) == [
+        "git-log",
+        "git-status",
+        "pct-status",
+        "systemd-status",
+        "zfs-list",
+    ]
+    assert all(t["x-host-agent"]["mutating"] is False for t in body["tools"])
+
+
+def test_deny_rules_and_approvals_shape_the_manifest(policy_agent: RunningAgent, pki: Pki) -> None:
+    body = manifest(policy_agent, pki, "admin-1")
+    listed = names(body)
+    # A deny rule without a pattern hides the tool; one with a pattern does not.
+    assert "zfs-get" not in listed
+    assert "zfs-rollback" in listed
+    assert listed == sorted(OPERATION_NAMES - {"zfs-get"})
+    asks = approval(body)
+    assert asks["pct-destroy"] == "always"  # the adapter forces it
+    assert asks["systemd-stop"] == "always"  # always_ask without a pattern
+    assert asks["systemd-restart"] == "depends"  # approval_required for db.* only
+    assert asks["systemd-start"] == "never"
+    snapshot = tool(body, "zfs-snapshot")
+    assert snapshot["x-host-agent"]["resource_patterns"] == ["tank/.*"]
+    assert "tank/.*" in snapshot["function"]["description"]
+    # allow_recursive: 'recursive' is offered.
+    destroy = tool(body, "zfs-destroy")["function"]["parameters"]
+    assert destroy["properties"]["args"]["items"]["enum"] == ["recursive"]
+
+
+def test_exec_lists_the_configured_commands_and_playbooks(
+    policy_agent: RunningAgent, pki: Pki
+) -> None:
+    run = tool(manifest(policy_agent, pki, "admin-1"), "exec-run")["function"]["parameters"]
+    expected = ["/usr/bin/uptime", "/usr/bin/du", "ansible://site.yml"]
+    assert run["properties"]["resource"]["enum"] == expected
+    branches = {b["properties"]["resource"]["const"]: b for b in run["anyOf"]}
+    assert list(branches) == expected
+    du = branches["/usr/bin/du"]["properties"]["args"]
+    assert [p["pattern"] for p in du["prefixItems"]] == ["^(?:-s)$", "^(?!-)(?:/srv/[a-z]+)$"]
+    assert branches["/usr/bin/uptime"]["properties"]["args"]["maxItems"] == 0
+    git = tool(manifest(policy_agent, pki, "admin-1"), "git-status")["function"]["parameters"]
+    assert git["properties"]["resource"]["pattern"].startswith("^(?!-)(?:/srv/app")
+
+
+def test_tools_that_always_need_a_human_are_hidden_without_approvals(
+    pki: Pki, tmp_path: Path
+) -> None:
+    text = config_text(pki, tmp_path, approvals=False)
+    with running_agent(write_config(tmp_path / "agent.toml", text)) as agent:
+        body = manifest(agent, pki, "librarian-1")
+    assert body["approvals_enabled"] is False
+    assert names(body) == ["zfs-list", "zfs-snapshot"]
+
+
+def test_an_unknown_cn_is_refused_and_reads_are_not_audited(agent: RunningAgent, pki: Pki) -> None:
+    before = audit_records(agent.config.audit.log_path)
+    with client(agent, pki, "stranger") as http:
+        reply = http.get(MANIFEST)
+    assert reply.status_code == 403
+    assert reply.json()["error"]["code"] == "unknown_cn"
+    manifest(agent, pki, "librarian-1")
+    assert audit_records(agent.config.audit.log_path) == before
+
+
+def test_adapters_that_can_accept_nothing_offer_no_tool(pki: Pki, tmp_path: Path) -> None:
+    """No [git] allowed_repos and exec switched off: no git or exec tool, even for '*'."""
+    everything = """
+[[agents]]
+cn_pattern = "admin-*"
+agent_type = "operator"
+unix_user = "operator"
+autonomy = "full"
+allowed_operations = ["*"]
+"""
+    text = config_text(pki, tmp_path, profiles=everything)
+    with running_agent(write_config(tmp_path / "agent.toml", text)) as agent:
+        listed = names(manifest(agent, pki, "admin-1"))
+    assert listed == sorted(
+        name for name in OPERATION_NAMES if not name.startswith(("git-", "exec-"))
+    )
+
+
+def test_the_manifest_follows_a_config_reload(pki: Pki, tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text(config_text(pki, tmp_path))
+    process = serve_process(config)
+    try:
+        port = listening_port(process)
+        cert, key = pki.client("librarian-1")
+        context = client_context(pki.ca, cert, key)
+
+        def listed() -> list[str]:
+            with httpx.Client(verify=context, timeout=30) as http:
+                reply = http.get(f"https://127.0.0.1:{port}{MANIFEST}")
+            assert reply.status_code == 200, reply.text
+            return names(reply.json())
+
+        assert listed() == ["zfs-destroy", "zfs-list", "zfs-snapshot"]
+        config.write_text(config.read_text() + '\n[[rules]]\noperation = "zfs-list"\ndeny = true\n')
+        process.send_signal(signal.SIGHUP)
+        assert process.stderr is not None
+        while line := process.stderr.readline():
+            if "reload" in line:
+                assert "reloaded" in line, line
+                break
+        assert listed() == ["zfs-destroy", "zfs-snapshot"]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        process.kill()
+        process.communicate()
+
+
+# --- policy.offer: the manifest's view of decide ------------------------------------
+
+
+def policy_config(rules: list[dict[str, Any]], **agent: Any) -> Config:
+    profile = {"cn_pattern": "a*", "agent_type": "t", "unix_user": "t", **agent}
+    return parse_config(
+        {
+            "server": {"cert": "s.crt", "key": "s.key", "client_ca": "ca.crt"},
+            "audit": {"log_path": "audit.jsonl"},
+            "agents": [profile],
+            "rules": rules,
+        },
+        Path("test.toml"),
+    )
+
+
+def ask(pattern: str | None = None, **keys: Any) -> dict[str, Any]:
+    rule: dict[str, Any] = {"operation": "systemd-restart", **keys}
+    if pattern is not None:
+        rule["pattern"] = pattern
+    return rule
+
+
+GRANTED = {"allowed_operations": ["systemd-*"]}
+FULL_BYPASS = {**GRANTED, "autonomy": "full", "allow_full_autonomy_bypass": True}
+
+
+@pytest.mark.parametrize(
+    ("rules", "agent", "expected"),
+    [
+        pytest.param([], GRANTED, ApprovalNeed.NEVER, id="no-rule"),
+        pytest.param([ask(approval_required=True)], GRANTED, ApprovalNeed.ALWAYS, id="rule-asks"),
+        pytest.param(
+            [ask("db.*", approval_required=True)],
+            GRANTED,
+            ApprovalNeed.DEPENDS,
+            id="rule-asks-some",
+        ),
+        pytest.param(
+            [ask("db.*"), ask(approval_required=True)],
+            GRANTED,
+            ApprovalNeed.DEPENDS,
+            id="earlier-rule-lets-some-through",
+        ),
+        pytest.param(
+            [ask(approval_required=True), ask("db.*")],
+            GRANTED,
+            ApprovalNeed.ALWAYS,
+            id="later-rule-shadowed",
+        ),
+        pytest.param(
+            [ask("db.*", deny=True), ask(approval_required=True)],
+            GRANTED,
+            ApprovalNeed.ALWAYS,
+            id="deny-with-pattern-then-ask",
+        ),
+        pytest.param(
+            [ask(approval_required=True)], FULL_BYPASS, ApprovalNeed.NEVER, id="bypass-lifts-it"
+        ),
+        pytest.param([ask(always_ask=True)], FULL_BYPASS, ApprovalNeed.ALWAYS, id="always-ask"),
+        pytest.param(
+            [],
+            {"requires_approval_for": ["systemd-restart"]},
+            ApprovalNeed.ALWAYS,
+            id="requires-approval-for",
+        ),
+        pytest.param([ask(deny=True)], GRANTED, None, id="deny-everywhere"),
+        pytest.param([], {**GRANTED, "autonomy": "read_only"}, None, id="read-only"),
+        pytest.param([], {"allowed_operations": ["zfs-*"]}, None, id="not-granted"),
+    ],
+)
+def test_offer_classifies_the_approval_rows(
+    rules: list[dict[str, Any]], agent: dict[str, Any], expected: ApprovalNeed | None
+) -> None:
+    config = policy_config(rules, **agent)
+    profile = config.agents[0]
+    offered = offer(config, profile, "systemd-restart", mutating=True, forced_approval=False)
+    assert (offered and offered.approval) == expected
+
+
+def test_an_adapter_forced_approval_is_always() -> None:
+    config = policy_config([], allowed_operations=["pct-*"], autonomy="full")
+    offered = offer(config, config.agents[0], "pct-destroy", mutating=True, forced_approval=True)
+    assert offered is not None
+    assert offered.approval is ApprovalNeed.ALWAYS
+
+
+@pytest.mark.parametrize(
+    ("rules", "agent"),
+    [
+        ([], GRANTED),
+        ([ask(approval_required=True)], GRANTED),
+        ([ask("db.*", approval_required=True)], GRANTED),
+        ([ask("db.*"), ask(always_ask=True)], FULL_BYPASS),
+        ([ask("db.*", deny=True), ask("web.*", approval_required=True)], GRANTED),
+        ([ask(deny=True)], GRANTED),
+        ([], {**GRANTED, "autonomy": "read_only"}),
+    ],
+)
+def test_offer_never_contradicts_decide(rules: list[dict[str, Any]], agent: dict[str, Any]) -> None:
+    """Hidden: decide denies every resource. never: decide never asks; always: never
+    allows without a human."""
+    config = policy_config(rules, **agent)
+    found = find_profile(config, "a-1")
+    assert found is not None
+    offered = offer(config, found[1], "systemd-restart", mutating=True, forced_approval=False)
+    effects = set()
+    for unit in ("db1.service", "web.service", "app.service"):
+        operation = Operation(
+            kind="systemd",
+            command="restart",
+            resource=unit,
+            args=("restart",),
+            wrapper="host-agent-systemd",
+            wrapper_argv=("restart", unit),
+            mutating=True,
+        )
+        effects.add(decide(config, "a-1", operation).effect)
+    if offered is None:
+        assert effects == {Effect.DENY}
+    elif offered.approval is ApprovalNeed.NEVER:
+        assert Effect.APPROVAL not in effects
+    elif offered.approval is ApprovalNeed.ALWAYS:
+        assert Effect.ALLOW not in effects
