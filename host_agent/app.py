@@ -13,8 +13,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from host_agent import __version__
-from host_agent.approvals.manager import APPROVAL_ID, ApprovalManager
-from host_agent.approvals.model import Approver
+from host_agent.approvals.manager import ApprovalManager
+from host_agent.approvals.model import APPROVAL_ID, Approver
 from host_agent.approvals.signal import (
     SIGNATURE_HEADER,
     InvalidWebhookBody,

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from host_agent.approvals.model import APPROVAL_ID
 from host_agent.errors import RequestError, ValidationError
 
 MAX_ARGS = 32
 MAX_REASON = 500
 _FIELDS = {"kind", "resource", "args", "dry_run", "reason", "approval_id"}
-_APPROVAL_ID = re.compile(r"ap-[0-9a-f]{16}")
 # Control, format (bidi overrides, zero-width), line/paragraph separators,
 # surrogates, private-use and unassigned: the reason is shown to approvers as
 # one line, and none of these may fake or hide the lines around it.
@@ -81,7 +80,7 @@ def parse_host_op(document: Any) -> HostOpRequest:
         )
     approval_id = document.get("approval_id")
     if approval_id is not None and (
-        not isinstance(approval_id, str) or not _APPROVAL_ID.fullmatch(approval_id)
+        not isinstance(approval_id, str) or not APPROVAL_ID.fullmatch(approval_id)
     ):
         raise ValidationError(
             "approval_id", "must be an approval id as returned with 202", code="invalid_type"

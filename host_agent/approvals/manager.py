@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 import socket
 import time
@@ -17,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from host_agent.approvals import tokens
-from host_agent.approvals.model import Approval, Approver, Status, timestamp
+from host_agent.approvals.model import APPROVAL_ID, Approval, Approver, Status, timestamp
 from host_agent.approvals.signal import IncomingReply, Notify, notifier, parse_command
 from host_agent.approvals.store import ApprovalStore, Change
 from host_agent.audit import AuditLog
@@ -34,7 +33,6 @@ MAX_CLOCK_SKEW_SECONDS = 60
 # Closed approvals (and remembered replies) are kept this long after expiry.
 KEEP_CLOSED_SECONDS = 7 * 86400
 OPEN = (Status.PENDING, Status.APPROVED)
-APPROVAL_ID = re.compile(r"ap-[0-9a-f]{16}")
 
 
 class ApprovalManager:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
+
+# What every approval id looks like (`ap-` and 64 random bits in hex); anything else is
+# refused before a store lookup.
+APPROVAL_ID = re.compile(r"ap-[0-9a-f]{16}")
 
 
 class Status(StrEnum):
