@@ -10,8 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
+from host_agent.app import parse_verdict
 from host_agent.audit import verify
 from host_agent.config import Config
+from host_agent.errors import ValidationError
 from tests.hostile import WRONG_TYPES
 from tests.support import (
     Pki,
@@ -291,3 +293,49 @@ def test_audit_unwritable_means_503_for_every_request(pki: Pki, tmp_path: Path) 
             assert reply.status_code == 503
             assert _error(reply)["code"] == "audit_unavailable"
         assert http.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "code"),
+    [
+        pytest.param(
+            {"token": "T", "approval_id": ""}, "approval_id", "invalid_type", id="empty-id"
+        ),
+        pytest.param(
+            {"token": "T", "approval_id": 7}, "approval_id", "invalid_type", id="id-number"
+        ),
+        pytest.param(
+            {"token": "T", "approval_id": "ap-" + "0" * 16 + "\n"},
+            "approval_id",
+            "invalid_type",
+            id="id-newline",
+        ),
+        pytest.param(
+            {"token": "T", "approval_id": "../ap-0000000000000000"},
+            "approval_id",
+            "invalid_type",
+            id="id-traversal",
+        ),
+        pytest.param(
+            {"token": "T", "approval_id": "AP-" + "0" * 16},
+            "approval_id",
+            "invalid_type",
+            id="id-case",
+        ),
+        pytest.param({"token": "T", "approver": "x"}, "body", "invalid_body", id="unknown-field"),
+        pytest.param({"approval_id": "ap-" + "0" * 16}, "token", "invalid_type", id="no-token"),
+    ],
+)
+def test_approve_bodies_are_checked_before_any_lookup(
+    body: dict[str, Any], field: str, code: str
+) -> None:
+    with pytest.raises(ValidationError) as refused:
+        parse_verdict(body)
+    assert (refused.value.field, refused.value.code) == (field, code)
+
+
+def test_approve_body_with_and_without_the_predecessors_approval_id() -> None:
+    assert parse_verdict({"token": "T"}) == ("T", True, None)
+    approval_id = "ap-" + "a" * 16
+    body = {"token": "T", "decision": "deny", "approval_id": approval_id}
+    assert parse_verdict(body) == ("T", False, approval_id)
