@@ -1,0 +1,48 @@
+"""`host-agent` command line. One-line errors; tracebacks only with --debug."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from host_agent import __version__
+from host_agent.cli import approve, audit, certs, policy, serve
+from host_agent.cli.common import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE
+from host_agent.errors import ConfigError, HostAgentError
+
+__all__ = ["EXIT_UNAVAILABLE", "main"]
+
+# Each module adds its command (group) to the parser, in the order `--help` lists them.
+COMMANDS = (serve, certs, policy, audit, approve)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    options = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if options.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result: int = options.handler(options)
+        return result
+    except ConfigError as exc:
+        print(f"host-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HostAgentError as exc:
+        if options.debug:
+            raise
+        print(f"host-agent: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="host-agent", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"host-agent {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(commands)
+    return parser
