@@ -77,20 +77,22 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
     async def approval_status(request: Request) -> Response:
         identity = await limited(request)
         approval_id = request.path_params["approval_id"]
-        approval = await approvals().visible(approval_id, identity.cn)
-        return JSONResponse(approval.public())
+        manager = approvals()
+        return JSONResponse(manager.view(await manager.visible(approval_id, identity.cn)))
 
     async def own_pending(request: Request) -> Response:
         identity = await limited(request)
-        listed = await approvals().open_approvals(identity.cn)
-        return JSONResponse({"approvals": [a.public() for a in listed]})
+        manager = approvals()
+        listed = await manager.open_approvals(identity.cn)
+        return JSONResponse({"approvals": [manager.view(a) for a in listed]})
 
     async def all_pending(request: Request) -> Response:
         identity = await limited(request)
         if not pipeline.config.approval.is_admin(identity.cn):
             raise ApprovalError(403, "admin_required", "only an admin CN may list every approval")
-        listed = await approvals().open_approvals()
-        return JSONResponse({"approvals": [a.public() for a in listed]})
+        manager = approvals()
+        listed = await manager.open_approvals()
+        return JSONResponse({"approvals": [manager.view(a) for a in listed]})
 
     async def approve(request: Request) -> Response:
         await limited(request)
@@ -101,8 +103,9 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
             await pipeline.reject(identity, exc)
             raise
         admin = Approver("admin", identity.cn)
-        approval = await approvals().decide(token, verdict, admin, approval_id=approval_id)
-        return JSONResponse(approval.public())
+        manager = approvals()
+        approval = await manager.decide(token, verdict, admin, approval_id=approval_id)
+        return JSONResponse(manager.view(approval))
 
     async def signal_webhook(request: Request) -> Response:
         """Approver replies from the Signal bridge, authenticated apart from any body field."""

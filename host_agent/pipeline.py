@@ -169,7 +169,9 @@ class Pipeline:
                 approval = await self.approvals.create(
                     who, operation, decision, request.reason, unix_user, preview=preview
                 )
-                return Reply(202, {**described, **_pending(approval)})
+                return Reply(
+                    202, {**described, **_pending(approval, self.approvals.asked(approval))}
+                )
             try:
                 await self.approvals.consume(request.approval_id, who["cn"], operation)
             except RequestError as exc:
@@ -291,8 +293,8 @@ def _operation_summary(
     return summary
 
 
-def _pending(approval: Approval) -> dict[str, Any]:
-    """The 202 body: how to follow the approval, never its token."""
+def _pending(approval: Approval, asked: list[dict[str, str]]) -> dict[str, Any]:
+    """The 202 body: how to follow the approval and who can decide it, never its token."""
     return {
         "status": "pending",
         "approval_id": approval.id,
@@ -300,6 +302,7 @@ def _pending(approval: Approval) -> dict[str, Any]:
         "expires_at": timestamp(approval.expires_at),
         "approvals_required": approval.approvals_required,
         "admin_only": approval.admin_only,
+        "asked": asked,
         "message": (
             f"{approval.operation} needs human approval. Poll "
             f"GET /approvals/{approval.id}, then resubmit the same request with "

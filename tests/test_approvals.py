@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -196,6 +197,39 @@ def test_admin_only_approvals_refuse_signal_and_take_an_admin(world: World) -> N
             await world.manager.decide(token, True, SIGNAL_ONE)
         assert refused.value.code == "admin_only"
         assert (await world.manager.decide(token, True, ADMIN)).status is Status.APPROVED
+
+    asyncio.run(scenario())
+
+
+def test_the_requester_learns_who_can_decide_but_not_their_numbers(
+    world: World, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        await created(world)
+        (approval,) = await world.manager.open_approvals()
+        assert world.manager.asked(approval) == [
+            {"channel": "signal", "who": "Signal approvers …0001, …0002"},
+            {
+                "channel": "admin",
+                "who": "an admin client (CN matching 'admin-*') with POST /approve",
+            },
+        ]
+        assert "+15555550001" not in json.dumps(world.manager.view(approval))
+
+        # An admin-only approval cannot be decided over Signal; the host's approvers can.
+        world.manager.reconfigure(
+            approval_config(local_socket=tmp_path / "approve.sock", approvers_group="approvers")
+        )
+        world.manager.notify = world.outbox
+        await created(world, admin_only=True)
+        admin_only = next(a for a in await world.manager.open_approvals() if a.admin_only)
+        assert [channel["channel"] for channel in world.manager.asked(admin_only)] == [
+            "admin",
+            "host",
+        ]
+        assert world.manager.asked(admin_only)[1]["who"] == (
+            "members of group 'approvers' on host-1 with `host-agent approve`"
+        )
 
     asyncio.run(scenario())
 

@@ -21,6 +21,7 @@ from host_agent.client import (
     ApprovalDenied,
     ApprovalExpired,
     ApprovalState,
+    Asked,
     BadResponse,
     CertificateRejected,
     Client,
@@ -386,6 +387,11 @@ def test_a_pending_approval_waits_then_is_denied(
         assert isinstance(pending, PendingApproval)
         assert (pending.operation, pending.resource) == ("zfs-destroy", SNAPSHOT)
         assert pending.request.reason == "free space" and pending.approvals_required == 1
+        # Whom it waits for, without handing the requester the approvers' numbers.
+        assert pending.asked == (
+            Asked("signal", "Signal approvers …0001, …0002"),
+            Asked("admin", "an admin client (CN matching 'admin-*') with POST /approve"),
+        )
 
         with pytest.raises(StillPending) as still:
             pending.wait(timeout=0.3, poll_interval=0.1)
@@ -395,6 +401,7 @@ def test_a_pending_approval_waits_then_is_denied(
         assert current.digest == pending.digest and current.expires_at == pending.expires_at
         assert 200 < current.seconds_left() <= 300
         assert client.approval(pending.approval_id) == current
+        assert current.asked == pending.asked
         assert [a.approval_id for a in client.pending()] == [pending.approval_id]
 
         deny = {"token": token_sent(bridge), "decision": "deny"}

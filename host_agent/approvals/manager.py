@@ -252,6 +252,39 @@ class ApprovalManager:
                 403, "admin_only", "this approval needs an admin (POST /approve or the host)"
             )
 
+    def view(self, approval: Approval) -> dict[str, Any]:
+        """An approval as its requester and admins see it, with who can decide it now."""
+        return {**approval.public(), "asked": self.asked(approval)}
+
+    def asked(self, approval: Approval) -> list[dict[str, str]]:
+        """The channels through which a human can decide `approval` under the live config.
+
+        Signal numbers are shown by their last digits only: the requester is an automated
+        agent, and knowing whom it waits for must not hand it the admins' numbers.
+        """
+        settings = self.config
+        channels = []
+        if self.notify is not None and settings.allowed_approvers and not approval.admin_only:
+            numbers = ", ".join(_last_digits(number) for number in settings.allowed_approvers)
+            channels.append({"channel": "signal", "who": f"Signal approvers {numbers}"})
+        if settings.admin_cn_pattern is not None:
+            channels.append(
+                {
+                    "channel": "admin",
+                    "who": f"an admin client (CN matching {settings.admin_cn_pattern!r}) "
+                    "with POST /approve",
+                }
+            )
+        if settings.local_socket is not None and settings.approvers_group is not None:
+            channels.append(
+                {
+                    "channel": "host",
+                    "who": f"members of group {settings.approvers_group!r} on {self.host} "
+                    "with `host-agent approve`",
+                }
+            )
+        return channels
+
     # --- housekeeping -----------------------------------------------------------
 
     async def sweep(self) -> list[Approval]:
@@ -362,6 +395,10 @@ def message(
             lines.append(f"  ... and {len(preview) - preview_limit} more")
     lines += ["", f"Reply APPROVE {token} to allow it, or DENY {token} to refuse."]
     return "\n".join(lines)
+
+
+def _last_digits(number: str) -> str:
+    return f"…{number[-4:]}" if len(number) > 4 else "…"
 
 
 def _not_found() -> ApprovalError:

@@ -28,6 +28,7 @@ from host_agent.client.results import (
     ApprovalState,
     ApprovalStatus,
     ApprovalTicket,
+    Asked,
     Decision,
     DryRun,
     Health,
@@ -228,6 +229,7 @@ def approval_status(fields: _Fields) -> ApprovalStatus:
         expires_at=fields.time("expires_at"),
         decided_at=fields.optional_time("decided_at"),
         consumed_at=fields.optional_time("consumed_at"),
+        asked=_asked(fields),
     )
 
 
@@ -262,7 +264,16 @@ def _ticket(fields: _Fields, request: OpRequest) -> dict[str, Any]:
         "admin_only": fields.get("admin_only", bool),
         "message": fields.get("message", str),
         "request": request,
+        "asked": _asked(fields),
     }
+
+
+def _asked(fields: _Fields) -> tuple[Asked, ...]:
+    """Who can decide; agents older than this field do not say (empty)."""
+    if fields.payload.get("asked") is None:
+        return ()
+    channels = [_Fields(entry, f"{fields.what} asked") for entry in fields.get("asked", list)]
+    return tuple(Asked(entry.get("channel", str), entry.get("who", str)) for entry in channels)
 
 
 def _failed_result(result: Any) -> OperationResult | None:

@@ -58,10 +58,18 @@ class ApprovalState(StrEnum):
 
 
 @dataclass(frozen=True)
+class Asked:
+    """A way a human can decide an approval: `channel` (signal, admin, host) and who, in words."""
+
+    channel: str
+    who: str
+
+
+@dataclass(frozen=True)
 class ApprovalStatus:
     """An approval as `GET /approvals/{id}` shows it to its requester or an admin.
 
-    `approvers` are those who have approved so far; the agent does not say whom it asked.
+    `approvers` are those who have approved so far; `asked` who can decide it.
     """
 
     approval_id: str
@@ -81,6 +89,7 @@ class ApprovalStatus:
     expires_at: dt.datetime
     decided_at: dt.datetime | None
     consumed_at: dt.datetime | None
+    asked: tuple[Asked, ...] = ()
 
     def seconds_left(self, now: dt.datetime | None = None) -> float:
         """Until the approval expires (never below 0), e.g. for a countdown."""
@@ -102,6 +111,7 @@ class ApprovalTicket:
     admin_only: bool
     message: str
     request: OpRequest
+    asked: tuple[Asked, ...] = ()
 
 
 @dataclass(frozen=True)
