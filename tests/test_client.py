@@ -421,6 +421,26 @@ def test_a_pending_approval_waits_then_is_denied(
         assert client.pending() == []
 
 
+def test_an_approval_asked_for_earlier_can_be_followed(
+    approving_agent: RunningAgent, pki: Pki, bridge: SignalBridge
+) -> None:
+    with connect(approving_agent, pki, "librarian-1") as client:
+        asked = client.run("zfs", SNAPSHOT, ["destroy"], reason="free space")
+    assert isinstance(asked, PendingApproval)
+    with connect(approving_agent, pki, "librarian-1") as later:
+        followed = later.follow(asked.approval_id)
+        assert isinstance(followed, PendingApproval)
+        assert followed.request == asked.request  # the very request, rebuilt from the approval
+        assert (followed.digest, followed.expires_at) == (asked.digest, asked.expires_at)
+        assert followed.asked == asked.asked and followed.request_id == ""
+        deny = {"token": token_sent(bridge), "decision": "deny"}
+        assert post(approving_agent, pki, "admin-1", "/approve", deny).status_code == 200
+        with pytest.raises(ApprovalDenied):
+            followed.wait(poll_interval=0.1)
+    with connect(approving_agent, pki, "reader-1") as other, pytest.raises(NotFound):
+        other.follow(asked.approval_id)
+
+
 def test_someone_elses_approval_is_not_found(approving_agent: RunningAgent, pki: Pki) -> None:
     with connect(approving_agent, pki, "librarian-1") as client:
         pending = client.run("zfs", SNAPSHOT, ["destroy"])

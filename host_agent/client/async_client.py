@@ -67,6 +67,12 @@ class AsyncClient:
     async def approval(self, approval_id: str) -> ApprovalStatus:
         return await self._send(protocol.approval_call(approval_id))
 
+    async def follow(self, approval_id: str) -> AsyncPendingApproval:
+        """A handle on an approval asked for earlier (by another run, say), to `wait()` on."""
+        return await self._send(
+            protocol.follow_call(approval_id, functools.partial(AsyncPendingApproval, client=self))
+        )
+
     async def pending(self) -> list[ApprovalStatus]:
         """This caller's open (pending or approved, unused) approvals."""
         return await self._send(protocol.pending_call())

@@ -81,6 +81,31 @@ def approval_call(approval_id: str) -> Call[ApprovalStatus]:
     return Call("GET", path, lambda payload: approval_status(_Fields(payload, path)))
 
 
+def follow_call(approval_id: str, pending: Callable[..., P]) -> Call[P]:
+    """`GET /approvals/{id}` as a handle to wait on, for an approval asked for earlier,
+    perhaps by another process. The request is rebuilt from the approval, which records
+    exactly the operation it may run; `request_id` is empty, the status does not carry it."""
+    status_call = approval_call(approval_id)
+
+    def parse(payload: Any) -> P:
+        status = status_call.parse(payload)
+        return pending(
+            request_id="",
+            operation=status.operation,
+            resource=status.resource,
+            approval_id=status.approval_id,
+            digest=status.digest,
+            expires_at=status.expires_at,
+            approvals_required=status.approvals_required,
+            admin_only=status.admin_only,
+            message=f"{status.operation} on {status.resource} is {status.status.value}",
+            request=OpRequest.of(status.kind, status.resource, status.args, status.reason),
+            asked=status.asked,
+        )
+
+    return Call("GET", status_call.path, parse)
+
+
 def pending_call() -> Call[list[ApprovalStatus]]:
     def parse(payload: Any) -> list[ApprovalStatus]:
         listed = _Fields(payload, "/pending").get("approvals", list)

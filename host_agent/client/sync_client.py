@@ -71,6 +71,12 @@ class Client:
     def approval(self, approval_id: str) -> ApprovalStatus:
         return self._send(protocol.approval_call(approval_id))
 
+    def follow(self, approval_id: str) -> PendingApproval:
+        """A handle on an approval asked for earlier (by another run, say), to `wait()` on."""
+        return self._send(
+            protocol.follow_call(approval_id, functools.partial(PendingApproval, client=self))
+        )
+
     def pending(self) -> list[ApprovalStatus]:
         """This caller's open (pending or approved, unused) approvals."""
         return self._send(protocol.pending_call())
