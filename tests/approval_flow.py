@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.signal_bridge import SignalBridge
-from tests.support import Pki, RunningAgent, client
+from host_agent.config import Config
+from tests.signal_bridge import BRIDGE_NUMBER, SignalBridge
+from tests.support import Pki, RunningAgent, client, config_text, write_config
 
 
 def destroy(snapshot: str, **extra: Any) -> dict[str, Any]:
@@ -52,3 +54,10 @@ def request_approval(agent: RunningAgent, pki: Pki, snapshot: str) -> str:
 
 def status(agent: RunningAgent, pki: Pki, approval_id: str, cn: str = "librarian-1") -> str:
     return str(get(agent, pki, cn, f"/approvals/{approval_id}").json()["status"])
+
+
+def approvals_config(pki: Pki, tmp_path: Path, bridge: SignalBridge, ttl: int = 300) -> Config:
+    """The standard test config, sending approval tokens to the Signal stand-in."""
+    signal = f'signal_url = "{bridge.url}"\nsignal_number = "{BRIDGE_NUMBER}"'
+    text = config_text(pki, tmp_path, approval=signal, approval_ttl=ttl)
+    return write_config(tmp_path / "agent.toml", text)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from host_agent.config import Config
+from tests.approval_flow import approvals_config
 from tests.signal_bridge import SignalBridge, running_bridge
 from tests.support import Pki, RunningAgent, config_text, make_pki, running_agent, write_config
 from tests.system import (
@@ -91,6 +92,13 @@ def bridge() -> Iterator[SignalBridge]:
     """A loopback signal-cli-rest-api stand-in (see tests/signal_bridge.py)."""
     with running_bridge() as running:
         yield running
+
+
+@pytest.fixture
+def approving_agent(pki: Pki, tmp_path: Path, bridge: SignalBridge) -> Iterator[RunningAgent]:
+    """The standard agent with approvals on, tokens going to the Signal stand-in."""
+    with running_agent(approvals_config(pki, tmp_path, bridge)) as agent:
+        yield agent
 
 
 @pytest.fixture

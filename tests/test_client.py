@@ -8,7 +8,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,8 @@ from host_agent.client import (
     Unavailable,
     protocol,
 )
-from host_agent.config import Config
-from tests.approval_flow import post, token_sent
-from tests.signal_bridge import BRIDGE_NUMBER, SignalBridge
+from tests.approval_flow import approvals_config, post, token_sent
+from tests.signal_bridge import SignalBridge
 from tests.support import Pki, RunningAgent, config_text, running_agent, write_config
 from tests.system import as_user
 
@@ -61,19 +60,6 @@ def settings(agent: RunningAgent, pki: Pki, cn: str, **overrides: Any) -> Client
 
 def connect(agent: RunningAgent, pki: Pki, cn: str, **overrides: Any) -> Client:
     return Client(settings(agent, pki, cn, **overrides))
-
-
-def approvals_config(pki: Pki, tmp_path: Path, bridge: SignalBridge, ttl: int = 300) -> Config:
-    """The standard test config, sending approval tokens to the Signal stand-in."""
-    signal = f'signal_url = "{bridge.url}"\nsignal_number = "{BRIDGE_NUMBER}"'
-    text = config_text(pki, tmp_path, approval=signal, approval_ttl=ttl)
-    return write_config(tmp_path / "agent.toml", text)
-
-
-@pytest.fixture
-def approving_agent(pki: Pki, tmp_path: Path, bridge: SignalBridge) -> Iterator[RunningAgent]:
-    with running_agent(approvals_config(pki, tmp_path, bridge)) as agent:
-        yield agent
 
 
 def client_ports(agent: RunningAgent) -> set[int]:
@@ -534,7 +520,7 @@ def test_relative_paths_in_the_file_are_relative_to_the_file(
         material / "key.pem",
         material / "ca.pem",
     )
-    assert config.timeout == 30.0
+    assert config.timeout == 90.0  # beyond the agent's default operation timeout
     # From the environment, a relative path is the working directory's.
     monkeypatch.chdir(material)
     environ = {"HOST_AGENT_CERT": "cert.pem"}

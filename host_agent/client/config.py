@@ -27,7 +27,9 @@ ENVIRONMENT = {
     "timeout": "HOST_AGENT_TIMEOUT",
 }
 CONFIG_FILE_ENVIRONMENT = "HOST_AGENT_CLIENT_CONFIG"
-DEFAULT_TIMEOUT = 30.0
+# Longer than the agent's default [runner] timeout_seconds (60): the client should hear
+# the agent's own 504 rather than give up on an operation that may still finish.
+DEFAULT_TIMEOUT = 90.0
 _FILES = ("cert", "key", "ca")
 
 

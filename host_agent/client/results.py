@@ -93,8 +93,7 @@ class ApprovalStatus:
 
     def seconds_left(self, now: dt.datetime | None = None) -> float:
         """Until the approval expires (never below 0), e.g. for a countdown."""
-        now = now or dt.datetime.now(dt.UTC)
-        return max(0.0, (self.expires_at - now).total_seconds())
+        return seconds_until(self.expires_at, now)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +112,10 @@ class ApprovalTicket:
     request: OpRequest
     asked: tuple[Asked, ...] = ()
 
+    def seconds_left(self, now: dt.datetime | None = None) -> float:
+        """Until the approval expires (never below 0), e.g. for a countdown."""
+        return seconds_until(self.expires_at, now)
+
 
 @dataclass(frozen=True)
 class Health:
@@ -123,3 +126,7 @@ class Health:
     version: str
     adapters: tuple[str, ...]
     details: dict[str, Any]
+
+
+def seconds_until(moment: dt.datetime, now: dt.datetime | None = None) -> float:
+    return max(0.0, (moment - (now or dt.datetime.now(dt.UTC))).total_seconds())
