@@ -173,7 +173,7 @@ class Pipeline:
                     202, {**described, **_pending(approval, self.approvals.asked(approval))}
                 )
             try:
-                await self.approvals.consume(request.approval_id, who["cn"], operation)
+                await self.approvals.consume(request.approval_id, who, operation)
             except RequestError as exc:
                 exc.request_id = who["request_id"]
                 raise

@@ -143,10 +143,10 @@ def test_granted_approval_is_consumed_once_for_the_same_operation(world: World) 
         approval_id, token = await created(world)
         granted = await world.manager.decide(token.lower(), True, SIGNAL_ONE)
         assert granted.status is Status.APPROVED and granted.approvers == ("signal:+15555550001",)
-        consumed = await world.manager.consume(approval_id, "librarian-1", operation())
+        consumed = await world.manager.consume(approval_id, REQUESTER, operation())
         assert consumed.status is Status.CONSUMED
         with pytest.raises(ApprovalError) as again:
-            await world.manager.consume(approval_id, "librarian-1", operation())
+            await world.manager.consume(approval_id, REQUESTER, operation())
         assert (again.value.status, again.value.code) == (409, "approval_consumed")
 
     asyncio.run(scenario())
@@ -258,7 +258,7 @@ def test_deny_ends_it(world: World) -> None:
             await world.manager.decide(token, True, SIGNAL_TWO)
         assert late.value.code == "approval_denied"
         with pytest.raises(ApprovalError) as used:
-            await world.manager.consume(approval_id, "librarian-1", operation())
+            await world.manager.consume(approval_id, REQUESTER, operation())
         assert (used.value.status, used.value.code) == (403, "approval_denied")
 
     asyncio.run(scenario())
@@ -274,7 +274,7 @@ def test_expiry_ends_pending_and_unused_approvals(world: World) -> None:
             await world.manager.decide(pending_token, True, SIGNAL_ONE)
         assert (late.value.status, late.value.code) == (410, "approval_expired")
         with pytest.raises(ApprovalError) as unused:
-            await world.manager.consume(granted_id, "librarian-1", operation("tank/b@old"))
+            await world.manager.consume(granted_id, REQUESTER, operation("tank/b@old"))
         assert unused.value.code == "approval_expired"
         expired = await world.manager.sweep()
         assert {a.id for a in expired} == {pending_id, granted_id}
@@ -285,25 +285,27 @@ def test_expiry_ends_pending_and_unused_approvals(world: World) -> None:
 
 
 @pytest.mark.parametrize(
-    ("cn", "op", "code"),
+    ("caller", "op", "code"),
     [
-        pytest.param("librarian-2", operation(), "approval_not_found", id="other-caller"),
+        pytest.param({"cn": "librarian-2"}, operation(), "approval_not_found", id="other-caller"),
         pytest.param(
-            "librarian-1", operation("tank/a@new"), "approval_mismatch", id="other-target"
+            {"fingerprint": "cd" * 32},
+            operation(),
+            "approval_certificate_mismatch",
+            id="same-cn-other-certificate",
         ),
-        pytest.param(
-            "librarian-1", operation("tank/a@old", "recursive"), "approval_mismatch", id="more-args"
-        ),
+        pytest.param({}, operation("tank/a@new"), "approval_mismatch", id="other-target"),
+        pytest.param({}, operation("tank/a@old", "recursive"), "approval_mismatch", id="more-args"),
     ],
 )
 def test_approval_binds_caller_and_operation(
-    world: World, cn: str, op: Operation, code: str
+    world: World, caller: dict[str, str], op: Operation, code: str
 ) -> None:
     async def scenario() -> None:
         approval_id, token = await created(world)
         await world.manager.decide(token, True, SIGNAL_ONE)
         with pytest.raises(ApprovalError) as refused:
-            await world.manager.consume(approval_id, cn, op)
+            await world.manager.consume(approval_id, {**REQUESTER, **caller}, op)
         assert refused.value.code == code
         still = await world.manager.visible(approval_id, "librarian-1")
         assert still.status is Status.APPROVED
@@ -315,9 +317,7 @@ def test_fifty_concurrent_consumes_succeed_exactly_once(world: World) -> None:
     async def scenario() -> list[object]:
         approval_id, token = await created(world)
         await world.manager.decide(token, True, SIGNAL_ONE)
-        attempts = [
-            world.manager.consume(approval_id, "librarian-1", operation()) for _ in range(50)
-        ]
+        attempts = [world.manager.consume(approval_id, REQUESTER, operation()) for _ in range(50)]
         return await asyncio.gather(*attempts, return_exceptions=True)
 
     outcomes = asyncio.run(scenario())
@@ -347,7 +347,7 @@ def test_approvals_survive_a_restart(world: World, tmp_path: Path) -> None:
             pending_id,
             granted_id,
         }
-        used = await manager.consume(granted_id, "librarian-1", operation("tank/b@old"))
+        used = await manager.consume(granted_id, REQUESTER, operation("tank/b@old"))
         assert used.status is Status.CONSUMED
 
     asyncio.run(after())

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from host_agent import certs
 from host_agent.client import (
     ApprovalConsumed,
     ApprovalDenied,
@@ -425,6 +426,27 @@ def test_an_approval_asked_for_earlier_can_be_followed(
             followed.wait(poll_interval=0.1)
     with connect(approving_agent, pki, "reader-1") as other, pytest.raises(NotFound):
         other.follow(asked.approval_id)
+
+
+def test_only_the_certificate_that_asked_may_use_the_approval(
+    approving_agent: RunningAgent, pki: Pki, bridge: SignalBridge, tmp_path: Path
+) -> None:
+    # A second certificate for the same CN from the same CA: a renewal, or a second holder.
+    second = tmp_path / "second"
+    shutil.copytree(pki.directory, second)
+    cert, key = certs.issue_client(second, "librarian-1", force=True)
+    with connect(approving_agent, pki, "librarian-1") as client:
+        pending = client.run("zfs", SNAPSHOT, ["destroy"])
+    assert isinstance(pending, PendingApproval)
+    assert post(approving_agent, pki, "admin-1", "/approve", {"token": token_sent(bridge)})
+    with (
+        connect(approving_agent, pki, "librarian-1", cert=cert, key=key) as other,
+        pytest.raises(Refused) as refused,
+    ):
+        other.run("zfs", SNAPSHOT, ["destroy"], approval_id=pending.approval_id)
+    assert (refused.value.status, refused.value.code) == (403, "approval_certificate_mismatch")
+    with connect(approving_agent, pki, "librarian-1") as client:
+        assert client.approval(pending.approval_id).status is ApprovalState.APPROVED
 
 
 def test_someone_elses_approval_is_not_found(approving_agent: RunningAgent, pki: Pki) -> None:

@@ -100,11 +100,16 @@ class ApprovalManager:
         self._send(approval, token, preview)
         return approval
 
-    async def consume(self, approval_id: str, cn: str, operation: Operation) -> Approval:
-        """Use a granted approval for exactly the operation it was granted for, once."""
+    async def consume(
+        self, approval_id: str, who: dict[str, Any], operation: Operation
+    ) -> Approval:
+        """Use a granted approval for exactly the operation it was granted for, once, by the
+        certificate that asked for it."""
         now = self.clock()
+        cn = who["cn"]
+        change = _consume(cn, who["fingerprint"], operation.digest(), now)
         try:
-            approval = await self._update(approval_id, _consume(cn, operation.digest(), now))
+            approval = await self._update(approval_id, change)
         except ApprovalError as exc:
             await self._record(
                 {
@@ -438,10 +443,20 @@ def _deny(approver: Approver, now: float) -> Change:
     return change
 
 
-def _consume(cn: str, digest: str, now: float) -> Change:
+def _consume(cn: str, fingerprint: str, digest: str, now: float) -> Change:
     def change(approval: Approval) -> Approval:
         if approval.requester_cn != cn:
             raise _not_found()
+        # Another certificate with the same CN (a renewal, or a second holder) did not ask
+        # for it: what a human approved was this certificate's request.
+        if approval.requester_fingerprint != fingerprint:
+            raise ApprovalError(
+                403,
+                "approval_certificate_mismatch",
+                "the approval was requested with another certificate for this CN; "
+                "ask again with this one",
+                field="approval_id",
+            )
         if approval.digest != digest:
             raise ApprovalError(
                 403,
