@@ -136,6 +136,7 @@ def test_settings_come_from_the_environment_in_a_real_process(
         check=False,
     )
     assert ran.returncode == EXIT_OK, ran.stderr
+    assert ran.stderr == ""  # no log line per HTTP request
     dry_run = json.loads(ran.stdout)["dry_run"]
     assert dry_run["decision"]["effect"] == "approval_required"
     assert dry_run["argv"][-2:] == ["destroy", SNAPSHOT]

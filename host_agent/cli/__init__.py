@@ -8,14 +8,14 @@ import sys
 from collections.abc import Sequence
 
 from host_agent import __version__
-from host_agent.cli import approve, audit, certs, op, policy, serve
+from host_agent.cli import approve, audit, certs, mcp, op, policy, serve
 from host_agent.cli.common import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE
 from host_agent.errors import ConfigError, HostAgentError
 
 __all__ = ["EXIT_UNAVAILABLE", "main"]
 
 # Each module adds its command (group) to the parser, in the order `--help` lists them.
-COMMANDS = (serve, certs, policy, audit, approve, op)
+COMMANDS = (serve, certs, policy, audit, approve, op, mcp)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,6 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if options.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not options.debug:  # a line per HTTP request drowns what the client commands say
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         result: int = options.handler(options)
         return result

@@ -11,13 +11,12 @@ client config file (see `ClientConfig.load`), so an agent's wrapper script stays
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from host_agent.cli.common import Commands
-from host_agent.cli.op_output import EXIT_STATUSES, Output, output_for
+from host_agent.cli.connection import EXIT_STATUSES, add_connection_arguments, client_config
+from host_agent.cli.op_output import Output, output_for
 from host_agent.client import (
     Client,
-    ClientConfig,
     ClientConfigError,
     ClientError,
     DryRun,
@@ -31,7 +30,8 @@ def register(commands: Commands) -> None:
         "op",
         help="ask an agent for one operation, as a client with a certificate",
         description=__doc__,
-        epilog="exit status: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_STATUSES),
+        epilog="exit status:\n"
+        + "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_STATUSES),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     op.add_argument("kind", nargs="?", help="adapter: zfs, systemd, pct, git, exec")
@@ -57,23 +57,7 @@ def register(commands: Commands) -> None:
     )
     op.add_argument("--poll-interval", type=float, default=2.0, metavar="SECONDS", help="default 2")
     op.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    connection = op.add_argument_group(
-        "connection",
-        "each defaults to HOST_AGENT_SERVER, _CERT, _KEY, _CA, _TIMEOUT, "
-        "then to the client config file",
-    )
-    connection.add_argument("--server", help="https://HOST:PORT")
-    connection.add_argument("--cert", type=Path, help="client certificate (PEM)")
-    connection.add_argument("--key", type=Path, help="its private key (PEM)")
-    connection.add_argument("--ca", type=Path, help="the CA that signed the agent's certificate")
-    connection.add_argument("--timeout", type=float, metavar="SECONDS", help="per request")
-    connection.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="client config file (default $HOST_AGENT_CLIENT_CONFIG, "
-        "else ~/.config/host-agent/client.toml)",
-    )
+    add_connection_arguments(op)
     op.set_defaults(handler=_op)
 
 
@@ -83,14 +67,7 @@ def _op(options: argparse.Namespace) -> int:
     if problem:
         return output.usage(f"host-agent op: {problem}")
     try:
-        config = ClientConfig.load(
-            options.server,
-            options.cert,
-            options.key,
-            options.ca,
-            options.timeout,
-            config_file=options.config,
-        )
+        config = client_config(options)
     except ClientConfigError as exc:
         return output.usage(exc.message)
     with Client(config) as client:

@@ -11,65 +11,17 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, TextIO
 
-from host_agent.cli.common import (
-    EXIT_DENIED,
-    EXIT_EXPIRED,
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_PENDING,
-    EXIT_REFUSED,
-    EXIT_UNAVAILABLE,
-    EXIT_USAGE,
-)
+from host_agent.cli.common import EXIT_OK, EXIT_PENDING, EXIT_USAGE
+from host_agent.cli.connection import ending
 from host_agent.client import (
-    ApprovalDenied,
-    ApprovalExpired,
     ApprovalState,
     ApprovalStatus,
     ApprovalTicket,
-    CertificateRejected,
     ClientError,
     DryRun,
-    InvalidRequest,
     OperationResult,
     RateLimited,
-    Refused,
-    StillPending,
-    TransportError,
-    Unavailable,
 )
-
-EXIT_STATUSES = (
-    (EXIT_OK, "it ran and succeeded (or the dry run was shown)"),
-    (EXIT_FAILED, "it ran and failed, or the agent could not run it"),
-    (EXIT_USAGE, "the command line, client settings or request are invalid"),
-    (EXIT_UNAVAILABLE, "no answer, the agent is unavailable or rate-limits: try later"),
-    (EXIT_REFUSED, "refused: policy, the certificate or a wrapper's allowlist"),
-    (EXIT_DENIED, "a human denied it"),
-    (EXIT_EXPIRED, "the approval expired"),
-    (EXIT_PENDING, "it waits for a human (follow it with --follow ID)"),
-)
-
-# First match wins: subclasses before the classes they refine.
-_ENDINGS: tuple[tuple[type[ClientError], str, int], ...] = (
-    (ApprovalDenied, "denied", EXIT_DENIED),
-    (ApprovalExpired, "expired", EXIT_EXPIRED),
-    (StillPending, "pending", EXIT_PENDING),
-    (CertificateRejected, "refused", EXIT_REFUSED),
-    (Refused, "refused", EXIT_REFUSED),
-    (InvalidRequest, "invalid", EXIT_USAGE),
-    (TransportError, "unavailable", EXIT_UNAVAILABLE),
-    (Unavailable, "unavailable", EXIT_UNAVAILABLE),
-    (RateLimited, "unavailable", EXIT_UNAVAILABLE),
-)
-
-
-def ending(error: ClientError) -> tuple[str, int]:
-    """The word and exit status for an error: denied, expired, refused, failed, ..."""
-    for kind, word, status in _ENDINGS:
-        if isinstance(error, kind):
-            return word, status
-    return "failed", EXIT_FAILED
 
 
 class Output(Protocol):

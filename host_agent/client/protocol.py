@@ -53,7 +53,7 @@ def run_call(request: OpRequest, pending: Callable[..., P]) -> Call[OperationRes
     """`POST /host/op`; a 202 becomes `pending(**ticket fields)`, the caller's handle type."""
 
     def parse(payload: Any) -> OperationResult | DryRun | P:
-        fields = _Fields(payload, "/host/op")
+        fields = Fields(payload, "/host/op")
         if fields.payload.get("dry_run") is True:
             return _dry_run(fields)
         if fields.payload.get("status") == "pending":
@@ -67,7 +67,7 @@ def resubmit_call(request: OpRequest, approval_id: str) -> Call[OperationResult]
     """`POST /host/op` with the granted approval: only a result is a valid answer."""
 
     def parse(payload: Any) -> OperationResult:
-        fields = _Fields(payload, "/host/op")
+        fields = Fields(payload, "/host/op")
         if "exit_code" not in fields.payload:
             raise BadResponse(f"resubmitting under {approval_id} did not answer a result")
         return operation_result(fields)
@@ -78,7 +78,7 @@ def resubmit_call(request: OpRequest, approval_id: str) -> Call[OperationResult]
 def approval_call(approval_id: str) -> Call[ApprovalStatus]:
     # Quoted as one path segment: an id never reaches another route.
     path = f"/approvals/{quote(approval_id, safe='')}"
-    return Call("GET", path, lambda payload: approval_status(_Fields(payload, path)))
+    return Call("GET", path, lambda payload: approval_status(Fields(payload, path)))
 
 
 def follow_call(approval_id: str, pending: Callable[..., P]) -> Call[P]:
@@ -108,15 +108,15 @@ def follow_call(approval_id: str, pending: Callable[..., P]) -> Call[P]:
 
 def pending_call() -> Call[list[ApprovalStatus]]:
     def parse(payload: Any) -> list[ApprovalStatus]:
-        listed = _Fields(payload, "/pending").get("approvals", list)
-        return [approval_status(_Fields(item, "/pending")) for item in listed]
+        listed = Fields(payload, "/pending").get("approvals", list)
+        return [approval_status(Fields(item, "/pending")) for item in listed]
 
     return Call("GET", "/pending", parse)
 
 
 def health_call() -> Call[Health]:
     def parse(payload: Any) -> Health:
-        fields = _Fields(payload, "/health")
+        fields = Fields(payload, "/health")
         return Health(
             status=fields.get("status", str),
             problems=fields.strings("problems"),
@@ -129,7 +129,7 @@ def health_call() -> Call[Health]:
 
 
 def manifest_call() -> Call[dict[str, Any]]:
-    return Call("GET", "/v1/tools/manifest", lambda payload: _Fields(payload, "manifest").payload)
+    return Call("GET", "/v1/tools/manifest", lambda payload: Fields(payload, "manifest").payload)
 
 
 def decode(response: httpx.Response) -> Any:
@@ -217,7 +217,7 @@ class Patience:
         return min(self.poll_interval, left)
 
 
-def operation_result(fields: _Fields) -> OperationResult:
+def operation_result(fields: Fields) -> OperationResult:
     return OperationResult(
         request_id=fields.get("request_id", str),
         operation=fields.get("operation", str),
@@ -231,7 +231,7 @@ def operation_result(fields: _Fields) -> OperationResult:
     )
 
 
-def approval_status(fields: _Fields) -> ApprovalStatus:
+def approval_status(fields: Fields) -> ApprovalStatus:
     try:
         state = ApprovalState(fields.get("status", str))
     except ValueError as exc:
@@ -258,8 +258,8 @@ def approval_status(fields: _Fields) -> ApprovalStatus:
     )
 
 
-def _dry_run(fields: _Fields) -> DryRun:
-    decision = _Fields(fields.get("decision", dict), f"{fields.what} decision")
+def _dry_run(fields: Fields) -> DryRun:
+    decision = Fields(fields.get("decision", dict), f"{fields.what} decision")
     return DryRun(
         request_id=fields.get("request_id", str),
         operation=fields.get("operation", str),
@@ -277,7 +277,7 @@ def _dry_run(fields: _Fields) -> DryRun:
     )
 
 
-def _ticket(fields: _Fields, request: OpRequest) -> dict[str, Any]:
+def _ticket(fields: Fields, request: OpRequest) -> dict[str, Any]:
     return {
         "request_id": fields.get("request_id", str),
         "operation": fields.get("operation", str),
@@ -293,11 +293,11 @@ def _ticket(fields: _Fields, request: OpRequest) -> dict[str, Any]:
     }
 
 
-def _asked(fields: _Fields) -> tuple[Asked, ...]:
+def _asked(fields: Fields) -> tuple[Asked, ...]:
     """Who can decide; agents older than this field do not say (empty)."""
     if fields.payload.get("asked") is None:
         return ()
-    channels = [_Fields(entry, f"{fields.what} asked") for entry in fields.get("asked", list)]
+    channels = [Fields(entry, f"{fields.what} asked") for entry in fields.get("asked", list)]
     return tuple(Asked(entry.get("channel", str), entry.get("who", str)) for entry in channels)
 
 
@@ -306,12 +306,12 @@ def _failed_result(result: Any) -> OperationResult | None:
     if not isinstance(result, dict):
         return None
     try:
-        return operation_result(_Fields(result, "error result"))
+        return operation_result(Fields(result, "error result"))
     except BadResponse:
         return None
 
 
-class _Fields:
+class Fields:
     """Typed access to one JSON object of an answer; a wrong shape is a `BadResponse`."""
 
     def __init__(self, payload: Any, what: str) -> None:
