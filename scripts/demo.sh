@@ -122,6 +122,10 @@ say "curl --cert ... /host/op  zfs snapshot $POOL/data@$SNAPSHOT"
 say "curl --cert ... /host/op  zfs list $POOL snapshot"
 "${CURL[@]}" -X POST "https://127.0.0.1:$PORT/host/op" -H 'Content-Type: application/json' \
     -d "{\"kind\":\"zfs\",\"resource\":\"$POOL\",\"args\":[\"list\",\"snapshot\"]}"; echo
+OP=("$HA" op --server "https://127.0.0.1:$PORT" --ca "$STATE/pki/ca.crt"
+    --cert "$STATE/pki/librarian-demo.crt" --key "$STATE/pki/librarian-demo.key")
+say "host-agent op ... zfs list $POOL/data snapshot   (the command-line client)"
+"${OP[@]}" zfs list "$POOL/data" snapshot
 say "the same snapshot, seen by zfs itself"
 zfs list -H -t snapshot -o name -r "$POOL"
 say "audit log"
@@ -130,5 +134,6 @@ cat <<EOF
 
 The agent keeps running (pid $(cat "$STATE/agent.pid"), log $STATE/agent.log).
 Try:  ${CURL[*]} https://127.0.0.1:$PORT/health
+      ${OP[*]} zfs get $POOL/data
 Stop: $REPO/scripts/demo.sh stop
 EOF
