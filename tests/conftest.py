@@ -8,7 +8,7 @@ import pytest
 
 from host_agent.config import Config
 from tests.approval_flow import approvals_config
-from tests.signal_bridge import SignalBridge, running_bridge
+from tests.signal_bridge import BRIDGE_NUMBER, SignalBridge, running_bridge
 from tests.support import Pki, RunningAgent, config_text, make_pki, running_agent, write_config
 from tests.system import (
     PROBE,
@@ -98,6 +98,21 @@ def bridge() -> Iterator[SignalBridge]:
 def approving_agent(pki: Pki, tmp_path: Path, bridge: SignalBridge) -> Iterator[RunningAgent]:
     """The standard agent with approvals on, tokens going to the Signal stand-in."""
     with running_agent(approvals_config(pki, tmp_path, bridge)) as agent:
+        yield agent
+
+
+@pytest.fixture
+def signalling_agent(
+    system: System, pool: Pool, pki: Pki, tmp_path: Path, bridge: SignalBridge
+) -> Iterator[RunningAgent]:
+    """The installed-like agent on the pool, approval tokens going out through the Signal
+    stand-in, whose replies it polls every 0.2 s."""
+    text = (
+        f'signal_url = "{bridge.url}"\n'
+        f'signal_number = "{BRIDGE_NUMBER}"\n'
+        "poll_interval_seconds = 0.2"
+    )
+    with running_agent(system.agent_config(pki, tmp_path, approval=text)) as agent:
         yield agent
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -14,10 +13,10 @@ from host_agent.cli import main
 from host_agent.cli.common import EXIT_FAILED, EXIT_OK, EXIT_PENDING
 from tests.approval_flow import get, post, token_sent
 from tests.signal_bridge import SignalBridge
-from tests.support import Pki, RunningAgent, running_agent
-from tests.system import Pool, System, run
+from tests.support import Pki, RunningAgent
+from tests.system import Pool, run
 from tests.test_cli_op import Ran, connection
-from tests.test_e2e_client import APPROVER, signal_config
+from tests.test_e2e_client import APPROVER
 
 pytestmark = pytest.mark.root
 
@@ -56,56 +55,48 @@ def test_a_failed_operation_shows_its_own_error(
 
 
 def test_a_destroy_runs_once_when_approved_while_waiting(
-    system: System,
+    signalling_agent: RunningAgent,
     pool: Pool,
     pki: Pki,
-    tmp_path: Path,
     bridge: SignalBridge,
     snapshot: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    config = signal_config(system, pki, tmp_path, bridge)
-    with running_agent(config) as agent:
-        answer = threading.Thread(
-            target=lambda: bridge.queue_reply(APPROVER, f"APPROVE {token_sent(bridge)}")
-        )
-        answer.start()
-        words = ("zfs", "destroy", snapshot, "--reason", "free space", "--wait")
-        ran = op_as(agent, pki, capsys, *words, "--poll-interval", "0.2")
-        answer.join()
+    answer = threading.Thread(
+        target=lambda: bridge.queue_reply(APPROVER, f"APPROVE {token_sent(bridge)}")
+    )
+    answer.start()
+    words = ("zfs", "destroy", snapshot, "--reason", "free space", "--wait")
+    ran = op_as(signalling_agent, pki, capsys, *words, "--poll-interval", "0.2")
+    answer.join()
     assert ran.status == EXIT_OK, ran.stderr
     assert f"approved by signal:{APPROVER}: running it" in ran.stderr
     assert snapshot not in pool.datasets("snapshot")
 
 
 def test_an_approval_can_be_followed_by_a_later_run_once(
-    system: System,
+    signalling_agent: RunningAgent,
     pool: Pool,
     pki: Pki,
-    tmp_path: Path,
     bridge: SignalBridge,
     snapshot: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    config = signal_config(system, pki, tmp_path, bridge)
-    with running_agent(config) as agent:
-        asked = op_as(agent, pki, capsys, "--json", "zfs", "destroy", snapshot)
-        assert asked.status == EXIT_PENDING
-        approval_id = json.loads(asked.stdout)["approval"]["approval_id"]
-        approved = post(agent, pki, "admin-1", "/approve", {"token": token_sent(bridge)})
-        assert approved.status_code == 200
-        assert snapshot in pool.datasets("snapshot")  # approving runs nothing by itself
+    agent = signalling_agent
+    asked = op_as(agent, pki, capsys, "--json", "zfs", "destroy", snapshot)
+    assert asked.status == EXIT_PENDING
+    approval_id = json.loads(asked.stdout)["approval"]["approval_id"]
+    approved = post(agent, pki, "admin-1", "/approve", {"token": token_sent(bridge)})
+    assert approved.status_code == 200
+    assert snapshot in pool.datasets("snapshot")  # approving runs nothing by itself
 
-        ran = op_as(agent, pki, capsys, "--json", "--follow", approval_id)
-        assert ran.status == EXIT_OK, ran.stdout
-        assert json.loads(ran.stdout)["result"]["data"] == {
-            "destroyed": snapshot,
-            "recursive": False,
-        }
-        assert snapshot not in pool.datasets("snapshot")
+    ran = op_as(agent, pki, capsys, "--json", "--follow", approval_id)
+    assert ran.status == EXIT_OK, ran.stdout
+    assert json.loads(ran.stdout)["result"]["data"] == {"destroyed": snapshot, "recursive": False}
+    assert snapshot not in pool.datasets("snapshot")
 
-        again = op_as(agent, pki, capsys, "--json", "--follow", approval_id)
-        assert again.status == EXIT_FAILED
-        assert json.loads(again.stdout)["error"]["code"] == "approval_consumed"
-        status = get(agent, pki, "librarian-1", f"/approvals/{approval_id}").json()["status"]
-        assert status == "consumed"
+    again = op_as(agent, pki, capsys, "--json", "--follow", approval_id)
+    assert again.status == EXIT_FAILED
+    assert json.loads(again.stdout)["error"]["code"] == "approval_consumed"
+    status = get(agent, pki, "librarian-1", f"/approvals/{approval_id}").json()["status"]
+    assert status == "consumed"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -21,26 +20,15 @@ from host_agent.client import (
     PendingApproval,
     StillPending,
 )
-from host_agent.config import Config
 from tests.approval_flow import post, token_sent
-from tests.signal_bridge import BRIDGE_NUMBER, SignalBridge
-from tests.support import Pki, RunningAgent, running_agent
-from tests.system import Pool, System, run
+from tests.signal_bridge import SignalBridge
+from tests.support import Pki, RunningAgent
+from tests.system import Pool, run
 from tests.test_client import settings
 
 pytestmark = pytest.mark.root
 
 APPROVER = "+15555550001"
-
-
-def signal_config(system: System, pki: Pki, tmp_path: Path, bridge: SignalBridge) -> Config:
-    """Tokens go out through the stand-in; the agent polls it for replies every 0.2 s."""
-    text = (
-        f'signal_url = "{bridge.url}"\n'
-        f'signal_number = "{BRIDGE_NUMBER}"\n'
-        "poll_interval_seconds = 0.2"
-    )
-    return system.agent_config(pki, tmp_path, approval=text)
 
 
 def test_a_real_zfs_list_is_an_operation_result(
@@ -72,11 +60,10 @@ def test_a_failed_run_carries_its_output(system_agent: RunningAgent, pki: Pki, p
 
 
 def test_an_approved_destroy_runs_once_through_wait(
-    system: System, pool: Pool, pki: Pki, tmp_path: Path, bridge: SignalBridge, snapshot: str
+    signalling_agent: RunningAgent, pool: Pool, pki: Pki, bridge: SignalBridge, snapshot: str
 ) -> None:
-    config = signal_config(system, pki, tmp_path, bridge)
     seen: list[ApprovalState] = []
-    with running_agent(config) as agent, Client(settings(agent, pki, "librarian-1")) as client:
+    with Client(settings(signalling_agent, pki, "librarian-1")) as client:
         pending = client.run("zfs", snapshot, ["destroy"], reason="free space")
         assert isinstance(pending, PendingApproval)
         with pytest.raises(StillPending):
@@ -102,9 +89,8 @@ def test_an_approved_destroy_runs_once_through_wait(
 
 
 def test_the_async_client_waits_while_an_admin_approves(
-    system: System, pool: Pool, pki: Pki, tmp_path: Path, bridge: SignalBridge, snapshot: str
+    signalling_agent: RunningAgent, pool: Pool, pki: Pki, bridge: SignalBridge, snapshot: str
 ) -> None:
-    config = signal_config(system, pki, tmp_path, bridge)
 
     async def main(agent: RunningAgent) -> OperationResult:
         async with AsyncClient(settings(agent, pki, "librarian-1")) as client:
@@ -122,7 +108,6 @@ def test_the_async_client_waits_while_an_admin_approves(
             assert approved == 200
             return result
 
-    with running_agent(config) as agent:
-        result = asyncio.run(main(agent))
+    result = asyncio.run(main(signalling_agent))
     assert result.exit_code == 0 and result.resource == snapshot
     assert snapshot not in pool.datasets("snapshot")

@@ -11,9 +11,8 @@ import pytest
 from host_agent.mcp_server import CHECK_APPROVAL
 from tests.approval_flow import post, token_sent
 from tests.signal_bridge import SignalBridge
-from tests.support import Pki, RunningAgent, running_agent
-from tests.system import Pool, System
-from tests.test_e2e_client import signal_config
+from tests.support import Pki, RunningAgent
+from tests.system import Pool
 from tests.test_mcp import McpSession, error, payload, text, tls_options
 
 pytestmark = pytest.mark.root
@@ -38,18 +37,15 @@ def test_a_real_zfs_list_is_a_tool_result(
 
 
 def test_an_approved_destroy_runs_once_through_check_approval(
-    system: System,
+    signalling_agent: RunningAgent,
     pool: Pool,
     pki: Pki,
     tmp_path: Path,
     bridge: SignalBridge,
     snapshot: str,
 ) -> None:
-    config = signal_config(system, pki, tmp_path, bridge)
-    with (
-        running_agent(config) as agent,
-        McpSession(tmp_path, tls_options(agent.url, pki, "librarian-1")) as session,
-    ):
+    agent = signalling_agent
+    with McpSession(tmp_path, tls_options(agent.url, pki, "librarian-1")) as session:
         asked = session.call("zfs-destroy", {"resource": snapshot, "reason": "free space"})
         assert not asked.is_error and payload(asked)["status"] == "pending"
         check = {"approval_id": payload(asked)["approval_id"]}
