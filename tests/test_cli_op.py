@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from host_agent.cli import main
+from host_agent.cli import _parser, main
 from host_agent.cli.common import (
     EXIT_DENIED,
     EXIT_EXPIRED,
@@ -98,6 +98,14 @@ def test_a_wrong_command_line_sends_nothing(
     # No connection options and no agent: the problem is found before any of them matters.
     assert main(["op", *words]) == EXIT_USAGE
     assert problem in capsys.readouterr().err
+
+
+def test_arguments_that_start_with_a_dash_go_after_double_dash() -> None:
+    # Options go before KIND (or after the last ARG); the arguments after --.
+    words = ["op", "--reason", "disk", "exec", "run", "/usr/bin/du", "--", "-sh", "/srv/app"]
+    options = _parser().parse_args(words)
+    assert (options.kind, options.command, options.resource) == ("exec", "run", "/usr/bin/du")
+    assert options.args == ["-sh", "/srv/app"] and options.reason == "disk"
 
 
 def test_missing_settings_are_all_named(

@@ -38,7 +38,10 @@ def register(commands: Commands) -> None:
     op.add_argument("command", nargs="?", help="the adapter's command, e.g. list, destroy")
     op.add_argument("resource", nargs="?", help="dataset, unit, container, repository, ...")
     op.add_argument(
-        "args", nargs="*", metavar="ARG", help="the command's arguments (after -- if one starts -)"
+        "args",
+        nargs="*",
+        metavar="ARG",
+        help="the command's arguments (after -- if one starts with -; options then go first)",
     )
     op.add_argument("--reason", help="why, shown to the approvers and kept in the audit log")
     op.add_argument("--dry-run", action="store_true", help="show the decision and argv only")
