@@ -22,7 +22,6 @@ from tests.approval_flow import post, token_sent
 from tests.signal_bridge import SignalBridge
 from tests.support import Pki, RunningAgent
 from tests.test_client import SNAPSHOT, client_ports, settings
-from tests.test_client import approving_agent as approving_agent  # the fixture, shared
 
 
 def connect(agent: RunningAgent, pki: Pki, cn: str) -> AsyncClient:
