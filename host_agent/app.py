@@ -148,7 +148,11 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
     async def health_check(request: Request) -> Response:
         identity_from_scope(request.scope)
         return JSONResponse(
-            {**host.report(), "version": __version__, "adapters": sorted(pipeline.registry)}
+            {
+                **host.report(pipeline.audit.failing),
+                "version": __version__,
+                "adapters": sorted(pipeline.registry),
+            }
         )
 
     async def tools_manifest(request: Request) -> Response:

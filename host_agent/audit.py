@@ -61,6 +61,8 @@ class AuditLog:
         self._writer: jsonlines.Writer | None = None
         self._seq = 0
         self._prev = GENESIS
+        # Why the last append failed, until one succeeds: /health shows it.
+        self.failing: str | None = None
 
     def open(self) -> None:
         """Open (creating 0640) and pick up the chain where the file, or its rotated copy, ends."""
@@ -128,11 +130,14 @@ class AuditLog:
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
         """Chain, write and fsync one record; return it as written."""
         try:
-            return self._append(record)
-        except AuditUnavailable:
+            written = self._append(record)
+        except AuditUnavailable as exc:
+            self.failing = str(exc)
             if self._on_failure is not None:
                 self._on_failure()
             raise
+        self.failing = None
+        return written
 
     def _append(self, record: dict[str, Any]) -> dict[str, Any]:
         with self._lock:

@@ -82,16 +82,23 @@ class HostHealth:
         elif state == "unreadable":
             log.error("the CRL cannot be checked: %s", self.crl.error)
 
-    def report(self) -> dict[str, Any]:
+    def report(self, audit_failing: str | None = None) -> dict[str, Any]:
+        """`audit_failing`: why the last audit write failed, if the next may fail too
+        (then every operation is refused until the log can be written)."""
         crl = self.crl.public(self.clock())
         bad = ("expired", "expiring", "unreadable")
         problems = [f"crl_{crl['state']}"] if crl["state"] in bad else []
+        if audit_failing is not None:
+            problems.append("audit_unwritable")
         risky = len(self.sudoers) if self.sudoers is not None else None
         if risky:
             problems.append("sudoers_risky_entries")
         return {
             "status": "degraded" if problems else "ok",
             "problems": problems,
+            "audit": {"state": "ok"}
+            if audit_failing is None
+            else {"state": "unwritable", "error": audit_failing},
             "crl": crl,
             "sudoers_risky_entries": risky,
             **({"sudoers_unchecked": self.sudoers_unchecked} if self.sudoers_unchecked else {}),

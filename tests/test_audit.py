@@ -407,6 +407,7 @@ def test_append_to_a_full_device_raises_audit_unavailable() -> None:
     try:
         with pytest.raises(AuditUnavailable, match="cannot write"):
             log.append({"event": "decision"})
+        assert log.failing is not None and "No space left" in log.failing  # for /health
     finally:
         log.close()
 
