@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -8,8 +10,17 @@ import pytest
 
 from host_agent.config import Config
 from tests.approval_flow import approvals_config
+from tests.served import Served
 from tests.signal_bridge import BRIDGE_NUMBER, SignalBridge, running_bridge
-from tests.support import Pki, RunningAgent, config_text, make_pki, running_agent, write_config
+from tests.support import (
+    Pki,
+    RunningAgent,
+    config_text,
+    make_pki,
+    running_agent,
+    serve_process,
+    write_config,
+)
 from tests.system import (
     PROBE,
     Pool,
@@ -123,3 +134,25 @@ def snapshot(pool: Pool) -> Iterator[str]:
     run("zfs", "snapshot", name)
     yield name
     run("zfs", "destroy", name, check=False)
+
+
+@pytest.fixture
+def own_pki(pki: Pki, tmp_path: Path) -> Pki:
+    """A copy of the session PKI this test may re-issue and revoke in."""
+    directory = tmp_path / "pki"
+    shutil.copytree(pki.directory, directory)
+    return Pki(directory, pki.other_ca)
+
+
+@pytest.fixture
+def served(own_pki: Pki, tmp_path: Path) -> Iterator[Served]:
+    config = tmp_path / "agent.toml"
+    config.write_text(config_text(own_pki, tmp_path))
+    process = serve_process(config)
+    try:
+        yield Served(process, config, own_pki)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        process.kill()
+        process.communicate()

@@ -27,6 +27,7 @@ from host_agent.client import Client, InvalidRequest
 from host_agent.client.tools import manifest_tools, request_for
 from host_agent.mcp_server import CHECK_APPROVAL
 from tests.approval_flow import approvals_config, post, token_sent
+from tests.served import DENY_DESTROY, Served
 from tests.signal_bridge import SignalBridge, running_bridge
 from tests.support import (
     Pki,
@@ -38,7 +39,6 @@ from tests.support import (
 )
 from tests.system import REPO
 from tests.test_client import settings
-from tests.test_reload import DENY_DESTROY, Served
 
 MCP = (sys.executable, "-m", "host_agent", "mcp")
 

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import shutil
-import signal
 import socket
 import ssl
-import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,74 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from host_agent import certs
 from host_agent.audit import verify
-from tests.support import Pki, client_context, config_text, listening_port, serve_process
+from tests.served import DENY_DESTROY, Served, decision, reloads
+from tests.support import client_context
 from tests.system import run
-
-DESTROY_DRY_RUN = {"kind": "zfs", "resource": "tank/data@old", "args": ["destroy"], "dry_run": True}
-DENY_DESTROY = '[[rules]]\noperation = "zfs-destroy"\ndeny = true\n'
-
-
-class Served:
-    """A serve process, its config file and port, and a way to wait for its log lines."""
-
-    def __init__(self, process: subprocess.Popen[str], config: Path, pki: Pki) -> None:
-        self.process = process
-        self.config = config
-        self.pki = pki
-        self.port = listening_port(process)
-        self.url = f"https://127.0.0.1:{self.port}"
-
-    def client(self, cn: str = "librarian-1") -> httpx.Client:
-        cert, key = self.pki.client(cn)
-        return httpx.Client(
-            base_url=self.url, verify=client_context(self.pki.ca, cert, key), timeout=30
-        )
-
-    def sighup(self, expect: str) -> str:
-        """Send SIGHUP and return the log line matching `expect` (reloaded / reload failed)."""
-        self.process.send_signal(signal.SIGHUP)
-        assert self.process.stderr is not None
-        while line := self.process.stderr.readline():
-            if re.search(expect, line):
-                return line
-        raise AssertionError(f"the agent exited without logging {expect!r}")
-
-
-@pytest.fixture
-def own_pki(pki: Pki, tmp_path: Path) -> Pki:
-    """A copy of the session PKI this test may re-issue and revoke in."""
-    directory = tmp_path / "pki"
-    shutil.copytree(pki.directory, directory)
-    return Pki(directory, pki.other_ca)
-
-
-@pytest.fixture
-def served(own_pki: Pki, tmp_path: Path) -> Iterator[Served]:
-    config = tmp_path / "agent.toml"
-    config.write_text(config_text(own_pki, tmp_path))
-    process = serve_process(config)
-    try:
-        yield Served(process, config, own_pki)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
-    finally:
-        process.kill()
-        process.communicate()
-
-
-def decision(served: Served) -> str:
-    with served.client() as http:
-        reply = http.post("/host/op", json=DESTROY_DRY_RUN)
-    assert reply.status_code == 200, reply.text
-    return str(reply.json()["decision"]["effect"])
-
-
-def reloads(served: Served, result: str) -> float:
-    with served.client() as http:
-        text = http.get("/metrics").text
-    match = re.search(rf'host_agent_config_reloads_total{{result="{result}"}} (\S+)', text)
-    assert match is not None
-    return float(match.group(1))
 
 
 def test_a_new_policy_applies_to_the_next_request(served: Served, tmp_path: Path) -> None:
