@@ -7,11 +7,14 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from tests.support import Pki, client_context, listening_port
+from tests.support import Pki, client_context, listening_port, serve_process
 
 DESTROY_DRY_RUN = {"kind": "zfs", "resource": "tank/data@old", "args": ["destroy"], "dry_run": True}
 DENY_DESTROY = '[[rules]]\noperation = "zfs-destroy"\ndeny = true\n'
@@ -56,3 +59,21 @@ def reloads(served: Served, result: str) -> float:
     match = re.search(rf'host_agent_config_reloads_total{{result="{result}"}} (\S+)', text)
     assert match is not None
     return float(match.group(1))
+
+
+@contextmanager
+def agent_process(config: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A serve process whose log is drained, so a busy agent never blocks on a full pipe."""
+    process = serve_process(config)
+    assert process.stderr is not None
+    drain = threading.Thread(target=process.stderr.read, daemon=True)
+    try:
+        port = listening_port(process)
+        drain.start()
+        yield process, port
+    finally:
+        process.kill()
+        process.wait(30)
+        if drain.is_alive():
+            drain.join(30)  # reads to the end of the dead process's output
+        process.stderr.close()

@@ -13,12 +13,9 @@ import json
 import random
 import signal
 import ssl
-import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,8 @@ import pytest
 
 from host_agent.audit import verify
 from host_agent.config import Config
-from tests.support import Pki, client_context, listening_port, serve_process
+from tests.served import agent_process
+from tests.support import Pki, client_context
 from tests.system import Pool, System, run
 
 pytestmark = pytest.mark.root
@@ -55,24 +53,6 @@ class Tally:
                 self.no_answer += 1
             else:
                 self.answered[status] += 1
-
-
-@contextmanager
-def agent_process(config: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """A serve process whose log is drained, so a busy agent never blocks on a full pipe."""
-    process = serve_process(config)
-    assert process.stderr is not None
-    drain = threading.Thread(target=process.stderr.read, daemon=True)
-    try:
-        port = listening_port(process)
-        drain.start()
-        yield process, port
-    finally:
-        process.kill()
-        process.wait(30)
-        if drain.is_alive():
-            drain.join(30)  # reads to the end of the dead process's output
-        process.stderr.close()
 
 
 def snapshot_load(
