@@ -154,6 +154,8 @@ class RateLimitConfig:
     read: Limit = Limit(600, 60)
     mutating: Limit = Limit(120, 60)
     approval: Limit = Limit(120, 60)
+    # Refusals written to the audit log one by one, per source; past it they are counted.
+    refusals: Limit = Limit(120, 60)
     max_tracked: int = 10_000
 
 
@@ -423,6 +425,7 @@ def _rate_limit(t: _Table) -> RateLimitConfig:
         read=_limit(t.table("read"), Limit(600, 60)),
         mutating=_limit(t.table("mutating"), Limit(120, 60)),
         approval=_limit(t.table("approval"), Limit(120, 60)),
+        refusals=_limit(t.table("refusals"), Limit(120, 60)),
         max_tracked=t.get("max_tracked", int, 10_000, check=_between(100, 10_000_000)),
     )
     t.finish()

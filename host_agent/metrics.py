@@ -80,6 +80,11 @@ class Metrics:
             "Audit records that could not be made durable (each refused what it recorded).",
             registry=r,
         )
+        self.refusals_suppressed = Counter(
+            "host_agent_audit_refusals_suppressed",
+            "Refusals counted instead of written one by one: a source over [rate_limit.refusals].",
+            registry=r,
+        )
         self.rate_limited = Counter(
             "host_agent_rate_limited_requests",
             "Requests refused with 429, by limit (read, mutating, approval, endpoint).",

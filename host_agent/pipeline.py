@@ -31,6 +31,7 @@ from host_agent.metrics import Metrics
 from host_agent.operations import Operation
 from host_agent.policy import Decision, Effect, decide, find_profile, unknown_caller
 from host_agent.ratelimit import RateLimited, RateLimiter
+from host_agent.refusal_audit import RefusalAudit
 from host_agent.request import HostOpRequest, decode_json, parse_host_op
 from host_agent.runner import Runner, RunResult
 
@@ -55,6 +56,7 @@ class Pipeline:
         runner: Runner,
         approvals: ApprovalManager | None = None,
         metrics: Metrics | None = None,
+        refusals: RefusalAudit | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -62,6 +64,7 @@ class Pipeline:
         self.runner = runner
         self.metrics = metrics or Metrics()
         self.limiter = RateLimiter(config.rate_limit)
+        self.refusals = refusals or RefusalAudit(audit, config.rate_limit, self.metrics)
         # None when [approval] enabled = false: operations needing a human are refused.
         self.approvals = approvals
 
@@ -71,6 +74,7 @@ class Pipeline:
         self.registry = registry
         self.runner.config = config.runner
         self.limiter.config = config.rate_limit
+        self.refusals.reconfigure(config.rate_limit)
         if self.approvals is not None:
             self.approvals.reconfigure(config.approval)
 
@@ -82,7 +86,7 @@ class Pipeline:
             found = find_profile(self.config, identity.cn)
             if found is None:
                 decision = unknown_caller(identity.cn)
-                await self._decision(who, {}, decision)
+                await self.refusals.write(identity.cn, self._decision_record(who, {}, decision))
                 raise _denied(decision, who["request_id"])
             document = decode_json(body)
             request = parse_host_op(document)
@@ -126,7 +130,8 @@ class Pipeline:
 
     async def _rejected(self, who: dict[str, Any], error: RequestError, document: Any) -> None:
         error.request_id = who["request_id"]
-        await self.audit.write(
+        await self.refusals.write(
+            who["cn"],
             {
                 **who,
                 "event": "rejected",
@@ -134,7 +139,7 @@ class Pipeline:
                 "code": error.code,
                 "field": error.field,
                 "message": error.message,
-            }
+            },
         )
 
     async def _decide_and_run(
@@ -243,19 +248,22 @@ class Pipeline:
     async def _decision(
         self, who: dict[str, Any], what: dict[str, Any], decision: Decision
     ) -> None:
+        await self.audit.write(self._decision_record(who, what, decision))
+
+    def _decision_record(
+        self, who: dict[str, Any], what: dict[str, Any], decision: Decision
+    ) -> dict[str, Any]:
         self.metrics.policy_decisions.labels(effect=decision.effect.value).inc()
-        await self.audit.write(
-            {
-                **who,
-                "event": "decision",
-                **what,
-                "decision": decision.effect.value,
-                "code": decision.code,
-                "reason": decision.reason,
-                "rule": decision.rule,
-                "admin_only": decision.admin_only,
-            }
-        )
+        return {
+            **who,
+            "event": "decision",
+            **what,
+            "decision": decision.effect.value,
+            "code": decision.code,
+            "reason": decision.reason,
+            "rule": decision.rule,
+            "admin_only": decision.admin_only,
+        }
 
 
 def _who(identity: Identity) -> dict[str, Any]:

@@ -62,6 +62,7 @@ class RateLimiter:
             "read": self.config.read,
             "mutating": self.config.mutating,
             "approval": self.config.approval,
+            "refusals": self.config.refusals,
         }
         return limits[name]
 

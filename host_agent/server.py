@@ -29,6 +29,7 @@ from host_agent.health import HostHealth
 from host_agent.metrics import Metrics
 from host_agent.notify import notify
 from host_agent.pipeline import Pipeline
+from host_agent.refusal_audit import RefusalAudit
 from host_agent.reload import Reloader
 from host_agent.runner import Runner
 from host_agent.tls import ContextHolder, server_context
@@ -48,15 +49,30 @@ def build_pipeline(config: Config, metrics: Metrics | None = None) -> Pipeline:
     metrics = metrics or Metrics()
     audit = AuditLog(config.audit.log_path, on_failure=metrics.audit_write_failures.inc)
     audit.open()
+    refusals = RefusalAudit(audit, config.rate_limit, metrics)
     approvals = None
     if config.approval.enabled:
         store = SqliteStore(config.approval.store_path)
         approvals = ApprovalManager(
-            config.approval, store, audit, notify=notifier(config.approval), metrics=metrics
+            config.approval,
+            store,
+            audit,
+            notify=notifier(config.approval),
+            metrics=metrics,
+            refusals=refusals,
         )
         metrics.count_open_approvals(functools.partial(_count, store))
     registry = build_registry(config)
-    return Pipeline(config, registry, audit, Runner(config.runner), approvals, metrics)
+    runner = Runner(config.runner)
+    return Pipeline(config, registry, audit, runner, approvals, metrics, refusals)
+
+
+async def _flush(refusals: RefusalAudit) -> None:
+    """The suppressed-refusal counts, if the log can still take them."""
+    try:
+        await refusals.flush()
+    except HostAgentError as exc:
+        log.error("could not audit the counts of suppressed refusals: %s", exc)
 
 
 def _count(store: SqliteStore, status: Status) -> float:
@@ -194,6 +210,7 @@ async def run_server(
         if pipeline.approvals is not None:
             await pipeline.approvals.drain()
             pipeline.approvals.store.close()
+        await _flush(pipeline.refusals)
         pipeline.audit.close()
         log.info("host-agent stopped")
 

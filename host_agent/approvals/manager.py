@@ -25,6 +25,7 @@ from host_agent.errors import ApprovalError
 from host_agent.metrics import Metrics
 from host_agent.operations import Operation
 from host_agent.policy import Decision
+from host_agent.refusal_audit import RefusalAudit
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,14 @@ class ApprovalManager:
         clock: Callable[[], float] = time.time,
         host: str | None = None,
         metrics: Metrics | None = None,
+        refusals: RefusalAudit | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.audit = audit
         self.metrics = metrics
+        # Refusals of unidentified approvers are bounded per source (see refusal_audit).
+        self.refusals = refusals
         self.notify = notify
         self.clock = clock
         self.host = host or socket.gethostname()
@@ -185,9 +189,13 @@ class ApprovalManager:
 
     async def refuse(self, approver: Approver, code: str, **context: Any) -> None:
         """Audit a refusal that happened before any approval was identified."""
-        await self._record(
-            {"event": "approval_refused", "approver": str(approver), "code": code, **context}
-        )
+        record = {"event": "approval_refused", "approver": str(approver), "code": code, **context}
+        if self.refusals is None:
+            await self._record(record)
+            return
+        if self.metrics is not None:
+            self.metrics.approval_event(record["event"])
+        await self.refusals.write(str(approver), record)
 
     async def handle_reply(self, reply: IncomingReply) -> dict[str, Any]:
         """One approver message from Signal: fresh, first seen, a command, then decide."""
