@@ -296,6 +296,15 @@ def parse_config(raw: dict[str, Any], source: Path) -> Config:
             "approval.bridge_cn",
             f"{bridge!r} matches an [[agents]] cn_pattern: an agent must never be the bridge",
         )
+    admin = approval.admin_cn_pattern
+    for profile in agents:
+        if admin is not None and _may_overlap(profile.cn_pattern, admin):
+            reader.warn(
+                f"[[agents]] cn_pattern {profile.cn_pattern!r} and [approval] admin_cn_pattern "
+                f"{admin!r} can match the same CN: such a caller may both request operations "
+                "and approve other callers' (never its own). Give agents CNs the admin "
+                "pattern cannot match, unless the admins' own profile is meant"
+            )
     if reader.problems:
         raise ConfigError(str(source), reader.problems)
     return Config(
@@ -669,6 +678,13 @@ def _check_operation_globs(values: list[str]) -> str | None:
 # --- reading helpers ----------------------------------------------------------
 
 _MISSING: Any = object()
+
+
+def _may_overlap(first: str, second: str) -> bool:
+    """Whether two CN globs can plausibly match one CN: each read as a CN against the
+    other. It catches the usual cases (equal, `*`, one a narrowing of the other), not
+    every contrived one."""
+    return fnmatch.fnmatchcase(first, second) or fnmatch.fnmatchcase(second, first)
 
 
 class _Reader:

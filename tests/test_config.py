@@ -592,6 +592,29 @@ def test_check_config_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert err == ""
 
 
+@pytest.mark.parametrize(
+    ("agent_pattern", "warned"),
+    [
+        pytest.param("admin-*", True, id="same-pattern"),
+        pytest.param("*", True, id="everyone"),
+        pytest.param("a*", True, id="wider"),
+        pytest.param("admin-ops-1", True, id="one-admin-cn"),
+        pytest.param("librarian*", False, id="apart"),
+    ],
+)
+def test_an_agent_pattern_the_admin_pattern_can_match_is_warned_about(
+    tmp_path: Path, agent_pattern: str, warned: bool
+) -> None:
+    text = PREDECESSOR_CONFIG.replace(
+        'cn_pattern = "claude-code*"', f'cn_pattern = "{agent_pattern}"'
+    )
+    config = load_config(write(tmp_path, text))
+    overlaps = [w for w in config.warnings if "admin_cn_pattern" in w]
+    assert len(overlaps) == warned
+    if warned:
+        assert f"cn_pattern {agent_pattern!r}" in overlaps[0] and "approve" in overlaps[0]
+
+
 def test_check_config_prints_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = PREDECESSOR_CONFIG.replace("[exec]\n", '[exec]\nansible_job_queue = "/var/jobs"\n')
     path = write(tmp_path, text)
