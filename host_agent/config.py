@@ -99,6 +99,14 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class Person:
+    """One human and every identity they approve with: their votes count once."""
+
+    name: str
+    identities: frozenset[str]  # "signal:+15555550001", "admin:admin-ops-1", "pam:ops1"
+
+
+@dataclass(frozen=True)
 class ApprovalConfig:
     enabled: bool
     ttl_seconds: int
@@ -122,9 +130,18 @@ class ApprovalConfig:
     # through this Unix socket and authenticate with their password (PAM).
     local_socket: Path | None = None
     approvers_group: str | None = None
+    # Who is who across channels, so a quorum counts people, not phones and logins.
+    people: tuple[Person, ...] = ()
 
     def is_admin(self, cn: str) -> bool:
         return self.admin_cn_pattern is not None and fnmatch.fnmatchcase(cn, self.admin_cn_pattern)
+
+    def person_of(self, identity: str) -> str:
+        """`person:<name>` for an identity listed under [[approval.people]], else itself."""
+        for person in self.people:
+            if identity in person.identities:
+                return f"person:{person.name}"
+        return identity
 
 
 @dataclass(frozen=True)
@@ -390,6 +407,7 @@ def _approval(t: _Table) -> ApprovalConfig:
         ),
         local_socket=t.optional_path("local_socket"),
         approvers_group=t.optional("approvers_group", str, check=_check_unix_name),
+        people=_people(t),
     )
     if config.signal_url is not None and config.signal_number is None:
         t.reader.problem(t.key("signal_number"), "is required with signal_url")
@@ -400,6 +418,36 @@ def _approval(t: _Table) -> ApprovalConfig:
             t.reader.problem(t.key("allowed_approvers"), f"{number!r}: {message}")
     t.finish()
     return config
+
+
+def _people(approval: _Table) -> tuple[Person, ...]:
+    # Each key of [[approval.people]], the channel it names identities on, and its check.
+    channels = {
+        "signal": ("signal", _check_phone),
+        "admin_cn": ("admin", _non_empty),
+        "login": ("pam", _check_unix_name),
+    }
+    people: list[Person] = []
+    owner: dict[str, str] = {}
+    for t in approval.array_of_tables("people"):
+        name = t.get("name", str, "", required=True, check=_non_empty)
+        identities = set()
+        for key, (channel, check) in channels.items():
+            for value in t.get(key, list, [], item=str):
+                if (message := check(value)) is not None:
+                    t.reader.problem(t.key(key), f"{value!r}: {message}")
+                identities.add(f"{channel}:{value}")
+        for identity in sorted(identities):
+            if identity in owner:
+                t.reader.problem(
+                    t.key("name"), f"{identity} is already {owner[identity]!r}'s: one person each"
+                )
+            owner[identity] = name
+        if name in (person.name for person in people):
+            t.reader.problem(t.key("name"), f"{name!r} is listed twice")
+        t.finish()
+        people.append(Person(name, frozenset(identities)))
+    return tuple(people)
 
 
 def _metrics(t: _Table) -> MetricsConfig:

@@ -18,7 +18,7 @@ from host_agent.approvals.manager import ApprovalManager
 from host_agent.approvals.model import Approver, Status
 from host_agent.approvals.store import SqliteStore
 from host_agent.audit import AuditLog, verify
-from host_agent.config import ApprovalConfig, Secret
+from host_agent.config import ApprovalConfig, Person, Secret
 from host_agent.errors import ApprovalError, AuditUnavailable
 from host_agent.operations import Operation
 from host_agent.policy import Decision, Effect
@@ -248,6 +248,44 @@ def test_two_approvers_means_two_different_people(world: World) -> None:
 
     asyncio.run(scenario())
     assert world.events()[-2:] == ["approval_refused", "approval_granted"]
+
+
+def test_a_quorum_counts_people_not_their_channels(world: World) -> None:
+    """One person with a phone and an admin certificate is one approver."""
+    ops = Person("ops-a", frozenset({"signal:+15555550001", "admin:admin-1"}))
+    world.manager.reconfigure(approval_config(people=(ops,)))
+    world.manager.notify = world.outbox
+
+    async def scenario() -> None:
+        _, token = await created(world, quorum=2)
+        assert (await world.manager.decide(token, True, SIGNAL_ONE)).status is Status.PENDING
+        with pytest.raises(ApprovalError) as again:
+            await world.manager.decide(token, True, ADMIN)  # the same person, another channel
+        assert again.value.code == "already_voted"
+        granted = await world.manager.decide(token, True, SIGNAL_TWO)
+        assert granted.status is Status.APPROVED
+        assert granted.approvers == ("signal:+15555550001", "signal:+15555550002")
+
+    asyncio.run(scenario())
+
+
+def test_a_requester_cannot_approve_through_another_of_its_identities(world: World) -> None:
+    # The person behind the requesting CN also holds an allowlisted phone.
+    world.manager.reconfigure(
+        approval_config(
+            people=(Person("ops-a", frozenset({"admin:librarian-1", "signal:+15555550001"})),)
+        )
+    )
+    world.manager.notify = world.outbox
+
+    async def scenario() -> None:
+        _, token = await created(world)
+        with pytest.raises(ApprovalError) as refused:
+            await world.manager.decide(token, True, SIGNAL_ONE)
+        assert refused.value.code == "self_approval"
+        assert (await world.manager.decide(token, True, SIGNAL_TWO)).status is Status.APPROVED
+
+    asyncio.run(scenario())
 
 
 def test_deny_ends_it(world: World) -> None:

@@ -615,6 +615,60 @@ def test_an_agent_pattern_the_admin_pattern_can_match_is_warned_about(
         assert f"cn_pattern {agent_pattern!r}" in overlaps[0] and "approve" in overlaps[0]
 
 
+PEOPLE = """
+[[approval.people]]
+name = "ops-a"
+signal = ["+15555550001"]
+admin_cn = ["admin-ops-a"]
+login = ["opsa"]
+
+[[approval.people]]
+name = "ops-b"
+signal = ["+15555550002"]
+"""
+
+
+def test_people_map_every_identity_to_one_person(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, PREDECESSOR_CONFIG + PEOPLE))
+    approval = config.approval
+    assert [person.name for person in approval.people] == ["ops-a", "ops-b"]
+    for identity in ("signal:+15555550001", "admin:admin-ops-a", "pam:opsa"):
+        assert approval.person_of(identity) == "person:ops-a"
+    assert approval.person_of("signal:+15555550002") == "person:ops-b"
+    assert approval.person_of("admin:admin-1") == "admin:admin-1"  # unlisted: itself
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        pytest.param(
+            lambda text: text.replace('signal = ["+15555550002"]', 'signal = ["+15555550001"]'),
+            "signal:+15555550001 is already 'ops-a''s: one person each",
+            id="shared-phone",
+        ),
+        pytest.param(
+            lambda text: text.replace('name = "ops-b"', 'name = "ops-a"'),
+            "'ops-a' is listed twice",
+            id="same-name",
+        ),
+        pytest.param(
+            lambda text: text.replace('login = ["opsa"]', 'login = ["ops a"]'),
+            "login: 'ops a'",
+            id="bad-login",
+        ),
+        pytest.param(
+            lambda text: text.replace('admin_cn = ["admin-ops-a"]', 'admin_cns = ["x"]'),
+            "admin_cns: unknown key",
+            id="unknown-key",
+        ),
+    ],
+)
+def test_people_that_do_not_add_up_are_refused(tmp_path: Path, change: Any, problem: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config(write(tmp_path, change(PREDECESSOR_CONFIG + PEOPLE)))
+    assert problem in str(refused.value)
+
+
 def test_check_config_prints_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = PREDECESSOR_CONFIG.replace("[exec]\n", '[exec]\nansible_job_queue = "/var/jobs"\n')
     path = write(tmp_path, text)

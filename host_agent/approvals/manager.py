@@ -174,7 +174,11 @@ class ApprovalManager:
             raise
         try:
             self._check_approver(approval, approver)
-            change = _vote(approver, self.clock()) if approve else _deny(approver, self.clock())
+            change = (
+                _vote(approver, self.config.person_of, self.clock())
+                if approve
+                else _deny(approver, self.clock())
+            )
             updated = await self._update(approval.id, change)
         except ApprovalError as exc:
             await self._audit(
@@ -258,7 +262,13 @@ class ApprovalManager:
 
     def _check_approver(self, approval: Approval, approver: Approver) -> None:
         """Whether this person may approve this approval."""
-        if approver.name in (approval.requester_cn, approval.requester_unix_user):
+        requester = {
+            self.config.person_of(f"admin:{approval.requester_cn}"),
+            self.config.person_of(f"pam:{approval.requester_unix_user}"),
+        }
+        if approver.name in (approval.requester_cn, approval.requester_unix_user) or (
+            self.config.person_of(str(approver)) in requester
+        ):
             raise ApprovalError(403, "self_approval", "a requester cannot approve its own request")
         if approval.admin_only and approver.channel == "signal":
             raise ApprovalError(
@@ -428,13 +438,19 @@ def _open(approval: Approval, now: float) -> None:
         )
 
 
-def _vote(approver: Approver, now: float) -> Change:
+def _vote(approver: Approver, person_of: Callable[[str], str], now: float) -> Change:
+    """One more approval; the quorum counts people (see [[approval.people]]), so one person
+    answering on two channels counts once."""
+
     def change(approval: Approval) -> Approval:
         _open(approval, now)
-        if str(approver) in approval.approvers:
-            raise ApprovalError(409, "already_voted", "each approver counts once")
+        voted = {person_of(earlier) for earlier in approval.approvers}
+        if person_of(str(approver)) in voted:
+            raise ApprovalError(
+                409, "already_voted", "each approver counts once, whichever channel they use"
+            )
         approvers = (*approval.approvers, str(approver))
-        if len(approvers) < approval.approvals_required:
+        if len(voted) + 1 < approval.approvals_required:
             return approval.evolve(approvers=approvers)
         return approval.evolve(
             approvers=approvers, status=Status.APPROVED, decided_by=str(approver), decided_at=now
