@@ -313,6 +313,7 @@ def parse_config(raw: dict[str, Any], source: Path) -> Config:
             "approval.bridge_cn",
             f"{bridge!r} matches an [[agents]] cn_pattern: an agent must never be the bridge",
         )
+    _warn_about_channels(approval, reader)
     admin = approval.admin_cn_pattern
     for profile in agents:
         if admin is not None and _may_overlap(profile.cn_pattern, admin):
@@ -378,6 +379,14 @@ def _audit(t: _Table) -> AuditConfig:
         rotation=t.get("rotation", str, "daily", check=_one_of("daily", "hourly", "never")),
         retention_days=t.get("retention_days", int, 90, check=_between(1, 36500)),
     )
+    shipped = {"rotation": "daily", "retention_days": 90}  # what logrotate/host-agent does
+    for key, value in shipped.items():
+        if getattr(config, key) != value:
+            t.reader.warn(
+                f"{t.key(key)} = {getattr(config, key)!r} is not applied by the agent: "
+                "logrotate rotates the audit log (/etc/logrotate.d/host-agent: daily, "
+                "90 kept); change it there"
+            )
     t.finish()
     return config
 
@@ -726,6 +735,29 @@ def _check_operation_globs(values: list[str]) -> str | None:
 # --- reading helpers ----------------------------------------------------------
 
 _MISSING: Any = object()
+
+
+def _warn_about_channels(approval: ApprovalConfig, reader: _Reader) -> None:
+    """Approvals that nobody could decide, or Signal replies that could never arrive."""
+    if not approval.enabled:
+        return
+    sends = approval.allowed_approvers and (approval.signal_url or approval.signal_webhook)
+    if not sends and approval.admin_cn_pattern is None and approval.local_socket is None:
+        reader.warn(
+            "approval: enabled, but no channel can decide an approval (no Signal endpoint "
+            "with allowed_approvers, no admin_cn_pattern, no local_socket): every operation "
+            "that needs a human will wait until it expires"
+        )
+    hears = (
+        approval.poll_interval_seconds > 0
+        or approval.webhook_secret is not None
+        or approval.bridge_cn is not None
+    )
+    if sends and not hears:
+        reader.warn(
+            "approval: tokens go out over Signal but no reply can come back: set "
+            "poll_interval_seconds, or webhook_secret or bridge_cn for POST /webhook/signal"
+        )
 
 
 def _may_overlap(first: str, second: str) -> bool:

@@ -122,6 +122,17 @@ pattern = "tank/.*"
 """
 
 
+# The predecessor's config with the rotation logrotate/host-agent applies, and a way for
+# Signal replies to come back: no warnings.
+AS_SHIPPED = (
+    PREDECESSOR_CONFIG.replace('rotation = "hourly"', 'rotation = "daily"')
+    .replace("retention_days = 30", "retention_days = 90")
+    .replace(
+        'admin_cn_pattern = "admin-*"\n', 'admin_cn_pattern = "admin-*"\nbridge_cn = "bridge"\n'
+    )
+)
+
+
 def write(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:
     path = tmp_path / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +143,11 @@ def write(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:
 def test_predecessor_config_loads(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, PREDECESSOR_CONFIG))
 
-    assert config.warnings == ()
+    assert [w.split(" = ")[0].split(":")[0] for w in config.warnings] == [
+        "audit.rotation",
+        "audit.retention_days",
+        "approval",  # its replies came in unauthenticated; here they need a secret or a CN
+    ]
     assert config.server.bind == "0.0.0.0:18443"
     assert (config.server.host, config.server.port) == ("0.0.0.0", 18443)
     assert config.server.cert == Path("/etc/clash/certs/server.crt")
@@ -219,9 +234,11 @@ def test_predecessor_only_keys_load_with_warnings(tmp_path: Path) -> None:
         "[approval]\n", '[approval]\nidentity_plugin = "command:/usr/local/bin/check"\n'
     ).replace("[exec]\n", '[exec]\nansible_job_queue = "/var/lib/clash/jobs"\n')
     config = load_config(write(tmp_path, text))
-    assert len(config.warnings) == 2
-    assert config.warnings[0].startswith("approval.identity_plugin: ")
-    assert config.warnings[1].startswith("exec.ansible_job_queue: ")
+    # Beside the rotation and Signal-reply warnings every predecessor config gets:
+    beyond_rotation = [w for w in config.warnings if not w.startswith(("audit.", "approval:"))]
+    assert len(beyond_rotation) == 2
+    assert beyond_rotation[0].startswith("approval.identity_plugin: ")
+    assert beyond_rotation[1].startswith("exec.ansible_job_queue: ")
 
 
 def test_relative_paths_are_resolved_against_the_config_directory(
@@ -585,7 +602,7 @@ def test_caller_document_is_not_modified() -> None:
 
 
 def test_check_config_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write(tmp_path, PREDECESSOR_CONFIG)
+    path = write(tmp_path, AS_SHIPPED)
     assert main(["check-config", str(path)]) == 0
     out, err = capsys.readouterr()
     assert out == f"{path}: OK (2 agent profile(s), 2 rule(s))\n"
@@ -669,8 +686,46 @@ def test_people_that_do_not_add_up_are_refused(tmp_path: Path, change: Any, prob
     assert problem in str(refused.value)
 
 
+def test_audit_rotation_the_agent_does_not_apply_is_warned_about(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, PREDECESSOR_CONFIG))  # hourly, 30 days
+    rotation, retention, _ = config.warnings
+    assert (
+        rotation.startswith("audit.rotation = 'hourly' is not applied") and "logrotate" in rotation
+    )
+    assert retention.startswith("audit.retention_days = 30 is not applied")
+    assert load_config(write(tmp_path, AS_SHIPPED)).warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "warning"),
+    [
+        pytest.param(
+            lambda text: text.replace('admin_cn_pattern = "admin-*"\n', "").replace(
+                'signal_webhook = "https://signal.example.com/webhook"\n', ""
+            ),
+            "no channel can decide an approval",
+            id="nobody-can-decide",
+        ),
+        pytest.param(
+            lambda text: text.replace('bridge_cn = "bridge"\n', ""),
+            "no reply can come back",
+            id="replies-cannot-arrive",
+        ),
+    ],
+)
+def test_approval_channels_that_cannot_work_are_warned_about(
+    tmp_path: Path, change: Any, warning: str
+) -> None:
+    config = load_config(write(tmp_path, change(AS_SHIPPED)))
+    assert [w for w in config.warnings if warning in w]
+    disabled = change(AS_SHIPPED).replace(
+        "enabled = true\nttl_seconds", "enabled = false\nttl_seconds"
+    )
+    assert load_config(write(tmp_path, disabled)).warnings == ()
+
+
 def test_check_config_prints_warnings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    text = PREDECESSOR_CONFIG.replace("[exec]\n", '[exec]\nansible_job_queue = "/var/jobs"\n')
+    text = AS_SHIPPED.replace("[exec]\n", '[exec]\nansible_job_queue = "/var/jobs"\n')
     path = write(tmp_path, text)
     assert main(["check-config", str(path)]) == 0
     out, err = capsys.readouterr()

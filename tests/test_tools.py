@@ -266,7 +266,7 @@ def test_the_manifest_follows_a_config_reload(pki: Pki, tmp_path: Path) -> None:
         process.send_signal(signal.SIGHUP)
         assert process.stderr is not None
         while line := process.stderr.readline():
-            if "reload" in line:
+            if "reloaded" in line or "reload failed" in line:
                 assert "reloaded" in line, line
                 break
         assert listed() == ["zfs-destroy", "zfs-snapshot"]
