@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from host_agent.tls_server import bind_socket
 from tests.support import Pki, client_context, config_text, listening_port, serve_process
 
 
@@ -104,3 +106,29 @@ def test_root_without_service_account_refuses_to_start(pki: Pki, tmp_path: Path)
     code, stderr = _start_failure(config)
     assert code == 1
     assert "set [runner] service_user" in stderr
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_accepted_connections_send_without_waiting_for_acks(host: str) -> None:
+    """TCP_NODELAY on what the listener accepts: without it each response whose head and
+    body go out apart waited 40 ms for the client's delayed ACK (found by bench/)."""
+    listener = bind_socket(host, 0)
+    seen: list[int] = []
+
+    async def main() -> None:
+        async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(accepted, sock=listener)
+        async with server:
+            _, writer = await asyncio.open_connection(host, listener.getsockname()[1])
+            for _ in range(500):
+                if seen:
+                    break
+                await asyncio.sleep(0.01)
+            writer.close()
+
+    asyncio.run(main())
+    assert seen and seen[0] != 0
