@@ -20,11 +20,11 @@ fi
 "$VENV/bin/pip" install -q -e ".[test,ansible]"
 
 echo "== shellcheck"
-shellcheck -x install.sh wrappers/* scripts/*.sh \
+shellcheck -x install.sh wrappers/* scripts/*.sh bench/run.sh \
     tests/wrappers/* .ci/run
 echo "== ruff"
-"$VENV/bin/ruff" check host_agent tests
-"$VENV/bin/ruff" format --check host_agent tests
+"$VENV/bin/ruff" check host_agent tests bench
+"$VENV/bin/ruff" format --check host_agent tests bench
 echo "== mypy"
 "$VENV/bin/mypy"
 echo "== pytest"

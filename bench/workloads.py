@@ -1,0 +1,134 @@
+"""The operations measured, and each way of doing one: bare sudo, the agent, ssh.
+
+Every way runs the same sudo argv: the one the agent reports for the operation
+in a dry run. Each action raises `WorkloadFailed` when the operation did not
+succeed, so a broken set-up never passes for a fast one.
+"""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bench import wire
+from bench.environment import Account
+from bench.harness import Action, WorkloadFailed
+from host_agent.client import Client, ClientError, DryRun, OperationResult
+from host_agent.runner import CLEAN_ENV
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One operation: how a caller asks for it, and the sudo argv the agent runs for it."""
+
+    key: str  # a short name for files and ssh keys
+    title: str
+    kind: str
+    resource: str
+    args: tuple[str, ...]
+    argv: tuple[str, ...]
+
+    @property
+    def document(self) -> dict[str, Any]:
+        return {"kind": self.kind, "resource": self.resource, "args": list(self.args)}
+
+
+def workloads(client: Client, pool: str) -> list[Workload]:
+    """`zfs list` of the pool and `exec` of /bin/true, with the argv a dry run reports."""
+    wanted = [
+        ("zfs-list", "zfs list", "zfs", pool, ("list",)),
+        ("exec-true", "exec /bin/true", "exec", "/bin/true", ("run",)),
+    ]
+    found = []
+    for key, title, kind, resource, args in wanted:
+        dry = client.run(kind, resource, args, dry_run=True)
+        if not isinstance(dry, DryRun) or dry.decision.effect != "allow":
+            raise RuntimeError(f"{title} is not allowed by the benchmark config: {dry}")
+        found.append(Workload(key, title, kind, resource, args, dry.argv))
+    return found
+
+
+def denied_request(pool: str) -> dict[str, Any]:
+    """A snapshot asked for by a read_only caller: decided, audited, refused; nothing runs."""
+    return {"kind": "zfs", "resource": f"{pool}/data", "args": ["snapshot", "bench"]}
+
+
+def bare(workload: Workload, account: Account) -> Action:
+    """The agent's sudo argv started directly, as the runner starts it (account, env, cwd)."""
+
+    def run() -> None:
+        done = subprocess.run(
+            workload.argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=dict(CLEAN_ENV),
+            cwd="/",
+            start_new_session=True,
+            user=account.uid,
+            group=account.gid,
+            extra_groups=list(account.groups),
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise WorkloadFailed(
+                f"{workload.title}: exit {done.returncode}: {done.stderr[-200:]!r}"
+            )
+
+    return run
+
+
+def keep_alive(client: Client, workload: Workload) -> Action:
+    """host_agent.client.Client on its one kept-alive connection."""
+
+    def run() -> None:
+        try:
+            result = client.run(workload.kind, workload.resource, workload.args)
+        except ClientError as exc:
+            stderr = "" if exc.result is None else f": {exc.result.stderr[-200:]!r}"
+            raise WorkloadFailed(f"{workload.title}: {exc}{stderr}") from exc
+        if not isinstance(result, OperationResult) or result.exit_code != 0:
+            raise WorkloadFailed(f"{workload.title}: {result}")
+
+    return run
+
+
+def fresh(port: int, context: ssl.SSLContext, workload: Workload) -> Action:
+    """A new TCP connection and full TLS handshake (no session resumption) per operation."""
+    request = wire.post("/host/op", workload.document, keep_alive=False)
+    return expect(lambda: wire.once(port, context, request), 200, workload.title)
+
+
+def over_connection(
+    connection: wire.Connection, document: dict[str, Any], status: int, what: str
+) -> Action:
+    """One request after the other on `connection`, each answered with `status`."""
+    request = wire.post("/host/op", document)
+    return expect(lambda: connection.exchange(request), status, what)
+
+
+def expect(send: Callable[[], wire.Reply], status: int, what: str) -> Action:
+    """`send` must be answered with `status`."""
+
+    def run() -> None:
+        reply = send()
+        if reply.status != status:
+            raise WorkloadFailed(f"{what}: HTTP {reply.status}: {reply.body[:200]!r}")
+
+    return run
+
+
+def command(argv: list[str], what: str) -> Action:
+    """A client program (ssh) run to completion; it must exit 0."""
+
+    def run() -> None:
+        done = subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False
+        )
+        if done.returncode != 0:
+            raise WorkloadFailed(f"{what}: exit {done.returncode}: {done.stderr[-200:]!r}")
+
+    return run
