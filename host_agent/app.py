@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -166,7 +167,7 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
         )
         return JSONResponse(manifest)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/host/op", host_op, methods=["POST"]),
             Route("/health", health_check, methods=["GET"]),
@@ -186,6 +187,9 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
             Exception: _unexpected_error,
         },
     )
+    # A trailing slash is a path no route has: 404, not a redirect to one that does.
+    app.router.redirect_slashes = False
+    return app
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -194,10 +198,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise _too_large(limit)
+    except ClientDisconnect as exc:
+        error = RequestError("the connection ended before the body did", field="body")
+        error.code = "client_disconnected"
+        raise error from exc
     return bytes(body)
 
 
@@ -227,6 +236,14 @@ def _too_large(limit: int) -> RequestError:
     return error
 
 
+class _ErrorJSON(JSONResponse):
+    """An error reply may echo what the caller sent (a field name); \\u-escaping every
+    non-ASCII character keeps a lone surrogate in it from making the reply unencodable."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def error_body(code: str, message: str, field: str | None = None, **extra: Any) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message}
     if field is not None:
@@ -247,7 +264,7 @@ async def _agent_error(request: Request, exc: Exception) -> Response:
     message = exc.message if isinstance(exc, RequestError) else str(exc)
     if exc.status >= 500:
         log.error("%s %s: %s: %s", request.method, request.url.path, exc.code, message)
-    return JSONResponse(
+    return _ErrorJSON(
         error_body(exc.code, message, field, **extra), status_code=exc.status, headers=headers
     )
 
@@ -257,7 +274,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         raise exc
     codes = {404: "not_found", 405: "method_not_allowed"}
     code = codes.get(exc.status_code, "http_error")
-    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code)
+    return _ErrorJSON(error_body(code, str(exc.detail)), status_code=exc.status_code)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

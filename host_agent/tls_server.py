@@ -64,9 +64,39 @@ class _ConnectionApp:
         sync_spawn: Callable[..., Any],
         call_soon: Callable[..., Any],
     ) -> None:
-        if scope["type"] in ("http", "websocket"):
-            scope = {**scope, "extensions": {**(scope.get("extensions") or {}), "tls": self.tls}}
-        await self.app(scope, receive, send)
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        scope = {**scope, "extensions": {**(scope.get("extensions") or {}), "tls": self.tls}}
+        drain: asyncio.Task[None] | None = None
+
+        async def finishing(message: Any) -> None:
+            nonlocal drain
+            last = message["type"] == "http.response.body" and not message.get("more_body")
+            if last and drain is None:
+                # Hypercorn hands the app http.disconnect from inside this send; a body the
+                # app refused unread may have filled the app's queue: read it away.
+                drain = asyncio.create_task(_discard(receive))
+            try:
+                await send(message)
+            except OSError as exc:
+                if not last:
+                    raise
+                # The answer is out; closing the connection failed (e.g. data after
+                # close_notify). Not the app's concern.
+                log.debug("closing a connection failed: %s", exc)
+
+        try:
+            await self.app(scope, receive, finishing)
+        finally:
+            if drain is not None:
+                drain.cancel()
+
+
+async def _discard(receive: Callable[[], Awaitable[Any]]) -> None:
+    """Read request events until the connection's end, throwing their bodies away."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -131,7 +161,12 @@ async def serve_tls(
             writer.close()
             return
         wrapped = _ConnectionApp(app, tls_extension(ssl_object, cipher_ids.of(current)))
-        await TCPServer(wrapped, loop, config, worker, {}, reader, writer)
+        try:
+            await TCPServer(wrapped, loop, config, worker, {}, reader, writer)
+        except OSError as exc:
+            # A peer's alert or data after close_notify while Hypercorn closes the
+            # connection (e.g. a refused renegotiation): nothing left to serve.
+            log.debug("connection ended with an error: %s", exc)
 
     server = await asyncio.start_server(on_connection, sock=sock, backlog=1024)
     if ready is not None:
