@@ -18,6 +18,13 @@ fi
 [[ -x $VENV/bin/python ]] || /usr/bin/python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
 "$VENV/bin/pip" install -q -e ".[test,ansible]"
+# sslyze scans the agent's TLS posture (tests/resilience); it pins cryptography below what
+# the agent needs, so it lives in a virtualenv of its own.
+SSLYZE_VENV=${HOST_AGENT_SSLYZE_VENV:-$REPO/.venv-sslyze}
+[[ -x $SSLYZE_VENV/bin/sslyze ]] || {
+    /usr/bin/python3 -m venv "$SSLYZE_VENV" && "$SSLYZE_VENV/bin/pip" install -q "sslyze>=6.3,<7"
+}
+export HOST_AGENT_SSLYZE=$SSLYZE_VENV/bin/sslyze
 
 echo "== shellcheck"
 shellcheck -x install.sh wrappers/* scripts/*.sh bench/run.sh \

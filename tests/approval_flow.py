@@ -40,10 +40,19 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
     raise AssertionError("condition not met in time")
 
 
-def token_sent(bridge: SignalBridge) -> str:
-    """The token from the last message the agent sent to the approvers."""
-    message = wait_for(lambda: bridge.sent)[-1]["message"]
-    return str(message.rsplit("APPROVE ", 1)[1].split()[0])
+def token_sent(bridge: SignalBridge, resource: str | None = None) -> str:
+    """The token from the last message the agent sent to the approvers, or from the last
+    one about `resource`: the message of an earlier approval is sent first and may be
+    the last one seen when a bridge is shared."""
+
+    def messages() -> list[str]:
+        texts = [str(sent["message"]) for sent in bridge.sent]
+        if resource is None:
+            return texts
+        return [text for text in texts if f"\nResource: {resource}\n" in text]
+
+    message = wait_for(messages)[-1]
+    return message.rsplit("APPROVE ", 1)[1].split()[0]
 
 
 def request_approval(agent: RunningAgent, pki: Pki, snapshot: str) -> str:

@@ -401,7 +401,7 @@ def test_a_destroy_waits_for_a_human_then_check_approval_runs_it_once(
     assert not still.is_error
     assert payload(still)["status"] == "pending" and payload(still)["approval_id"] == approval_id
 
-    approve = {"token": token_sent(signal_bridge)}
+    approve = {"token": token_sent(signal_bridge, snapshot)}
     assert post(live, pki, "admin-1", "/approve", approve).status_code == 200
     ran = librarian.call(CHECK_APPROVAL, {"approval_id": approval_id})
     # Resubmitted under the approval; without root, sudo refuses to run zfs.
@@ -424,7 +424,7 @@ def test_a_denied_approval_is_an_error_result(
     live: RunningAgent, pki: Pki, librarian: McpSession, signal_bridge: SignalBridge
 ) -> None:
     approval_id = ask_for_destroy(librarian, "tank/data@mcp-denied")["approval_id"]
-    deny = {"token": token_sent(signal_bridge), "decision": "deny"}
+    deny = {"token": token_sent(signal_bridge, "tank/data@mcp-denied"), "decision": "deny"}
     assert post(live, pki, "admin-1", "/approve", deny).status_code == 200
     denied = librarian.call(CHECK_APPROVAL, {"approval_id": approval_id})
     assert error(denied) == ("approval_denied", None)
