@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from host_agent.adapters.zfs import parse_tree
 from host_agent.config import Config
 from tests.approval_flow import post, wait_for
 from tests.hostile import HOSTILE_NAMES
@@ -294,13 +295,17 @@ def test_tree_lists_names_types_and_creation_order_and_changes_nothing(
     done = tree(system, dataset)
     assert done.returncode == 0, done.stderr
     rows = [line.split("\t") for line in done.stdout.splitlines()]
-    assert [(name, kind) for name, kind, _ in rows] == [
+    # Exact numbers: zfs list would print a busy pool's txgs as 4.68K.
+    assert all(value.isdigit() for _, prop, value in rows if prop == "createtxg")
+    entries = parse_tree(done.stdout)
+    assert [(entry.name, entry.type) for entry in entries] == [
         (dataset, "filesystem"),
         (f"{dataset}@b", "snapshot"),
         (f"{dataset}@a", "snapshot"),
         (f"{dataset}/child", "filesystem"),
     ]
-    assert int(rows[1][2]) < int(rows[2][2])
+    assert entries[1].createtxg < entries[2].createtxg
+    assert len(rows) == 2 * len(entries)
     assert pool.datasets() == before
 
 

@@ -19,7 +19,8 @@ zfs = ZfsAdapter()
 #   zfs create tank/media/music; zfs snapshot tank/media@weekly; zfs snapshot tank/media@monday
 #   zfs snapshot -r tank/media@daily; zfs snapshot tank/media/photos@import
 #   zfs snapshot tank/media@adhoc; zfs create tank/scratch
-# then `host-agent-zfs tree DATASET` (zfs list -H -r -t all -o name,type,createtxg).
+# then listed with `zfs list -H -r -t all -o name,type,createtxg`: one line each, easy to
+# read. `as_tree` turns them into what `host-agent-zfs tree` prints (zfs get -H -p -r).
 MEDIA = (
     "tank/media\tfilesystem\t7\n"
     "tank/media@weekly\tsnapshot\t18\n"
@@ -42,7 +43,19 @@ PHOTOS = (
     "tank/media/photos/2023@daily\tsnapshot\t37\n"
 )
 SCRATCH = "tank/scratch\tfilesystem\t49\n"
-LISTINGS = {"tank/media": MEDIA, "tank/media/photos": PHOTOS, "tank/scratch": SCRATCH}
+
+
+def as_tree(listing: str) -> str:
+    """`name type txg` lines as `host-agent-zfs tree` prints them: two `zfs get` rows each."""
+    rows = [line.split("\t") for line in listing.splitlines()]
+    return "".join(f"{name}\ttype\t{kind}\n{name}\tcreatetxg\t{txg}\n" for name, kind, txg in rows)
+
+
+LISTINGS = {
+    "tank/media": as_tree(MEDIA),
+    "tank/media/photos": as_tree(PHOTOS),
+    "tank/scratch": as_tree(SCRATCH),
+}
 EVERYTHING_UNDER_MEDIA = [line.split("\t")[0] for line in MEDIA.splitlines()]
 REFUSED_ROLLBACK = (
     "nothing: zfs refuses without recursive, because newer snapshots exist "
@@ -97,7 +110,8 @@ def test_other_commands_have_no_preview(resource: str, args: tuple[str, ...]) ->
 
 
 def test_parse_tree_keeps_zfs_order_and_creation_txg() -> None:
-    entries = parse_tree(PHOTOS + "cut short\tsnapshot\n" + "tank/x@s\tsnapshot\t-\n")
+    noise = "cut short\ttype\n" + "tank/x@s\ttype\tsnapshot\n" + "tank/x@s\tcreatetxg\t-\n"
+    entries = parse_tree(as_tree(PHOTOS) + noise)
     assert [(e.name, e.type, e.createtxg) for e in entries] == [
         ("tank/media/photos", "filesystem", 9),
         ("tank/media/photos@daily", "snapshot", 37),
@@ -224,7 +238,7 @@ def test_rollback_names_the_snapshots_newer_than_its_target(
 
 def test_creation_order_not_listing_order_decides_what_is_newer() -> None:
     """zfs lists snapshots by creation, but the preview must not depend on it."""
-    shuffled = "".join(reversed(MEDIA.splitlines(keepends=True)))
+    shuffled = as_tree("".join(reversed(MEDIA.splitlines(keepends=True))))
     operation = _operation("tank/media@monday", "rollback", "recursive")
     result = RunResult((), 0, shuffled, "", False, 0)
     assert zfs.describe_preview(operation, result)[2:] == ["tank/media@daily", "tank/media@adhoc"]

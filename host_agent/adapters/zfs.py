@@ -324,8 +324,16 @@ class Entry:
 
 
 def parse_tree(text: str) -> list[Entry]:
-    """`zfs list -H -r -t all -o name,type,createtxg` lines, in zfs's order."""
-    return [Entry(name, kind, int(txg)) for name, kind, txg in _rows(text, 3) if txg.isdigit()]
+    """`zfs get -H -p -r -o name,property,value type,createtxg` lines: each dataset and
+    snapshot once, in zfs's order, with its exact creation txg."""
+    found: dict[str, dict[str, str]] = {}
+    for name, prop, value in _rows(text, 3):
+        found.setdefault(name, {})[prop] = value
+    return [
+        Entry(name, props["type"], int(props["createtxg"]))
+        for name, props in found.items()
+        if "type" in props and props.get("createtxg", "").isdigit()
+    ]
 
 
 def destroy_preview(target: str, entries: list[Entry], *, recursive: bool) -> list[str]:
