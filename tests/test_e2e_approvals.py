@@ -273,9 +273,9 @@ def test_pending_and_granted_approvals_survive_a_restart(
     run("zfs", "snapshot", second)
     with running_agent(config) as agent:
         granted_id = request_approval(agent, pki, snapshot)
-        post(agent, pki, "admin-1", "/approve", {"token": token_sent(bridge)})
+        post(agent, pki, "admin-1", "/approve", {"token": token_sent(bridge, snapshot)})
         pending_id = request_approval(agent, pki, second)
-        pending_token = token_sent(bridge)
+        pending_token = token_sent(bridge, second)  # not the first one's, still the last sent
     with running_agent(config) as agent:
         assert status(agent, pki, granted_id) == "approved"
         assert status(agent, pki, pending_id) == "pending"
