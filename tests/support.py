@@ -250,8 +250,18 @@ def client(agent: RunningAgent, pki: Pki, cn: str, *, http2: bool = False) -> ht
     )
 
 
-def raw_exchange(port: int, context: ssl.SSLContext) -> bytes:
-    """Handshake and send one HTTP/1.1 request; return whatever came back (b"" if closed).
+@dataclass(frozen=True)
+class Session:
+    """What one handshake agreed on, and the answer to GET /health over it."""
+
+    version: str | None
+    cipher: str | None
+    compression: str | None
+    answer: bytes
+
+
+def session(port: int, context: ssl.SSLContext) -> Session:
+    """Handshake and send one HTTP/1.1 request; the answer is b"" if the server closed.
 
     Raises ssl.SSLError / OSError when the server refuses the handshake.
     """
@@ -263,7 +273,13 @@ def raw_exchange(port: int, context: ssl.SSLContext) -> bytes:
         chunks = []
         while chunk := tls.recv(65536):
             chunks.append(chunk)
-        return b"".join(chunks)
+        cipher = tls.cipher()
+        return Session(tls.version(), cipher and cipher[0], tls.compression(), b"".join(chunks))
+
+
+def raw_exchange(port: int, context: ssl.SSLContext) -> bytes:
+    """Whatever came back to one request (b"" if closed); see `session`."""
+    return session(port, context).answer
 
 
 def audit_records(path: Path) -> list[dict[str, Any]]:

@@ -17,13 +17,11 @@ import json
 import logging
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ from tests.support import (
     client_context,
     config_text,
     running_agent,
+    session,
     write_config,
 )
 
@@ -98,28 +97,6 @@ def agent(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
 
 def posture_config(pki: Pki, workdir: Path) -> Config:
     return write_config(workdir / "agent.toml", config_text(pki, workdir))
-
-
-@dataclass(frozen=True)
-class Session:
-    version: str | None
-    cipher: str | None
-    compression: str | None
-    answer: bytes  # to GET /health
-
-
-def session(port: int, context: ssl.SSLContext) -> Session:
-    """One handshake and one request; raises ssl.SSLError / OSError if refused."""
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname="localhost") as tls,
-    ):
-        tls.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        chunks = []
-        while chunk := tls.recv(65536):
-            chunks.append(chunk)
-        cipher = tls.cipher()
-        return Session(tls.version(), cipher and cipher[0], tls.compression(), b"".join(chunks))
 
 
 def no_http_answer(port: int, context: ssl.SSLContext) -> bool:
