@@ -85,8 +85,11 @@ class Pipeline:
         try:
             found = find_profile(self.config, identity.cn)
             if found is None:
+                # Every decision is audited, so an unknown CN's are bounded by its read
+                # limit: past it the caller gets 429 before anything is decided.
+                self._check_limit(identity.cn, "read", path)
                 decision = unknown_caller(identity.cn)
-                await self.refusals.write(identity.cn, self._decision_record(who, {}, decision))
+                await self._decision(who, {}, decision)
                 raise _denied(decision, who["request_id"])
             document = decode_json(body)
             request = parse_host_op(document)
@@ -248,22 +251,19 @@ class Pipeline:
     async def _decision(
         self, who: dict[str, Any], what: dict[str, Any], decision: Decision
     ) -> None:
-        await self.audit.write(self._decision_record(who, what, decision))
-
-    def _decision_record(
-        self, who: dict[str, Any], what: dict[str, Any], decision: Decision
-    ) -> dict[str, Any]:
         self.metrics.policy_decisions.labels(effect=decision.effect.value).inc()
-        return {
-            **who,
-            "event": "decision",
-            **what,
-            "decision": decision.effect.value,
-            "code": decision.code,
-            "reason": decision.reason,
-            "rule": decision.rule,
-            "admin_only": decision.admin_only,
-        }
+        await self.audit.write(
+            {
+                **who,
+                "event": "decision",
+                **what,
+                "decision": decision.effect.value,
+                "code": decision.code,
+                "reason": decision.reason,
+                "rule": decision.rule,
+                "admin_only": decision.admin_only,
+            }
+        )
 
 
 def _who(identity: Identity) -> dict[str, Any]:

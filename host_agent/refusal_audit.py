@@ -1,13 +1,14 @@
-"""Refusals reach the audit log at a bounded rate per source.
+"""Refusals made before any decision reach the audit log at a bounded rate per source.
 
-Every refusal is audited: a malformed body, an unknown CN, a rate-limited request, an
-approver turned away. Unbounded, any certificate the CA ever signed could fill the
-disk and cost an fsync per request, and a full log stops every operation. So each
-source (a CN, a Signal number, a local approver) has a bucket, `[rate_limit.refusals]`.
-Past it a refusal is counted instead of written: the first of a run writes a
-`refusals_suppressed` marker, and the count goes into the source's next written
-refusal as `suppressed_before` (or into a marker at shutdown). What the client is
-answered does not change, and the metrics count every refusal.
+A malformed body, a rate-limited request, an approver turned away: each is audited.
+Unbounded, any certificate the CA ever signed could fill the disk and cost an fsync
+per request, and a full log stops every operation. So each source (a CN, a Signal
+number, a local approver) has a bucket, `[rate_limit.refusals]`. Past it a refusal is
+counted instead of written: the first of a run writes a `refusals_suppressed` marker,
+and the count goes into the source's next written refusal as `suppressed_before` (or
+into a marker at shutdown). What the client is answered does not change, and the
+metrics count every refusal. Decisions are never counted instead of written: an
+unknown CN's deny decisions are bounded by its read limit (then 429, a refusal).
 """
 
 from __future__ import annotations

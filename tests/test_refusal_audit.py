@@ -87,7 +87,10 @@ def test_with_rate_limits_off_every_refusal_is_written(tmp_path: Path) -> None:
 def test_a_flood_of_bad_requests_and_unknown_cns_cannot_flood_the_log(
     pki: Pki, tmp_path: Path
 ) -> None:
-    extra = "[rate_limit.refusals]\nrequests = 5\nper_seconds = 3600\n"
+    extra = (
+        "[rate_limit.refusals]\nrequests = 5\nper_seconds = 3600\n"
+        "[rate_limit.read]\nrequests = 10\nper_seconds = 3600\n"
+    )
     config = write_config(tmp_path / "agent.toml", config_text(pki, tmp_path, extra=extra))
     answers: Counter[tuple[int, str]] = Counter()
     with running_agent(config) as agent:
@@ -98,16 +101,18 @@ def test_a_flood_of_bad_requests_and_unknown_cns_cannot_flood_the_log(
                     answers[reply.status_code, reply.json()["error"]["code"]] += 1
         with client(agent, pki, "reader-1") as http:  # another source still gets its own
             assert http.post("/host/op", content=b"[").status_code == 400
-    assert answers == {(400, "bad_request"): 30, (403, "unknown_cn"): 30}
+    # An unknown CN is decided on (and refused) until its read limit, then answered 429.
+    assert answers == {(400, "bad_request"): 30, (403, "unknown_cn"): 10, (429, "rate_limited"): 20}
     records = audit_records(config.audit.log_path)
     by_source = Counter((r["event"], r.get("cn") or r.get("source")) for r in records)
     assert by_source == {
         ("rejected", "librarian-1"): 5,
-        ("decision", "stranger"): 5,
+        ("decision", "stranger"): 10,  # every decision is written, never counted
+        ("rejected", "stranger"): 5,  # its 429s are refusals: bounded
         ("rejected", "reader-1"): 1,
         ("refusals_suppressed", "librarian-1"): 2,  # the marker, then the count at shutdown
         ("refusals_suppressed", "stranger"): 2,
     }
     counts = {r["source"]: r["count"] for r in records if "count" in r}
-    assert counts == {"librarian-1": 25, "stranger": 25}
+    assert counts == {"librarian-1": 25, "stranger": 15}
     assert verify([config.audit.log_path]).ok
