@@ -43,6 +43,8 @@ class Served:
         while line := self.process.stderr.readline():
             if re.search(expect, line):
                 return line
+            if re.search("reloaded|reload failed", line):  # the other outcome: fail, not hang
+                raise AssertionError(f"expected {expect!r}, the agent said: {line}")
         raise AssertionError(f"the agent exited without logging {expect!r}")
 
 

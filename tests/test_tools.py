@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import re
-import signal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
@@ -15,16 +13,14 @@ from host_agent.config import Config, parse_config
 from host_agent.operations import OPERATION_NAMES, Operation
 from host_agent.policy import ApprovalNeed, Effect, decide, find_profile, offer
 from host_agent.tools import SCHEMA_DIALECT
+from tests.served import Served
 from tests.support import (
     Pki,
     RunningAgent,
     audit_records,
     client,
-    client_context,
     config_text,
-    listening_port,
     running_agent,
-    serve_process,
     write_config,
 )
 
@@ -246,35 +242,18 @@ allowed_operations = ["*"]
     )
 
 
-def test_the_manifest_follows_a_config_reload(pki: Pki, tmp_path: Path) -> None:
-    config = tmp_path / "agent.toml"
-    config.write_text(config_text(pki, tmp_path))
-    process = serve_process(config)
-    try:
-        port = listening_port(process)
-        cert, key = pki.client("librarian-1")
-        context = client_context(pki.ca, cert, key)
+def test_the_manifest_follows_a_config_reload(served: Served) -> None:
+    def listed() -> list[str]:
+        with served.client() as http:
+            reply = http.get(MANIFEST)
+        assert reply.status_code == 200, reply.text
+        return names(reply.json())
 
-        def listed() -> list[str]:
-            with httpx.Client(verify=context, timeout=30) as http:
-                reply = http.get(f"https://127.0.0.1:{port}{MANIFEST}")
-            assert reply.status_code == 200, reply.text
-            return names(reply.json())
-
-        assert listed() == ["zfs-destroy", "zfs-list", "zfs-snapshot"]
-        config.write_text(config.read_text() + '\n[[rules]]\noperation = "zfs-list"\ndeny = true\n')
-        process.send_signal(signal.SIGHUP)
-        assert process.stderr is not None
-        while line := process.stderr.readline():
-            if "reloaded" in line or "reload failed" in line:
-                assert "reloaded" in line, line
-                break
-        assert listed() == ["zfs-destroy", "zfs-snapshot"]
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0
-    finally:
-        process.kill()
-        process.communicate()
+    assert listed() == ["zfs-destroy", "zfs-list", "zfs-snapshot"]
+    text = served.config.read_text()
+    served.config.write_text(text + '\n[[rules]]\noperation = "zfs-list"\ndeny = true\n')
+    served.sighup("reloaded")
+    assert listed() == ["zfs-destroy", "zfs-snapshot"]
 
 
 # --- policy.offer: the manifest's view of decide ------------------------------------
