@@ -21,6 +21,7 @@ import mcp_types as types
 import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPError
 
 from host_agent.approvals.model import APPROVAL_ID
 from host_agent.client import Client, InvalidRequest
@@ -33,9 +34,7 @@ from tests.support import (
     Pki,
     RunningAgent,
     audit_records,
-    config_text,
     running_agent,
-    serve_process,
 )
 from tests.system import REPO
 from tests.test_client import settings
@@ -220,22 +219,27 @@ def test_the_tools_are_the_callers_manifest_and_check_approval(
     assert check["properties"]["approval_id"]["pattern"] == "^ap-[0-9a-f]{16}$"
 
 
-def test_a_policy_reload_shows_in_the_next_listing_and_call(pki: Pki, tmp_path: Path) -> None:
-    config = tmp_path / "agent.toml"
-    config.write_text(config_text(pki, tmp_path))
-    process = serve_process(config)
-    try:
-        served = Served(process, config, pki)
-        with McpSession(tmp_path, tls_options(served.url, pki, "librarian-1")) as session:
-            assert "zfs-destroy" in session.tools()
-            config.write_text(config.read_text() + DENY_DESTROY)
-            served.sighup("reloaded")
-            assert "zfs-destroy" not in session.tools()
-            refused = session.call("zfs-destroy", {"resource": "tank/data@old"})
-            assert error(refused) == ("unknown_tool", "name")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=30)
+def test_a_policy_reload_shows_in_the_next_listing_and_call(served: Served, tmp_path: Path) -> None:
+    with McpSession(tmp_path, tls_options(served.url, served.pki, "librarian-1")) as session:
+        assert "zfs-destroy" in session.tools()
+        served.config.write_text(served.config.read_text() + DENY_DESTROY)
+        served.sighup("reloaded")
+        assert "zfs-destroy" not in session.tools()
+        refused = session.call("zfs-destroy", {"resource": "tank/data@old"})
+        assert error(refused) == ("unknown_tool", "name")
+
+
+def test_an_agent_gone_after_the_start_is_an_error_listing_and_the_server_stays(
+    served: Served, tmp_path: Path
+) -> None:
+    with McpSession(tmp_path, tls_options(served.url, served.pki, "librarian-1")) as session:
+        assert "zfs-list" in session.tools()
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(30) == 0
+        with pytest.raises(MCPError, match="host-agent manifest: connect_failed"):
+            session.tools()
+        gone = session.call("zfs-list", {"resource": "tank"})  # still serving, says why
+        assert error(gone)[0] == "connect_failed"
 
 
 # --- calls ---------------------------------------------------------------------------
