@@ -184,21 +184,9 @@ ha_check() {
     [[ $value =~ ^${regex}$ ]] || ha_refuse "$EX_USAGE" "$field is not valid: ${value@Q}"
 }
 
-# What every tool run gets as its whole environment; a wrapper adds what its tool needs.
+# A tool's whole environment (env -i): nothing sudo kept (DISPLAY, XAUTHORITY,
+# KRB5CCNAME, TERM, LANGUAGE...) reaches it; a wrapper adds what its tool needs.
 HA_TOOL_ENV=("PATH=$PATH" LC_ALL=C)
-
-# ha_fixed_environment NAME=VALUE...: children get exactly these variables.
-# shellcheck disable=SC2163  # the names to (un)export are the variables' values
-ha_fixed_environment() {
-    local name
-    while IFS= read -r name; do
-        export -n -- "$name"
-    done < <(compgen -e)
-    while IFS= read -r name; do
-        export -fn -- "$name"
-    done < <(compgen -A function)
-    export -- "$@"
-}
 
 # ha_timed CMD...: run CMD with HA_TOOL_ENV under the time limit, enforced here as root
 # (the agent cannot signal root's children): coreutils timeout sends SIGTERM at the
@@ -207,8 +195,8 @@ ha_fixed_environment() {
 # after SIGKILL); otherwise CMD's status is returned.
 ha_timed() {
     local started=${EPOCHREALTIME/./} status=0
-    ha_fixed_environment "${HA_TOOL_ENV[@]}"
-    timeout --kill-after="$HA_KILL_GRACE" -- "$HA_TIMEOUT" "$@" || status=$?
+    env -i "${HA_TOOL_ENV[@]}" timeout --kill-after="$HA_KILL_GRACE" -- "$HA_TIMEOUT" "$@" \
+        || status=$?
     if (( (status == 124 || status == 137)
         && ${EPOCHREALTIME/./} - started >= HA_TIMEOUT_MICROSECONDS )); then
         ha_log warning "timed out after ${HA_TIMEOUT}s, killed: ${*@Q}"
