@@ -86,6 +86,9 @@ def test_runner_kills_a_runaway_child(runner: Runner) -> None:
     with pytest.raises(RunnerError) as caught:
         asyncio.run(runner.run(_probe(runner, "sleep", marker)))
     assert caught.value.timed_out and caught.value.status == 504
+    # The probe has no root-side timeout of its own: only the agent's backstop fired.
+    assert not caught.value.killed_as_root
+    assert str(caught.value).endswith("the agent could not confirm the process ended")
     assert run("pgrep", "-f", f"sleep {marker}", check=False).returncode == 1
 
 

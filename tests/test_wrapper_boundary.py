@@ -7,6 +7,7 @@ root's children); and its tool gets none of the environment sudo kept.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
@@ -17,13 +18,18 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from host_agent.audit import verify
+from host_agent.config import Config
+from host_agent.errors import RunnerError
+from host_agent.operations import Operation
+from host_agent.runner import Runner
 from tests.approval_flow import wait_for
 from tests.support import Pki, audit_records, client, config_text, running_agent, write_config
-from tests.system import REPO, SUDOERS_D, System, install_standin, run
+from tests.system import REPO, SUDOERS_D, System, as_user, install_standin, run
 
 pytestmark = pytest.mark.root
 
@@ -202,7 +208,7 @@ STUBBORN = """#!/bin/bash
 # Ignores SIGTERM, then would finish as root long after the timeout.
 trap '' TERM
 echo $$ > "$0.state/pid"
-sleep 5
+sleep {seconds}
 touch "$0.state/finished"
 """
 
@@ -216,11 +222,14 @@ def running(pid: str) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_a_tool_that_ignores_sigterm_is_killed_as_root_at_the_timeout(
-    system: System, pki: Pki, tmp_path: Path
-) -> None:
-    tool = standin(system, tmp_path, f"stubborn-{secrets.token_hex(3)}", STUBBORN)
-    state = Path(f"{tool}.state")
+def stubborn_config(
+    system: System, pki: Pki, tmp_path: Path, *, wrapper_timeout: int, sleep: int = 5
+) -> Config:
+    """An agent config whose zfs is a fresh stubborn stand-in (finishing after `sleep` s)
+    and whose runner times out after 1 s; the wrappers' file says `wrapper_timeout`
+    (rendered as an operator would, then edited when it is meant to differ)."""
+    text = STUBBORN.replace("{seconds}", str(sleep))
+    tool = standin(system, tmp_path, f"stubborn-{secrets.token_hex(3)}", text)
     text = config_text(
         pki,
         tmp_path,
@@ -230,25 +239,94 @@ def test_a_tool_that_ignores_sigterm_is_killed_as_root_at_the_timeout(
     ).replace("timeout_seconds = 30", "timeout_seconds = 1")
     config = write_config(tmp_path / "agent.toml", text)
     system.wrappers.configure(config)
+    rendered = system.wrappers.config.read_text()
+    system.wrappers.config.write_text(
+        rendered.replace("timeout_seconds=1\n", f"timeout_seconds={wrapper_timeout}\n")
+    )
+    return config
+
+
+def run_as_service_account(system: System, config: Config) -> dict[str, Any]:
+    """zfs-list through the real runner in a process that really is the service account
+    (the agent in production): what it returned or raised, and when it started."""
+
+    def action() -> int:
+        operation = Operation(
+            kind="zfs",
+            command="list",
+            resource="",
+            args=("list",),
+            wrapper="host-agent-zfs",
+            wrapper_argv=("list",),
+            mutating=False,
+        )
+        try:
+            result = asyncio.run(Runner(config.runner).run(operation))
+        except RunnerError as exc:
+            print(json.dumps({"error": str(exc), **exc.audit_fields()}))
+        else:
+            print(json.dumps({"exit_code": result.exit_code}))
+        return 0
+
+    return dict(json.loads(as_user(system.user, action).stdout))
+
+
+def test_a_tool_that_ignores_sigterm_is_killed_as_root_at_the_timeout(
+    system: System, pki: Pki, tmp_path: Path
+) -> None:
+    config = stubborn_config(system, pki, tmp_path, wrapper_timeout=1)
+    state = Path(f"{config.binaries.zfs}.state")
     started = time.monotonic()
+    outcome = run_as_service_account(system, config)
+    assert outcome == {
+        "error": "operation timed out after 1s and was killed as root (SIGKILL)",
+        "timed_out": True,
+        "killed_as_root": True,
+        "exit_code": 137,
+    }
+    pid = (state / "pid").read_text().strip()
+    wait_for(lambda: not running(pid))
+    # Past the moment the tool would have finished, had it survived the kill.
+    time.sleep(max(0.0, started + 7 - time.monotonic()))
+    assert not (state / "finished").exists()
+
+
+def test_when_only_the_agents_backstop_fires_it_does_not_claim_a_kill(
+    system: System, pki: Pki, tmp_path: Path
+) -> None:
+    """A wrappers' file with a longer limit than the agent's (not re-rendered): the
+    agent gives up at its backstop and says it could not confirm the end, which is
+    the truth: the tool, root's, finishes after the agent gave up."""
+    config = stubborn_config(system, pki, tmp_path, wrapper_timeout=30, sleep=9)
+    state = Path(f"{config.binaries.zfs}.state")
+    outcome = run_as_service_account(system, config)
+    assert outcome == {
+        "error": "operation timed out after 6s; the agent could not confirm the process ended",
+        "timed_out": True,
+        "killed_as_root": False,
+    }
+    wait_for(lambda: (state / "finished").exists())
+
+
+def test_the_audit_says_the_wrapper_killed_it_as_root(
+    system: System, pki: Pki, tmp_path: Path
+) -> None:
+    config = stubborn_config(system, pki, tmp_path, wrapper_timeout=1)
     with running_agent(config) as agent, client(agent, pki, "librarian-1") as http:
         reply = http.post("/host/op", json={"kind": "zfs", "resource": "tank", "args": ["list"]})
     assert reply.status_code == 504, reply.text
     error = reply.json()["error"]
     assert error["code"] == "operation_timeout"
     assert error["message"] == "operation timed out after 1s and was killed as root (SIGKILL)"
-    pid = (state / "pid").read_text().strip()
-    wait_for(lambda: not running(pid))
-    # Past the moment the tool would have finished, had it survived the kill.
-    time.sleep(max(0.0, started + 7 - time.monotonic()))
-    assert not (state / "finished").exists()
     (result,) = [r for r in audit_records(config.audit.log_path) if r["event"] == "result"]
-    assert (result["outcome"], result["timed_out"], result["killed_as_root"]) == (
-        "operation_timeout",
-        True,
-        True,
-    )
-    assert result["exit_code"] == 137
+    assert {
+        key: result[key] for key in ("outcome", "timed_out", "killed_as_root", "exit_code")
+    } == {
+        "outcome": "operation_timeout",
+        "timed_out": True,
+        "killed_as_root": True,
+        "exit_code": 137,
+    }
     assert verify([config.audit.log_path]).ok
 
 
