@@ -158,6 +158,34 @@ while True:
 """
 
 
+def test_a_playbook_beside_a_file_the_service_account_can_change_is_refused(
+    system: System, tmp_path: Path
+) -> None:
+    """ansible reads ansible.cfg (and roles/, group_vars/) beside the playbook as root:
+    one of them being another account's is as bad as the playbook being theirs."""
+    ansible = standin(system, tmp_path, "ansible-playbook", RAN)
+    playbooks = system.root / f"playbooks-{secrets.token_hex(3)}"
+    playbooks.mkdir(mode=0o755)
+    (playbooks / "site.yml").write_text("- hosts: all\n  tasks: []\n")
+    (playbooks / "site.yml").chmod(0o644)
+    configure(
+        system,
+        "exec_enabled=true",
+        f"exec_playbook_dir={playbooks}",
+        "exec_playbook=site.yml",
+        f"ansible_playbook_bin={ansible}",
+    )
+    assert "standin ran" in call(system, "host-agent-exec", "run", "playbook", "site.yml").stdout
+    settings = playbooks / "ansible.cfg"
+    settings.write_text("[defaults]\n")
+    entry = pwd.getpwnam(system.user)
+    os.chown(settings, entry.pw_uid, entry.pw_gid)
+    done = call(system, "host-agent-exec", "run", "playbook", "site.yml")
+    assert done.returncode == 78, done.stderr
+    assert f"refused: playbook directory: {settings} is not root's alone" in done.stderr
+    assert "standin ran" not in done.stdout
+
+
 @pytest.fixture
 def second_install(system: System) -> Iterator[Path]:
     """The wrappers installed again under a fresh root-owned directory (their config in
