@@ -31,10 +31,11 @@ _KILL_GRACE_SECONDS = 2.0
 # backstop waits for it and for sudo's start and exit on top of the timeout.
 WRAPPER_KILL_GRACE_SECONDS = 2.0
 _BACKSTOP_MARGIN_SECONDS = 3.0
-# What a wrapper prints when its root-side timeout ended the tool: 124 after SIGTERM,
-# 137 after SIGKILL (coreutils timeout's statuses).
-_WRAPPER_TIMEOUT = re.compile(r"^[\w.-]+: timed out after ([0-9.]+)s: killed as root$", re.M)
-_TIMEOUT_STATUSES = {124: "SIGTERM", 137: "SIGKILL"}
+# What the wrappers' coreutils `timeout --verbose` prints when it ends the tool at the
+# limit, and the exit statuses then: 124 after SIGTERM; after SIGKILL, which timeout
+# sends its own process group, sudo dies of it too (-9), or a shell reports 137.
+_WRAPPER_TIMEOUT = re.compile(r"^timeout: sending signal TERM to command ", re.M)
+_TIMEOUT_STATUSES = {124: "SIGTERM", 137: "SIGKILL", -signal.SIGKILL: "SIGKILL"}
 PAM_WRAPPER = "host-agent-pam"
 SUDOERS_WRAPPER = "host-agent-sudoers"
 _READ_CHUNK = 65536
@@ -139,7 +140,7 @@ class Runner:
             truncated=out_cut or err_cut,
             duration_seconds=time.monotonic() - started,
         )
-        _raise_if_wrapper_timed_out(result)
+        _raise_if_wrapper_timed_out(result, self.config.timeout_seconds)
         return result
 
     def _drop_privileges(self) -> dict[str, Any]:
@@ -176,14 +177,13 @@ def _resolve_account(service_user: str | None) -> _Account | None:
     return _Account(entry.pw_uid, entry.pw_gid, groups)
 
 
-def _raise_if_wrapper_timed_out(result: RunResult) -> None:
+def _raise_if_wrapper_timed_out(result: RunResult, timeout_seconds: float) -> None:
     """A wrapper that ended its tool at the root-side timeout ran nothing to completion."""
     signal_name = _TIMEOUT_STATUSES.get(result.exit_code)
-    report = _WRAPPER_TIMEOUT.search(result.stderr)
-    if signal_name is None or report is None:
+    if signal_name is None or not _WRAPPER_TIMEOUT.search(result.stderr):
         return
     raise RunnerError(
-        f"operation timed out after {report[1]}s and was killed as root ({signal_name})",
+        f"operation timed out after {timeout_seconds:g}s and was killed as root ({signal_name})",
         result.argv,
         timed_out=True,
         killed_as_root=True,

@@ -188,42 +188,36 @@ ha_check() {
 # KRB5CCNAME, TERM, LANGUAGE...) reaches it; a wrapper adds what its tool needs.
 HA_TOOL_ENV=("PATH=$PATH" LC_ALL=C)
 
-# ha_timed CMD...: run CMD with HA_TOOL_ENV under the time limit, enforced here as root
-# (the agent cannot signal root's children): coreutils timeout sends SIGTERM at the
-# limit and SIGKILL to the whole process group HA_KILL_GRACE seconds later. On a
-# timeout the wrapper says so on stderr and ends with timeout's status (124, or 137
-# after SIGKILL); otherwise CMD's status is returned.
-ha_timed() {
-    local started=${EPOCHREALTIME/./} status=0
-    env -i "${HA_TOOL_ENV[@]}" timeout --kill-after="$HA_KILL_GRACE" -- "$HA_TIMEOUT" "$@" \
-        || status=$?
-    if (( (status == 124 || status == 137)
-        && ${EPOCHREALTIME/./} - started >= HA_TIMEOUT_MICROSECONDS )); then
-        ha_log warning "timed out after ${HA_TIMEOUT}s, killed: ${*@Q}"
-        printf '%s: timed out after %ss: killed as root\n' "$HA_NAME" "$HA_TIMEOUT" >&2
-        exit "$status"
-    fi
-    return "$status"
+# ha_timed_command CMD...: set HA_COMMAND to CMD run with exactly HA_TOOL_ENV under
+# the time limit, enforced as root because the agent cannot signal root's processes:
+# coreutils timeout sends SIGTERM at the limit and SIGKILL to the tool's whole process
+# group HA_KILL_GRACE seconds later, and says so on stderr ("timeout: sending signal
+# TERM to command ...") before it exits 124, or 137 after SIGKILL. A SIGTERM that sudo
+# relays (the agent giving up) reaches timeout too, which ends the tool the same way.
+HA_COMMAND=()
+ha_timed_command() {
+    HA_COMMAND=(env -i "${HA_TOOL_ENV[@]}"
+        timeout --verbose --kill-after="$HA_KILL_GRACE" -- "$HA_TIMEOUT" "$@")
 }
 
-# ha_run CMD...: log, run the command timed (argv only), and end with its status.
+# ha_timed CMD...: run CMD as above, as a child; its status.
+ha_timed() {
+    ha_timed_command "$@"
+    "${HA_COMMAND[@]}"
+}
+
+# ha_run CMD...: log, and replace this shell with CMD run as above (argv only).
 ha_run() {
-    local status=0
     ha_log info "running: ${*@Q}"
-    ha_timed "$@" || status=$?
-    exit "$status"
+    ha_timed_command "$@"
+    exec "${HA_COMMAND[@]}"
 }
 
 # ha_load_timeout: HA_TIMEOUT (seconds, as `timeout` reads them) from timeout_seconds.
 ha_load_timeout() {
-    local whole fraction=
     HA_TIMEOUT=$(ha_config_value timeout_seconds 60)
     [[ $HA_TIMEOUT =~ ^[0-9]{1,5}(\.[0-9]{1,6})?$ && $HA_TIMEOUT =~ [1-9] ]] \
         || ha_refuse "$EX_CONFIG" "timeout_seconds=$HA_TIMEOUT is not a positive number of seconds"
-    whole=${HA_TIMEOUT%.*}
-    [[ $HA_TIMEOUT == *.* ]] && fraction=${HA_TIMEOUT#*.}
-    fraction=${fraction}000000
-    HA_TIMEOUT_MICROSECONDS=$(( 10#$whole * 1000000 + 10#${fraction:0:6} ))
 }
 
 # Refuse to run from, or with a config in, a place anyone but root can change.
