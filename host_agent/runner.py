@@ -30,7 +30,7 @@ _KILL_GRACE_SECONDS = 2.0
 # The wrappers' SIGTERM-to-SIGKILL grace (HA_KILL_GRACE in host-agent-lib.sh); the
 # backstop waits for it and for sudo's start and exit on top of the timeout.
 WRAPPER_KILL_GRACE_SECONDS = 2.0
-_BACKSTOP_MARGIN_SECONDS = 3.0
+_BACKSTOP_MARGIN_SECONDS = 5.0
 # What the wrappers' coreutils `timeout --verbose` prints when it ends the tool at the
 # limit, and the exit statuses then: 124 after SIGTERM; after SIGKILL, which timeout
 # sends its own process group, sudo dies of it too (-9), or a shell reports 137.

@@ -326,18 +326,18 @@ def test_when_only_the_agents_backstop_fires_it_does_not_claim_a_kill(
     agent gives up at its backstop and says only that it could not confirm the end.
     Its SIGTERM, relayed by sudo, still reaches the wrapper's timeout, which ends the
     tool as root after the grace."""
-    config = stubborn_config(system, pki, tmp_path, wrapper_timeout=30, sleep=10)
+    config = stubborn_config(system, pki, tmp_path, wrapper_timeout=30, sleep=12)
     state = Path(f"{config.binaries.zfs}.state")
     started = time.monotonic()
     outcome = run_as_service_account(system, config)
     assert outcome == {
-        "error": "operation timed out after 6s; the agent could not confirm the process ended",
+        "error": "operation timed out after 8s; the agent could not confirm the process ended",
         "timed_out": True,
         "killed_as_root": False,
     }
     pid = (state / "pid").read_text().strip()
     wait_for(lambda: not running(pid))
-    time.sleep(max(0.0, started + 12 - time.monotonic()))
+    time.sleep(max(0.0, started + 14 - time.monotonic()))
     assert not (state / "finished").exists()
 
 
