@@ -363,6 +363,23 @@ def test_the_audit_says_the_wrapper_killed_it_as_root(
     assert verify([config.audit.log_path]).ok
 
 
+def test_a_tool_that_exits_124_by_itself_is_not_reported_as_timed_out(
+    system: System, pki: Pki, tmp_path: Path
+) -> None:
+    """Only timeout's own report makes a timeout: a tool's status 124 is its own."""
+    tool = standin(system, tmp_path, f"exits-124-{secrets.token_hex(3)}", "#!/bin/sh\nexit 124\n")
+    text = config_text(
+        pki,
+        tmp_path,
+        service_user=system.user,
+        wrapper_dir=system.wrappers.directory,
+        extra=f'[binaries]\nzfs = "{tool}"\n',
+    )
+    config = write_config(tmp_path / "agent.toml", text)
+    system.wrappers.configure(config)
+    assert run_as_service_account(system, config) == {"exit_code": 124}
+
+
 # --- item 6: no environment from sudo reaches a root tool ----------------------------
 
 KEPT = {
