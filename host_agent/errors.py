@@ -139,13 +139,33 @@ class RunnerError(HostAgentError):
     status = 502
     code = "runner_failed"
 
-    def __init__(self, message: str, argv: Sequence[str], *, timed_out: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        argv: Sequence[str],
+        *,
+        timed_out: bool = False,
+        killed_as_root: bool = False,
+        exit_code: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.argv = tuple(argv)
         self.timed_out = timed_out
+        # Whether the wrapper's root-side timeout confirmed the kill (exit_code 124/137).
+        self.killed_as_root = killed_as_root
+        self.exit_code = exit_code
         if timed_out:
             self.status = 504
             self.code = "operation_timeout"
+
+    def audit_fields(self) -> dict[str, Any]:
+        """What the audit record says happened, beyond the error code and message."""
+        if not self.timed_out:
+            return {}
+        fields: dict[str, Any] = {"timed_out": True, "killed_as_root": self.killed_as_root}
+        if self.exit_code is not None:
+            fields["exit_code"] = self.exit_code
+        return fields
 
 
 class OperationFailed(HostAgentError):

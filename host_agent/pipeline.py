@@ -190,7 +190,9 @@ class Pipeline:
         try:
             result = await self.runner.run(operation)
         except RunnerError as exc:
-            await self._result(who, operation, {"outcome": exc.code, "message": str(exc)})
+            await self._result(
+                who, operation, {"outcome": exc.code, "message": str(exc), **exc.audit_fields()}
+            )
             exc.request_id = who["request_id"]
             raise
         self.metrics.operation_duration.labels(operation=operation.name).observe(
@@ -222,7 +224,9 @@ class Pipeline:
         try:
             result = await self.runner.run(preview)
         except RunnerError as exc:
-            await self.audit.write({**record, "outcome": exc.code, "message": str(exc)})
+            await self.audit.write(
+                {**record, "outcome": exc.code, "message": str(exc), **exc.audit_fields()}
+            )
             return [f"{_UNAVAILABLE}: {exc}"]
         failure = adapter.outcome(preview, result)
         await self.audit.write({**record, **_run_fields(result, failure)})

@@ -1,10 +1,12 @@
 """The only place host-agent starts a process: `sudo -n -- <wrapper> <argv...>`.
 
-Argv only (never a shell), a clean environment, a timeout after which the
-whole process group is terminated and then killed, and a cap on how much
-output is kept. When the agent itself was started as root (as in tests and
-first-run set-ups) the child is started as the configured service account,
-so sudoers, not root, decides what may run.
+Argv only (never a shell), a clean environment, a timeout, and a cap on how
+much output is kept. The timeout is enforced as root by the wrappers (the
+service account cannot signal root's children); the runner's own timer is a
+backstop a little later, and says so when it is the one that fired. When the
+agent itself was started as root (as in tests and first-run set-ups) the
+child is started as the configured service account, so sudoers, not root,
+decides what may run.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -24,6 +27,15 @@ from host_agent.operations import Operation
 
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 _KILL_GRACE_SECONDS = 2.0
+# The wrappers' SIGTERM-to-SIGKILL grace (HA_KILL_GRACE in host-agent-lib.sh); the
+# backstop waits for it and for sudo's start and exit on top of the timeout.
+WRAPPER_KILL_GRACE_SECONDS = 2.0
+_BACKSTOP_MARGIN_SECONDS = 5.0
+# What the wrappers' coreutils `timeout --verbose` prints when it ends the tool at the
+# limit, and the exit statuses then: 124 after SIGTERM; after SIGKILL, which timeout
+# sends its own process group, sudo dies of it too (-9), or a shell reports 137.
+_WRAPPER_TIMEOUT = re.compile(r"^timeout: sending signal TERM to command ", re.M)
+_TIMEOUT_STATUSES = {124: "SIGTERM", 137: "SIGKILL", -signal.SIGKILL: "SIGKILL"}
 PAM_WRAPPER = "host-agent-pam"
 SUDOERS_WRAPPER = "host-agent-sudoers"
 _READ_CHUNK = 65536
@@ -102,14 +114,17 @@ class Runner:
             _feed(process.stdin, stdin),
             process.wait(),
         )
+        backstop = (
+            self.config.timeout_seconds + WRAPPER_KILL_GRACE_SECONDS + _BACKSTOP_MARGIN_SECONDS
+        )
         try:
-            (out, out_cut), (err, err_cut), _, exit_code = await asyncio.wait_for(
-                collect, self.config.timeout_seconds
-            )
+            (out, out_cut), (err, err_cut), _, exit_code = await asyncio.wait_for(collect, backstop)
         except TimeoutError as exc:
+            # Only sudo is ours to signal: whatever runs as root may still be running.
             await _terminate(process)
             raise RunnerError(
-                f"operation timed out after {self.config.timeout_seconds:g}s and was killed",
+                f"operation timed out after {backstop:g}s; "
+                "the agent could not confirm the process ended",
                 argv,
                 timed_out=True,
             ) from exc
@@ -117,7 +132,7 @@ class Runner:
             # The client went away or the server is stopping: leave no runaway child.
             await asyncio.shield(_terminate(process))
             raise
-        return RunResult(
+        result = RunResult(
             argv=argv,
             exit_code=exit_code,
             stdout=out.decode("utf-8", "replace"),
@@ -125,6 +140,8 @@ class Runner:
             truncated=out_cut or err_cut,
             duration_seconds=time.monotonic() - started,
         )
+        _raise_if_wrapper_timed_out(result, self.config.timeout_seconds)
+        return result
 
     def _drop_privileges(self) -> dict[str, Any]:
         if self._account is None:
@@ -158,6 +175,20 @@ def _resolve_account(service_user: str | None) -> _Account | None:
         raise RunnerSetupError("[runner] service_user must not be root")
     groups = tuple(g for g in os.getgrouplist(service_user, entry.pw_gid) if g != entry.pw_gid)
     return _Account(entry.pw_uid, entry.pw_gid, groups)
+
+
+def _raise_if_wrapper_timed_out(result: RunResult, timeout_seconds: float) -> None:
+    """A wrapper that ended its tool at the root-side timeout ran nothing to completion."""
+    signal_name = _TIMEOUT_STATUSES.get(result.exit_code)
+    if signal_name is None or not _WRAPPER_TIMEOUT.search(result.stderr):
+        return
+    raise RunnerError(
+        f"operation timed out after {timeout_seconds:g}s and was killed as root ({signal_name})",
+        result.argv,
+        timed_out=True,
+        killed_as_root=True,
+        exit_code=result.exit_code,
+    )
 
 
 async def _read_capped(stream: asyncio.StreamReader | None, cap: int) -> tuple[bytes, bool]:

@@ -31,6 +31,8 @@ def render(config: Config) -> str:
         f"ansible_playbook_bin={config.binaries.ansible_playbook}",
         f"python_bin={config.binaries.python}",
         f"sudoers_file={config.server.sudoers_file}",
+        # The wrappers enforce the runner's timeout as root (coreutils timeout).
+        f"timeout_seconds={config.runner.timeout_seconds:.6f}".rstrip("0").rstrip("."),
     ]
     lines += [f"git_repo={repo}" for repo in config.git.allowed_repos]
     lines += [f"git_user={user}" for user in git_users(config)]

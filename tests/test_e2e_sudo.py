@@ -82,10 +82,13 @@ def runner(system: System, pki: Pki, tmp_path: Path) -> Runner:
 
 
 def test_runner_kills_a_runaway_child(runner: Runner) -> None:
-    marker = "7.31"  # an unusual sleep length to find the process by
+    marker = "17.31"  # an unusual sleep length to find the process by, past the backstop
     with pytest.raises(RunnerError) as caught:
         asyncio.run(runner.run(_probe(runner, "sleep", marker)))
     assert caught.value.timed_out and caught.value.status == 504
+    # The probe has no root-side timeout of its own: only the agent's backstop fired.
+    assert not caught.value.killed_as_root
+    assert str(caught.value).endswith("the agent could not confirm the process ended")
     assert run("pgrep", "-f", f"sleep {marker}", check=False).returncode == 1
 
 

@@ -254,13 +254,14 @@ def test_a_preview_that_times_out_is_killed_and_the_approval_still_asked(
         approval_id = ask(agent, pki, f"{dataset}@kept", "destroy")
         assert time.monotonic() - started < 20
         assert affected(bridge) == [
-            "preview unavailable: operation timed out after 1s and was killed"
+            "preview unavailable: operation timed out after 1s and was killed as root (SIGTERM)"
         ]
         with client(agent, pki, "librarian-1") as http:
             assert http.get(f"/approvals/{approval_id}").json()["status"] == "pending"
     (preview,) = preview_records(config)
     assert preview["outcome"] == "operation_timeout"
-    assert "exit_code" not in preview
+    # The wrapper's root-side timeout ended it: coreutils timeout's status after SIGTERM.
+    assert (preview["killed_as_root"], preview["exit_code"]) == (True, 124)
     assert f"{dataset}@kept" in pool.datasets("snapshot")
     pid = Path(f"{standin}.state/pid").read_text().strip()
     wait_for(lambda: not running(pid))  # killed, not left behind

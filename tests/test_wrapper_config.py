@@ -78,6 +78,7 @@ def test_render_lists_every_allowlist_and_binary(config_path: Path) -> None:
         "ansible_playbook_bin=/usr/bin/ansible-playbook",
         "python_bin=/opt/host-agent/venv/bin/python",
         "sudoers_file=/etc/sudoers",
+        "timeout_seconds=60",
         "git_repo=/srv/app",
         "git_repo=/srv/site",
         # only profiles granted some git operation; the librarian is not

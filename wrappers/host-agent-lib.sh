@@ -32,18 +32,91 @@ ha_refuse() {
     exit "$status"
 }
 
+# Coreutils timeout's SIGKILL follows its SIGTERM after this many seconds.
+readonly HA_KILL_GRACE=2
+readonly HA_MAX_SYMLINKS=40
+
+# ha_root_alone WHAT PATH NODE: refuse NODE unless only root can change it: owned by
+# root and, unless a symlink (whose own mode means nothing), not group/world-writable;
+# a root-owned sticky directory (/tmp) passes, as no one else can swap root's entries.
+ha_root_alone() {
+    local owner mode
+    read -r owner mode < <(stat -c '%u %a' -- "$3")
+    if [[ $owner != 0 ]] || { ! [[ -L $3 ]] && (( (8#$mode & 8#022) != 0 )) \
+        && ! [[ -d $3 && -k $3 ]]; }; then
+        ha_refuse "$EX_CONFIG" "$1 $2: $3 must be owned by root and not group/world-writable"
+    fi
+}
+
+# ha_trusted_path WHAT PATH: set HA_TRUSTED to PATH with every symlink resolved, after
+# checking that only root can change any step of that resolution: each directory a
+# name is looked up in, each symlink followed and the final node. Running or reading
+# HA_TRUSTED (never PATH again) then reaches exactly what was checked: no one else
+# can flip a link or swap an entry between the check and the use.
+HA_TRUSTED=
+ha_trusted_path() {
+    local what=$1 path=$2 directory=/ node name target hops=0
+    local -a names=() linked=()
+    [[ $path == /* ]] || ha_refuse "$EX_CONFIG" "$what $path is not an absolute path"
+    ha_root_alone "$what" "$path" /
+    IFS=/ read -r -a names <<< "$path"
+    while (( ${#names[@]} )); do
+        name=${names[0]}
+        names=("${names[@]:1}")
+        case $name in
+            '' | .) continue ;;
+            ..)
+                directory=${directory%/*}
+                directory=${directory:-/}
+                continue
+                ;;
+        esac
+        node=${directory%/}/$name
+        [[ -e $node || -L $node ]] || ha_refuse "$EX_NOINPUT" "no $what $path ($node is missing)"
+        ha_root_alone "$what" "$path" "$node"
+        if [[ -L $node ]]; then
+            (( ++hops <= HA_MAX_SYMLINKS )) || ha_refuse "$EX_CONFIG" "$what $path: too many symlinks"
+            target=$(readlink -- "$node")
+            [[ $target == /* ]] && directory=/
+            IFS=/ read -r -a linked <<< "$target"
+            names=("${linked[@]}" "${names[@]}")
+        else
+            [[ -d $node || ${#names[@]} == 0 ]] \
+                || ha_refuse "$EX_NOINPUT" "no $what $path ($node is not a directory)"
+            directory=$node
+        fi
+    done
+    HA_TRUSTED=$directory
+}
+
+# ha_trusted_file WHAT PATH: ha_trusted_path, for a regular file.
+ha_trusted_file() {
+    ha_trusted_path "$1" "$2"
+    [[ -f $HA_TRUSTED ]] || ha_refuse "$EX_CONFIG" "$1 $2 is not a regular file"
+}
+
+# ha_trusted_tree WHAT DIRECTORY: every file below DIRECTORY (already a trusted real
+# path) is root's alone, and every symlink below it leads to a trusted path.
+ha_trusted_tree() {
+    local what=$1 directory=$2 entry bad
+    bad=$(find "$directory" ! -type l \( ! -user root -o -perm /022 \) -print -quit)
+    [[ -z $bad ]] || ha_refuse "$EX_CONFIG" "$what: $bad is not root's alone"
+    while IFS= read -r -d '' entry; do
+        ha_trusted_path "$what" "$entry"
+    done < <(find "$directory" -type l -print0)
+}
+
 # The config file's lines, read once when the wrapper starts (ha_load_config).
 HA_CONFIG_LINES=()
 
-# ha_load_config: refuse a config file the service account could have changed.
+# ha_load_config: refuse a config file, or a directory it is in, that anyone but root
+# could change (a missing file means defaults, so its directory counts too).
 ha_load_config() {
-    local owner mode
-    [[ -e $HA_WRAPPER_CONFIG ]] || return 0
-    read -r owner mode < <(stat -c '%u %a' -- "$HA_WRAPPER_CONFIG")
-    [[ $owner == 0 ]] || ha_refuse "$EX_CONFIG" "$HA_WRAPPER_CONFIG is not owned by root"
-    (( (8#$mode & 8#022) == 0 )) \
-        || ha_refuse "$EX_CONFIG" "$HA_WRAPPER_CONFIG is group- or world-writable"
-    mapfile -t HA_CONFIG_LINES < "$HA_WRAPPER_CONFIG"
+    local directory=${HA_WRAPPER_CONFIG%/*}
+    ha_trusted_path "wrapper config directory" "${directory:-/}"
+    [[ -e $HA_TRUSTED/${HA_WRAPPER_CONFIG##*/} ]] || return 0
+    ha_trusted_file "wrapper config" "$HA_WRAPPER_CONFIG"
+    mapfile -t HA_CONFIG_LINES < "$HA_TRUSTED"
 }
 
 # ha_config_values KEY: every value of KEY, one per line, in file order.
@@ -74,52 +147,32 @@ ha_listed() {
     return 1
 }
 
-# ha_trusted_file WHAT PATH: set HA_TRUSTED to PATH's real path, a regular file
-# that only root can change, in directories only root can change (a root-owned
-# sticky directory such as /tmp cannot have root's entries swapped either).
-HA_TRUSTED=
-ha_trusted_file() {
-    local what=$1 path=$2 real node owner mode
-    real=$(realpath -e -- "$path" 2>/dev/null) || ha_refuse "$EX_NOINPUT" "no $what $path"
-    [[ -f $real ]] || ha_refuse "$EX_CONFIG" "$what $path is not a regular file"
-    node=$real
-    while :; do
-        read -r owner mode < <(stat -c '%u %a' -- "$node")
-        if [[ $owner != 0 ]] || { (( (8#$mode & 8#022) != 0 )) \
-            && ! [[ -d $node && -k $node ]]; }; then
-            ha_refuse "$EX_CONFIG" \
-                "$what $path: $node must be owned by root and not group/world-writable"
-        fi
-        [[ $node == / ]] && break
-        node=${node%/*}
-        node=${node:-/}
-    done
-    HA_TRUSTED=$real
-}
-
-# ha_binary KEY DEFAULT: the tool's absolute path, a trusted executable (see above).
+# ha_binary KEY DEFAULT: the checked real path of the tool KEY names (see
+# ha_trusted_path): run that, never the configured path.
 ha_binary() {
     local path
     path=$(ha_config_value "$1" "$2")
-    [[ $path == /* && -e $path ]] || ha_refuse "$EX_CONFIG" "$1=$path does not exist"
     ha_trusted_file "$1" "$path"
     [[ -x $HA_TRUSTED ]] || ha_refuse "$EX_CONFIG" "$1=$path is not executable"
-    printf '%s\n' "$path"
+    printf '%s\n' "$HA_TRUSTED"
 }
 
-# ha_python: python_bin's path, for the wrappers that run Python as root. A
-# virtualenv's files are code run as root here, so every one of them must be
-# root's and not group/world-writable.
-ha_python() {
-    local python venv bad
+# ha_run_python ARG...: run python_bin as root with ARGs (see ha_run). Python finds its
+# virtualenv from the name it is called by, so the checked interpreter is run under
+# its configured name (bash's exec -a); a virtualenv's files are code run as root, so
+# each of them must be root's alone.
+ha_run_python() {
+    local name python venv
+    name=$(ha_config_value python_bin /usr/bin/python3)
     python=$(ha_binary python_bin /usr/bin/python3)
-    venv=$(dirname -- "$(dirname -- "$python")")
-    if [[ -f $venv/pyvenv.cfg ]]; then
-        ha_trusted_file "python environment" "$venv/pyvenv.cfg"
-        bad=$(find "$venv" ! -type l \( ! -user root -o -perm /022 \) -print -quit)
-        [[ -z $bad ]] || ha_refuse "$EX_CONFIG" "python environment: $bad is not root's alone"
+    venv=${name%/*}
+    venv=${venv%/*}
+    if [[ -e ${venv:-/}/pyvenv.cfg ]]; then
+        ha_trusted_file "python environment" "${venv:-/}/pyvenv.cfg"
+        ha_trusted_tree "python environment" "${HA_TRUSTED%/*}"
     fi
-    printf '%s\n' "$python"
+    # shellcheck disable=SC2016  # expanded by the inner bash, not here
+    ha_run bash -c 'exec -a "$0" "$@"' "$name" "$python" "$@"
 }
 
 # ha_check FIELD VALUE REGEX: bounded, no leading '-', full match of REGEX.
@@ -131,10 +184,46 @@ ha_check() {
     [[ $value =~ ^${regex}$ ]] || ha_refuse "$EX_USAGE" "$field is not valid: ${value@Q}"
 }
 
-# ha_run CMD...: log and replace this shell with the command (argv only).
-ha_run() {
-    ha_log info "running: ${*@Q}"
-    exec "$@"
+# A tool's whole environment (env -i): nothing sudo kept (DISPLAY, XAUTHORITY,
+# KRB5CCNAME, TERM, LANGUAGE...) reaches it; a wrapper adds what its tool needs.
+HA_TOOL_ENV=("PATH=$PATH" LC_ALL=C)
+
+# ha_timed_command CMD...: set HA_COMMAND to CMD run with exactly HA_TOOL_ENV under
+# the time limit, enforced as root because the agent cannot signal root's processes:
+# coreutils timeout sends SIGTERM at the limit and SIGKILL to the tool's whole process
+# group HA_KILL_GRACE seconds later, and says so on stderr ("timeout: sending signal
+# TERM to command ...") before it exits 124, or 137 after SIGKILL. A SIGTERM that sudo
+# relays (the agent giving up) reaches timeout too, which ends the tool the same way.
+HA_COMMAND=()
+ha_timed_command() {
+    HA_COMMAND=(env -i "${HA_TOOL_ENV[@]}"
+        timeout --verbose --kill-after="$HA_KILL_GRACE" -- "$HA_TIMEOUT" "$@")
 }
 
+# ha_timed CMD...: run CMD as above, as a child; its status.
+ha_timed() {
+    ha_timed_command "$@"
+    "${HA_COMMAND[@]}"
+}
+
+# ha_run CMD...: log, and replace this shell with CMD run as above (argv only).
+ha_run() {
+    ha_log info "running: ${*@Q}"
+    ha_timed_command "$@"
+    exec "${HA_COMMAND[@]}"
+}
+
+# ha_load_timeout: HA_TIMEOUT (seconds, as `timeout` reads them) from timeout_seconds.
+ha_load_timeout() {
+    HA_TIMEOUT=$(ha_config_value timeout_seconds 60)
+    [[ $HA_TIMEOUT =~ ^[0-9]{1,5}(\.[0-9]{1,6})?$ && $HA_TIMEOUT =~ [1-9] ]] \
+        || ha_refuse "$EX_CONFIG" "timeout_seconds=$HA_TIMEOUT is not a positive number of seconds"
+}
+
+# Refuse to run from, or with a config in, a place anyone but root can change.
+ha_trusted_file "wrapper library" "${BASH_SOURCE[0]}"
+ha_trusted_file wrapper "$0"
+# shellcheck disable=SC2034  # used by the wrappers that source this file
+readonly HA_WRAPPER=$HA_TRUSTED
 ha_load_config
+ha_load_timeout
