@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -230,17 +231,34 @@ class _Unreadable(Exception):
     pass
 
 
+def _open_regular(path: Path) -> IO[bytes]:
+    """`path` opened for reading if it is a regular file itself, not a link or a FIFO.
+
+    Admins verify as root, and the log directory is the service account's: a link
+    there to /dev/zero or a FIFO would make root's verify read forever or hang.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    raw = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raw.close()
+        raise _Unreadable(f"{path}: not a regular file")
+    return raw
+
+
 def _records(path: Path) -> Iterator[tuple[int, Any]]:
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rb") as handle, jsonlines.Reader(handle) as reader:
-            try:
-                yield from enumerate(reader.iter(skip_empty=False), start=1)
-            except jsonlines.InvalidLineError as exc:
-                raise _Unreadable(
-                    f"{path}:{exc.lineno}: not valid JSON (torn or edited line)"
-                ) from exc
+        with _open_regular(path) as raw:
+            handle = gzip.GzipFile(fileobj=raw, mode="rb") if path.suffix == ".gz" else raw
+            with handle, jsonlines.Reader(handle) as reader:
+                try:
+                    yield from enumerate(reader.iter(skip_empty=False), start=1)
+                except jsonlines.InvalidLineError as exc:
+                    raise _Unreadable(
+                        f"{path}:{exc.lineno}: not valid JSON (torn or edited line)"
+                    ) from exc
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _Unreadable(f"{path}: a symbolic link; name the log file itself") from exc
         raise _Unreadable(f"{path}: cannot read: {exc.strerror or exc}") from exc
 
 

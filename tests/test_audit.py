@@ -13,6 +13,8 @@ import resource
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -559,3 +561,30 @@ def test_after_two_rotations_the_chain_continues_from_memory_not_from_dot_one(
     files = [tmp_path / "audit.jsonl.2", tmp_path / "audit.jsonl.1", path]
     assert _seqs(*files) == [1, 2, 3]
     assert verify(files).ok
+
+
+def test_verify_refuses_a_link_in_the_log_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Admins verify as root in the service account's directory: a link planted there
+    (to /dev/zero, or a secret) is not followed."""
+    secret = tmp_path / "secret"
+    write_records(secret, 2)
+    link = tmp_path / "audit.jsonl"
+    link.symlink_to(secret)
+    code, out = run_verify(capsys, link)
+    assert code == 1
+    assert f"{link}: a symbolic link; name the log file itself" in out
+
+
+def test_verify_refuses_a_fifo_instead_of_hanging(tmp_path: Path) -> None:
+    fifo = tmp_path / "audit.jsonl"
+    os.mkfifo(fifo)
+    done = subprocess.run(
+        [sys.executable, "-m", "host_agent", "audit", "verify", str(fifo)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert f"{fifo}: not a regular file" in done.stdout + done.stderr
