@@ -29,6 +29,7 @@ OPERATION_NAMES: frozenset[str] = frozenset(
         "git-fetch",
         "git-pull",
         "git-checkout",
+        "git-diff",
         "exec-run",
     }
 )

@@ -23,7 +23,7 @@ from tests.system import System, run, service_account
 
 pytestmark = pytest.mark.root
 
-GIT_OPERATIONS = '["git-status", "git-log", "git-fetch", "git-pull", "git-checkout"]'
+GIT_OPERATIONS = '["git-status", "git-log", "git-fetch", "git-pull", "git-checkout", "git-diff"]'
 # A git_user in the wrapper config that has no account on this host.
 GHOST_USER = "ha-test-no-such-user"
 
@@ -290,6 +290,41 @@ def test_repository_hooks_do_not_run(post: Any, repos: Repos) -> None:
     assert marker.exists()
 
 
+def test_diff_shows_the_work_tree_against_a_commit(post: Any, repos: Repos) -> None:
+    write_as(repos.user, repos.app / "README", "edited\n")
+    before = repos.state(repos.app)
+    data = _data(post(repos.app, "diff"))
+    assert data["ref"] == "HEAD"
+    assert "--- a/README\n+++ b/README\n" in data["diff"]
+    assert "\n-one\n+edited\n" in data["diff"]
+    assert "notes.txt" not in data["diff"]
+    against_tag = _data(post(repos.app, "diff", "v1"))
+    assert against_tag["ref"] == "v1"
+    assert "+++ b/notes.txt\n" in against_tag["diff"]
+    assert repos.state(repos.app) == before
+    _error(post(repos.app, "diff", "no-such-ref"), 404, "not_found")
+
+
+def test_diff_never_runs_the_repository_s_diff_programs(post: Any, repos: Repos) -> None:
+    """External diff drivers and textconv filters named in the repository's config are
+    programs: a diff through the agent runs none of them."""
+    marker = repos.base / "repos" / "driver-ran"
+    driver = repos.base / "repos" / "driver"
+    write_as(repos.user, driver, f"#!/bin/sh\ntouch '{marker}'\ncat \"$1\"\n")
+    driver.chmod(0o755)
+    repos.git(repos.app, "config", "diff.external", str(driver))
+    repos.git(repos.app, "config", "diff.evil.command", str(driver))
+    repos.git(repos.app, "config", "diff.evil.textconv", str(driver))
+    write_as(repos.user, repos.app / ".gitattributes", "* diff=evil\n")
+    write_as(repos.user, repos.app / "README", "edited\n")
+    data = _data(post(repos.app, "diff"))
+    assert "\n-one\n+edited\n" in data["diff"]
+    assert not marker.exists()
+    # Control: the same diff run by the owner by hand does run the driver.
+    repos.git(repos.app, "diff")
+    assert marker.exists()
+
+
 def test_a_diverged_pull_is_refused_and_changes_nothing(post: Any, repos: Repos) -> None:
     repos.push_new_commit("theirs\n")
     repos.commit(repos.app, "notes.txt", "ours\n", "local work")
@@ -418,6 +453,7 @@ def test_wrapper_rejects_hostile_values_on_its_own(wrapper: Any, repos: Repos, v
         ("fetch", user, app, value),
         ("pull", user, app, value),
         ("log", user, app, value),
+        ("diff", user, app, value),
         ("status", value, app),
         ("status", user, value),
         (value, user, app),
@@ -445,6 +481,8 @@ def test_wrapper_rejects_hostile_values_on_its_own(wrapper: Any, repos: Repos, v
         pytest.param(("log", "{user}", "{app}", "201"), 64, id="count-too-big"),
         pytest.param(("log", "{user}", "{app}"), 64, id="count-missing"),
         pytest.param(("checkout", "{user}", "{app}", "a..b"), 64, id="bad-ref"),
+        pytest.param(("diff", "{user}", "{app}", "nope"), 66, id="diff-missing-ref"),
+        pytest.param(("diff", "{user}", "{app}"), 64, id="diff-ref-missing"),
         pytest.param(("checkout", "{user}", "{app}", "feature", "--"), 64, id="extra-arg"),
     ],
 )

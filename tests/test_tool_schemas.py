@@ -76,6 +76,8 @@ VALID = [
     ("git-fetch", {"resource": "/srv/app", "args": ["origin"]}),
     ("git-pull", {"resource": "/srv/app/sub", "args": ["up.stream"]}),
     ("git-checkout", {"resource": "/srv/app", "args": ["release/v1.2"]}),
+    ("git-diff", {"resource": "/srv/app"}),
+    ("git-diff", {"resource": "/srv/app", "args": ["v1.2"]}),
     ("exec-run", {"resource": "/usr/bin/du", "args": ["-s", "/srv/app"]}),
     (
         "exec-run",

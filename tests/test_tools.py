@@ -160,6 +160,7 @@ def test_a_read_only_profile_sees_no_mutating_tool(policy_agent: RunningAgent, p
     # zfs-get is denied to everyone by a rule; zfs-destroy (requires_approval_for)
     # stays hidden because read_only comes first.
     assert names(body) == [
+        "git-diff",
         "git-log",
         "git-status",
         "pct-status",

@@ -6,6 +6,7 @@ Requests (the predecessor's shape):
     {"kind": "git", "resource": "/srv/myapp", "args": ["fetch", "origin"]}
     {"kind": "git", "resource": "/srv/myapp", "args": ["pull"]}
     {"kind": "git", "resource": "/srv/myapp", "args": ["checkout", "main"]}
+    {"kind": "git", "resource": "/srv/myapp", "args": ["diff", "v1.2.0"]}
 
 The wrapper argv is always `COMMAND UNIX_USER REPO [ARG]`, defaults filled in
 here so the audit log shows exactly what ran.
@@ -40,6 +41,8 @@ MAX_NAME = 255
 DEFAULT_COUNT = "10"
 MAX_COUNT = 200
 DEFAULT_REMOTE = "origin"
+# `diff` compares the work tree with this commit: staged and unstaged changes both show.
+DEFAULT_DIFF_REF = "HEAD"
 COUNT_RE = re.compile(r"[1-9][0-9]{0,2}")
 _COUNT_DIGITS = len(str(MAX_COUNT))
 # No leading '.', no '..', no trailing '.': always a valid remote (and refspec) name.
@@ -77,6 +80,7 @@ class GitAdapter(Adapter):
         "fetch": True,
         "pull": True,
         "checkout": True,
+        "diff": False,
     }
     summaries: ClassVar[Mapping[str, str]] = {
         "status": "Show a git working tree's branch, upstream, ahead/behind counts and "
@@ -86,6 +90,8 @@ class GitAdapter(Adapter):
         "pull": "Fast-forward a git working tree from its remote (never merges).",
         "checkout": "Check out a branch or tag in a git working tree; refuses when local "
         "changes would be overwritten.",
+        "diff": "Show how a git working tree differs from a commit (default HEAD), as a "
+        "unified diff; output is capped.",
     }
     # git 2.39's messages, most specific first.
     stderr_failures = (
@@ -141,6 +147,8 @@ class GitAdapter(Adapter):
             expect_args(call, least=1, most=1)
             return (*head, ref_name("args[1]", call.args[0]))
         expect_args(call, most=1)
+        if call.command == "diff":
+            return (*head, ref_name("args[1]", call.args[0] if call.args else DEFAULT_DIFF_REF))
         if call.command == "log":
             return (*head, log_count("args[1]", call.args[0] if call.args else DEFAULT_COUNT))
         remote = call.args[0] if call.args else DEFAULT_REMOTE
@@ -184,6 +192,17 @@ class GitAdapter(Adapter):
                 resource=resource,
                 args=args_schema("[REF]: the branch or tag to check out", [ref], least=1),
                 examples=[{"resource": example, "args": ["main"]}],
+            )
+        if command == "diff":
+            ref = text_schema(
+                "Branch, tag or commit hash to compare the working tree with, e.g. v1.2.0",
+                max_length=MAX_NAME,
+                pattern=REF_SCHEMA_PATTERN,
+            )
+            return parameters_schema(
+                resource=resource,
+                args=args_schema(f"Optional [REF] (default {DEFAULT_DIFF_REF})", [ref]),
+                examples=[{"resource": example}, {"resource": example, "args": ["main"]}],
             )
         remote = text_schema("Remote name", max_length=MAX_NAME, pattern=REMOTE_RE.pattern)
         return parameters_schema(
@@ -249,6 +268,8 @@ class GitAdapter(Adapter):
             return {"remote": argument, "updated": parse_fetch(result.stderr)}
         if command == "pull":
             return {"remote": argument, **parse_pull(result.stdout)}
+        if command == "diff":
+            return {"ref": argument, "diff": result.stdout}
         # A tag is checked out detached: git then says where HEAD is now.
         return {"ref": argument, "detached": "HEAD is now at" in result.stderr}
 
