@@ -132,6 +132,9 @@ class ApprovalConfig:
     approvers_group: str | None = None
     # Who is who across channels, so a quorum counts people, not phones and logins.
     people: tuple[Person, ...] = ()
+    # The predecessor's hook: "command:/abs/path" or an http(s) URL that must also say
+    # yes before any approver's approval counts (approvals/identity_plugin.py).
+    identity_plugin: str | None = None
 
     def is_admin(self, cn: str) -> bool:
         return self.admin_cn_pattern is not None and fnmatch.fnmatchcase(cn, self.admin_cn_pattern)
@@ -393,11 +396,6 @@ def _audit(t: _Table) -> AuditConfig:
 
 def _approval(t: _Table) -> ApprovalConfig:
     secret = t.optional("token_secret", str)
-    if t.optional("identity_plugin", str) is not None:
-        t.reader.warn(
-            f"{t.key('identity_plugin')}: the predecessor's identity plugin hook is not "
-            "supported; approvers are identified by the approval channel itself"
-        )
     config = ApprovalConfig(
         enabled=t.get("enabled", bool, True),
         ttl_seconds=t.get("ttl_seconds", int, 300, check=_between(10, 7 * 86400)),
@@ -417,6 +415,7 @@ def _approval(t: _Table) -> ApprovalConfig:
         local_socket=t.optional_path("local_socket"),
         approvers_group=t.optional("approvers_group", str, check=_check_unix_name),
         people=_people(t),
+        identity_plugin=t.optional("identity_plugin", str, check=_check_identity_plugin),
     )
     if config.signal_url is not None and config.signal_number is None:
         t.reader.problem(t.key("signal_number"), "is required with signal_url")
@@ -653,6 +652,17 @@ def _check_bind(value: str) -> str | None:
 
 def _check_url(value: str) -> str | None:
     return None if re.fullmatch(r"https?://[^\s]+", value) else "must be an http(s) URL"
+
+
+def _check_identity_plugin(value: str) -> str | None:
+    if value.startswith("command:"):
+        path = value.removeprefix("command:")
+        if not path.startswith("/") or "\0" in path:
+            return "command: needs an absolute path (no PATH lookup)"
+        return None
+    if _check_url(value) is None:
+        return None
+    return 'must be "command:/absolute/path" or an http(s) URL'
 
 
 def _check_phone(value: str) -> str | None:

@@ -84,6 +84,13 @@ class Runner:
         argv = self._wrapper_argv(PAM_WRAPPER, user)
         return await self._execute(argv, stdin=password.encode("utf-8") + b"\n")
 
+    async def run_program(
+        self, argv: tuple[str, ...], stdin: bytes, timeout_seconds: float
+    ) -> RunResult:
+        """Run an operator's own program (not a wrapper: no sudo) as the service account,
+        killed after `timeout_seconds`."""
+        return await self._execute(argv, stdin=stdin, limit=timeout_seconds)
+
     async def list_sudoers_grants(self) -> RunResult:
         """Ask the read-only root wrapper for the service account's risky sudoers grants."""
         return await self._execute(self._wrapper_argv(SUDOERS_WRAPPER))
@@ -91,7 +98,11 @@ class Runner:
     def _wrapper_argv(self, wrapper: str, *argv: str) -> tuple[str, ...]:
         return (str(self.config.sudo), "-n", "--", str(self.config.wrapper_dir / wrapper), *argv)
 
-    async def _execute(self, argv: tuple[str, ...], stdin: bytes | None = None) -> RunResult:
+    async def _execute(
+        self, argv: tuple[str, ...], stdin: bytes | None = None, *, limit: float | None = None
+    ) -> RunResult:
+        """`limit`: a program of our own account, which the agent can kill itself; without
+        it a wrapper, whose root-side timeout the agent's timer only backs up."""
         started = time.monotonic()
         try:
             process = await asyncio.create_subprocess_exec(
@@ -118,10 +129,16 @@ class Runner:
             self.config.timeout_seconds + WRAPPER_KILL_GRACE_SECONDS + _BACKSTOP_MARGIN_SECONDS
         )
         try:
-            (out, out_cut), (err, err_cut), _, exit_code = await asyncio.wait_for(collect, backstop)
+            (out, out_cut), (err, err_cut), _, exit_code = await asyncio.wait_for(
+                collect, backstop if limit is None else limit
+            )
         except TimeoutError as exc:
-            # Only sudo is ours to signal: whatever runs as root may still be running.
             await _terminate(process)
+            if limit is not None:
+                raise RunnerError(
+                    f"{argv[0]} timed out after {limit:g}s and was killed", argv, timed_out=True
+                ) from exc
+            # Only sudo is ours to signal: whatever runs as root may still be running.
             raise RunnerError(
                 f"operation timed out after {backstop:g}s; "
                 "the agent could not confirm the process ended",
@@ -140,7 +157,8 @@ class Runner:
             truncated=out_cut or err_cut,
             duration_seconds=time.monotonic() - started,
         )
-        _raise_if_wrapper_timed_out(result, self.config.timeout_seconds)
+        if limit is None:
+            _raise_if_wrapper_timed_out(result, self.config.timeout_seconds)
         return result
 
     def _drop_privileges(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from prometheus_client import start_http_server
 
 from host_agent.adapters import build_registry
 from host_agent.app import build_app
+from host_agent.approvals.identity_plugin import IdentityPlugin
 from host_agent.approvals.local import LocalApprovals
 from host_agent.approvals.manager import ApprovalManager
 from host_agent.approvals.model import Status
@@ -50,6 +51,7 @@ def build_pipeline(config: Config, metrics: Metrics | None = None) -> Pipeline:
     audit = AuditLog(config.audit.log_path, on_failure=metrics.audit_write_failures.inc)
     audit.open()
     refusals = RefusalAudit(audit, config.rate_limit, metrics)
+    runner = Runner(config.runner)
     approvals = None
     if config.approval.enabled:
         store = SqliteStore(config.approval.store_path)
@@ -60,10 +62,10 @@ def build_pipeline(config: Config, metrics: Metrics | None = None) -> Pipeline:
             notify=notifier(config.approval),
             metrics=metrics,
             refusals=refusals,
+            identity_plugin=IdentityPlugin(runner),
         )
         metrics.count_open_approvals(functools.partial(_count, store))
     registry = build_registry(config)
-    runner = Runner(config.runner)
     return Pipeline(config, registry, audit, runner, approvals, metrics, refusals)
 
 

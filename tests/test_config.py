@@ -234,11 +234,24 @@ def test_predecessor_only_keys_load_with_warnings(tmp_path: Path) -> None:
         "[approval]\n", '[approval]\nidentity_plugin = "command:/usr/local/bin/check"\n'
     ).replace("[exec]\n", '[exec]\nansible_job_queue = "/var/lib/clash/jobs"\n')
     config = load_config(write(tmp_path, text))
-    # Beside the rotation and Signal-reply warnings every predecessor config gets:
+    # The identity plugin works here; the Ansible job queue (a stub there) does not exist.
+    assert config.approval.identity_plugin == "command:/usr/local/bin/check"
     beyond_rotation = [w for w in config.warnings if not w.startswith(("audit.", "approval:"))]
-    assert len(beyond_rotation) == 2
-    assert beyond_rotation[0].startswith("approval.identity_plugin: ")
-    assert beyond_rotation[1].startswith("exec.ansible_job_queue: ")
+    assert len(beyond_rotation) == 1
+    assert beyond_rotation[0].startswith("exec.ansible_job_queue: ")
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["command:bin/check", "command:", "check", "ftp://127.0.0.1/x", "http://"],
+)
+def test_identity_plugin_must_be_an_absolute_command_or_an_http_url(
+    tmp_path: Path, value: str
+) -> None:
+    text = README_CONFIG.replace("[approval]\n", f'[approval]\nidentity_plugin = "{value}"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text))
+    assert [p for p in caught.value.problems if p.startswith("approval.identity_plugin")]
 
 
 def test_relative_paths_are_resolved_against_the_config_directory(

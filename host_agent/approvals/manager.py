@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from host_agent.approvals import tokens
+from host_agent.approvals.identity_plugin import IdentityPlugin
 from host_agent.approvals.model import APPROVAL_ID, Approval, Approver, Status, timestamp
 from host_agent.approvals.signal import IncomingReply, Notify, notifier, parse_command
 from host_agent.approvals.store import ApprovalStore, Change
@@ -48,8 +49,11 @@ class ApprovalManager:
         host: str | None = None,
         metrics: Metrics | None = None,
         refusals: RefusalAudit | None = None,
+        identity_plugin: IdentityPlugin | None = None,
     ) -> None:
         self.config = config
+        # Asked before an approval counts when [approval] identity_plugin is set.
+        self.identity_plugin = identity_plugin
         self.store = store
         self.audit = audit
         self.metrics = metrics
@@ -172,8 +176,11 @@ class ApprovalManager:
         except ApprovalError as exc:
             await self.refuse(approver, exc.code, **context)
             raise
+        refused: dict[str, Any] = {}
         try:
             self._check_approver(approval, approver)
+            if approve:
+                context |= await self._ask_identity_plugin(approver, approval, refused)
             change = (
                 _vote(approver, self.config.person_of, self.clock())
                 if approve
@@ -182,7 +189,12 @@ class ApprovalManager:
             updated = await self._update(approval.id, change)
         except ApprovalError as exc:
             await self._audit(
-                "approval_refused", approval, approver=str(approver), code=exc.code, **context
+                "approval_refused",
+                approval,
+                approver=str(approver),
+                code=exc.code,
+                **refused,
+                **context,
             )
             raise
         event = "approval_denied" if not approve else "approval_vote"
@@ -190,6 +202,28 @@ class ApprovalManager:
             event = "approval_granted"
         await self._audit(event, updated, approver=str(approver), **context)
         return updated
+
+    async def _ask_identity_plugin(
+        self, approver: Approver, approval: Approval, refused: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The plugin's yes as audit fields; its no (with its reason, put in `refused` for
+        the audit record) as an ApprovalError."""
+        spec = self.config.identity_plugin
+        if spec is None:
+            return {}
+        if self.identity_plugin is None:
+            raise ApprovalError(
+                503, "identity_plugin_unavailable", "the identity plugin cannot be asked here"
+            )
+        verdict = await self.identity_plugin.check(spec, approver, approval)
+        if not verdict.allowed:
+            refused["plugin_reason"] = verdict.reason
+            raise ApprovalError(
+                403,
+                "identity_plugin_denied",
+                f"the identity plugin refused this approver: {verdict.reason}",
+            )
+        return {"identity_plugin": "allowed"}
 
     async def refuse(self, approver: Approver, code: str, **context: Any) -> None:
         """Audit a refusal that happened before any approval was identified."""
