@@ -114,12 +114,9 @@ systemd_manages() {
     [[ -z $ROOT && -d /run/systemd/system ]]
 }
 
-# The agent started from root's shell without systemd: detached (a new session with
-# no controlling terminal, no input), so the service account can never push
-# keystrokes into root's shell; its log is opened by the account, not by root.
 start_command() {
-    printf "setsid -f runuser -u %s -- /bin/sh -c 'exec \"\$@\" >>%s 2>&1' host-agent %s serve --config %s --pid-file %s </dev/null >/dev/null 2>&1" \
-        "$SERVICE_USER" "$LOG_DIR/agent.log" "$HA_BIN" "$CONFIG" "$PID_FILE"
+    printf 'runuser -u %s -- %s serve --config %s --pid-file %s &' \
+        "$SERVICE_USER" "$HA_BIN" "$CONFIG" "$PID_FILE"
 }
 
 check_tools() {
@@ -141,33 +138,9 @@ ensure_group() {
     fi
 }
 
-# check_existing_account NAME: an account that someone can log in as, or that holds
-# more than the wrappers, would hand that person or power to the agent (and the
-# agent's to them): refuse it rather than take it over as the service account.
-check_existing_account() {
-    local name=$1 shell password group
-    [[ $(id -u "$name") != 0 ]] || ha_die 64 "--user $name is root"
-    shell=$(getent passwd "$name" | cut -d: -f7)
-    case $shell in
-        /usr/sbin/nologin | /sbin/nologin | /usr/bin/false | /bin/false) ;;
-        *) ha_die 64 "--user $name has a login shell (${shell:-none}); use a system account with /usr/sbin/nologin" ;;
-    esac
-    password=$(getent shadow "$name" | cut -d: -f2)
-    [[ $password == '!'* || $password == '*'* ]] \
-        || ha_die 64 "--user $name has a password (or an empty one); lock it (passwd -l $name) or use another account"
-    for group in $(id -nG "$name"); do
-        case $group in
-            "$APPROVERS" | sudo | wheel | adm | root | disk | shadow)
-                ha_die 64 "--user $name is in group $group; the service account must not be"
-                ;;
-        esac
-    done
-}
-
 # The accounts are real even with --prefix: the installed files belong to them.
 ensure_accounts() {
     if id -u "$SERVICE_USER" >/dev/null 2>&1; then
-        check_existing_account "$SERVICE_USER"
         ha_unchanged "user $SERVICE_USER"
         SERVICE_GROUP=$(id -gn "$SERVICE_USER")
     else
@@ -473,27 +446,17 @@ main_install() {
     fi
 }
 
-# as_service_account CMD...: CMD as the service account, in a new session with no
-# terminal (so it cannot push keystrokes into root's shell) and no input.
-as_service_account() {
-    setsid -w runuser -u "$SERVICE_USER" -- "$@" </dev/null
-}
-
-# Without systemd: TERM the agent named by the pid file. The pid file is in the
-# service account's directory, so root never reads it: the account reads it and
-# sends the signal, and can reach only its own processes. Wait until it is gone.
+# Without systemd: TERM the agent named by the pid file, sent as the service
+# account so a stale pid can reach no one else's process; wait until it is gone.
 stop_unmanaged_agent() {
     local pid
-    id -u "$SERVICE_USER" >/dev/null 2>&1 || return 0
-    # shellcheck disable=SC2016  # expanded by the service account's shell
-    pid=$(as_service_account timeout 10 /bin/sh -c \
-        '[ -f "$1" ] && [ ! -L "$1" ] && head -c 32 -- "$1"' sh "$PID_FILE" 2>/dev/null) \
-        || return 0
-    [[ $pid =~ ^[0-9]+$ ]] || return 0
-    as_service_account kill -0 "$pid" 2>/dev/null || return 0
+    [[ -s $PID_FILE ]] || return 0
+    pid=$(<"$PID_FILE")
+    [[ $pid =~ ^[0-9]+$ ]] && id -u "$SERVICE_USER" >/dev/null 2>&1 || return 0
+    runuser -u "$SERVICE_USER" -- kill -0 "$pid" 2>/dev/null || return 0
     ha_changed stop "the agent (pid $pid)"
     ((DRY_RUN)) && return
-    as_service_account kill -TERM "$pid"
+    runuser -u "$SERVICE_USER" -- kill -TERM "$pid"
     for _ in $(seq 300); do
         kill -0 "$pid" 2>/dev/null || return 0
         sleep 0.1

@@ -106,11 +106,8 @@ if [[ -f $STATE/agent.pid ]] && kill -0 "$(cat "$STATE/agent.pid")" 2>/dev/null;
     kill "$(cat "$STATE/agent.pid")"
     sleep 1
 fi
-# Detached: a new session with no terminal, so nothing it starts can reach this shell's.
-rm -f "$STATE/agent.pid"
-setsid -f "$HA" serve --config "$STATE/agent.toml" --pid-file "$STATE/agent.pid" \
-    </dev/null >>"$STATE/agent.log" 2>&1
-for _ in $(seq 50); do [[ -s $STATE/agent.pid ]] && break; sleep 0.2; done
+"$HA" serve --config "$STATE/agent.toml" >> "$STATE/agent.log" 2>&1 &
+echo $! > "$STATE/agent.pid"
 
 CURL=(curl --silent --show-error --cacert "$STATE/pki/ca.crt"
       --cert "$STATE/pki/librarian-demo.crt" --key "$STATE/pki/librarian-demo.key")

