@@ -494,8 +494,15 @@ stop_unmanaged_agent() {
     ha_changed stop "the agent named in $PID_FILE, if it runs"
     ((DRY_RUN)) && return
     render_reload
-    sh "$HA_STAGING/reload" TERM \
-        || ha_die 75 "the agent named in $PID_FILE did not stop; stop it and run --uninstall again"
+    local status=0
+    sh "$HA_STAGING/reload" TERM || status=$?
+    case $status in
+        0) ;;
+        # Not a regular file, or no pid of the service account's in it: nothing to stop there.
+        65) printf 'not stopped: %s names no process of %s; stop the agent yourself if one runs\n' \
+            "$PID_FILE" "$SERVICE_USER" ;;
+        *) ha_die 75 "the agent named in $PID_FILE did not stop; stop it and run --uninstall again" ;;
+    esac
 }
 
 # remove_run_dir: $RUN_DIR's entries are removed as the service account (root
