@@ -322,7 +322,7 @@ def run_in_terminal(command: str, until: Path) -> bytes:
     """`command` from a shell on a fresh terminal (a pty), as root types it; what it shows."""
     pid, master = pty.fork()
     if pid == 0:  # pragma: no cover (child)
-        os.execv("/bin/bash", ["bash", "-c", f"{command}; sleep 4"])
+        os.execv("/bin/bash", ["bash", "-c", f"{command}\nsleep 4"])
     shown = b""
     deadline = time.monotonic() + 15
     try:
@@ -374,10 +374,17 @@ def test_printed_start_command_detaches_the_agent_from_roots_terminal(
     os.chown(out_dir, *installed.ids)
     result = out_dir / "result"
     serve = command.split(" -- ", 1)[1].split(" <", 1)[0]
-    shown = run_in_terminal(command.replace(serve, f"/usr/bin/python3 {probe} {result}"), result)
+    probed = f"/usr/bin/python3 {probe} {result}"
+    shown = run_in_terminal(command.replace(serve, probed), result)
     assert b"INJECTED-by-agent" not in shown
     outcomes = result.read_text().splitlines()
     assert not [line for line in outcomes if line.endswith("injected")], outcomes
+
+    # The control: started as the old instructions did, the probe does type into the terminal.
+    result.unlink()
+    shown = run_in_terminal(f"runuser -u {installed.user} -- {probed} &", result)
+    assert b"INJECTED-by-agent" in shown
+    assert "dev-tty injected" in result.read_text().splitlines()
 
 
 def test_install_rerun_and_uninstall_follow_no_planted_link(
