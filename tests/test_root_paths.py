@@ -15,7 +15,6 @@ import pty
 import secrets
 import select
 import shutil
-import stat
 import subprocess
 import tempfile
 import time
@@ -318,8 +317,13 @@ def start_command(installed: Installed) -> str:
     return lines[lines.index("    detached from your terminal, with") + 1].strip()
 
 
-def run_in_terminal(command: str, until: Path) -> bytes:
-    """`command` from a shell on a fresh terminal (a pty), as root types it; what it shows."""
+def run_in_terminal(command: str, until: Path) -> tuple[bytes, int]:
+    """Run `command` from a shell on a fresh terminal (a pty), as root would type it.
+
+    Returns what the terminal showed until one second after `until` appeared (so
+    that anything typed into it has been echoed), or until the shell ended; and
+    the shell's pid, which is also its session id.
+    """
     pid, master = pty.fork()
     if pid == 0:  # pragma: no cover (child)
         os.execv("/bin/bash", ["bash", "-c", f"{command}\nsleep 4"])
@@ -327,18 +331,18 @@ def run_in_terminal(command: str, until: Path) -> bytes:
     deadline = time.monotonic() + 15
     try:
         while time.monotonic() < deadline:
+            if until.exists():
+                deadline = min(deadline, time.monotonic() + 1)
             ready, _, _ = select.select([master], [], [], 0.1)
             if ready:
                 try:
                     shown += os.read(master, 4096)
-                except OSError:
+                except OSError:  # the shell has ended and the terminal with it
                     break
-            elif until.exists() and time.monotonic() > deadline - 12:
-                break
     finally:
         os.waitpid(pid, 0)
         os.close(master)
-    return shown
+    return shown, pid
 
 
 def test_printed_start_command_detaches_the_agent_from_roots_terminal(
@@ -347,7 +351,7 @@ def test_printed_start_command_detaches_the_agent_from_roots_terminal(
     command = start_command(installed)
     assert command.startswith("setsid -f runuser ")
     pid_file = installed.path(PID_FILE)
-    run_in_terminal(command, pid_file)
+    _, shell = run_in_terminal(command, pid_file)
     for _ in range(100):
         if pid_file.exists():
             break
@@ -357,7 +361,7 @@ def test_printed_start_command_detaches_the_agent_from_roots_terminal(
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         session, tty_nr = int(fields[3]), int(fields[4])
         assert tty_nr == 0
-        assert session != os.getsid(0)
+        assert session not in (shell, os.getsid(0))
         assert Path(f"/proc/{pid}").stat().st_uid == installed.ids[0]
     finally:
         os.kill(pid, 15)
@@ -375,14 +379,14 @@ def test_printed_start_command_detaches_the_agent_from_roots_terminal(
     result = out_dir / "result"
     serve = command.split(" -- ", 1)[1].split(" <", 1)[0]
     probed = f"/usr/bin/python3 {probe} {result}"
-    shown = run_in_terminal(command.replace(serve, probed), result)
+    shown, _ = run_in_terminal(command.replace(serve, probed), result)
     assert b"INJECTED-by-agent" not in shown
     outcomes = result.read_text().splitlines()
     assert not [line for line in outcomes if line.endswith("injected")], outcomes
 
     # The control: started as the old instructions did, the probe does type into the terminal.
     result.unlink()
-    shown = run_in_terminal(f"runuser -u {installed.user} -- {probed} &", result)
+    shown, _ = run_in_terminal(f"runuser -u {installed.user} -- {probed} &", result)
     assert b"INJECTED-by-agent" in shown
     assert "dev-tty injected" in result.read_text().splitlines()
 
@@ -407,6 +411,7 @@ def test_install_rerun_and_uninstall_follow_no_planted_link(
 
     done, trace = traced(base, *install_argv(installed), "--uninstall")
     assert done.returncode == 0, done.stdout + done.stderr
+    assert f"not stopped: {installed.path(PID_FILE)} names no process of" in done.stdout
     assert secret.state() == before
     assert secret.marker not in trace
     assert not installed.path("/run/host-agent").exists()
