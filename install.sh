@@ -108,15 +108,29 @@ LOG_DIR=$ROOT/var/log/host-agent
 STATE_DIR=$ROOT/var/lib/host-agent
 RUN_DIR=$ROOT/run/host-agent
 PID_FILE=$RUN_DIR/host-agent.pid
+# The agent's stdout and stderr without systemd: root opens it, so it lies in a
+# directory of root's, never in the service account's $LOG_DIR.
+SERVE_LOG=$ROOT/var/log/host-agent-serve.log
 
 # systemd is used only for an install at / on a host where it is PID 1.
 systemd_manages() {
     [[ -z $ROOT && -d /run/systemd/system ]]
 }
 
+# Detached: a new session without a controlling terminal (setsid), stdin from
+# /dev/null and output to a file, so the service account never holds root's
+# terminal (TIOCSTI could type commands into root's shell).
 start_command() {
-    printf 'runuser -u %s -- %s serve --config %s --pid-file %s &' \
-        "$SERVICE_USER" "$HA_BIN" "$CONFIG" "$PID_FILE"
+    printf 'setsid -f runuser -u %s -- %s serve --config %s --pid-file %s </dev/null >>%s 2>&1' \
+        "$SERVICE_USER" "$HA_BIN" "$CONFIG" "$PID_FILE" "$SERVE_LOG"
+}
+
+# Every directory above what install.sh writes, checks or chowns must be root's
+# alone, or whoever can write it could swap those files or directories.
+require_root_only_ancestors() {
+    ha_require_root_only_ancestors "$LIBEXEC" "$WRAPPERS_CONF" "$CERTS" "$VENV" "$BIN_LINK" \
+        "$SUDOERS" "$PAM" "$LOGROTATE" "$RELOAD" "$CRON" "$UNIT" "$LOG_DIR" "$STATE_DIR" \
+        "$RUN_DIR" "$SERVE_LOG"
 }
 
 check_tools() {
@@ -138,9 +152,29 @@ ensure_group() {
     fi
 }
 
+# An existing account given with --user must not be one someone logs in with:
+# whoever logs in as it would hold the service's sudo grants and its files.
+refuse_login_account() {
+    local shell password
+    shell=$(getent passwd "$SERVICE_USER" | cut -d: -f7)
+    case $shell in
+        /usr/sbin/nologin | /sbin/nologin | /usr/bin/false | /bin/false) ;;
+        *) ha_die 64 "--user $SERVICE_USER is a login account (shell ${shell:-none}); give a system account whose shell is nologin, or a new name" ;;
+    esac
+    # Only root can read shadow; a dry run as another user cannot tell.
+    [[ $(id -u) == 0 ]] || return 0
+    password=$(getent shadow "$SERVICE_USER" | cut -d: -f2)
+    [[ -n $password ]] || password=$(getent passwd "$SERVICE_USER" | cut -d: -f2)
+    case $password in
+        '!'* | '*'* | x) ;;
+        *) ha_die 64 "--user $SERVICE_USER has a usable password; lock it (passwd -l $SERVICE_USER) or give a new name" ;;
+    esac
+}
+
 # The accounts are real even with --prefix: the installed files belong to them.
 ensure_accounts() {
     if id -u "$SERVICE_USER" >/dev/null 2>&1; then
+        refuse_login_account
         ha_unchanged "user $SERVICE_USER"
         SERVICE_GROUP=$(id -gn "$SERVICE_USER")
     else
@@ -335,9 +369,13 @@ install_wrappers_conf() {
 }
 
 # The one way everything else (logrotate, the CRL job) asks the agent to reload.
-install_reload() {
+render_reload() {
     ha_render "$HA_REPO/scripts/host-agent-reload.sh" RUN_DIR="$RUN_DIR" \
         SERVICE_USER="$SERVICE_USER" > "$HA_STAGING/reload"
+}
+
+install_reload() {
+    render_reload
     ha_put_file "$HA_STAGING/reload" "$RELOAD" 0755 root root
 }
 
@@ -403,8 +441,9 @@ Next:
 EOF
     if systemd_manages; then
         echo "  - start: systemctl start $UNIT_NAME (running already: systemctl restart $UNIT_NAME)"
-    elif [[ -z $ROOT ]]; then
-        echo "  - systemd is not PID 1 here; start the agent with"
+    else
+        echo "  - systemd is not PID 1 here (or not used under --prefix); start the agent,"
+        echo "    detached from your terminal, with"
         echo "      $(start_command)"
         echo "    ($RUN_DIR is on tmpfs: after a reboot re-run install.sh first)"
         if ! command -v cron >/dev/null; then
@@ -416,6 +455,7 @@ EOF
 
 main_install() {
     check_tools
+    require_root_only_ancestors
     ensure_accounts
     ha_ensure_parent "$ETC"
     ha_ensure_dir "$ETC" 0750 root "$SERVICE_GROUP"
@@ -446,26 +486,38 @@ main_install() {
     fi
 }
 
-# Without systemd: TERM the agent named by the pid file, sent as the service
-# account so a stale pid can reach no one else's process; wait until it is gone.
+# Without systemd: TERM the agent named by the pid file and wait until it is
+# gone. The pid file is the service account's, so root never reads it: the
+# reload script (this checkout's) reads and signals as the service account.
 stop_unmanaged_agent() {
-    local pid
-    [[ -s $PID_FILE ]] || return 0
-    pid=$(<"$PID_FILE")
-    [[ $pid =~ ^[0-9]+$ ]] && id -u "$SERVICE_USER" >/dev/null 2>&1 || return 0
-    runuser -u "$SERVICE_USER" -- kill -0 "$pid" 2>/dev/null || return 0
-    ha_changed stop "the agent (pid $pid)"
+    [[ -e $PID_FILE || -L $PID_FILE ]] && id -u "$SERVICE_USER" >/dev/null 2>&1 || return 0
+    ha_changed stop "the agent named in $PID_FILE, if it runs"
     ((DRY_RUN)) && return
-    runuser -u "$SERVICE_USER" -- kill -TERM "$pid"
-    for _ in $(seq 300); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    ha_die 75 "the agent (pid $pid) did not stop; stop it and run --uninstall again"
+    render_reload
+    local status=0
+    sh "$HA_STAGING/reload" TERM || status=$?
+    case $status in
+        0) ;;
+        # Not a regular file, or no pid of the service account's in it: nothing to stop there.
+        65) printf 'not stopped: %s names no process of %s; stop the agent yourself if one runs\n' \
+            "$PID_FILE" "$SERVICE_USER" ;;
+        *) ha_die 75 "the agent named in $PID_FILE did not stop; stop it and run --uninstall again" ;;
+    esac
+}
+
+# remove_run_dir: $RUN_DIR's entries are removed as the service account (root
+# never walks a directory the account can change), then the empty directory.
+remove_run_dir() {
+    if id -u "$SERVICE_USER" >/dev/null 2>&1; then
+        runuser -u "$SERVICE_USER" -- find "$RUN_DIR" -mindepth 1 -delete 2>/dev/null || true
+    fi
+    rmdir -- "$RUN_DIR" 2>/dev/null \
+        || printf 'kept %s: it holds files %s cannot remove\n' "$RUN_DIR" "$SERVICE_USER"
 }
 
 main_uninstall() {
     local unit before
+    require_root_only_ancestors
     if systemd_manages && [[ -f $UNIT ]]; then
         for unit in "$CRL_TIMER_NAME" "$UNIT_NAME"; do
             if systemctl --quiet is-enabled "$unit" 2>/dev/null \
@@ -504,7 +556,7 @@ main_uninstall() {
     fi
     if [[ -d $RUN_DIR ]]; then
         ha_changed remove "$RUN_DIR"
-        ha_run rm -rf -- "$RUN_DIR"
+        ha_run remove_run_dir
     else
         ha_unchanged "$RUN_DIR (not installed)"
     fi

@@ -106,12 +106,17 @@ if [[ -f $STATE/agent.pid ]] && kill -0 "$(cat "$STATE/agent.pid")" 2>/dev/null;
     kill "$(cat "$STATE/agent.pid")"
     sleep 1
 fi
-"$HA" serve --config "$STATE/agent.toml" >> "$STATE/agent.log" 2>&1 &
-echo $! > "$STATE/agent.pid"
+# Detached (a new session without a controlling terminal, stdin from /dev/null),
+# so the agent can never type into the terminal this script runs in.
+setsid -f "$HA" serve --config "$STATE/agent.toml" --pid-file "$STATE/agent.pid" \
+    < /dev/null >> "$STATE/agent.log" 2>&1
 
 CURL=(curl --silent --show-error --cacert "$STATE/pki/ca.crt"
       --cert "$STATE/pki/librarian-demo.crt" --key "$STATE/pki/librarian-demo.key")
-for _ in $(seq 50); do "${CURL[@]}" "https://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break; sleep 0.2; done
+for _ in $(seq 50); do
+    [[ -s $STATE/agent.pid ]] && "${CURL[@]}" "https://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
+    sleep 0.2
+done
 
 say "curl --cert ... /health"
 "${CURL[@]}" "https://127.0.0.1:$PORT/health"; echo

@@ -93,6 +93,35 @@ ha_ensure_dir() {
     ha_create_dir "$dir" "$mode" "$owner" "$group"
 }
 
+# ha_root_only_dir DIR: DIR (symlinks followed) is owned by root and writable by
+# no one else; group or world write only with the sticky bit (as /tmp), which
+# keeps others from renaming or removing root's entries.
+ha_root_only_dir() {
+    local owner mode
+    read -r owner mode < <(stat -L -c '%u %a' -- "$1")
+    mode=$((8#$mode))
+    [[ $owner == 0 ]] && { ((!(mode & 8#022))) || ((mode & 8#1000)); }
+}
+
+# ha_require_root_only_ancestors PATH...: refuse to go on unless every existing
+# directory above each PATH, as written and with symlinks resolved, is root's
+# alone. Whoever can write one of them can swap what root installs, checks or
+# chowns below it (a wrapper, wrappers.conf, the service's own directories).
+ha_require_root_only_ancestors() {
+    local path dir
+    for path in "$@"; do
+        for dir in "$(dirname -- "$path")" "$(dirname -- "$(realpath -m -- "$path")")"; do
+            while :; do
+                if [[ -e $dir ]] && ! ha_root_only_dir "$dir"; then
+                    ha_die 73 "$dir (above $path) is not root's alone: owned by $(stat -L -c '%U, mode %a' -- "$dir"); make it root-owned and not group- or world-writable"
+                fi
+                [[ $dir == / ]] && break
+                dir=$(dirname -- "$dir")
+            done
+        done
+    done
+}
+
 # ha_ensure_parent PATH: create PATH's directory (root-owned, 0755) if it is missing.
 # Existing directories are left as they are: under / they are the system's own.
 ha_ensure_parent() {
@@ -171,6 +200,7 @@ ha_wrappers() {
 # exactly them, checked by `visudo -cf` before it is put in place.
 ha_install_wrappers() {
     local dir=$1 config=$2 user=$3 sudoers=$4 wrapper
+    ha_require_root_only_ancestors "$dir" "$config" "$sudoers"
     ha_ensure_parent "$dir"
     ha_ensure_dir "$dir" 0755 root root
     sed "s|^readonly HA_WRAPPER_CONFIG=.*|readonly HA_WRAPPER_CONFIG=$config|" \
