@@ -152,22 +152,36 @@ ensure_group() {
     fi
 }
 
-# An existing account given with --user must not be one someone logs in with:
-# whoever logs in as it would hold the service's sudo grants and its files.
+# An existing account given with --user must not be one someone logs in with, nor
+# one that holds more than the service needs: whoever logs in as it would hold the
+# service's sudo grants and its files, and the agent would hold that account's powers.
 refuse_login_account() {
-    local shell password
+    local shell shadow password group
+    [[ $(id -u "$SERVICE_USER") != 0 ]] || ha_die 64 "--user $SERVICE_USER is uid 0"
     shell=$(getent passwd "$SERVICE_USER" | cut -d: -f7)
     case $shell in
         /usr/sbin/nologin | /sbin/nologin | /usr/bin/false | /bin/false) ;;
         *) ha_die 64 "--user $SERVICE_USER is a login account (shell ${shell:-none}); give a system account whose shell is nologin, or a new name" ;;
     esac
+    for group in $(id -nG "$SERVICE_USER"); do
+        case $group in
+            "$APPROVERS" | sudo | wheel | adm | root | disk | shadow)
+                ha_die 64 "--user $SERVICE_USER is in group $group; the service account must not be"
+                ;;
+        esac
+    done
     # Only root can read shadow; a dry run as another user cannot tell.
     [[ $(id -u) == 0 ]] || return 0
-    password=$(getent shadow "$SERVICE_USER" | cut -d: -f2)
-    [[ -n $password ]] || password=$(getent passwd "$SERVICE_USER" | cut -d: -f2)
+    # An empty shadow field is a login without any password: refused like a password.
+    if shadow=$(getent shadow "$SERVICE_USER"); then
+        password=$(cut -d: -f2 <<<"$shadow")
+    else
+        password=$(getent passwd "$SERVICE_USER" | cut -d: -f2)
+        [[ $password != x ]] || password='*'
+    fi
     case $password in
-        '!'* | '*'* | x) ;;
-        *) ha_die 64 "--user $SERVICE_USER has a usable password; lock it (passwd -l $SERVICE_USER) or give a new name" ;;
+        '!'* | '*'*) ;;
+        *) ha_die 64 "--user $SERVICE_USER has a usable (or empty) password; lock it (passwd -l $SERVICE_USER) or give a new name" ;;
     esac
 }
 

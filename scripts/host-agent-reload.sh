@@ -14,7 +14,9 @@
 # account, which can only read what it can already read and signal its own
 # processes. Even so, the file is opened without following a symlink or
 # blocking, at most 32 bytes are read, and only a pid of digits that belongs to
-# the service account is signalled; nothing read reaches any argv.
+# the service account is signalled; nothing read reaches any argv. It runs in a
+# session of its own (setsid): run from root's shell, the account's process has
+# no controlling terminal through which to push keystrokes into it (TIOCSTI).
 set -u
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
@@ -29,7 +31,7 @@ if [ "$signal" = HUP ] && [ -d /run/systemd/system ] \
     exec systemctl reload host-agent.service
 fi
 # shellcheck disable=SC2016 # expanded by the service account's shell
-exec runuser -u @SERVICE_USER@ -- /bin/sh -c '
+exec setsid -w runuser -u @SERVICE_USER@ -- /bin/sh -c '
     pid_file=$1 signal=$2
     [ -e "$pid_file" ] || [ -L "$pid_file" ] || exit 0
     if [ -L "$pid_file" ] || [ ! -f "$pid_file" ]; then

@@ -347,7 +347,7 @@ def test_logrotate_config_validates_and_rotates_by_renaming(installed: Installed
         ["missingok"],
         ["notifempty"],
         ["sharedscripts"],
-        ["create", "0640", installed.user, group],
+        ["nocreate"],
         ["su", installed.user, group],
     ):
         assert expected in directives
@@ -584,8 +584,8 @@ def test_logrotate_renames_creates_compresses_and_signals_only_the_service(
         assert rotate(recorder).returncode == 0
         assert recorder.communicate(timeout=10)[0] == "HUP\n"
         assert installed.path("/var/log/host-agent/audit.jsonl.1").read_text() == '{"seq": 1}\n'
-        assert log.read_text() == ""
-        assert attributes(log) == ("0o640", installed.user, installed.user)
+        # nocreate: the agent makes its new log itself when it reopens (no race with logrotate).
+        assert not log.exists()
 
         write('{"seq": 2}\n')
         recorder = hup_recorder(uid)

@@ -234,8 +234,8 @@ def test_rotated_audit_files_keep_mode_0640(installed: Installed, base: Path) ->
     finally:
         clear_log_dir(installed)
     owner = (installed.user, installed.user)
+    # No audit.jsonl: logrotate leaves making the new one to the agent (nocreate).
     assert modes == {
-        "audit.jsonl": ("0o640", *owner),
         "audit.jsonl.1": ("0o640", *owner),
         "audit.jsonl.2.gz": ("0o640", *owner),
     }
@@ -255,10 +255,23 @@ def test_install_refuses_a_login_account_as_service_user(base: Path) -> None:
     assert list(prefix.iterdir()) == []
 
 
-def test_install_refuses_a_service_user_with_a_password(base: Path) -> None:
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        pytest.param(["chpasswd"], "has a usable (or empty) password", id="password"),
+        pytest.param(["passwd", "-d"], "has a usable (or empty) password", id="empty-password"),
+        pytest.param(["usermod", "-aG", "sudo"], "is in group sudo", id="sudo-group"),
+    ],
+)
+def test_install_refuses_a_service_user_that_can_log_in_or_holds_more(
+    base: Path, make: list[str], message: str
+) -> None:
     name = f"ha-pw-{secrets.token_hex(3)}"
     run("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name)
-    run("chpasswd", stdin=f"{name}:{secrets.token_hex(12)}\n")
+    if make == ["chpasswd"]:
+        run("chpasswd", stdin=f"{name}:{secrets.token_hex(12)}\n")
+    else:
+        run(*make, name)
     prefix = Path(tempfile.mkdtemp(dir=base))
     prefix.chmod(0o755)
     try:
@@ -266,7 +279,7 @@ def test_install_refuses_a_service_user_with_a_password(base: Path) -> None:
     finally:
         remove_accounts(name, name, f"{name}-a")
     assert done.returncode == 64
-    assert f"--user {name} has a usable password" in done.stderr
+    assert f"--user {name} {message}" in done.stderr
     assert list(prefix.iterdir()) == []
 
 
