@@ -69,6 +69,7 @@ VALID_REQUESTS = [
     ("git", "/srv/app", ("fetch", "origin")),
     ("git", "/srv/app", ("pull", "origin")),
     ("git", "/srv/app", ("checkout", "main")),
+    ("git", "/srv/app", ("diff", "main")),
     ("exec", "/usr/bin/du", ("run", "-s", "/srv/app")),
     ("exec", "ansible://site.yml", ("run",)),
 ]
