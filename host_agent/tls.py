@@ -55,16 +55,24 @@ def server_tls(server: ServerConfig) -> ServerTLS:
     _load(server.cert, "certificate/key", context.load_cert_chain, server.cert, server.key)
     _load(server.client_ca, "client CA", context.load_verify_locations, cafile=server.client_ca)
     revoked: frozenset[int] = frozenset()
-    if server.crl_file is not None:
-        try:
-            crls = load_client_crls(server.crl_file, server.client_ca)
-        except CrlRejected as exc:
-            raise TLSSetupError(f"TLS CRL: {exc}") from exc
+    crls = client_crls(server)
+    if server.crl_file is not None and crls is not None:
         _load_crls(context, server.crl_file, crls)
         # Only the leaf is checked: the CA is ours and has no issuer CRL of its own.
         context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
         revoked = crls.revoked
     return ServerTLS(context, revoked)
+
+
+def client_crls(server: ServerConfig) -> ClientCrls | None:
+    """The CRLs of `crl_file` (None without one); `TLSSetupError` unless every block in it
+    is a CRL signed by `client_ca` (`check-config` runs this too)."""
+    if server.crl_file is None:
+        return None
+    try:
+        return load_client_crls(server.crl_file, server.client_ca)
+    except CrlRejected as exc:
+        raise TLSSetupError(f"TLS CRL: {exc}") from exc
 
 
 def _load_crls(context: ssl.SSLContext, crl_file: Path, crls: ClientCrls) -> None:
