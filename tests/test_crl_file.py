@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import shutil
 import ssl
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,8 +14,7 @@ import pytest
 
 from host_agent import certs
 from tests.served import Served, reloads
-from tests.support import Pki, client_context, config_text, serve_process
-from tests.system import run
+from tests.support import Pki, client_context, config_text, host_agent_command, serve_process
 
 REFUSED = (ssl.SSLError, httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)
 
@@ -42,11 +40,6 @@ def rogue_admin(served: Served, rogue: Path) -> httpx.Client:
     """The rogue admin-9, trusting our server certificate."""
     verify = client_context(served.pki.ca, rogue / "admin-9.crt", rogue / "admin-9.key")
     return httpx.Client(base_url=served.url, verify=verify, timeout=30)
-
-
-def host_agent(*args: str) -> tuple[int, str]:
-    done = run(str(Path(sys.executable).with_name("host-agent")), *args, check=False)
-    return done.returncode, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize(
@@ -76,7 +69,7 @@ def test_start_and_check_config_refuse_a_crl_file_with_anything_but_our_crls(
     config.write_text(config_text(own_pki, tmp_path))
     tamper(own_pki.directory / certs.CRL, rogue_ca(tmp_path))  # type: ignore[operator]
 
-    code, said = host_agent("check-config", str(config))
+    code, _, said = host_agent_command("check-config", str(config))
     assert code != 0
     assert re.search(why, said), said
 
