@@ -66,9 +66,9 @@ def init_ca(
     crl_days: int = 30,
     force: bool = False,
 ) -> None:
-    """Create the CA, a server certificate for `names`/`ips`, and an empty CRL."""
+    """Create the CA, a server certificate for `names`/`ips`, an empty CRL and index."""
     directory.mkdir(parents=True, exist_ok=True)
-    _refuse_existing(directory, [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, CRL], force)
+    _refuse_existing(directory, [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, CRL, INDEX], force)
     key = _new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "host-agent CA")])
     validity = Validity.days(3650)
@@ -102,6 +102,7 @@ def init_ca(
     _write_public(directory / CA_CERT, ca.public_bytes(serialization.Encoding.PEM), force)
     issue_server(directory, names=names, ips=ips, days=days, force=True)
     write_crl(directory, revoked={}, days=crl_days)
+    _write_index(directory, CertificateIndex())
 
 
 def issue_server(

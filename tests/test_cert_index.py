@@ -76,7 +76,8 @@ def test_revoke_reaches_a_certificate_replaced_before_the_index_existed(
     directory = served.pki.directory
     (directory / INDEX).unlink()
     old = keep_aside(served, "admin-1", tmp_path)
-    certs_command("client", str(directory), "admin-1", "--force")
+    said = certs_command("client", str(directory), "admin-1", "--force")
+    assert f"had no {INDEX}: rebuilt it" in said
     middle = keep_aside(served, "admin-1", tmp_path / "middle")
     certs_command("client", str(directory), "admin-1", "--force")
     certs_command("revoke", str(directory), "admin-1")

@@ -20,7 +20,14 @@ from host_agent.cli import main
 from host_agent.errors import CertificateError
 from tests.support import Pki, client, config_text, running_agent, write_config
 
-INIT_FILES = (certs.CA_CERT, certs.CA_KEY, certs.SERVER_CERT, certs.SERVER_KEY, certs.CRL)
+INIT_FILES = (
+    certs.CA_CERT,
+    certs.CA_KEY,
+    certs.SERVER_CERT,
+    certs.SERVER_KEY,
+    certs.CRL,
+    certs.INDEX,
+)
 
 
 @pytest.fixture

@@ -78,13 +78,14 @@ def _init(options: argparse.Namespace) -> int:
     )
     print(
         f"{options.dir}: wrote {certs.CA_CERT}, {certs.CA_KEY}, {certs.SERVER_CERT}, "
-        f"{certs.SERVER_KEY}, {certs.CRL}"
+        f"{certs.SERVER_KEY}, {certs.CRL}, {INDEX}"
     )
     return EXIT_OK
 
 
 def _client(options: argparse.Namespace) -> int:
     replaced = certs.certificate_at(options.dir / f"{options.cn}.crt") if options.force else None
+    rebuilding = _index_missing(options.dir)
     cert_path, key_path = certs.issue_client(
         options.dir, options.cn, validity=certs.Validity.days(options.days), force=options.force
     )
@@ -94,16 +95,31 @@ def _client(options: argparse.Namespace) -> int:
             f"revoked the certificate it replaces (serial {replaced.serial_number:x}); "
             "reload the agent"
         )
+    _say_if_rebuilt(options.dir, rebuilding)
     return EXIT_OK
 
 
+def _index_missing(directory: Path) -> bool:
+    return (directory / certs.CA_CERT).exists() and not (directory / INDEX).exists()
+
+
+def _say_if_rebuilt(directory: Path, rebuilding: bool) -> None:
+    if rebuilding:
+        print(
+            f"note: {directory} had no {INDEX}: rebuilt it from the <CN>.crt files and the "
+            "CRL (see `certs list`)"
+        )
+
+
 def _revoke(options: argparse.Namespace) -> int:
+    rebuilding = _index_missing(options.dir)
     serials = certs.revoke(options.dir, options.cn)
     print(
         f"revoked {len(serials)} certificate(s) of {options.cn} "
         f"(serial {', '.join(format(s, 'x') for s in serials)}); "
         f"rewrote {options.dir / certs.CRL}; reload the agent"
     )
+    _say_if_rebuilt(options.dir, rebuilding)
     return EXIT_OK
 
 
