@@ -52,13 +52,11 @@ def read_crl_status(path: Path | None) -> CrlStatus:
     if path is None:
         return CrlStatus(None, None)
     try:
-        data = path.read_bytes()
-        crl = (
-            x509.load_pem_x509_crl(data)
-            if data.lstrip().startswith(b"-----")
-            else x509.load_der_x509_crl(data)
-        )
-    except (OSError, ValueError) as exc:
+        blocks = _blocks(path, path.read_bytes())
+        if not blocks:
+            raise CrlRejected("no CRL in it")
+        crl = _parse(path, blocks[0])
+    except (OSError, CrlRejected) as exc:
         return CrlStatus(path, None, f"cannot read {path}: {exc}")
     if crl.next_update_utc is None:
         return CrlStatus(path, None, f"{path} has no next update")
@@ -121,8 +119,8 @@ def _read(path: Path) -> bytes:
 
 
 def _blocks(crl_file: Path, data: bytes) -> list[bytes]:
-    if not data.lstrip().startswith(b"-----"):
-        return [data]  # one DER CRL
+    if b"-----BEGIN" not in data:
+        return [data] if data.strip() else []  # one DER CRL, or nothing
     # Text between blocks is ignored, as OpenSSL does: only parsed CRLs are ever loaded.
     blocks = list(_PEM_BLOCK.finditer(data))
     for match in blocks:

@@ -11,10 +11,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from host_agent import certs
+from host_agent.tls import TLSSetupError, server_tls
 from tests.served import Served, reloads
-from tests.support import Pki, client_context, config_text, host_agent_command, serve_process
+from tests.support import (
+    Pki,
+    client_context,
+    config_text,
+    host_agent_command,
+    serve_process,
+    write_config,
+)
 
 REFUSED = (ssl.SSLError, httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)
 
@@ -92,3 +101,39 @@ def test_a_reload_with_a_rogue_ca_in_the_crl_file_keeps_the_old_context(
         http.get("/admin/pending")
     with served.client("admin-1") as http:
         assert http.get("/admin/pending").status_code == 200
+
+
+def ca_key_block(pki: Pki) -> bytes:
+    return (pki.directory / certs.CA_KEY).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        pytest.param(lambda pki, crl: crl + ca_key_block(pki), "PRIVATE KEY block", id="key"),
+        pytest.param(lambda pki, crl: b"", "holds no CRL", id="empty"),
+        pytest.param(lambda pki, crl: b"# only a comment\n", "not a valid CRL", id="no-block"),
+    ],
+)
+def test_anything_but_client_ca_crls_is_a_setup_error(
+    own_pki: Pki, tmp_path: Path, content: object, why: str
+) -> None:
+    crl_file = own_pki.directory / certs.CRL
+    crl_file.write_bytes(content(own_pki, crl_file.read_bytes()))  # type: ignore[operator]
+    config = write_config(tmp_path / "agent.toml", config_text(own_pki, tmp_path))
+    with pytest.raises(TLSSetupError, match=why):
+        server_tls(config.server)
+
+
+def test_a_der_crl_and_text_around_pem_blocks_load_with_their_revocations(
+    own_pki: Pki, tmp_path: Path
+) -> None:
+    crl_file = own_pki.directory / certs.CRL
+    crl = certs.load_crl(own_pki.directory)
+    revoked = {entry.serial_number for entry in crl}
+    assert revoked  # the session PKI revoked revoked-1
+    config = write_config(tmp_path / "agent.toml", config_text(own_pki, tmp_path))
+    crl_file.write_bytes(b"made by certs revoke\n" + crl_file.read_bytes() + b"\ntrailer\n")
+    assert server_tls(config.server).revoked == revoked
+    crl_file.write_bytes(crl.public_bytes(serialization.Encoding.DER))
+    assert server_tls(config.server).revoked == revoked
