@@ -30,7 +30,7 @@ from host_agent.errors import (
     ValidationError,
 )
 from host_agent.health import HostHealth
-from host_agent.identity import Identity, identity_from_scope
+from host_agent.identity import Identity
 from host_agent.legacy import LEGACY_ROUTES, LegacyRoute
 from host_agent.metrics import CONTENT_TYPE
 from host_agent.pipeline import Pipeline
@@ -46,7 +46,7 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
     max_body = pipeline.config.server.max_body_bytes
 
     async def read(request: Request) -> tuple[Identity, bytes]:
-        identity = identity_from_scope(request.scope)
+        identity = await pipeline.identify(request.scope)
         try:
             return identity, await _read_body(request, max_body)
         except RequestError as exc:
@@ -66,7 +66,7 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
 
     async def limited(request: Request) -> Identity:
         """The caller of an approval route, within its rate limit."""
-        identity = identity_from_scope(request.scope)
+        identity = await pipeline.identify(request.scope)
         await pipeline.limit(identity, "approval", request.url.path)
         return identity
 
@@ -134,20 +134,20 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
         return JSONResponse({"results": [await manager.handle_reply(r) for r in replies]})
 
     async def metrics(request: Request) -> Response:
-        identity_from_scope(request.scope)
+        await pipeline.identify(request.scope)
         exposition = await asyncio.to_thread(pipeline.metrics.exposition)
         return Response(exposition, media_type=CONTENT_TYPE)
 
     host = health or HostHealth(pipeline.metrics)
 
     async def warn_permissions(request: Request) -> Response:
-        identity = identity_from_scope(request.scope)
+        identity = await pipeline.identify(request.scope)
         if not pipeline.config.approval.is_admin(identity.cn):
             raise ApprovalError(403, "admin_required", "only an admin CN may read the findings")
         return JSONResponse(host.permission_findings())
 
     async def health_check(request: Request) -> Response:
-        identity_from_scope(request.scope)
+        await pipeline.identify(request.scope)
         return JSONResponse(
             {
                 **host.report(pipeline.audit.failing),
@@ -158,7 +158,7 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
 
     async def tools_manifest(request: Request) -> Response:
         """The tools this caller may call under the current policy (a read, like /health)."""
-        identity = identity_from_scope(request.scope)
+        identity = await pipeline.identify(request.scope)
         manifest = build_manifest(
             pipeline.config,
             pipeline.registry,

@@ -1,18 +1,22 @@
 """A small private CA for host-agent: CA, server and client certificates, CRL.
 
 Files have fixed names inside one directory so scripts can find them:
-ca.crt, ca.key, server.crt, server.key, crl.pem, <CN>.crt, <CN>.key.
-Keys are written 0600 and nothing is overwritten without `force`.
+ca.crt, ca.key, server.crt, server.key, crl.pem, <CN>.crt, <CN>.key, and
+index.json, the record of every client certificate issued (cert_index).
+Keys are written 0600 and nothing is overwritten without `force`; one
+command at a time changes a directory (a lock on it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import ipaddress
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from host_agent.cert_index import INDEX, CertificateIndex, IssuedCertificate, read_index
 from host_agent.errors import CertificateError
 
 CA_CERT = "ca.crt"
@@ -35,6 +40,7 @@ _DAY = dt.timedelta(days=1)
 # A CRL shorter-lived than the 3-day expiry warning would warn all the time.
 MIN_CRL_DAYS = 4
 MAX_CRL_DAYS = 366
+DEFAULT_CRL_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -60,9 +66,9 @@ def init_ca(
     crl_days: int = 30,
     force: bool = False,
 ) -> None:
-    """Create the CA, a server certificate for `names`/`ips`, and an empty CRL."""
+    """Create the CA, a server certificate for `names`/`ips`, an empty CRL and index."""
     directory.mkdir(parents=True, exist_ok=True)
-    _refuse_existing(directory, [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, CRL], force)
+    _refuse_existing(directory, [CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY, CRL, INDEX], force)
     key = _new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "host-agent CA")])
     validity = Validity.days(3650)
@@ -96,6 +102,7 @@ def init_ca(
     _write_public(directory / CA_CERT, ca.public_bytes(serialization.Encoding.PEM), force)
     issue_server(directory, names=names, ips=ips, days=days, force=True)
     write_crl(directory, revoked={}, days=crl_days)
+    _write_index(directory, CertificateIndex())
 
 
 def issue_server(
@@ -136,35 +143,63 @@ def issue_client(
     validity: Validity | None = None,
     force: bool = False,
 ) -> tuple[Path, Path]:
-    """Issue <CN>.crt/<CN>.key signed by the directory's CA; return their paths."""
+    """Issue <CN>.crt/<CN>.key signed by the directory's CA and record it in the index;
+    with `force`, the certificate it replaces is revoked first. Return the paths."""
     check_cn(cn)
     cert_name, key_name = f"{cn}.crt", f"{cn}.key"
-    _refuse_existing(directory, [cert_name, key_name], force)
-    _issue(
-        directory,
-        cert_name,
-        key_name,
-        cn,
-        validity or Validity.days(365),
-        usage=ExtendedKeyUsageOID.CLIENT_AUTH,
-        sans=[],
-        force=force,
-    )
+    with _locked(directory):
+        _refuse_existing(directory, [cert_name, key_name], force)
+        index, revoked = _index(directory)
+        replaced = certificate_at(directory / cert_name)
+        now = dt.datetime.now(dt.UTC)
+        if replaced is not None and replaced.serial_number not in revoked:
+            if not (directory / CRL).exists():
+                raise CertificateError(
+                    f"cannot revoke the {cert_name} this replaces: no CRL at {directory / CRL} "
+                    "(make one with `certs crl --create`)"
+                )
+            # Revoked before the new one exists: a crash in between leaves the CN without
+            # a certificate, never with two valid ones.
+            _revoke(directory, index, revoked, [replaced], now, days=DEFAULT_CRL_DAYS)
+        cert = _issue(
+            directory,
+            cert_name,
+            key_name,
+            cn,
+            validity or Validity.days(365),
+            usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+            sans=[],
+            force=force,
+        )
+        index.add(IssuedCertificate.of(cert, now))
+        _write_index(directory, index)
     return directory / cert_name, directory / key_name
 
 
-def revoke(directory: Path, cn: str, *, crl_days: int = 30) -> int:
-    """Add <CN>.crt's serial to the CRL and re-sign it; return the serial."""
+def revoke(directory: Path, cn: str, *, crl_days: int = DEFAULT_CRL_DAYS) -> list[int]:
+    """Revoke every certificate ever issued to CN (the index, and <CN>.crt), re-sign the
+    CRL; return their serials."""
     check_cn(cn)
-    cert_path = directory / f"{cn}.crt"
-    try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    except FileNotFoundError as exc:
-        raise CertificateError(f"no certificate for CN {cn!r} at {cert_path}") from exc
-    revoked = _revoked_entries(directory)
-    revoked.setdefault(cert.serial_number, dt.datetime.now(dt.UTC))
-    write_crl(directory, revoked=revoked, days=crl_days)
-    return cert.serial_number
+    with _locked(directory):
+        index, revoked = _index(directory)
+        current = certificate_at(directory / f"{cn}.crt")
+        listed = {issued.serial for issued in index.certificates}
+        if current is not None and current.serial_number not in listed:
+            index.add(IssuedCertificate.of(current, current.not_valid_before_utc))
+        serials = sorted(issued.serial for issued in index.of_cn(cn))
+        if not serials:
+            raise CertificateError(
+                f"no certificate for CN {cn!r}: none in {directory / INDEX} "
+                f"nor at {directory / f'{cn}.crt'}"
+            )
+        _revoke(directory, index, revoked, serials, dt.datetime.now(dt.UTC), days=crl_days)
+        _write_index(directory, index)
+    return serials
+
+
+def list_certificates(directory: Path) -> CertificateIndex:
+    """The index of every client certificate issued (rebuilt, not saved, if DIR has none)."""
+    return _index(directory)[0]
 
 
 def refresh_crl(
@@ -181,9 +216,10 @@ def refresh_crl(
             f"no CRL at {directory / CRL}: restore it from a backup, or, for a CA that "
             "never had one, make an empty one with --create"
         )
-    revoked = _revoked_entries(directory) if (directory / CRL).exists() else {}
-    write_crl(directory, revoked=revoked, days=days)
-    return load_crl(directory)
+    with _locked(directory):
+        revoked = _revoked_entries(directory) if (directory / CRL).exists() else {}
+        write_crl(directory, revoked=revoked, days=days)
+        return load_crl(directory)
 
 
 def write_crl(directory: Path, *, revoked: Mapping[int, dt.datetime], days: int = 30) -> None:
@@ -264,7 +300,7 @@ def _issue(
     usage: x509.ObjectIdentifier,
     sans: list[x509.GeneralName],
     force: bool,
-) -> None:
+) -> x509.Certificate:
     ca_cert, ca_key = _load_ca(directory)
     key = _new_key()
     builder = (
@@ -287,6 +323,65 @@ def _issue(
     cert = builder.sign(ca_key, hashes.SHA256())
     _write_key(directory / key_name, key, force)
     _write_public(directory / cert_name, cert.public_bytes(serialization.Encoding.PEM), force)
+    return cert
+
+
+def _index(directory: Path) -> tuple[CertificateIndex, dict[int, dt.datetime]]:
+    """The index (rebuilt if missing) and the CRL's revocations it was checked against."""
+    ca_cert, _ = _load_ca(directory)
+    revoked = _revoked_entries(directory) if (directory / CRL).exists() else {}
+    return read_index(directory, ca_cert, revoked), revoked
+
+
+def _revoke(
+    directory: Path,
+    index: CertificateIndex,
+    revoked: dict[int, dt.datetime],
+    certificates: Iterable[x509.Certificate | int],
+    now: dt.datetime,
+    *,
+    days: int,
+) -> None:
+    """Add serials to the CRL (an earlier revocation keeps its date) and mark them in the
+    index; a certificate the index never saw is recorded first."""
+    serials = []
+    listed = {issued.serial for issued in index.certificates}
+    for item in certificates:
+        if isinstance(item, x509.Certificate):
+            if item.serial_number not in listed:
+                index.add(IssuedCertificate.of(item, item.not_valid_before_utc))
+            item = item.serial_number
+        serials.append(item)
+    write_crl(directory, revoked={**{s: now for s in serials}, **revoked}, days=days)
+    index.revoke(serials, now)
+
+
+def _write_index(directory: Path, index: CertificateIndex) -> None:
+    _atomic_write(directory / INDEX, index.to_json(), 0o644, force=True)
+
+
+def certificate_at(path: Path) -> x509.Certificate | None:
+    """The certificate in `path`, None if there is none."""
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise CertificateError(f"{path} is not a PEM certificate: {exc}") from exc
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """One `certs` command at a time per directory: the index and CRL are read-modify-write."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError as exc:
+        raise CertificateError(f"no CA in {directory}; run `host-agent certs init` first") from exc
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # on the directory itself: no lock file
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:

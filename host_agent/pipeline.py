@@ -8,6 +8,7 @@ adapter's read-only preview run (audited), so approvers see what it would change
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from host_agent.errors import (
     ResultUnaudited,
     RunnerError,
 )
-from host_agent.identity import Identity
+from host_agent.identity import CertificateCheck, CertificateRefused, Identity
 from host_agent.metrics import Metrics
 from host_agent.operations import Operation
 from host_agent.policy import Decision, Effect, decide, find_profile, unknown_caller
@@ -67,6 +68,9 @@ class Pipeline:
         self.refusals = refusals or RefusalAudit(audit, config.rate_limit, self.metrics)
         # None when [approval] enabled = false: operations needing a human are refused.
         self.approvals = approvals
+        # No connection predates the start, so the handshake's CRL is all there is to
+        # hold; a reload puts its CRL's revocations here for connections already open.
+        self.certificates = CertificateCheck()
 
     def reconfigure(self, config: Config, registry: Registry) -> None:
         """A reloaded config: requests from now on see the new policy, adapters and limits."""
@@ -77,6 +81,14 @@ class Pipeline:
         self.refusals.reconfigure(config.rate_limit)
         if self.approvals is not None:
             self.approvals.reconfigure(config.approval)
+
+    async def identify(self, scope: Mapping[str, Any]) -> Identity:
+        """The caller of one request, its certificate re-checked now; a refusal is audited."""
+        try:
+            return self.certificates.identify(scope)
+        except CertificateRefused as exc:
+            await self.reject(exc.identity, exc)
+            raise
 
     async def host_op(self, identity: Identity, body: bytes, path: str = "/host/op") -> Reply:
         """One `/host/op` body (or a predecessor route's, at `path`) from a verified caller."""

@@ -5,7 +5,8 @@ keeps serving with what it has, logs why and counts the failure. Settings
 only a restart can apply (listening addresses, the audit file, the
 approval store, the service account, the approval socket, Signal polling)
 are refused the same way, naming the key. Connections already open keep
-their TLS session; new handshakes use the new context.
+their TLS session, but each of their requests is held to the new CRL; new
+handshakes use the new context.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import Any
 from host_agent.adapters import build_registry
 from host_agent.config import Config, load_config
 from host_agent.errors import HostAgentError
+from host_agent.identity import CertificateCheck
 from host_agent.notify import notify, reloading
 from host_agent.pipeline import Pipeline
-from host_agent.tls import ContextHolder, server_context
+from host_agent.tls import ContextHolder, server_tls
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class Reloader:
             try:
                 config = await asyncio.to_thread(load_config, self.config.source)
                 _refuse_restart_only(self.config, config)
-                context = server_context(config.server)
+                tls = server_tls(config.server)
                 registry = build_registry(config)
             except HostAgentError as exc:
                 why = " ".join(line.strip() for line in str(exc).splitlines())
@@ -87,7 +89,10 @@ class Reloader:
                 self.pipeline.metrics.config_reloads.labels(result="failure").inc()
                 notify("READY=1", "STATUS=reload failed; serving the previous config")
                 return False
-            self.tls.current = context
+            self.tls.current = tls.context
+            # Connections opened before this reload are held to the new CRL from their
+            # next request on (their TLS session was verified against the old one).
+            self.pipeline.certificates = CertificateCheck(tls.revoked)
             self.pipeline.reconfigure(config, registry)
             self.config = config
             if self.on_reload is not None:

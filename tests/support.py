@@ -286,3 +286,15 @@ def audit_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def host_agent_command(*args: str) -> tuple[int, str, str]:
+    """The installed `host-agent` console script: exit code, stdout, stderr."""
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("host-agent")), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stdout, done.stderr

@@ -20,7 +20,14 @@ from host_agent.cli import main
 from host_agent.errors import CertificateError
 from tests.support import Pki, client, config_text, running_agent, write_config
 
-INIT_FILES = (certs.CA_CERT, certs.CA_KEY, certs.SERVER_CERT, certs.SERVER_KEY, certs.CRL)
+INIT_FILES = (
+    certs.CA_CERT,
+    certs.CA_KEY,
+    certs.SERVER_CERT,
+    certs.SERVER_KEY,
+    certs.CRL,
+    certs.INDEX,
+)
 
 
 @pytest.fixture
@@ -370,8 +377,8 @@ def test_crl_is_not_valid_under_another_ca(ca_dir: Path, tmp_path: Path) -> None
 
 def test_revoking_twice_keeps_one_entry(ca_dir: Path) -> None:
     certs.issue_client(ca_dir, "librarian-1")
-    first = certs.revoke(ca_dir, "librarian-1")
-    second = certs.revoke(ca_dir, "librarian-1")
+    [first] = certs.revoke(ca_dir, "librarian-1")
+    [second] = certs.revoke(ca_dir, "librarian-1")
     assert first == second
     crl = certs.load_crl(ca_dir)
     assert [entry.serial_number for entry in crl] == [first]
@@ -381,8 +388,8 @@ def test_revoking_a_second_cn_keeps_the_first(ca_dir: Path) -> None:
     certs.issue_client(ca_dir, "librarian-1")
     certs.issue_client(ca_dir, "reader-1")
     certs.issue_client(ca_dir, "admin-1")
-    first = certs.revoke(ca_dir, "librarian-1")
-    second = certs.revoke(ca_dir, "reader-1")
+    [first] = certs.revoke(ca_dir, "librarian-1")
+    [second] = certs.revoke(ca_dir, "reader-1")
 
     crl = certs.load_crl(ca_dir)
     assert first != second
@@ -393,7 +400,7 @@ def test_revoking_a_second_cn_keeps_the_first(ca_dir: Path) -> None:
 
 def test_reissued_certificate_is_not_revoked_but_the_old_one_stays(ca_dir: Path) -> None:
     certs.issue_client(ca_dir, "librarian-1")
-    old = certs.revoke(ca_dir, "librarian-1")
+    [old] = certs.revoke(ca_dir, "librarian-1")
     new = load_cert(certs.issue_client(ca_dir, "librarian-1", force=True)[0])
 
     crl = certs.load_crl(ca_dir)
@@ -527,7 +534,7 @@ def test_a_ca_made_elsewhere_gets_an_empty_crl_only_when_asked(
     assert certs.load_crl(directory).is_signature_valid(public_key)
     # --create never empties a CRL that exists.
     certs.issue_client(directory, "librarian-1")
-    serial = certs.revoke(directory, "librarian-1")
+    [serial] = certs.revoke(directory, "librarian-1")
     assert run_cli(capsys, "certs", "crl", str(directory), "--create")[0] == 0
     assert [entry.serial_number for entry in certs.load_crl(directory)] == [serial]
 

@@ -76,17 +76,20 @@ def peer_serial(served: Served, cn: str = "librarian-1") -> int:
     return int(x509.load_der_x509_certificate(der).serial_number)
 
 
-def test_new_certificate_and_crl_for_new_handshakes_open_connections_untouched(
+def test_new_certificate_and_crl_for_new_handshakes_open_connections_kept(
     served: Served,
 ) -> None:
     before = peer_serial(served)
-    with served.client() as kept:
+    with served.client("reader-1") as kept, served.client() as revoked:
         assert kept.get("/health").status_code == 200
+        assert revoked.get("/health").status_code == 200
         certs.issue_server(served.pki.directory, names=["localhost"], ips=["127.0.0.1"], force=True)
         certs.revoke(served.pki.directory, "librarian-1")
         served.sighup("reloaded")
         # The keep-alive connection made before the reload still works...
         assert kept.get("/health").status_code == 200
+        # ...except for a certificate the new CRL revokes (test_revocation has the rest).
+        assert revoked.get("/health").status_code == 401
     # ...while new handshakes get the new certificate and the new CRL.
     assert peer_serial(served, "reader-1") != before
     refused = (ssl.SSLError, httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from host_agent.config import Config
-from host_agent.identity import identity_from_scope
+from host_agent.identity import CertificateCheck
 from host_agent.tls import TLSSetupError, server_context
 from tests.support import Pki, RunningAgent, audit_records, client, client_context, raw_exchange
 
@@ -131,7 +131,7 @@ def test_scope_without_tls_extension_is_unauthenticated() -> None:
     from host_agent.errors import Unauthenticated
 
     with pytest.raises(Unauthenticated):
-        identity_from_scope({"type": "http", "extensions": {}})
+        CertificateCheck().identify({"type": "http", "extensions": {}})
 
 
 def test_broken_tls_material_fails_at_start_with_a_clear_message(

@@ -9,6 +9,7 @@ from pathlib import Path
 from host_agent import wrapper_config
 from host_agent.cli.common import EXIT_FAILED, EXIT_OK, Commands
 from host_agent.config import load_config
+from host_agent.tls import client_crls
 
 
 def register(commands: Commands) -> None:
@@ -42,6 +43,9 @@ def _serve(options: argparse.Namespace) -> int:
 
 def _check_config(options: argparse.Namespace) -> int:
     config = load_config(options.config)
+    if config.server.crl_file is not None and config.server.crl_file.exists():
+        # A certificate in the CRL file would be a trust anchor: refuse it here too.
+        client_crls(config.server)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     agents, rules = len(config.agents), len(config.rules)
