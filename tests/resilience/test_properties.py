@@ -29,7 +29,7 @@ from host_agent.adapters.base import check_text
 from host_agent.adapters.exec import argument_schema, check_argument
 from host_agent.adapters.git import GitAdapter, log_count, ref_name
 from host_agent.adapters.pct import PctAdapter, vmid
-from host_agent.adapters.systemd import SystemdAdapter, unit_name
+from host_agent.adapters.systemd import unit_name
 from host_agent.adapters.zfs import name_schema, zfs_name
 from host_agent.app import parse_verdict
 from host_agent.approvals import tokens
@@ -45,6 +45,7 @@ from tests.resilience.request_parsing import (
     contract_registry,
     parse_everything,
 )
+from tests.support import open_systemd
 
 REPO = Path(__file__).resolve().parents[2]
 FIELD = "resource"
@@ -124,7 +125,7 @@ def test_zfs_names_match_the_documented_schema(value: str, kinds: tuple[bool, bo
 @example(value="getty@tty1.service")
 def test_unit_names_match_the_documented_schema(value: str) -> None:
     if refused_or_accepted(lambda: unit_name(FIELD, value)) is not None:
-        parameters = SystemdAdapter().tool_parameters("status")
+        parameters = open_systemd().tool_parameters("status")
         assert parameters is not None
         assert documented(parameters["properties"]["resource"], value)
 
