@@ -4,9 +4,7 @@ exact argv and answer like the real tools (no systemd PID 1, no Proxmox here).""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from host_agent.audit import verify
 from host_agent.config import Config
 from tests.hostile import HOSTILE_NAMES
 from tests.support import Pki, RunningAgent, audit_records, client, running_agent
-from tests.system import REPO, System, install_standin, run
+from tests.system import REPO, StandIn, System, install_standin, run
 
 pytestmark = pytest.mark.root
 
@@ -36,6 +34,7 @@ def decision_and_result(path: Path) -> list[dict[str, Any]]:
     """The request's records other than the canonical-id look-up's."""
     return [r for r in audit_records(path) if r["event"] != "resolve"]
 
+
 PROFILES = """
 [[agents]]
 cn_pattern = "librarian*"
@@ -52,31 +51,6 @@ autonomy = "full"
 allow_full_autonomy_bypass = true
 allowed_operations = ["systemd-*", "pct-*"]
 """
-
-
-@dataclass(frozen=True)
-class StandIn:
-    """An installed stand-in tool, its state file and the argv it recorded."""
-
-    path: Path
-
-    @property
-    def state_dir(self) -> Path:
-        return self.path.with_name(f"{self.path.name}.state")
-
-    def reset(self, state: dict[str, Any]) -> None:
-        (self.state_dir / "state.json").write_text(json.dumps(state))
-        (self.state_dir / "argv.jsonl").unlink(missing_ok=True)
-
-    def state(self) -> dict[str, Any]:
-        loaded: dict[str, Any] = json.loads((self.state_dir / "state.json").read_text())
-        return loaded
-
-    def calls(self) -> list[list[str]]:
-        log = self.state_dir / "argv.jsonl"
-        if not log.exists():
-            return []
-        return [json.loads(line) for line in log.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
