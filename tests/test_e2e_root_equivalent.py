@@ -252,7 +252,9 @@ def host(pool: Pool, tmp_path: Path) -> Iterator[Host]:
                 time.sleep(0.2)
 
 
-def test_the_protected_dataset_is_mounted_through_its_inherited_mountpoint(host: Host) -> None:
+def _assert_held_through_inherited_mountpoint(host: Host) -> None:
+    """The scenario is the one claimed: the protected directory's file system is
+    `<pool>/host/root`, mounted where its parent's mountpoint puts it."""
     mounts = Path("/proc/self/mounts").read_text().splitlines()
     assert any(line.split()[:2] == [host.root, f"{host.mountpoint}/root"] for line in mounts)
     inherited = run("zfs", "get", "-H", "-o", "source", "mountpoint", host.root).stdout
@@ -277,6 +279,7 @@ def _refused_calls(host: Host) -> list[tuple[list[str], str]]:
 def test_protected_and_unlisted_datasets_are_refused_by_the_agent(
     system: System, pool: Pool, host: Host, pki: Pki, tmp_path: Path
 ) -> None:
+    _assert_held_through_inherited_mountpoint(host)
     before = pool.datasets()
     config = system.agent_config(pki, tmp_path, profiles=PROFILES, targets=host.targets())
     with running_agent(config) as agent:
