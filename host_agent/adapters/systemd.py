@@ -2,7 +2,7 @@
 
 Requests:
     {"kind": "systemd", "resource": "nginx.service",        "args": ["status"]}
-    {"kind": "systemd", "resource": "getty@tty1.service",   "args": ["restart"]}
+    {"kind": "systemd", "resource": "app@blue.service",     "args": ["restart"]}
 
 The wrapper runs `systemctl show --property=<STATUS_PROPERTIES> -- UNIT` for
 status and `systemctl start|stop|restart -- UNIT` otherwise.
@@ -161,7 +161,7 @@ class SystemdAdapter(Adapter):
     def tool_parameters(self, command: str, *, recursive: bool = True) -> dict[str, Any] | None:
         unit = text_schema(
             f"Unit NAME.TYPE or NAME@INSTANCE.TYPE, TYPE one of {', '.join(UNIT_TYPES)}; "
-            "e.g. nginx.service, getty@tty1.service",
+            "e.g. nginx.service, app@blue.service",
             max_length=MAX_UNIT_NAME,
             pattern=UNIT_SCHEMA_PATTERN,
         )
