@@ -255,3 +255,19 @@ def test_policy_explain_shows_the_built_in_refusal(
     assert printed["effect"] == "deny"
     assert printed["code"] == "root_equivalent_unit"
     assert printed["rule"] == "built-in: no configuration can allow it"
+
+
+def test_no_tool_is_offered_for_changes_no_target_can_pass() -> None:
+    systemd = SystemdAdapter(SystemdConfig(allowed_units=None))
+    zfs = ZfsAdapter(ZfsConfig(allowed_datasets=None, protected_paths=()), frozenset())
+    assert [systemd.tool_parameters(c) is None for c in systemd.commands] == [
+        False,
+        True,
+        True,
+        True,
+    ]
+    assert {c for c in zfs.commands if zfs.tool_parameters(c) is None} == {
+        "snapshot",
+        "destroy",
+        "rollback",
+    }

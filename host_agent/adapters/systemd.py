@@ -159,6 +159,8 @@ class SystemdAdapter(Adapter):
         return dataclasses.replace(operation, canonical_resource=canonical)
 
     def tool_parameters(self, command: str, *, recursive: bool = True) -> dict[str, Any] | None:
+        if self.commands[command] and not self.allowed_units:
+            return None  # no unit can pass check_target
         unit = text_schema(
             f"Unit NAME.TYPE or NAME@INSTANCE.TYPE, TYPE one of {', '.join(UNIT_TYPES)}; "
             "e.g. nginx.service, app@blue.service",

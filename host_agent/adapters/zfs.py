@@ -212,6 +212,8 @@ class ZfsAdapter(Adapter):
         return call.command in ("destroy", "rollback") and RECURSIVE in call.args
 
     def tool_parameters(self, command: str, *, recursive: bool = True) -> dict[str, Any] | None:
+        if self.commands[command] and not self.allowed_datasets:
+            return None  # no dataset can pass check_target
         if command == "list":
             return parameters_schema(
                 resource=name_schema(
