@@ -253,6 +253,15 @@ class ZfsConfig:
 
 
 @dataclass(frozen=True)
+class PctConfig:
+    """Containers start/stop/destroy may act on (fnmatch patterns over VMIDs); None:
+    the key is absent, so every one, as the predecessor did (not root-equivalent:
+    a container's privileges and host mounts are in its config, out of reach)."""
+
+    allowed_vmids: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
 class BinariesConfig:
     """Where the wrappers find the real tools; rendered into the wrappers' own config."""
 
@@ -281,6 +290,7 @@ class Config:
     binaries: BinariesConfig
     systemd: SystemdConfig = SystemdConfig(allowed_units=None)
     zfs: ZfsConfig = ZfsConfig(allowed_datasets=None, protected_paths=())
+    pct: PctConfig = PctConfig(allowed_vmids=None)
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -325,6 +335,7 @@ def parse_config(raw: dict[str, Any], source: Path) -> Config:
     binaries = _binaries(document.table("binaries"))
     systemd = _systemd(document.table("systemd"))
     zfs = _zfs(document.table("zfs"))
+    pct = _pct(document.table("pct"))
     document.finish()
 
     if not agents:
@@ -363,6 +374,7 @@ def parse_config(raw: dict[str, Any], source: Path) -> Config:
         binaries=binaries,
         systemd=systemd,
         zfs=zfs,
+        pct=pct,
         warnings=tuple(reader.warnings),
     )
 
@@ -659,6 +671,13 @@ def _zfs(t: _Table) -> ZfsConfig:
     return config
 
 
+def _pct(t: _Table) -> PctConfig:
+    vmids = t.get("allowed_vmids", list, None, item=str, check=_check_vmid_patterns)
+    config = PctConfig(allowed_vmids=None if vmids is None else tuple(vmids))
+    t.finish()
+    return config
+
+
 # Commands that hand whoever picks their arguments a root shell, root's files or a
 # new root process: a shell or interpreter, a privilege tool, a command runner, a
 # file owner/mode changer, an editor or pager with a shell escape.
@@ -807,6 +826,14 @@ def _check_argument_patterns(values: list[str]) -> str | None:
 # A unit or dataset pattern: the names' own characters and fnmatch's `*?[]!`.
 _UNIT_PATTERN = re.compile(r"[A-Za-z0-9:_.@*?\[\]!-]+")
 _DATASET_PATTERN = re.compile(r"[A-Za-z0-9:_./*?\[\]!-]+")
+
+
+_VMID_PATTERN = re.compile(r"[0-9*?\[\]!-]+")
+
+
+def _check_vmid_patterns(values: list[str]) -> str | None:
+    bad = [v for v in values if not _VMID_PATTERN.fullmatch(v) or v.startswith("-")]
+    return f"not VMID patterns: {bad}" if bad else None
 
 
 def _check_unit_patterns(values: list[str]) -> str | None:

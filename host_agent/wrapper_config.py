@@ -51,10 +51,13 @@ def render(config: Config) -> str:
 
 
 def target_lines(config: Config) -> list[str]:
-    """The systemd and zfs allowlists, and the directories (beyond the wrapper's
+    """The systemd, zfs and pct allowlists, and the directories (beyond the wrapper's
     built-in ones) whose datasets the zfs wrapper never destroys or rolls back."""
     lines = [f"systemd_unit={unit}" for unit in config.systemd.allowed_units or ()]
     lines += [f"zfs_dataset={dataset}" for dataset in config.zfs.allowed_datasets or ()]
+    if config.pct.allowed_vmids is not None:
+        # Any pct_vmid= line limits the wrapper; an empty one (an empty list) allows none.
+        lines += [f"pct_vmid={vmid}" for vmid in config.pct.allowed_vmids or ("",)]
     lines += [
         f"zfs_protected_path={path}"
         for path in protected_paths(config)

@@ -37,7 +37,7 @@ agent_type = "ops"
 unix_user = "ops"
 autonomy = "full"
 allow_recursive = true
-allowed_operations = ["systemd-*", "zfs-*"]
+allowed_operations = ["systemd-*", "zfs-*", "pct-start", "pct-stop"]
 """
 EVERY_UNIT = '[systemd]\nallowed_units = ["*"]\n[zfs]\nallowed_datasets = ["*"]\n'
 SSH_DENIED = '\n[[rules]]\noperation = "systemd-start"\npattern = "ssh\\\\.service"\ndeny = true\n'
@@ -201,6 +201,37 @@ def test_units_outside_the_allowlist_are_refused_by_both_layers(
     done = _sudo(system, "host-agent-systemd", "stop", "app.service")
     assert done.returncode == 77, done.stderr
     assert units.calls() == []
+
+
+# --- pct -----------------------------------------------------------------------------
+
+
+def test_containers_outside_the_allowlist_are_refused_by_both_layers(
+    system: System, pki: Pki, tmp_path: Path
+) -> None:
+    pct = StandIn(install_standin(system, REPO / "tests" / "standins" / "pct"))
+    pct.reset({"containers": {"101": {"status": "running"}, "102": {"status": "running"}}})
+    config = system.agent_config(
+        pki,
+        tmp_path,
+        profiles=PROFILES,
+        targets='[pct]\nallowed_vmids = ["101"]\n',
+        extra=f'[binaries]\npct = "{pct.path}"\n',
+    )
+    with running_agent(config) as agent:
+        reply = _post(agent, pki, {"kind": "pct", "resource": "102", "args": ["stop"]})
+        assert reply.status_code == 403, reply.text
+        assert (reply.json()["error"]["code"], reply.json()["error"]["field"]) == (
+            "vmid_not_allowed",
+            "resource",
+        )
+        done = _sudo(system, "host-agent-pct", "stop", "102")
+        assert done.returncode == 77, done.stderr
+        assert pct.calls() == []
+        allowed = _post(agent, pki, {"kind": "pct", "resource": "101", "args": ["stop"]})
+        assert allowed.status_code == 200, allowed.text
+    assert pct.calls() == [["stop", "101"]]
+    assert pct.state()["containers"]["102"]["status"] == "running"
 
 
 # --- zfs -----------------------------------------------------------------------------

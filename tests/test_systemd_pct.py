@@ -9,6 +9,7 @@ import pytest
 from host_agent.adapters.base import Adapter, Failure
 from host_agent.adapters.pct import PctAdapter, parse_status
 from host_agent.adapters.systemd import STATUS_PROPERTIES, parse_show
+from host_agent.config import PctConfig
 from host_agent.errors import ValidationError
 from host_agent.operations import Operation
 from host_agent.policy import Effect, decide
@@ -18,7 +19,7 @@ from tests.hostile import HOSTILE_NAMES
 from tests.support import Pki, config_text, open_systemd, write_config
 
 systemd = open_systemd()
-pct = PctAdapter()
+pct = PctAdapter(PctConfig(allowed_vmids=None))
 
 # Codes a hostile name may be refused with; every one names the field.
 HOSTILE_CODES = {

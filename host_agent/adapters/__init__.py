@@ -54,7 +54,7 @@ def build_registry(config: Config) -> Registry:
         [
             ZfsAdapter(config.zfs, read_protected_datasets(protected_paths(config))),
             SystemdAdapter(config.systemd),
-            PctAdapter(),
+            PctAdapter(config.pct),
             GitAdapter(config.git),
             ExecAdapter(config.exec),
         ]

@@ -35,7 +35,7 @@ from host_agent.app import parse_verdict
 from host_agent.approvals import tokens
 from host_agent.approvals.model import APPROVAL_ID
 from host_agent.approvals.signal import InvalidWebhookBody, parse_webhook
-from host_agent.config import GitConfig
+from host_agent.config import GitConfig, PctConfig
 from host_agent.errors import RequestError, ValidationError
 from host_agent.request import MAX_ARGS, HostOpRequest, decode_json, parse_host_op
 from tests.resilience.request_parsing import (
@@ -135,7 +135,7 @@ def test_unit_names_match_the_documented_schema(value: str) -> None:
 @example(value="101")
 def test_vmids_match_the_documented_schema(value: str) -> None:
     if refused_or_accepted(lambda: vmid(FIELD, value)) is not None:
-        parameters = PctAdapter().tool_parameters("status")
+        parameters = PctAdapter(PctConfig(allowed_vmids=None)).tool_parameters("status")
         assert parameters is not None
         assert documented(parameters["properties"]["resource"], value)
         assert str(int(value)) == value and 100 <= int(value) <= 999_999
