@@ -14,6 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+from host_agent.errors import ConfigError
+
 # fnmatch patterns over unit ids, matched against the requested name and the
 # canonical id systemd reports for it (an alias is the same unit).
 DENIED_UNITS = (
@@ -142,9 +144,13 @@ def protected_datasets(paths: Iterable[str], mounts: list[Mount]) -> frozenset[s
 
 
 def read_protected_datasets(paths: Iterable[str], table: str = MOUNT_TABLE) -> frozenset[str]:
-    """`protected_datasets` from the live mount table (read at start and on reload)."""
-    with open(table, encoding="utf-8", errors="surrogateescape") as handle:
-        mounts = parse_mounts(handle.read())
+    """`protected_datasets` from the live mount table (read at start and on reload);
+    an unreadable table is a config error: without it nothing could be protected."""
+    try:
+        with open(table, encoding="utf-8", errors="surrogateescape") as handle:
+            mounts = parse_mounts(handle.read())
+    except OSError as exc:
+        raise ConfigError(table, [f"cannot read the mount table: {exc.strerror}"]) from exc
     return protected_datasets((os.path.realpath(p) for p in paths), mounts)
 
 

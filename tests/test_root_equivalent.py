@@ -10,17 +10,19 @@ from pathlib import Path
 
 import pytest
 
+from host_agent import wrapper_config
 from host_agent.adapters.systemd import SystemdAdapter
 from host_agent.adapters.zfs import ZfsAdapter
 from host_agent.cli import main
 from host_agent.config import SystemdConfig, ZfsConfig, load_config
-from host_agent.errors import TargetRefused
+from host_agent.errors import ConfigError, TargetRefused
 from host_agent.request import HostOpRequest
 from host_agent.root_equivalent import (
     DENIED_UNITS,
     PROTECTED_PATHS,
     parse_mounts,
     protected_datasets,
+    read_protected_datasets,
 )
 from host_agent.runner import RunResult
 from tests.system import REPO
@@ -271,3 +273,30 @@ def test_no_tool_is_offered_for_changes_no_target_can_pass() -> None:
         "destroy",
         "rollback",
     }
+
+
+@pytest.mark.parametrize(
+    ("vmids", "lines"),
+    [
+        pytest.param("", [], id="absent-every-vmid"),
+        pytest.param("[pct]\nallowed_vmids = []\n", ["pct_vmid="], id="empty-none"),
+        pytest.param('[pct]\nallowed_vmids = ["1??"]\n', ["pct_vmid=1??"], id="listed"),
+    ],
+)
+def test_the_pct_allowlist_reaches_the_wrapper(
+    tmp_path: Path, vmids: str, lines: list[str]
+) -> None:
+    path = tmp_path / "agent.toml"
+    path.write_text(BASE + vmids)
+    rendered = wrapper_config.render(load_config(path)).splitlines()
+    assert [line for line in rendered if line.startswith("pct_vmid=")] == lines
+
+
+def test_the_mount_table_is_read_from_the_file_and_its_absence_is_a_config_error(
+    tmp_path: Path,
+) -> None:
+    table = tmp_path / "mounts"
+    table.write_text(MOUNTS)
+    assert read_protected_datasets(["/etc"], str(table)) == {"rpool/ROOT/pve-1"}
+    with pytest.raises(ConfigError, match="cannot read the mount table"):
+        read_protected_datasets(["/etc"], str(tmp_path / "missing"))
