@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from host_agent.config import Config
-from tests.support import Pki, RunningAgent, audit_records, client, running_agent
+from tests.served import Served
+from tests.support import Pki, RunningAgent, audit_records, client, config_text, running_agent
 from tests.system import REPO, Pool, StandIn, System, install_standin, run
 
 pytestmark = pytest.mark.root
@@ -342,3 +343,35 @@ def test_protected_and_unlisted_datasets_are_refused_by_the_wrapper(
         assert done.returncode == 77, (argv, done.stderr)
         assert "refused" in done.stderr
     assert set(pool.datasets()) == before
+
+
+def test_the_agent_reads_the_mount_table_again_on_reload(
+    served: Served, pool: Pool, tmp_path: Path
+) -> None:
+    directory = tmp_path / "later"
+    directory.mkdir()
+    dataset = f"{pool.name}/later-{secrets.token_hex(3)}"
+    served.config.write_text(
+        config_text(
+            served.pki,
+            tmp_path,
+            targets=f'[zfs]\nallowed_datasets = ["*"]\nprotected_paths = ["{directory}"]\n',
+        )
+    )
+    served.sighup("reloaded")
+    rollback = {"kind": "zfs", "resource": f"{dataset}@s", "args": ["rollback"], "dry_run": True}
+    with served.client("admin-1") as http:
+        assert http.post("/host/op", json=rollback).status_code == 200
+    run("zfs", "create", "-o", f"mountpoint={directory}", dataset)
+    try:
+        served.sighup("reloaded")
+        with served.client("admin-1") as http:
+            reply = http.post("/host/op", json=rollback)
+        assert reply.status_code == 403, reply.text
+        assert reply.json()["error"]["code"] == "protected_dataset"
+    finally:
+        deadline = time.monotonic() + 10
+        while run("zfs", "destroy", dataset, check=False).returncode:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
