@@ -238,6 +238,33 @@ class ExecConfig:
 
 
 @dataclass(frozen=True)
+class SystemdConfig:
+    """Units start/stop/restart may act on (fnmatch patterns); None: the key is absent,
+    so none (the predecessor allowed any unit; check-config says so)."""
+
+    allowed_units: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class ZfsConfig:
+    """Datasets snapshot/destroy/rollback may act on (fnmatch patterns over the dataset
+    name; None: the key is absent, so none), and directories, beyond the built-in ones,
+    whose datasets are never destroyed or rolled back."""
+
+    allowed_datasets: tuple[str, ...] | None
+    protected_paths: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class PctConfig:
+    """Containers start/stop/destroy may act on (fnmatch patterns over VMIDs); None:
+    the key is absent, so every one, as the predecessor did (not root-equivalent:
+    a container's privileges and host mounts are in its config, out of reach)."""
+
+    allowed_vmids: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
 class BinariesConfig:
     """Where the wrappers find the real tools; rendered into the wrappers' own config."""
 
@@ -264,6 +291,9 @@ class Config:
     git: GitConfig
     exec: ExecConfig
     binaries: BinariesConfig
+    systemd: SystemdConfig = SystemdConfig(allowed_units=None)
+    zfs: ZfsConfig = ZfsConfig(allowed_datasets=None, protected_paths=())
+    pct: PctConfig = PctConfig(allowed_vmids=None)
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -306,6 +336,9 @@ def parse_config(raw: dict[str, Any], source: Path) -> Config:
     git = _git(document.table("git"))
     exec_ = _exec(document.table("exec"))
     binaries = _binaries(document.table("binaries"))
+    systemd = _systemd(document.table("systemd"))
+    zfs = _zfs(document.table("zfs"))
+    pct = _pct(document.table("pct"))
     document.finish()
 
     if not agents:
@@ -326,6 +359,7 @@ def parse_config(raw: dict[str, Any], source: Path) -> Config:
                 "and approve other callers' (never its own). Give agents CNs the admin "
                 "pattern cannot match, unless the admins' own profile is meant"
             )
+    _warn_about_targets(agents, systemd, zfs, exec_, reader)
     if reader.problems:
         raise ConfigError(str(source), reader.problems)
     return Config(
@@ -341,6 +375,9 @@ def parse_config(raw: dict[str, Any], source: Path) -> Config:
         git=git,
         exec=exec_,
         binaries=binaries,
+        systemd=systemd,
+        zfs=zfs,
+        pct=pct,
         warnings=tuple(reader.warnings),
     )
 
@@ -615,6 +652,92 @@ def _binaries(t: _Table) -> BinariesConfig:
     return config
 
 
+def _systemd(t: _Table) -> SystemdConfig:
+    units = t.get("allowed_units", list, None, item=str, check=_check_unit_patterns)
+    config = SystemdConfig(allowed_units=None if units is None else tuple(units))
+    t.finish()
+    return config
+
+
+def _zfs(t: _Table) -> ZfsConfig:
+    datasets = t.get("allowed_datasets", list, None, item=str, check=_check_dataset_patterns)
+    paths = t.get("protected_paths", list, [], item=str, check=_check_absolute_paths)
+    config = ZfsConfig(
+        allowed_datasets=None if datasets is None else tuple(datasets),
+        protected_paths=tuple(Path(p) for p in paths),
+    )
+    t.finish()
+    return config
+
+
+def _pct(t: _Table) -> PctConfig:
+    vmids = t.get("allowed_vmids", list, None, item=str, check=_check_vmid_patterns)
+    config = PctConfig(allowed_vmids=None if vmids is None else tuple(vmids))
+    t.finish()
+    return config
+
+
+# Commands that hand whoever picks their arguments a root shell, root's files or a
+# new root process: a shell or interpreter, a privilege tool, a command runner, a
+# file owner/mode changer, an editor or pager with a shell escape.
+ROOT_EQUIVALENT_COMMANDS = frozenset(
+    {
+        "sh", "bash", "dash", "zsh", "ksh", "csh", "tcsh", "fish", "busybox",
+        "python", "python3", "perl", "ruby", "node", "lua", "php", "tclsh", "awk", "gawk",
+        "mawk", "sed", "sudo", "su", "doas", "runuser", "pkexec", "env", "nohup", "xargs",
+        "find", "nice", "timeout", "setsid", "chroot", "nsenter", "unshare", "systemd-run",
+        "systemctl", "chmod", "chown", "chgrp", "setfacl", "cp", "mv", "ln", "dd", "tee",
+        "install", "rsync", "tar", "vi", "vim", "nano", "less", "more", "man", "crontab",
+        "at", "ssh", "scp", "git", "make", "apt", "apt-get", "dpkg", "pip", "pip3",
+        "insmod", "modprobe", "kexec", "mount", "useradd", "usermod", "passwd", "chpasswd",
+        "visudo",
+    }
+)  # fmt: skip
+# A pattern using any of these matches more than one fixed string.
+_REGEX_SYNTAX = re.compile(r"[.^$*+?{}\[\]\\|()]")
+
+
+def _warn_about_targets(
+    agents: tuple[AgentProfile, ...],
+    systemd: SystemdConfig,
+    zfs: ZfsConfig,
+    exec_: ExecConfig,
+    reader: _Reader,
+) -> None:
+    """Say where this agent now refuses what the predecessor ran (invariant 13), and
+    where an exec allowlist hands out root."""
+    granted = [(*p.allowed_operations, *p.requires_approval_for) for p in agents]
+
+    def any_granted(*names: str) -> bool:
+        return any(fnmatch.fnmatchcase(n, g) for grants in granted for g in grants for n in names)
+
+    if systemd.allowed_units is None and any_granted(
+        "systemd-start", "systemd-stop", "systemd-restart"
+    ):
+        reader.warn(
+            "systemd.allowed_units: not set, so systemd start/stop/restart refuse every "
+            "unit (the predecessor allowed any unit). List the units agents may manage, "
+            'e.g. [systemd] allowed_units = ["nginx.service", "app-*.service"]'
+        )
+    if zfs.allowed_datasets is None and any_granted("zfs-snapshot", "zfs-destroy", "zfs-rollback"):
+        reader.warn(
+            "zfs.allowed_datasets: not set, so zfs snapshot/destroy/rollback refuse every "
+            "dataset (the predecessor allowed any dataset). List the datasets agents may "
+            'change, e.g. [zfs] allowed_datasets = ["tank/media", "tank/media/*"]'
+        )
+    for command in exec_.allowed_commands:
+        if command.name not in ROOT_EQUIVALENT_COMMANDS:
+            continue
+        patterns = exec_.argument_patterns.get(command, ())
+        chosen = [p for p in patterns if _REGEX_SYNTAX.search(p)]
+        if chosen:
+            reader.warn(
+                f"exec.allowed_commands: {command} is ROOT-EQUIVALENT with argument patterns "
+                f"{chosen}: it runs as root and the caller chooses those arguments (a script, "
+                "a file, an option). Pin each argument to one fixed value or remove it"
+            )
+
+
 # --- checks -----------------------------------------------------------------
 
 Check = Callable[[Any], str | None]
@@ -708,6 +831,29 @@ def _check_argument_patterns(values: list[str]) -> str | None:
         if (message := _check_regex(value)) is not None:
             return message
     return None
+
+
+# A unit or dataset pattern: the names' own characters and fnmatch's `*?[]!`.
+_UNIT_PATTERN = re.compile(r"[A-Za-z0-9:_.@*?\[\]!-]+")
+_DATASET_PATTERN = re.compile(r"[A-Za-z0-9:_./*?\[\]!-]+")
+
+
+_VMID_PATTERN = re.compile(r"[0-9*?\[\]!-]+")
+
+
+def _check_vmid_patterns(values: list[str]) -> str | None:
+    bad = [v for v in values if not _VMID_PATTERN.fullmatch(v) or v.startswith("-")]
+    return f"not VMID patterns: {bad}" if bad else None
+
+
+def _check_unit_patterns(values: list[str]) -> str | None:
+    bad = [v for v in values if not _UNIT_PATTERN.fullmatch(v)]
+    return f"not unit name patterns: {bad}" if bad else None
+
+
+def _check_dataset_patterns(values: list[str]) -> str | None:
+    bad = [v for v in values if not _DATASET_PATTERN.fullmatch(v) or v.startswith("-")]
+    return f"not dataset name patterns: {bad}" if bad else None
 
 
 def _check_playbook_names(values: list[str]) -> str | None:

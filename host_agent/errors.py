@@ -5,6 +5,7 @@
     ├── CertificateError       certificate tooling refused or failed
     ├── RequestError           the request itself is wrong (HTTP 4xx)
     │   ├── ValidationError    a field failed validation (400, names the field)
+    │   │   └── TargetRefused  a valid name no config may act on, or this one does not (403)
     │   ├── UnknownKind        no adapter for this kind (404)
     │   ├── Unauthenticated    no verified client certificate (401)
     │   ├── PolicyDenied       policy refused the operation (403)
@@ -71,6 +72,13 @@ class ValidationError(RequestError):
         super().__init__(f"{field}: {reason}", field=field)
         self.code = code
         self.reason = reason
+
+
+class TargetRefused(ValidationError):
+    """A well-formed target that is refused: built in (root-equivalent, protected) or
+    outside the adapter's allowlist. Nothing runs."""
+
+    status = 403
 
 
 class UnknownKind(RequestError):

@@ -54,6 +54,9 @@ class Operation:
     always_requires_approval: bool = False
     # Reaches beyond the named resource (zfs destroy/rollback -r): policy must grant it.
     recursive: bool = False
+    # What the host calls the resource, when it has another name for it (a systemd
+    # unit's id behind an alias); policy decides on both names, the audit records both.
+    canonical_resource: str | None = None
 
     @property
     def name(self) -> str:

@@ -7,6 +7,7 @@ adapter's read-only preview run (audited), so approvers see what it would change
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from host_agent.errors import (
     RequestError,
     ResultUnaudited,
     RunnerError,
+    TargetRefused,
 )
 from host_agent.identity import CertificateCheck, CertificateRefused, Identity
 from host_agent.metrics import Metrics
@@ -161,6 +163,11 @@ class Pipeline:
         self, who: dict[str, Any], request: HostOpRequest, operation: Operation, unix_user: str
     ) -> Reply:
         decision = decide(self.config, who["cn"], operation)
+        if decision.effect is not Effect.DENY:
+            operation = await self._resolve(who, operation)
+            if operation.canonical_resource not in (None, operation.resource):
+                canonical = dataclasses.replace(operation, resource=operation.canonical_resource)
+                decision = _stricter(decision, decide(self.config, who["cn"], canonical))
         argv = self.runner.argv_for(operation)
         await self._decision(who, _operation_summary(operation, argv, request), decision)
         described = {
@@ -218,6 +225,62 @@ class Pipeline:
             error.request_id = who["request_id"]
             raise error
         return Reply(200, {**body, "data": adapter.interpret(operation, result)})
+
+    async def _resolve(self, who: dict[str, Any], operation: Operation) -> Operation:
+        """`operation` with the host's canonical name for its target, from the adapter's
+        read-only resolution run (audited before it runs, and after), so policy and the
+        adapter's refusals apply to an alias's real unit too. Fails closed."""
+        adapter = self.registry[operation.kind]
+        resolution = adapter.resolution(operation)
+        if resolution is None:
+            return operation
+        record = {
+            **who,
+            "event": "resolve",
+            "operation": operation.name,
+            "resource": operation.resource,
+            "argv": list(self.runner.argv_for(resolution)),
+        }
+        await self.audit.write({**record, "outcome": "started"})
+        try:
+            result = await self.runner.run(resolution)
+        except RunnerError as exc:
+            await self.audit.write({**record, "outcome": exc.code, "message": str(exc)})
+            exc.request_id = who["request_id"]
+            raise
+        failure = adapter.outcome(resolution, result)
+        if failure is not None:
+            await self.audit.write({**record, **_run_fields(result, failure)})
+            error = OperationFailed(
+                failure.status,
+                failure.code,
+                f"cannot name {operation.resource} canonically: {failure.message}",
+                _result_body(result),
+            )
+            error.request_id = who["request_id"]
+            raise error
+        try:
+            resolved = adapter.resolved(operation, result)
+        except TargetRefused as exc:
+            await self.audit.write(
+                {
+                    **record,
+                    **_run_fields(result, None),
+                    "canonical_resource": result.stdout.strip()[:256],
+                    "refused": exc.code,
+                    "message": exc.message,
+                }
+            )
+            exc.request_id = who["request_id"]
+            raise
+        await self.audit.write(
+            {
+                **record,
+                **_run_fields(result, None),
+                "canonical_resource": resolved.canonical_resource,
+            }
+        )
+        return resolved
 
     async def _preview(self, who: dict[str, Any], operation: Operation) -> list[str]:
         """What approvers should know `operation` would change, from the adapter's read-only
@@ -291,6 +354,14 @@ def _who(identity: Identity) -> dict[str, Any]:
     }
 
 
+_SEVERITY = {Effect.ALLOW: 0, Effect.APPROVAL: 1, Effect.DENY: 2}
+
+
+def _stricter(first: Decision, second: Decision) -> Decision:
+    """Of the decisions for a resource's two names, the one that gives less."""
+    return second if _SEVERITY[second.effect] > _SEVERITY[first.effect] else first
+
+
 def _denied(decision: Decision, request_id: str, suffix: str = "") -> PolicyDenied:
     error = PolicyDenied(decision.code, decision.reason + suffix)
     error.request_id = request_id
@@ -306,6 +377,11 @@ def _operation_summary(
         "resource": operation.resource,
         "args": list(operation.args),
         "argv": list(argv),
+        **(
+            {"canonical_resource": operation.canonical_resource}
+            if operation.canonical_resource is not None
+            else {}
+        ),
         "digest": operation.digest(),
         "mutating": operation.mutating,
         "dry_run": request.dry_run,

@@ -14,8 +14,10 @@ import tempfile
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from host_agent.adapters import protected_paths
 from host_agent.adapters.git import GitAdapter
 from host_agent.config import Config
+from host_agent.root_equivalent import PROTECTED_PATHS
 
 DEFAULT_PATH = Path("/etc/host-agent/wrappers.conf")
 
@@ -44,9 +46,26 @@ def render(config: Config) -> str:
         lines.append(f"exec_playbook_dir={config.exec.playbook_dir}")
     lines += [f"exec_playbook={name}" for name in config.exec.allowed_playbooks]
     lines.append(f"ansible_inventory={config.exec.ansible_inventory}")
+    lines += target_lines(config)
     if config.approval.approvers_group is not None:
         lines.append(f"approvers_group={config.approval.approvers_group}")
     return "\n".join(lines) + "\n"
+
+
+def target_lines(config: Config) -> list[str]:
+    """The systemd, zfs and pct allowlists, and the directories (beyond the wrapper's
+    built-in ones) whose datasets the zfs wrapper never destroys or rolls back."""
+    lines = [f"systemd_unit={unit}" for unit in config.systemd.allowed_units or ()]
+    lines += [f"zfs_dataset={dataset}" for dataset in config.zfs.allowed_datasets or ()]
+    if config.pct.allowed_vmids is not None:
+        # Any pct_vmid= line limits the wrapper; an empty one (an empty list) allows none.
+        lines += [f"pct_vmid={vmid}" for vmid in config.pct.allowed_vmids or ("",)]
+    lines += [
+        f"zfs_protected_path={path}"
+        for path in protected_paths(config)
+        if path not in PROTECTED_PATHS
+    ]
+    return lines
 
 
 def git_users(config: Config) -> list[str]:

@@ -23,7 +23,9 @@ from typing import Any
 import httpx
 
 from host_agent import certs
-from host_agent.config import Config, load_config
+from host_agent.adapters.systemd import SystemdAdapter
+from host_agent.adapters.zfs import ZfsAdapter
+from host_agent.config import Config, SystemdConfig, ZfsConfig, load_config
 from host_agent.server import run_server
 from host_agent.tls_server import bind_socket
 
@@ -67,6 +69,26 @@ def make_pki(root: Path) -> Pki:
     return Pki(directory, other)
 
 
+# Every unit and dataset, as the predecessor allowed: the built-in refusals still hold.
+OPEN_TARGETS = """
+[systemd]
+allowed_units = ["*"]
+
+[zfs]
+allowed_datasets = ["*"]
+"""
+
+
+def open_zfs() -> ZfsAdapter:
+    """A zfs adapter for any dataset, nothing protected (unit tests: no mount table)."""
+    return ZfsAdapter(ZfsConfig(allowed_datasets=("*",), protected_paths=()), frozenset())
+
+
+def open_systemd() -> SystemdAdapter:
+    """A systemd adapter for any unit the built-in deny list leaves."""
+    return SystemdAdapter(SystemdConfig(allowed_units=("*",)))
+
+
 def config_text(
     pki: Pki,
     workdir: Path,
@@ -79,6 +101,7 @@ def config_text(
     approvals: bool = True,
     approval: str = "",
     approval_ttl: int = 300,
+    targets: str = OPEN_TARGETS,
 ) -> str:
     """A complete config in the predecessor's shape plus the [runner] section.
 
@@ -143,6 +166,7 @@ deny = true
 [[rules]]
 operation = "zfs-list"
 approval_required = false
+{targets}
 {extra}
 """
 

@@ -6,6 +6,7 @@ Everything created here has a per-session unique name and is removed at the end.
 from __future__ import annotations
 
 import io
+import json
 import os
 import pwd
 import secrets
@@ -150,6 +151,31 @@ def install_standin(system: System, source: Path) -> Path:
     state = directory / f"{source.name}.state"
     state.mkdir(mode=0o755, exist_ok=True)
     return target
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """An installed stand-in tool, its state file and the argv it recorded."""
+
+    path: Path
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path.with_name(f"{self.path.name}.state")
+
+    def reset(self, state: dict[str, Any]) -> None:
+        (self.state_dir / "state.json").write_text(json.dumps(state))
+        (self.state_dir / "argv.jsonl").unlink(missing_ok=True)
+
+    def state(self) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads((self.state_dir / "state.json").read_text())
+        return loaded
+
+    def calls(self) -> list[list[str]]:
+        log = self.state_dir / "argv.jsonl"
+        if not log.exists():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines()]
 
 
 @dataclass(frozen=True)

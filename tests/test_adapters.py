@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 
 from host_agent.adapters import Registry, build_registry
-from host_agent.adapters.zfs import ZfsAdapter
 from host_agent.config import Config
 from host_agent.errors import UnknownKind, ValidationError
 from host_agent.operations import OPERATION_NAMES, Operation
 from host_agent.request import HostOpRequest
 from tests.hostile import HOSTILE_NAMES
-from tests.support import Pki, config_text, write_config
+from tests.support import Pki, config_text, open_zfs, write_config
 
 
 def test_registry_is_closed_and_rejects_duplicates(config: Config) -> None:
@@ -22,9 +21,9 @@ def test_registry_is_closed_and_rejects_duplicates(config: Config) -> None:
     with pytest.raises(UnknownKind):
         registry.adapter_for("kubectl")
     with pytest.raises(ValueError, match="duplicate adapter kind 'zfs'"):
-        Registry([ZfsAdapter(), ZfsAdapter()])
+        Registry([open_zfs(), open_zfs()])
     with pytest.raises(TypeError):
-        registry["pct"] = ZfsAdapter()  # type: ignore[index]
+        registry["pct"] = open_zfs()  # type: ignore[index]
 
 
 def test_every_adapter_operation_is_a_known_operation_name(config: Config) -> None:

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from host_agent.adapters.zfs import ZfsAdapter
 from host_agent.approvals import tokens
 from host_agent.approvals.manager import ApprovalManager
 from host_agent.approvals.model import Approver, Status
@@ -23,7 +22,7 @@ from host_agent.errors import ApprovalError, AuditUnavailable
 from host_agent.operations import Operation
 from host_agent.policy import Decision, Effect
 from host_agent.request import HostOpRequest
-from tests.support import audit_records
+from tests.support import audit_records, open_zfs
 
 REQUESTER = {"request_id": "r1", "cn": "librarian-1", "fingerprint": "ab" * 32, "serial": 7}
 SIGNAL_ONE = Approver("signal", "+15555550001")
@@ -32,7 +31,7 @@ ADMIN = Approver("admin", "admin-1")
 
 
 def operation(resource: str = "tank/a@old", *args: str) -> Operation:
-    return ZfsAdapter().parse(HostOpRequest("zfs", resource, ("destroy", *args)), "librarian")
+    return open_zfs().parse(HostOpRequest("zfs", resource, ("destroy", *args)), "librarian")
 
 
 def decision(*, admin_only: bool = False, quorum: int = 1) -> Decision:

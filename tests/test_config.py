@@ -130,6 +130,7 @@ AS_SHIPPED = (
     .replace(
         'admin_cn_pattern = "admin-*"\n', 'admin_cn_pattern = "admin-*"\nbridge_cn = "bridge"\n'
     )
+    + '\n[zfs]\nallowed_datasets = ["tank", "tank/*"]\n'
 )
 
 
@@ -147,6 +148,7 @@ def test_predecessor_config_loads(tmp_path: Path) -> None:
         "audit.rotation",
         "audit.retention_days",
         "approval",  # its replies came in unauthenticated; here they need a secret or a CN
+        "zfs.allowed_datasets",  # it let zfs change any dataset; here only the listed ones
     ]
     assert config.server.bind == "0.0.0.0:18443"
     assert (config.server.host, config.server.port) == ("0.0.0.0", 18443)
@@ -236,7 +238,11 @@ def test_predecessor_only_keys_load_with_warnings(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, text))
     # The identity plugin works here; the Ansible job queue (a stub there) does not exist.
     assert config.approval.identity_plugin == "command:/usr/local/bin/check"
-    beyond_rotation = [w for w in config.warnings if not w.startswith(("audit.", "approval:"))]
+    # Beside the rotation, Signal-reply and dataset allowlist warnings every predecessor
+    # config gets:
+    beyond_rotation = [
+        w for w in config.warnings if not w.startswith(("audit.", "approval:", "zfs."))
+    ]
     assert len(beyond_rotation) == 1
     assert beyond_rotation[0].startswith("exec.ansible_job_queue: ")
 
@@ -701,7 +707,7 @@ def test_people_that_do_not_add_up_are_refused(tmp_path: Path, change: Any, prob
 
 def test_audit_rotation_the_agent_does_not_apply_is_warned_about(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, PREDECESSOR_CONFIG))  # hourly, 30 days
-    rotation, retention, _ = config.warnings
+    rotation, retention, _, _ = config.warnings
     assert (
         rotation.startswith("audit.rotation = 'hourly' is not applied") and "logrotate" in rotation
     )

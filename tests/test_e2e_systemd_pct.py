@@ -4,9 +4,7 @@ exact argv and answer like the real tools (no systemd PID 1, no Proxmox here).""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +15,25 @@ from host_agent.audit import verify
 from host_agent.config import Config
 from tests.hostile import HOSTILE_NAMES
 from tests.support import Pki, RunningAgent, audit_records, client, running_agent
-from tests.system import REPO, System, install_standin, run
+from tests.system import REPO, StandIn, System, install_standin, run
 
 pytestmark = pytest.mark.root
 
 SHOW = ["show", "--no-pager", "--property=" + ",".join(STATUS_PROPERTIES), "--"]
+# How the agent (through the wrapper's `resolve`) and then the wrapper itself ask for
+# a unit's canonical id before start/stop/restart.
+RESOLVE = ["show", "-p", "Id", "--value", "--"]
+
+
+def systemctl_calls(command: str, unit: str, argv: list[str]) -> list[list[str]]:
+    """What systemctl receives for one request: two id look-ups first when it changes state."""
+    return [argv] if command == "status" else [[*RESOLVE, unit], [*RESOLVE, unit], argv]
+
+
+def decision_and_result(path: Path) -> list[dict[str, Any]]:
+    """The request's records other than the canonical-id look-up's."""
+    return [r for r in audit_records(path) if r["event"] != "resolve"]
+
 
 PROFILES = """
 [[agents]]
@@ -39,31 +51,6 @@ autonomy = "full"
 allow_full_autonomy_bypass = true
 allowed_operations = ["systemd-*", "pct-*"]
 """
-
-
-@dataclass(frozen=True)
-class StandIn:
-    """An installed stand-in tool, its state file and the argv it recorded."""
-
-    path: Path
-
-    @property
-    def state_dir(self) -> Path:
-        return self.path.with_name(f"{self.path.name}.state")
-
-    def reset(self, state: dict[str, Any]) -> None:
-        (self.state_dir / "state.json").write_text(json.dumps(state))
-        (self.state_dir / "argv.jsonl").unlink(missing_ok=True)
-
-    def state(self) -> dict[str, Any]:
-        loaded: dict[str, Any] = json.loads((self.state_dir / "state.json").read_text())
-        return loaded
-
-    def calls(self) -> list[list[str]]:
-        log = self.state_dir / "argv.jsonl"
-        if not log.exists():
-            return []
-        return [json.loads(line) for line in log.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -197,9 +184,15 @@ def test_systemd_commands_reach_systemctl_with_exact_argv(
     assert reply.status_code == 200, reply.text
     assert reply.json()["data"] == data
     assert reply.json()["exit_code"] == 0
-    assert units.calls() == [argv]
+    assert units.calls() == systemctl_calls(command, "app.service", argv)
     assert units.state()["units"]["app.service"]["ActiveState"] == active
-    decision, result = audit_records(e2e_config.audit.log_path)
+    resolves = [r for r in audit_records(e2e_config.audit.log_path) if r["event"] == "resolve"]
+    if command != "status":
+        assert [(r["outcome"], r.get("canonical_resource")) for r in resolves] == [
+            ("started", None),
+            ("ok", "app.service"),
+        ]
+    decision, result = decision_and_result(e2e_config.audit.log_path)
     assert (decision["event"], decision["decision"]) == ("decision", "allow")
     assert decision["operation"] == f"systemd-{command}"
     assert decision["argv"][-3:] == [
@@ -221,7 +214,10 @@ def test_restart_gives_the_unit_a_new_main_pid(
     status = _post(live, pki, {"kind": "systemd", "resource": "app.service", "args": ["status"]})
     assert restarted.status_code == status.status_code == 200
     assert status.json()["data"]["properties"]["MainPID"] == 4243
-    assert units.calls() == [["restart", "--", "app.service"], [*SHOW, "app.service"]]
+    assert units.calls() == [
+        *systemctl_calls("restart", "app.service", ["restart", "--", "app.service"]),
+        [*SHOW, "app.service"],
+    ]
 
 
 def test_inactive_unit_status_is_a_normal_answer(
@@ -304,8 +300,8 @@ def test_systemctl_failures_map_to_status_and_code(
     assert reply.status_code == status, reply.text
     assert reply.json()["error"]["code"] == code
     assert reply.json()["result"]["exit_code"] == exit_code
-    assert units.calls() == [argv]
-    _, result = audit_records(e2e_config.audit.log_path)
+    assert units.calls() == systemctl_calls(command, unit, argv)
+    _, result = decision_and_result(e2e_config.audit.log_path)
     assert (result["event"], result["outcome"], result["code"]) == ("result", "failed", code)
 
 

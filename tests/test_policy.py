@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from host_agent.adapters.zfs import ZfsAdapter
 from host_agent.cli import main
 from host_agent.config import Config, load_config, parse_config
 from host_agent.operations import Operation
 from host_agent.policy import Effect, decide
 from host_agent.request import HostOpRequest
+from tests.support import open_zfs
 
 
 def agent(cn_pattern: str = "librarian*", **keys: Any) -> dict[str, Any]:
@@ -39,7 +39,7 @@ def make_config(*agents: dict[str, Any], rules: tuple[dict[str, Any], ...] = ())
 
 
 def zfs(resource: str, *args: str) -> Operation:
-    return ZfsAdapter().parse(HostOpRequest("zfs", resource, args), "tester")
+    return open_zfs().parse(HostOpRequest("zfs", resource, args), "tester")
 
 
 def pct_destroy(resource: str = "101") -> Operation:
@@ -490,6 +490,9 @@ operation = "zfs-snapshot"
 pattern = "tank/.*"
 approval_required = true
 approval_admin_only = true
+
+[zfs]
+allowed_datasets = ["tank/*"]
 """
 
 

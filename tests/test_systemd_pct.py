@@ -8,17 +8,18 @@ import pytest
 
 from host_agent.adapters.base import Adapter, Failure
 from host_agent.adapters.pct import PctAdapter, parse_status
-from host_agent.adapters.systemd import STATUS_PROPERTIES, SystemdAdapter, parse_show
+from host_agent.adapters.systemd import STATUS_PROPERTIES, parse_show
+from host_agent.config import PctConfig
 from host_agent.errors import ValidationError
 from host_agent.operations import Operation
 from host_agent.policy import Effect, decide
 from host_agent.request import HostOpRequest
 from host_agent.runner import RunResult
 from tests.hostile import HOSTILE_NAMES
-from tests.support import Pki, config_text, write_config
+from tests.support import Pki, config_text, open_systemd, write_config
 
-systemd = SystemdAdapter()
-pct = PctAdapter()
+systemd = open_systemd()
+pct = PctAdapter(PctConfig(allowed_vmids=None))
 
 # Codes a hostile name may be refused with; every one names the field.
 HOSTILE_CODES = {
@@ -47,10 +48,10 @@ def _result(exit_code: int, stdout: str = "", stderr: str = "") -> RunResult:
     "unit",
     [
         "nginx.service",
-        "getty@tty1.service",
+        "app@blue.service",
         "user@1000.service",
-        "systemd-fsck@dev-sda1.service",
-        "dbus.socket",
+        "systemd-tmpfiles-clean.service",
+        "cron.service",
         "apt-daily.timer",
         "multi-user.target",
         "home.mount",

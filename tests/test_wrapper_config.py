@@ -50,6 +50,13 @@ allowed_playbooks = ["restart.yml"]
 [exec.argument_patterns]
 "/usr/bin/du" = ["-s", "/srv/[a-z]+"]
 
+[systemd]
+allowed_units = ["nginx.service", "app-*.service"]
+
+[zfs]
+allowed_datasets = ["tank/media", "tank/media/*"]
+protected_paths = ["/srv/state"]
+
 [approval]
 local_socket = "/run/host-agent/approve.sock"
 approvers_group = "host-agent-approvers"
@@ -90,6 +97,14 @@ def test_render_lists_every_allowlist_and_binary(config_path: Path) -> None:
         "exec_playbook_dir=/etc/host-agent/playbooks",
         "exec_playbook=restart.yml",
         "ansible_inventory=localhost,",
+        "systemd_unit=nginx.service",
+        "systemd_unit=app-*.service",
+        "zfs_dataset=tank/media",
+        "zfs_dataset=tank/media/*",
+        # the audit log's and the approval store's directories, and protected_paths
+        f"zfs_protected_path={config_path.parent}",
+        "zfs_protected_path=/var/lib/host-agent",
+        "zfs_protected_path=/srv/state",
         "approvers_group=host-agent-approvers",
     ]
 

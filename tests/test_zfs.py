@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from host_agent.adapters.zfs import GET_PROPERTIES, ZfsAdapter, parse_get, parse_properties
+from host_agent.adapters.zfs import GET_PROPERTIES, parse_get, parse_properties
 from host_agent.errors import ValidationError
 from host_agent.operations import Operation
 from host_agent.request import HostOpRequest
 from host_agent.runner import RunResult
 from tests.hostile import HOSTILE_NAMES
+from tests.support import open_zfs
 
-zfs = ZfsAdapter()
+zfs = open_zfs()
 
 
 def _parse(resource: str, *args: str) -> tuple[str, ...]:

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from host_agent.adapters.zfs import TREE, ZfsAdapter, parse_tree
+from host_agent.adapters.zfs import TREE, parse_tree
 from host_agent.approvals.manager import message
 from host_agent.approvals.model import Approval
 from host_agent.operations import Operation
 from host_agent.request import HostOpRequest
 from host_agent.runner import RunResult
+from tests.support import open_zfs
 
-zfs = ZfsAdapter()
+zfs = open_zfs()
 
 # Captured from a zfs-fuse pool built with:
 #   zfs create tank/media; zfs create tank/media/photos; zfs create tank/media/photos/2023

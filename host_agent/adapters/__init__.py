@@ -14,6 +14,7 @@ from host_agent.adapters.zfs import ZfsAdapter
 from host_agent.config import Config
 from host_agent.errors import UnknownKind
 from host_agent.operations import OPERATION_NAMES
+from host_agent.root_equivalent import PROTECTED_PATHS, read_protected_datasets
 
 
 class Registry(Mapping[str, Adapter]):
@@ -47,13 +48,25 @@ class Registry(Mapping[str, Adapter]):
 
 
 def build_registry(config: Config) -> Registry:
-    """Every adapter, built once from the config that shapes its validation."""
+    """Every adapter, built once from the config that shapes its validation (and, for
+    zfs, the mount table as it is now: at start and on each reload)."""
     return Registry(
         [
-            ZfsAdapter(),
-            SystemdAdapter(),
-            PctAdapter(),
+            ZfsAdapter(config.zfs, read_protected_datasets(protected_paths(config))),
+            SystemdAdapter(config.systemd),
+            PctAdapter(config.pct),
             GitAdapter(config.git),
             ExecAdapter(config.exec),
         ]
+    )
+
+
+def protected_paths(config: Config) -> tuple[str, ...]:
+    """Directories whose datasets are never destroyed or rolled back: the built-in
+    ones, the audit log's and approval store's directories, and `[zfs] protected_paths`."""
+    return (
+        *PROTECTED_PATHS,
+        str(config.audit.log_path.parent),
+        str(config.approval.store_path.parent),
+        *(str(path) for path in config.zfs.protected_paths),
     )

@@ -133,6 +133,16 @@ class Adapter(ABC):
         """Lines for approvers from the successful run of `preview(operation)`."""
         return []
 
+    def resolution(self, operation: Operation) -> Operation | None:
+        """A read-only operation that names `operation`'s target canonically (a systemd
+        unit's id behind an alias), run before policy decides (none by default)."""
+        return None
+
+    def resolved(self, operation: Operation, result: RunResult) -> Operation:
+        """`operation` with `canonical_resource` from the successful run of
+        `resolution(operation)`, or `TargetRefused` when the canonical name is refused."""
+        return operation
+
     def internal(self, command: str, resource: str, *argv: str) -> Operation:
         """A read-only wrapper command the agent runs for itself; clients cannot ask for it
         (it is not in `commands`), so it never meets policy."""

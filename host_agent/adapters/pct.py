@@ -4,13 +4,15 @@ Requests (the predecessor's shape):
     {"kind": "pct", "resource": "101", "args": ["status"]}
     {"kind": "pct", "resource": "101", "args": ["start"]}
 
-The wrapper runs `pct status|start|stop|destroy VMID`.
+The wrapper runs `pct status|start|stop|destroy VMID`. With `[pct] allowed_vmids`
+set, start/stop/destroy act only on the VMIDs it matches (both layers).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
 from typing import Any, ClassVar
 
 from host_agent.adapters.base import (
@@ -23,7 +25,8 @@ from host_agent.adapters.base import (
     parameters_schema,
     text_schema,
 )
-from host_agent.errors import ValidationError
+from host_agent.config import PctConfig
+from host_agent.errors import TargetRefused, ValidationError
 from host_agent.operations import Operation
 from host_agent.runner import RunResult
 
@@ -71,11 +74,27 @@ class PctAdapter(Adapter):
         ("permission denied", Failure(403, "permission_denied", "permission denied")),
     )
 
+    def __init__(self, config: PctConfig) -> None:
+        self.allowed_vmids = config.allowed_vmids
+
     def validate(self, call: Call) -> tuple[str, ...]:
         expect_args(call, most=0)
-        return (vmid("resource", call.resource),)
+        number = vmid("resource", call.resource)
+        if (
+            self.commands[call.command]
+            and self.allowed_vmids is not None
+            and not any(fnmatchcase(number, allowed) for allowed in self.allowed_vmids)
+        ):
+            raise TargetRefused(
+                "resource",
+                f"container {number} is not in [pct] allowed_vmids",
+                code="vmid_not_allowed",
+            )
+        return (number,)
 
     def tool_parameters(self, command: str, *, recursive: bool = True) -> dict[str, Any] | None:
+        if self.commands[command] and self.allowed_vmids == ():
+            return None  # no container is allowed
         container = text_schema(
             f"Container ID (VMID), {MIN_VMID} to {MAX_VMID}, e.g. 101",
             max_length=_MAX_VMID_TEXT,

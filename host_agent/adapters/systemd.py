@@ -2,10 +2,16 @@
 
 Requests:
     {"kind": "systemd", "resource": "nginx.service",        "args": ["status"]}
-    {"kind": "systemd", "resource": "getty@tty1.service",   "args": ["restart"]}
+    {"kind": "systemd", "resource": "app@blue.service",     "args": ["restart"]}
 
 The wrapper runs `systemctl show --property=<STATUS_PROPERTIES> -- UNIT` for
 status and `systemctl start|stop|restart -- UNIT` otherwise.
+
+start/stop/restart act only on units in `[systemd] allowed_units` and never on a
+built-in root-equivalent one (`host_agent.root_equivalent.DENIED_UNITS`). Both
+checks, and policy, apply to the requested name and to the unit's canonical id,
+which the wrapper's read-only `resolve` asks systemd for (an alias such as
+`sshd.service` is the unit `ssh.service`). The wrapper checks both again.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
 from typing import Any, ClassVar
 
 from host_agent.adapters.base import (
@@ -24,8 +31,10 @@ from host_agent.adapters.base import (
     parameters_schema,
     text_schema,
 )
-from host_agent.errors import ValidationError
+from host_agent.config import SystemdConfig
+from host_agent.errors import TargetRefused, ValidationError
 from host_agent.operations import Operation
+from host_agent.root_equivalent import denied_unit
 from host_agent.runner import RunResult
 
 # systemd's own limit (UNIT_NAME_MAX includes the NUL).
@@ -59,6 +68,8 @@ _INTEGER_PROPERTIES = frozenset({"MainPID", "ExecMainStatus"})
 _DONE = {"start": "started", "stop": "stopped", "restart": "restarted"}
 # Stands in for the unit's own name while stderr is matched (see `failure`).
 _UNIT_PLACEHOLDER = "UNIT"
+# The wrapper's read-only `systemctl show -p Id --value`; not a command clients may send.
+RESOLVE = "resolve"
 
 
 class SystemdAdapter(Adapter):
@@ -102,14 +113,57 @@ class SystemdAdapter(Adapter):
         ("failed to connect to bus", Failure(503, "systemd_unavailable", "no systemd bus")),
     )
 
+    def __init__(self, config: SystemdConfig) -> None:
+        self.allowed_units = config.allowed_units or ()
+
     def validate(self, call: Call) -> tuple[str, ...]:
         expect_args(call, most=0)
-        return (unit_name("resource", call.resource),)
+        unit = unit_name("resource", call.resource)
+        if self.commands[call.command]:
+            self.check_target(unit)
+        return (unit,)
+
+    def check_target(self, unit: str, *, requested: str | None = None) -> None:
+        """Refuse a built-in root-equivalent unit, then one outside the allowlist;
+        `requested` names the alias a canonical id was resolved from."""
+        what = unit if requested is None else f"{requested} (canonical id {unit})"
+        pattern = denied_unit(unit)
+        if pattern is not None:
+            raise TargetRefused(
+                "resource",
+                f"{what} is root-equivalent or stops the host (built-in deny {pattern!r}); "
+                "no configuration can allow it",
+                code="root_equivalent_unit",
+            )
+        if not any(fnmatchcase(unit, allowed) for allowed in self.allowed_units):
+            raise TargetRefused(
+                "resource", f"{what} is not in [systemd] allowed_units", code="unit_not_allowed"
+            )
+
+    def resolution(self, operation: Operation) -> Operation | None:
+        if not operation.mutating:
+            return None
+        return self.internal(RESOLVE, operation.resource, operation.resource)
+
+    def resolved(self, operation: Operation, result: RunResult) -> Operation:
+        canonical = result.stdout.strip()
+        try:
+            unit_name("resource", canonical)
+        except ValidationError:
+            raise TargetRefused(
+                "resource",
+                f"systemd reported {canonical[:300]!r} as the id of {operation.resource}",
+                code="unit_unresolved",
+            ) from None
+        self.check_target(canonical, requested=operation.resource)
+        return dataclasses.replace(operation, canonical_resource=canonical)
 
     def tool_parameters(self, command: str, *, recursive: bool = True) -> dict[str, Any] | None:
+        if self.commands[command] and not self.allowed_units:
+            return None  # no unit can pass check_target
         unit = text_schema(
             f"Unit NAME.TYPE or NAME@INSTANCE.TYPE, TYPE one of {', '.join(UNIT_TYPES)}; "
-            "e.g. nginx.service, getty@tty1.service",
+            "e.g. nginx.service, app@blue.service",
             max_length=MAX_UNIT_NAME,
             pattern=UNIT_SCHEMA_PATTERN,
         )

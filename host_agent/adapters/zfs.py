@@ -10,6 +10,12 @@ Requests (the predecessor's shape):
 Before approvers are asked about a destroy or rollback, the wrapper's read-only
 `tree` lists the dataset and everything under it, and `describe_preview` says
 what the operation would remove (zfs-fuse has no `zfs destroy -n`).
+
+snapshot, destroy and rollback act only on datasets in `[zfs] allowed_datasets`.
+destroy and rollback never touch a protected dataset (one holding /, /etc, /var,
+/usr, /boot, /root, the audit log's or the approval store's directory, found in the
+mount table) nor an ancestor of one; no config can allow that. The wrapper checks
+both again against the mount table it reads itself.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any, ClassVar
 
 from host_agent.adapters.base import (
@@ -31,8 +38,11 @@ from host_agent.adapters.base import (
     parameters_schema,
     text_schema,
 )
-from host_agent.errors import ValidationError
+from host_agent.config import ZfsConfig
+from host_agent.errors import TargetRefused, ValidationError
 from host_agent.operations import Operation
+from host_agent.request import HostOpRequest
+from host_agent.root_equivalent import protected_hit
 from host_agent.runner import RunResult
 
 # ZFS names: pool first (starts with a letter), then components; we are
@@ -127,6 +137,38 @@ class ZfsAdapter(Adapter):
         ("permission denied", Failure(403, "permission_denied", "zfs refused: permission denied")),
     )
 
+    def __init__(self, config: ZfsConfig, protected: frozenset[str]) -> None:
+        self.allowed_datasets = config.allowed_datasets or ()
+        # Datasets holding the protected paths, from the mount table at start or reload.
+        self.protected = protected
+
+    def parse(self, request: HostOpRequest, unix_user: str) -> Operation:
+        operation = super().parse(request, unix_user)
+        if operation.mutating:
+            self.check_target(operation.command, operation.wrapper_argv[1])
+        return operation
+
+    def check_target(self, command: str, name: str) -> None:
+        """Refuse destroying or rolling back a protected dataset (built in), then any
+        change to a dataset outside the allowlist."""
+        dataset = name.partition("@")[0]
+        if command in ("destroy", "rollback"):
+            hit = protected_hit(dataset, self.protected)
+            if hit is not None:
+                held = "holds" if hit == dataset else f"is an ancestor of {hit}, which holds"
+                raise TargetRefused(
+                    "resource",
+                    f"{dataset} {held} the host's own system, config or logs; {command} is "
+                    "refused whatever the configuration says",
+                    code="protected_dataset",
+                )
+        if not any(fnmatchcase(dataset, allowed) for allowed in self.allowed_datasets):
+            raise TargetRefused(
+                "resource",
+                f"{dataset} is not in [zfs] allowed_datasets",
+                code="dataset_not_allowed",
+            )
+
     def validate(self, call: Call) -> tuple[str, ...]:
         if call.command == "list":
             expect_args(call, most=1)
@@ -170,6 +212,8 @@ class ZfsAdapter(Adapter):
         return call.command in ("destroy", "rollback") and RECURSIVE in call.args
 
     def tool_parameters(self, command: str, *, recursive: bool = True) -> dict[str, Any] | None:
+        if self.commands[command] and not self.allowed_datasets:
+            return None  # no dataset can pass check_target
         if command == "list":
             return parameters_schema(
                 resource=name_schema(

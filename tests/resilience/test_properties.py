@@ -29,13 +29,13 @@ from host_agent.adapters.base import check_text
 from host_agent.adapters.exec import argument_schema, check_argument
 from host_agent.adapters.git import GitAdapter, log_count, ref_name
 from host_agent.adapters.pct import PctAdapter, vmid
-from host_agent.adapters.systemd import SystemdAdapter, unit_name
+from host_agent.adapters.systemd import unit_name
 from host_agent.adapters.zfs import name_schema, zfs_name
 from host_agent.app import parse_verdict
 from host_agent.approvals import tokens
 from host_agent.approvals.model import APPROVAL_ID
 from host_agent.approvals.signal import InvalidWebhookBody, parse_webhook
-from host_agent.config import GitConfig
+from host_agent.config import GitConfig, PctConfig
 from host_agent.errors import RequestError, ValidationError
 from host_agent.request import MAX_ARGS, HostOpRequest, decode_json, parse_host_op
 from tests.resilience.request_parsing import (
@@ -45,6 +45,7 @@ from tests.resilience.request_parsing import (
     contract_registry,
     parse_everything,
 )
+from tests.support import open_systemd
 
 REPO = Path(__file__).resolve().parents[2]
 FIELD = "resource"
@@ -124,7 +125,7 @@ def test_zfs_names_match_the_documented_schema(value: str, kinds: tuple[bool, bo
 @example(value="getty@tty1.service")
 def test_unit_names_match_the_documented_schema(value: str) -> None:
     if refused_or_accepted(lambda: unit_name(FIELD, value)) is not None:
-        parameters = SystemdAdapter().tool_parameters("status")
+        parameters = open_systemd().tool_parameters("status")
         assert parameters is not None
         assert documented(parameters["properties"]["resource"], value)
 
@@ -134,7 +135,7 @@ def test_unit_names_match_the_documented_schema(value: str) -> None:
 @example(value="101")
 def test_vmids_match_the_documented_schema(value: str) -> None:
     if refused_or_accepted(lambda: vmid(FIELD, value)) is not None:
-        parameters = PctAdapter().tool_parameters("status")
+        parameters = PctAdapter(PctConfig(allowed_vmids=None)).tool_parameters("status")
         assert parameters is not None
         assert documented(parameters["properties"]["resource"], value)
         assert str(int(value)) == value and 100 <= int(value) <= 999_999
