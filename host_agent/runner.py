@@ -24,7 +24,6 @@ from host_agent.operations import Operation
 
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 _KILL_GRACE_SECONDS = 2.0
-PAM_WRAPPER = "host-agent-pam"
 SUDOERS_WRAPPER = "host-agent-sudoers"
 _READ_CHUNK = 65536
 
@@ -66,11 +65,6 @@ class Runner:
         if not isinstance(operation, Operation):
             raise TypeError("the runner accepts only validated Operation values")
         return await self._execute(self.argv_for(operation))
-
-    async def check_password(self, user: str, password: str) -> RunResult:
-        """Ask the PAM wrapper whether `password` is `user`'s; it travels on stdin, never argv."""
-        argv = self._wrapper_argv(PAM_WRAPPER, user)
-        return await self._execute(argv, stdin=password.encode("utf-8") + b"\n")
 
     async def list_sudoers_grants(self) -> RunResult:
         """Ask the read-only root wrapper for the service account's risky sudoers grants."""
