@@ -47,6 +47,7 @@ def render(config: Config) -> str:
     if config.approval.local_socket is not None:
         # The approval helper talks only to this socket, served by this account (or root).
         lines.append(f"local_socket={config.approval.local_socket}")
+    if config.runner.service_user is not None:
         lines.append(f"service_user={config.runner.service_user}")
     return "\n".join(lines) + "\n"
 

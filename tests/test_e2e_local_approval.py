@@ -9,11 +9,14 @@ end play a compromised service account and show that no password reaches it
 from __future__ import annotations
 
 import json
+import os
 import pwd
 import secrets
 import shutil
 import socket
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -493,3 +496,306 @@ def test_root_trusts_the_agents_socket_but_lists_nothing(
             "message": reply["error"]["message"],
         },
     }
+
+
+# --- attacks: a compromised service account, a local approver, a guesser ------------
+# Invariant 11: no approver's password ever reaches a process the service account
+# controls, and the service account has no way left to check passwords.
+
+
+@pytest.fixture
+def service_dir(system: System) -> Iterator[Path]:
+    """A socket directory as in production (/run/host-agent): the service account's."""
+    directory = Path(tempfile.mkdtemp(prefix="ha-run-"))
+    directory.chmod(0o755)
+    shutil.chown(directory, system.user)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory)
+
+
+def planted_listener(path: Path, reply: bytes) -> Callable[[], int]:
+    """A child action: listen at `path`, print (hex) every byte the first client sends."""
+
+    def listen() -> int:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+            server.bind(str(path))
+            path.chmod(0o666)
+            server.listen(1)
+            server.settimeout(30)
+            connection, _ = server.accept()
+            with connection:
+                connection.settimeout(30)
+                received = bytearray()
+                while not received.endswith(b"\n"):
+                    chunk = connection.recv(65536)
+                    if not chunk:
+                        break
+                    received += chunk
+                connection.sendall(reply)
+            print(received.hex())
+        return 0
+
+    return listen
+
+
+class Planted:
+    """The service account's own listener at `path`, run in a child as that account."""
+
+    def __init__(self, system: System, path: Path, reply: bytes = b'{"ok": false}\n') -> None:
+        self.path = path
+        self._outcome: Outcome | None = None
+        self._thread = threading.Thread(target=self._run, args=(system.user, reply))
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not path.exists():
+            assert time.monotonic() < deadline, "the planted listener did not start"
+            time.sleep(0.05)
+
+    def _run(self, user: str, reply: bytes) -> None:
+        self._outcome = as_user(user, planted_listener(self.path, reply))
+
+    def received(self) -> bytes:
+        self._thread.join(60)
+        assert self._outcome is not None and self._outcome.exit_code == 0, self._outcome
+        return bytes.fromhex(self._outcome.stdout.strip())
+
+
+@pytest.mark.parametrize(
+    ("password", "expected"),
+    [
+        pytest.param(PASSWORD, {"action": "approve"}, id="right-password"),
+        pytest.param("wrong horse", {"action": "refused"}, id="wrong-password"),
+    ],
+)
+def test_a_listener_the_service_account_planted_never_gets_the_password(
+    live: RunningAgent,
+    pki: Pki,
+    bridge: SignalBridge,
+    snapshot: str,
+    people: People,
+    system: System,
+    service_dir: Path,
+    password: str,
+    expected: dict[str, str],
+) -> None:
+    """The service account owns the socket's directory, so it can replace the agent's
+    socket with its own listener: that listener hears who decided what, never a password."""
+    approval_id = request_approval(live, pki, snapshot)
+    token = token_sent(bridge)
+    planted = Planted(system, service_dir / "approve.sock")
+    override_wrappers_conf(system, f"local_socket={planted.path}")
+    outcome = approve(system, people.approver, token, password=password)
+    received = planted.received()
+    assert password.encode() not in received
+    assert PASSWORD.encode() not in received
+    message = json.loads(received)
+    assert message["action"] == expected["action"]  # it was asked: the check is not vacuous
+    assert message["approver"] == people.approver
+    assert set(message) <= {"action", "token", "approver", "code"}
+    assert outcome.exit_code == 1
+    assert status(live, pki, approval_id) == "pending"  # the real agent heard nothing
+
+
+def test_the_helper_follows_no_link_the_service_account_put_in_its_directory(
+    live: RunningAgent,
+    pki: Pki,
+    bridge: SignalBridge,
+    snapshot: str,
+    people: People,
+    system: System,
+    service_dir: Path,
+    socket_path: Path,
+) -> None:
+    """A symlink from the service account's directory to a root-owned socket (here the
+    agent's own) would make root's helper talk to whatever root listener it chose."""
+    approval_id = request_approval(live, pki, snapshot)
+    link = service_dir / "approve.sock"
+    link.symlink_to(socket_path)
+    os.lchown(link, pwd.getpwnam(system.user).pw_uid, -1)
+    override_wrappers_conf(system, f"local_socket={link}")
+    outcome = approve(system, people.approver, token_sent(bridge))
+    assert outcome.exit_code == cli.EXIT_UNAVAILABLE
+    assert "refusing to talk to" in outcome.stderr
+    assert status(live, pki, approval_id) == "pending"
+
+
+def test_the_service_account_can_no_longer_check_passwords(
+    config: Config, system: System, people: People
+) -> None:
+    """The old PAM wrapper was a password oracle for the service account: it is gone from
+    sudoers, and the approval helper is not the service account's to run either."""
+    listed = run("sudo", "-n", "-l", user=system.user, check=False)
+    _, commands = listed.stdout.split("may run the following commands")
+    assert "host-agent-zfs" in commands  # the listing works; no password check is in it
+    assert "host-agent-pam" not in commands
+    assert "host-agent-approve" not in commands
+    for wrapper, argv in (
+        ("host-agent-pam", [people.approver]),
+        ("host-agent-approve", ["--password-stdin", "approve", "--", "0" * 16]),
+    ):
+        done = run(
+            "sudo",
+            "-n",
+            "--",
+            str(system.wrappers.directory / wrapper),
+            *argv,
+            user=system.user,
+            check=False,
+            stdin=f"{PASSWORD}\n",
+        )
+        assert done.returncode == 1
+        assert done.stderr.startswith("sudo:"), done.stderr
+
+
+@pytest.mark.parametrize("who", ["approver", "service"])
+def test_a_decision_sent_to_the_socket_directly_is_refused_and_audited(
+    live: RunningAgent,
+    config: Config,
+    pki: Pki,
+    bridge: SignalBridge,
+    snapshot: str,
+    people: People,
+    system: System,
+    socket_path: Path,
+    who: str,
+) -> None:
+    """Only root's helper has checked a password: a member's (or the agent's) own claim to
+    be an approver is refused."""
+    user = people.approver if who == "approver" else system.user
+    approval_id = request_approval(live, pki, snapshot)
+    claim = {"action": "approve", "token": token_sent(bridge), "approver": people.approver}
+    outcome = as_user(user, raw_exchange(socket_path, json.dumps(claim).encode() + b"\n"))
+    reply = json.loads(outcome.stdout)
+    code = "decision_needs_helper" if who == "approver" else "not_an_approver"
+    assert (reply["ok"], reply["error"]["code"]) == (False, code)
+    (refused,) = refusals(config, code)
+    assert refused["approver"] == f"pam:{user}"
+    assert refused["peer_uid"] == pwd.getpwnam(user).pw_uid
+    assert status(live, pki, approval_id) == "pending"
+
+
+def test_guessing_locks_the_approver_out(
+    live: RunningAgent,
+    config: Config,
+    pki: Pki,
+    bridge: SignalBridge,
+    snapshot: str,
+    people: People,
+    system: System,
+) -> None:
+    """pam_faillock: after FAILLOCK_DENY wrong passwords even the right one is refused
+    until the lock ends (test-only: seconds; shipped: the system's faillock.conf)."""
+    approval_id = request_approval(live, pki, snapshot)
+    token = token_sent(bridge)
+    for _ in range(FAILLOCK_DENY):
+        wrong = approve(system, people.approver, token, password="wrong horse")
+        assert "(authentication_failed)" in wrong.stderr
+    locked = approve(system, people.approver, token)
+    assert (locked.exit_code, "(authentication_failed)" in locked.stderr) == (1, True)
+    assert status(live, pki, approval_id) == "pending"
+    assert len(refusals(config, "authentication_failed")) == FAILLOCK_DENY + 1
+    time.sleep(FAILLOCK_UNLOCK_SECONDS + 1)
+    unlocked = approve(system, people.approver, token)
+    assert unlocked.exit_code == 0, unlocked.stderr
+    assert status(live, pki, approval_id) == "approved"
+
+
+def test_the_approver_is_who_ran_sudo_never_an_argument_or_variable(
+    live: RunningAgent,
+    config: Config,
+    pki: Pki,
+    bridge: SignalBridge,
+    snapshot: str,
+    people: People,
+    system: System,
+) -> None:
+    approval_id = request_approval(live, pki, snapshot)
+    token = token_sent(bridge)
+    helper = str(system.wrappers.directory / "host-agent-approve")
+    # Another approver's name as an argument: refused before any password is read.
+    named = run(
+        "sudo", "-n", "--", helper, "--password-stdin", "approve", "--", token, people.second,
+        user=people.approver, check=False, stdin=f"{PASSWORD}\n",
+    )  # fmt: skip
+    assert named.returncode == cli.EXIT_USAGE, named.stderr
+    assert status(live, pki, approval_id) == "pending"
+
+    # SUDO_UID and SUDO_USER in the caller's environment: sudo sets its own.
+    def spoofed() -> int:
+        os.environ.update(SUDO_UID=str(pwd.getpwnam(people.second).pw_uid), SUDO_USER=people.second)
+        helper_argv = ["approve", token, "--helper", helper, "--password-stdin"]
+        return cli.main(helper_argv)
+
+    outcome = as_user(people.approver, spoofed, stdin=f"{PASSWORD}\n")
+    assert outcome.exit_code == 0, outcome.stderr
+    granted = [r for r in audit_records(config.audit.log_path) if r["event"] == "approval_granted"]
+    assert granted[-1]["approvers"] == [f"pam:{people.approver}"]
+
+
+# Terminal control sequences in every field the agent (or whoever answers in its name)
+# sends back: clear screen, OSC 52 (set the clipboard), a title, C1 CSI, bidi override.
+HOSTILE = "\x1b[2J\x1b]52;c;cm0gLXJmIH4K\x07\x1b]0;title\x1b\\\x9b31m\u202egnp.exe\u2066"
+CONTROLS = ("\x1b", "\x07", "\x9b", "\u202e", "\u2066")
+
+
+def hostile_approval() -> dict[str, Any]:
+    return {
+        "approval_id": f"ap-{HOSTILE}",
+        "status": "approved",
+        "operation": f"zfs-destroy{HOSTILE}",
+        "resource": f"tank/data@x{HOSTILE}",
+        "requester": f"librarian{HOSTILE}",
+        "expires_at": f"soon{HOSTILE}",
+        "args": [f"destroy{HOSTILE}"],
+        "reason": f"free space{HOSTILE}",
+        "approvers": [],
+        "approvals_required": 1,
+    }
+
+
+def assert_inert(text: str) -> None:
+    assert text.strip(), "nothing printed: the test would prove nothing"
+    for control in CONTROLS:
+        assert control not in text, repr(text)
+
+
+def test_list_prints_no_terminal_controls_from_the_agent(
+    people: People, system: System, service_dir: Path
+) -> None:
+    reply = {"ok": True, "approvals": [hostile_approval()]}
+    planted = Planted(system, service_dir / "approve.sock", json.dumps(reply).encode() + b"\n")
+    listed = as_user(
+        people.approver, lambda: cli.main(["approve", "--list", "--socket", str(planted.path)])
+    )
+    planted.received()
+    assert listed.exit_code == 0, listed.stderr
+    assert "reason: free space" in listed.stdout
+    assert_inert(listed.stdout)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        pytest.param({"ok": True, "approval": hostile_approval()}, id="decision"),
+        pytest.param(
+            {"ok": False, "error": {"code": f"x{HOSTILE}", "message": f"no{HOSTILE}"}},
+            id="refusal",
+        ),
+    ],
+)
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_the_helper_prints_no_terminal_controls_from_the_agent(
+    config: Config,
+    people: People,
+    system: System,
+    service_dir: Path,
+    reply: dict[str, Any],
+    as_json: bool,
+) -> None:
+    planted = Planted(system, service_dir / "approve.sock", json.dumps(reply).encode() + b"\n")
+    override_wrappers_conf(system, f"local_socket={planted.path}")
+    outcome = approve(system, people.approver, "0" * 16, *(["--json"] if as_json else []))
+    planted.received()
+    assert_inert(outcome.stdout + outcome.stderr)

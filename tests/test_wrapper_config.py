@@ -54,6 +54,9 @@ allowed_playbooks = ["restart.yml"]
 local_socket = "/run/host-agent/approve.sock"
 approvers_group = "host-agent-approvers"
 
+[runner]
+service_user = "host-agent"
+
 [binaries]
 systemctl = "/bin/systemctl"
 python = "/opt/host-agent/venv/bin/python"
@@ -90,6 +93,8 @@ def test_render_lists_every_allowlist_and_binary(config_path: Path) -> None:
         "exec_playbook=restart.yml",
         "ansible_inventory=localhost,",
         "approvers_group=host-agent-approvers",
+        "local_socket=/run/host-agent/approve.sock",
+        "service_user=host-agent",
     ]
 
 
