@@ -12,8 +12,12 @@ import json
 import os
 import pwd
 import secrets
+import select
+import shlex
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -799,3 +803,41 @@ def test_the_helper_prints_no_terminal_controls_from_the_agent(
     outcome = approve(system, people.approver, "0" * 16, *(["--json"] if as_json else []))
     planted.received()
     assert_inert(outcome.stdout + outcome.stderr)
+
+
+def test_the_password_is_read_from_the_approvers_terminal_without_echo(
+    live: RunningAgent,
+    pki: Pki,
+    bridge: SignalBridge,
+    snapshot: str,
+    people: People,
+    system: System,
+) -> None:
+    """No --password-stdin: the root helper prompts on the approver's terminal (a pty made
+    by script(1)), with echo off, and the password typed there approves."""
+    approval_id = request_approval(live, pki, snapshot)
+    helper = str(system.wrappers.directory / "host-agent-approve")
+    command = [sys.executable, "-m", "host_agent", "approve", token_sent(bridge)]
+    command += ["--helper", helper]
+    argv = ["runuser", "-u", people.approver, "--", "script", "-qec", shlex.join(command)]
+    with subprocess.Popen(
+        [*argv, "/dev/null"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd="/"
+    ) as session:
+        assert session.stdin is not None and session.stdout is not None
+        shown = b""
+        deadline = time.monotonic() + 60
+        while b"Password for " + people.approver.encode() not in shown:
+            assert time.monotonic() < deadline, shown
+            ready, _, _ = select.select([session.stdout], [], [], 1)
+            if ready:
+                chunk = os.read(session.stdout.fileno(), 4096)
+                assert chunk, shown
+                shown += chunk
+        session.stdin.write(f"{PASSWORD}\n".encode())
+        session.stdin.flush()
+        rest, _ = session.communicate(timeout=60)
+    shown += rest
+    assert session.returncode == 0, shown
+    assert PASSWORD.encode() not in shown  # not echoed
+    assert f"approved {approval_id}".encode() in shown
+    assert status(live, pki, approval_id) == "approved"

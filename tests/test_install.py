@@ -430,6 +430,17 @@ def test_a_changed_mode_is_put_right_and_reported(installed: Installed) -> None:
     assert installed.install().stdout.splitlines()[-1] == "nothing to change"
 
 
+def test_an_upgrade_removes_the_old_pam_wrapper(installed: Installed) -> None:
+    """Older installs let the service account check passwords with host-agent-pam: gone."""
+    old = installed.path("/usr/local/libexec/host-agent/host-agent-pam")
+    old.write_text("#!/bin/bash\n")
+    old.chmod(0o755)
+    done = installed.install()
+    assert f"removed {old}" in done.stdout.splitlines()
+    assert not old.exists()
+    assert installed.install().stdout.splitlines()[-1] == "nothing to change"
+
+
 def test_a_ca_brought_without_a_crl_gets_an_empty_one(installed: Installed) -> None:
     """As after an upgrade from the predecessor, whose CA never made a CRL."""
     crl = installed.path("/etc/host-agent/certs/crl.pem")

@@ -150,9 +150,10 @@ def _read_terminal(prompt: bytes) -> bytes:
         saved = termios.tcgetattr(fd)
         quiet: list[Any] = list(saved)
         quiet[3] &= ~termios.ECHO
-        os.write(fd, prompt)
+        # Echo off before the prompt: what is typed after it is never shown (nor flushed).
         termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
         try:
+            os.write(fd, prompt)
             data = b""
             while not data.endswith(b"\n") and len(data) <= MAX_PASSWORD_BYTES:
                 chunk = os.read(fd, MAX_PASSWORD_BYTES + 2 - len(data))
