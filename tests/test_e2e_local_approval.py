@@ -841,3 +841,35 @@ def test_the_password_is_read_from_the_approvers_terminal_without_echo(
     assert PASSWORD.encode() not in shown  # not echoed
     assert f"approved {approval_id}".encode() in shown
     assert status(live, pki, approval_id) == "approved"
+
+
+def test_the_helper_imports_nothing_from_the_approvers_directory(
+    live: RunningAgent,
+    pki: Pki,
+    bridge: SignalBridge,
+    snapshot: str,
+    people: People,
+    system: System,
+) -> None:
+    """The approver chooses the working directory of a root process: a `host_agent`
+    package there must not be what root runs (python -I: no cwd on sys.path)."""
+    approval_id = request_approval(live, pki, snapshot)
+    token = token_sent(bridge)
+    planted = Path(tempfile.mkdtemp(prefix="ha-cwd-"))
+    marker = planted / "ran-as-root"
+    try:
+        (planted / "host_agent").mkdir()
+        (planted / "host_agent" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+        planted.chmod(0o755)
+        helper = str(system.wrappers.directory / "host-agent-approve")
+
+        def from_there() -> int:
+            os.chdir(planted)
+            return cli.main(["approve", token, "--helper", helper, "--password-stdin"])
+
+        outcome = as_user(people.approver, from_there, stdin=f"{PASSWORD}\n")
+        assert outcome.exit_code == 0, outcome.stderr
+        assert not marker.exists()
+        assert status(live, pki, approval_id) == "approved"
+    finally:
+        shutil.rmtree(planted)

@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     except LocalApprovalUnavailable as exc:
         print(f"host-agent: {display.clean(exc)}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:  # the approver gave up at the prompt: nothing was decided
+        print("host-agent: interrupted; nothing decided", file=sys.stderr)
+        return EXIT_FAILED
     return display.report(reply, as_json=request.json)
 
 
