@@ -96,6 +96,7 @@ WRAPPERS_CONF=$ETC/wrappers.conf
 CERTS=$ETC/certs
 SUDOERS=$ROOT/etc/sudoers.d/host-agent
 PAM=$ROOT/etc/pam.d/host-agent
+SUDOERS_APPROVE=$ROOT/etc/sudoers.d/host-agent-approve
 LOGROTATE=$ROOT/etc/logrotate.d/host-agent
 RELOAD=$ROOT/usr/local/sbin/host-agent-reload
 CRON=$ROOT/etc/cron.d/host-agent
@@ -321,7 +322,7 @@ enabled = true
 ttl_seconds = 300
 store_path = "$STATE_DIR/approvals.sqlite3"
 # \`host-agent approve\` on this host, for members of approvers_group (with their
-# password, checked by PAM): usermod -aG $APPROVERS <login>
+# password, checked as root by the approval helper): usermod -aG $APPROVERS <login>
 local_socket = "$RUN_DIR/approve.sock"
 approvers_group = "$APPROVERS"
 # Client certificates whose CN matches may approve with POST /approve:
@@ -333,7 +334,8 @@ approvers_group = "$APPROVERS"
 # webhook_secret = "a random string of at least 32 characters"
 
 [binaries]
-# The interpreter of the PAM wrapper: this virtualenv, root-owned.
+# The interpreter of the root wrappers that run Python (the approval helper,
+# host-agent-sudoers): this virtualenv, root-owned.
 python = "$VENV/bin/python"
 
 # Who may do what. The first profile whose cn_pattern matches the client
@@ -486,7 +488,17 @@ main_install() {
     install_config
     install_wrappers_conf
     ha_install_wrappers "$LIBEXEC" "$WRAPPERS_CONF" "$SERVICE_USER" "$SUDOERS"
+    # --- approval helper (host-agent approve): begin ---
+    # Approvers run the root helper through sudo; it checks their password itself,
+    # so the service account no longer has a PAM wrapper (removed from older installs).
     ha_put_file "$HA_REPO/pam/host-agent" "$PAM" 0644 root root
+    ha_render "$HA_REPO/sudoers/host-agent-approve" APPROVERS="$APPROVERS" WRAPPER_DIR="$LIBEXEC" \
+        > "$HA_STAGING/sudoers-approve"
+    visudo -cqf "$HA_STAGING/sudoers-approve" \
+        || ha_die 78 "the rendered approvers' sudoers drop-in does not validate"
+    ha_put_file "$HA_STAGING/sudoers-approve" "$SUDOERS_APPROVE" 0440 root root
+    ha_remove "$LIBEXEC/host-agent-pam"
+    # --- approval helper: end ---
     install_reload
     install_logrotate
     install_unit
@@ -554,6 +566,7 @@ main_uninstall() {
     ha_remove "$LOGROTATE"
     ha_remove "$RELOAD"
     ha_remove "$PAM"
+    ha_remove "$SUDOERS_APPROVE"  # approval helper
     ha_remove "$SUDOERS"
     ha_uninstall_wrappers "$LIBEXEC"
     if [[ -L $BIN_LINK && $(readlink -- "$BIN_LINK") != "$HA_BIN" ]]; then

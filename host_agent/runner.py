@@ -36,7 +36,6 @@ _BACKSTOP_MARGIN_SECONDS = 5.0
 # sends its own process group, sudo dies of it too (-9), or a shell reports 137.
 _WRAPPER_TIMEOUT = re.compile(r"^timeout: sending signal TERM to command ", re.M)
 _TIMEOUT_STATUSES = {124: "SIGTERM", 137: "SIGKILL", -signal.SIGKILL: "SIGKILL"}
-PAM_WRAPPER = "host-agent-pam"
 SUDOERS_WRAPPER = "host-agent-sudoers"
 _READ_CHUNK = 65536
 
@@ -78,11 +77,6 @@ class Runner:
         if not isinstance(operation, Operation):
             raise TypeError("the runner accepts only validated Operation values")
         return await self._execute(self.argv_for(operation))
-
-    async def check_password(self, user: str, password: str) -> RunResult:
-        """Ask the PAM wrapper whether `password` is `user`'s; it travels on stdin, never argv."""
-        argv = self._wrapper_argv(PAM_WRAPPER, user)
-        return await self._execute(argv, stdin=password.encode("utf-8") + b"\n")
 
     async def run_program(
         self, argv: tuple[str, ...], stdin: bytes, timeout_seconds: float

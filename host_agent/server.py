@@ -189,7 +189,7 @@ async def run_server(
             exporter = _serve_metrics(config, pipeline.metrics)
         local_socket, group = config.approval.local_socket, config.approval.approvers_group
         if pipeline.approvals is not None and local_socket is not None and group is not None:
-            local = LocalApprovals(pipeline.approvals, pipeline.runner, group)
+            local = LocalApprovals(pipeline.approvals, group)
             await local.serve(local_socket)
             log.info("local approvals (host-agent approve) on %s", local_socket)
         await serve_tls(

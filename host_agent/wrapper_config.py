@@ -49,6 +49,11 @@ def render(config: Config) -> str:
     lines += target_lines(config)
     if config.approval.approvers_group is not None:
         lines.append(f"approvers_group={config.approval.approvers_group}")
+    if config.approval.local_socket is not None:
+        # The approval helper talks only to this socket, served by this account (or root).
+        lines.append(f"local_socket={config.approval.local_socket}")
+    if config.runner.service_user is not None:
+        lines.append(f"service_user={config.runner.service_user}")
     return "\n".join(lines) + "\n"
 
 

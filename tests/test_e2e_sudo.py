@@ -49,7 +49,6 @@ def test_installed_sudoers_passes_visudo_and_grants_exactly_the_wrappers(system:
         for name in (
             "host-agent-exec",
             "host-agent-git",
-            "host-agent-pam",
             "host-agent-pct",
             "host-agent-sudoers",
             "host-agent-systemd",

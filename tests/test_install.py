@@ -209,6 +209,7 @@ def test_service_account_is_a_system_account_without_login_or_home(installed: In
         ("/etc/host-agent/certs/server.key", "0o640", "root", "SERVICE"),
         ("/etc/host-agent/certs/crl.pem", "0o644", "root", "root"),
         ("/etc/sudoers.d/host-agent", "0o440", "root", "root"),
+        ("/etc/sudoers.d/host-agent-approve", "0o440", "root", "root"),
         ("/etc/pam.d/host-agent", "0o644", "root", "root"),
         ("/etc/logrotate.d/host-agent", "0o644", "root", "root"),
         ("/etc/cron.d/host-agent", "0o644", "root", "root"),
@@ -280,12 +281,21 @@ def test_sudoers_drop_in_validates_and_grants_exactly_the_installed_wrappers(
             "host-agent-pct",
             "host-agent-git",
             "host-agent-exec",
-            "host-agent-pam",
             "host-agent-sudoers",
         )
     }
     assert f"{installed.user} ALL=(root) NOPASSWD:" in text
     assert "@SERVICE_USER@" not in text and "@WRAPPER_DIR@" not in text
+
+
+def test_approvers_may_run_exactly_the_approval_helper(installed: Installed) -> None:
+    """Members of the approvers group, through sudo: the helper checks their password as
+    root, so the service account (which has no grant for it) never sees it."""
+    sudoers = installed.path("/etc/sudoers.d/host-agent-approve")
+    assert run("visudo", "-cf", str(sudoers)).returncode == 0
+    rules = [line for line in sudoers.read_text().splitlines() if line and line[0] not in "#D"]
+    helper = installed.path("/usr/local/libexec/host-agent/host-agent-approve")
+    assert rules == [f"%{installed.approvers} ALL=(root) NOPASSWD: {helper}"]
 
 
 def test_pam_service_file_is_the_shipped_one(installed: Installed) -> None:
@@ -417,6 +427,17 @@ def test_a_changed_mode_is_put_right_and_reported(installed: Installed) -> None:
     done = installed.install()
     assert f"updated {conf} (mode 0644, root:root)" in done.stdout.splitlines()
     assert attributes(conf) == ("0o644", "root", "root")
+    assert installed.install().stdout.splitlines()[-1] == "nothing to change"
+
+
+def test_an_upgrade_removes_the_old_pam_wrapper(installed: Installed) -> None:
+    """Older installs let the service account check passwords with host-agent-pam: gone."""
+    old = installed.path("/usr/local/libexec/host-agent/host-agent-pam")
+    old.write_text("#!/bin/bash\n")
+    old.chmod(0o755)
+    done = installed.install()
+    assert f"removed {old}" in done.stdout.splitlines()
+    assert not old.exists()
     assert installed.install().stdout.splitlines()[-1] == "nothing to change"
 
 
@@ -782,6 +803,7 @@ def test_uninstall_removes_what_it_installed_and_keeps_logs_approvals_and_config
         "/usr/local/libexec/host-agent",
         "/usr/local/bin/host-agent",
         "/etc/sudoers.d/host-agent",
+        "/etc/sudoers.d/host-agent-approve",
         "/etc/pam.d/host-agent",
         "/etc/logrotate.d/host-agent",
         "/etc/cron.d/host-agent",

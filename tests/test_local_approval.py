@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 
 from host_agent.approvals.local import LocalSocketError, Peer, bind
-from host_agent.approvals.local_client import LocalApprovalUnavailable, check_listener
+from host_agent.approvals.local_client import (
+    LocalApprovalUnavailable,
+    agent_listener_check,
+    check_listener,
+)
 
 
 @pytest.fixture
@@ -86,3 +90,21 @@ def test_the_client_refuses_what_is_not_a_socket(directory: Path) -> None:
     (directory / "approve.sock").symlink_to("/dev/null")
     with pytest.raises(LocalApprovalUnavailable, match="is not a socket"):
         check_listener(directory / "approve.sock", me())
+
+
+def test_the_root_helper_trusts_only_the_service_account_or_root(listening: Path) -> None:
+    """Whoever else listens (any other uid) is not the agent."""
+    agent_listener_check(service_uid=os.geteuid())(listening, me())
+    stranger = Peer(1, 4343, 4343)
+    with pytest.raises(LocalApprovalUnavailable, match="not the agent"):
+        agent_listener_check(service_uid=4242)(listening, stranger)
+
+
+def test_the_root_helper_trusts_root_only_in_roots_own_directories(
+    listening: Path, directory: Path
+) -> None:
+    """In the service account's directory the socket could be a link to any root listener."""
+    os.chown(directory, 4242, -1)
+    root = Peer(1, 0, 0)
+    with pytest.raises(LocalApprovalUnavailable, match="which others can change"):
+        agent_listener_check(service_uid=4242)(listening, root)

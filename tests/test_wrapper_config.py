@@ -61,6 +61,9 @@ protected_paths = ["/srv/state"]
 local_socket = "/run/host-agent/approve.sock"
 approvers_group = "host-agent-approvers"
 
+[runner]
+service_user = "host-agent"
+
 [binaries]
 systemctl = "/bin/systemctl"
 python = "/opt/host-agent/venv/bin/python"
@@ -106,6 +109,8 @@ def test_render_lists_every_allowlist_and_binary(config_path: Path) -> None:
         "zfs_protected_path=/var/lib/host-agent",
         "zfs_protected_path=/srv/state",
         "approvers_group=host-agent-approvers",
+        "local_socket=/run/host-agent/approve.sock",
+        "service_user=host-agent",
     ]
 
 

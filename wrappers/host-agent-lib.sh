@@ -157,11 +157,12 @@ ha_binary() {
     printf '%s\n' "$HA_TRUSTED"
 }
 
-# ha_run_python ARG...: run python_bin as root with ARGs (see ha_run). Python finds its
-# virtualenv from the name it is called by, so the checked interpreter is run under
-# its configured name (bash's exec -a); a virtualenv's files are code run as root, so
-# each of them must be root's alone.
-ha_run_python() {
+# ha_python_command: set HA_PYTHON to the command that runs python_bin as root.
+# Python finds its virtualenv from the name it is called by, so the checked
+# interpreter is run under its configured name (bash's exec -a); a virtualenv's
+# files are code run as root, so each of them must be root's alone.
+HA_PYTHON=()
+ha_python_command() {
     local name python venv
     name=$(ha_config_value python_bin /usr/bin/python3)
     python=$(ha_binary python_bin /usr/bin/python3)
@@ -172,7 +173,13 @@ ha_run_python() {
         ha_trusted_tree "python environment" "${HA_TRUSTED%/*}"
     fi
     # shellcheck disable=SC2016  # expanded by the inner bash, not here
-    ha_run bash -c 'exec -a "$0" "$@"' "$name" "$python" "$@"
+    HA_PYTHON=(bash -c 'exec -a "$0" "$@"' "$name" "$python")
+}
+
+# ha_run_python ARG...: run python_bin as root with ARGs, as ha_run runs a tool.
+ha_run_python() {
+    ha_python_command
+    ha_run "${HA_PYTHON[@]}" "$@"
 }
 
 # ha_check FIELD VALUE REGEX: bounded, no leading '-', full match of REGEX.

@@ -1,10 +1,11 @@
 """`host-agent approve` on the host: a Unix socket for people, not programs.
 
 Who is asking comes from the kernel (SO_PEERCRED), never from the request.
-The caller must be in `approvers_group`, and to approve or deny must prove
-with their password that they are that person: PAM, checked as root by the
-host-agent-pam wrapper because this unprivileged service cannot. One JSON
-line in, one JSON line out.
+Members of `approvers_group` may list open approvals here. Decisions come
+only from root: the host-agent-approve helper, which an approver runs through
+sudo, checks their password with PAM itself and then tells this socket which
+approver decided what. No password ever reaches this unprivileged service
+(threat model, invariant 11). One JSON line in, one JSON line out.
 """
 
 from __future__ import annotations
@@ -25,20 +26,17 @@ from typing import Any
 
 from host_agent.approvals.manager import ApprovalManager
 from host_agent.approvals.model import Approver
-from host_agent.errors import ApprovalError, HostAgentError, RunnerError
-from host_agent.runner import Runner
+from host_agent.errors import ApprovalError, HostAgentError
 
 log = logging.getLogger(__name__)
 
-ACTIONS = ("approve", "deny", "list")
+# "refused": the helper reports a failed password check, for the audit log.
+ACTIONS = ("approve", "deny", "list", "refused")
+REFUSAL_CODES = ("authentication_failed", "invalid_password")
 MAX_REQUEST_BYTES = 8192
-MAX_PASSWORD_BYTES = 1024
-# A person types a password after connecting; a program that holds the line longer is cut off.
-READ_TIMEOUT_SECONDS = 120.0
+READ_TIMEOUT_SECONDS = 120.0  # the helper connects before its approver types the password
 MAX_CONNECTIONS = 8
 STOP_GRACE_SECONDS = 5.0
-# host-agent-pam's exit codes (see the wrapper).
-_PAM_OK, _PAM_FAILED, _PAM_BAD_INPUT, _PAM_NOT_MEMBER = 0, 65, 64, 77
 
 
 class LocalSocketError(HostAgentError):
@@ -73,21 +71,19 @@ def peer_of(sock: socket.socket) -> Peer:
 class LocalRequest:
     action: str
     reference: str  # an approval token, or (on the host only) an approval id
-    password: str
+    approver: str  # the approver the root helper authenticated ("" from anyone else)
+    code: str  # why the helper refused ("refused" only)
 
 
 class LocalApprovals:
     """Serves the approval socket for one ApprovalManager."""
 
-    def __init__(self, manager: ApprovalManager, runner: Runner, group: str) -> None:
+    def __init__(self, manager: ApprovalManager, group: str) -> None:
         self.manager = manager
-        self.runner = runner
         self.group = group
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
-        # One password check at a time: with PAM's delay on failure, guessing stays slow.
-        self._pam = asyncio.Lock()
 
     async def serve(self, path: Path) -> None:
         """Listen on `path`; the directory must be one only root or this service can change."""
@@ -140,27 +136,55 @@ class LocalApprovals:
             writer.close()
 
     async def _answer(self, peer: Peer, reader: asyncio.StreamReader) -> dict[str, Any]:
+        if peer.uid == 0:
+            return await self._answer_helper(peer, reader)
         user = peer.user
         approver = Approver("pam", user if user is not None else f"#{peer.uid}")
         seen: dict[str, Any] = {"peer_uid": peer.uid, "peer_pid": peer.pid}
         if user is None or not self._is_member(user):
             await self.manager.refuse(approver, "not_an_approver", **seen)
+            raise _not_an_approver(self.group)
+        request = await self._read(reader, approver, seen)
+        if request.action != "list":
+            # Only root's helper has checked a password; a member's own word is not enough.
+            await self.manager.refuse(approver, "decision_needs_helper", **seen)
             raise ApprovalError(
-                403, "not_an_approver", f"only members of the group {self.group} may approve here"
+                403,
+                "decision_needs_helper",
+                "decisions come only from the root helper: run `host-agent approve TOKEN`",
+                field="action",
             )
-        try:
-            request = await _read_request(reader)
-        except ApprovalError as exc:
-            await self.manager.refuse(approver, exc.code, **seen)
-            raise
+        pending = await self.manager.open_approvals()
+        return {"ok": True, "approvals": [approval.public() for approval in pending]}
+
+    async def _answer_helper(self, peer: Peer, reader: asyncio.StreamReader) -> dict[str, Any]:
+        """Root's helper, which authenticated the approver it names (or says why not)."""
+        seen: dict[str, Any] = {"peer_uid": peer.uid, "peer_pid": peer.pid}
+        request = await self._read(reader, Approver("pam", "root"), seen)
         if request.action == "list":
-            pending = await self.manager.open_approvals()
-            return {"ok": True, "approvals": [approval.public() for approval in pending]}
-        await self._authenticate(approver, request.password, seen)
+            await self.manager.refuse(Approver("pam", "root"), "not_an_approver", **seen)
+            raise _not_an_approver(self.group)
+        approver = Approver("pam", request.approver)
+        seen["approver_uid"] = _uid_of(request.approver)
+        if not self._is_member(request.approver):  # the helper checked; the group may have changed
+            await self.manager.refuse(approver, "not_an_approver", **seen)
+            raise _not_an_approver(self.group)
+        if request.action == "refused":
+            await self.manager.refuse(approver, request.code, **seen)
+            return {"ok": True, "recorded": request.code}
         approval = await self.manager.decide(
             request.reference, request.action == "approve", approver, **seen
         )
         return {"ok": True, "approval": approval.public()}
+
+    async def _read(
+        self, reader: asyncio.StreamReader, approver: Approver, seen: dict[str, Any]
+    ) -> LocalRequest:
+        try:
+            return await _read_request(reader, from_helper=seen["peer_uid"] == 0)
+        except ApprovalError as exc:
+            await self.manager.refuse(approver, exc.code, **seen)
+            raise
 
     def _is_member(self, user: str) -> bool:
         """Primary or supplementary member, read now: a change to the group applies at once."""
@@ -171,44 +195,21 @@ class LocalApprovals:
             return False
         return group.gr_gid in os.getgrouplist(user, entry.pw_gid)
 
-    async def _authenticate(self, approver: Approver, password: str, seen: dict[str, Any]) -> None:
-        async with self._pam:
-            try:
-                result = await self.runner.check_password(approver.name, password)
-            except RunnerError as exc:
-                log.error("the PAM wrapper could not run: %s", exc)
-                refusal: ApprovalError | None = _pam_unavailable()
-            else:
-                refusal = _pam_refusal(result.exit_code)
-                if refusal is not None and refusal.code == "pam_unavailable":
-                    log.error("the PAM wrapper failed (%d): %s", result.exit_code, result.stderr)
-        if refusal is not None:
-            await self.manager.refuse(approver, refusal.code, **seen)
-            raise refusal
 
-
-def _pam_refusal(exit_code: int) -> ApprovalError | None:
-    """What host-agent-pam's exit code means for the person asking."""
-    if exit_code == _PAM_OK:
-        return None
-    if exit_code == _PAM_FAILED:
-        return ApprovalError(401, "authentication_failed", "wrong password", field="password")
-    if exit_code == _PAM_BAD_INPUT:
-        return ApprovalError(
-            400, "invalid_password", "the password must be one line of UTF-8", field="password"
-        )
-    if exit_code == _PAM_NOT_MEMBER:
-        return ApprovalError(403, "not_an_approver", "not a member of the approvers group")
-    return _pam_unavailable()
-
-
-def _pam_unavailable() -> ApprovalError:
+def _not_an_approver(group: str) -> ApprovalError:
     return ApprovalError(
-        503, "pam_unavailable", "the password cannot be checked now; see the agent's log"
+        403, "not_an_approver", f"only members of the group {group} may approve here"
     )
 
 
-async def _read_request(reader: asyncio.StreamReader) -> LocalRequest:
+def _uid_of(user: str) -> int | None:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+async def _read_request(reader: asyncio.StreamReader, *, from_helper: bool) -> LocalRequest:
     try:
         line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT_SECONDS)
     except TimeoutError:
@@ -226,14 +227,20 @@ async def _read_request(reader: asyncio.StreamReader) -> LocalRequest:
     action = document.get("action")
     if action not in ACTIONS:
         raise _invalid("action", f"must be one of {', '.join(ACTIONS)}")
-    if action == "list":
-        return LocalRequest("list", "", "")
-    reference, password = document.get("token"), document.get("password")
+    if action == "list" or not from_helper:
+        return LocalRequest(action, "", "", "")
+    approver = document.get("approver")
+    if not isinstance(approver, str) or not 0 < len(approver) <= 32:
+        raise _invalid("approver", "the user name the helper authenticated")
+    if action == "refused":
+        code = document.get("code")
+        if code not in REFUSAL_CODES:
+            raise _invalid("code", f"must be one of {', '.join(REFUSAL_CODES)}")
+        return LocalRequest(action, "", approver, code)
+    reference = document.get("token")
     if not isinstance(reference, str) or not 0 < len(reference) <= 64:
         raise _invalid("token", "an approval token or approval id")
-    if not isinstance(password, str) or not 0 < len(password.encode()) <= MAX_PASSWORD_BYTES:
-        raise _invalid("password", f"a string of 1 to {MAX_PASSWORD_BYTES} bytes")
-    return LocalRequest(action, reference, password)
+    return LocalRequest(action, reference, approver, "")
 
 
 def _invalid(field: str, message: str) -> ApprovalError:
@@ -251,8 +258,8 @@ def bind(path: Path) -> socket.socket:
     """A listening socket at `path`, connectable by anyone who can reach the directory.
 
     The directory must be owned by root or this service and writable by no one
-    else: otherwise another user could put their own socket there and collect
-    the passwords people type. Access is decided per connection (peer check).
+    else: otherwise another user could put their own socket there and answer
+    in the agent's name. Access is decided per connection (peer check).
     """
     directory = path.parent
     try:

@@ -1,8 +1,10 @@
-"""The person's side of the approval socket: make sure it is the agent, then ask.
+"""Talking to the agent's approval socket: make sure it is the agent, then ask.
 
-A password is only ever sent to a listener that root or the socket
-directory's owner started, in a directory no one else can write to, so a
-look-alike socket cannot collect it.
+No password ever travels on this socket. An approver lists open approvals
+here directly; decisions come only from the root helper (approvals/helper.py),
+which checked the password itself. Either side first checks who listens: a
+listener that root or the socket's owner started, in a directory no one else
+can write to, and for the root helper only the service account or root.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,7 @@ class LocalApprovalUnavailable(HostAgentError):
 class Connection:
     """One request/reply exchange with the agent over its approval socket."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, check: Callable[[Path, Peer], None] | None = None) -> None:
         self.path = path
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(TIMEOUT_SECONDS)
@@ -43,7 +46,7 @@ class Connection:
                 "(is it running, with [approval] local_socket set to this path?)"
             ) from None
         try:
-            check_listener(path, peer_of(self._sock))
+            (check or check_listener)(path, peer_of(self._sock))
         except BaseException:
             self._sock.close()
             raise
@@ -99,4 +102,19 @@ def check_listener(path: Path, peer: Peer) -> None:
         if problem is None and (info.st_uid not in trusted or writable):
             problem = f"is below {directory}, which others can change"
     if problem is not None:
-        raise LocalApprovalUnavailable(f"refusing to send a password: {path} {problem}")
+        raise LocalApprovalUnavailable(f"refusing to talk to {path}: it {problem}")
+
+
+def agent_listener_check(service_uid: int) -> Callable[[Path, Peer], None]:
+    """The root helper's check: the listener is the service account, or root in a root-only
+    directory (check_listener trusts only root's directories when the peer is root), so the
+    service account cannot point root at another program's socket and be believed."""
+
+    def check(path: Path, peer: Peer) -> None:
+        if peer.uid not in (service_uid, 0):
+            raise LocalApprovalUnavailable(
+                f"refusing to talk to {path}: uid {peer.uid} listens, not the agent"
+            )
+        check_listener(path, peer)
+
+    return check

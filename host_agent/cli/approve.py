@@ -1,22 +1,28 @@
-"""`host-agent approve`: a local approver decides on this host, with their Unix password."""
+"""`host-agent approve`: a local approver decides on this host, with their Unix password.
+
+Listing asks the agent's socket directly: no secret is involved, and the agent
+checks the caller's group itself. A decision runs the root helper through sudo
+(host-agent-approve), which reads and checks the password itself, so the
+password never reaches the agent's service account.
+"""
 
 from __future__ import annotations
 
 import argparse
-import getpass
-import json
-import os
-import pwd
+import subprocess  # noqa: TID251 -- the approver's own process starts sudo, not the agent
 import sys
 from pathlib import Path
-from typing import Any
 
+from host_agent.approvals import display
 from host_agent.approvals.local_client import (
     DEFAULT_SOCKET,
     Connection,
     LocalApprovalUnavailable,
 )
-from host_agent.cli.common import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE, Commands
+from host_agent.cli.common import EXIT_UNAVAILABLE, EXIT_USAGE, Commands
+
+DEFAULT_HELPER = Path("/usr/local/libexec/host-agent/host-agent-approve")
+SUDO = "/usr/bin/sudo"
 
 
 def register(commands: Commands) -> None:
@@ -24,8 +30,9 @@ def register(commands: Commands) -> None:
         "approve",
         help="approve or deny a pending operation on this host, with your password",
         description="Approve (or --deny) a pending operation as a member of the approvers "
-        "group, authenticated with your Unix password. Exit status: 0 done, 1 refused, "
-        "2 usage, 3 the agent cannot be reached or its socket is not trusted.",
+        "group, authenticated with your Unix password, which only a root helper run through "
+        "sudo reads and checks. Exit status: 0 done, 1 refused, 2 usage, 3 the agent cannot "
+        "be reached or its socket is not trusted.",
     )
     approve.add_argument(
         "reference",
@@ -36,7 +43,16 @@ def register(commands: Commands) -> None:
     approve.add_argument("--deny", action="store_true", help="refuse the operation instead")
     approve.add_argument("--list", action="store_true", help="show open approvals instead")
     approve.add_argument(
-        "--socket", type=Path, default=DEFAULT_SOCKET, help=f"default {DEFAULT_SOCKET}"
+        "--socket",
+        type=Path,
+        default=DEFAULT_SOCKET,
+        help=f"for --list (decisions use the socket in wrappers.conf); default {DEFAULT_SOCKET}",
+    )
+    approve.add_argument(
+        "--helper",
+        type=Path,
+        default=DEFAULT_HELPER,
+        help=f"the root helper sudo lets approvers run; default {DEFAULT_HELPER}",
     )
     approve.add_argument(
         "--password-stdin",
@@ -51,62 +67,32 @@ def _approve(options: argparse.Namespace) -> int:
     if options.list == (options.reference is not None):
         print("host-agent approve: give a TOKEN (or approval id), or --list", file=sys.stderr)
         return EXIT_USAGE
+    if not options.list:
+        return _decide(options)
     try:
-        # Connected and checked before a password is typed: never to a dead or fake agent.
-        connection = Connection(options.socket)
-        if options.list:
-            reply = connection.ask({"action": "list"})
-        else:
-            try:
-                password = _read_password(options.password_stdin)
-            except BaseException:
-                connection.close()
-                raise
-            action = "deny" if options.deny else "approve"
-            reply = connection.ask(
-                {"action": action, "token": options.reference, "password": password}
-            )
+        reply = Connection(options.socket).ask({"action": "list"})
     except LocalApprovalUnavailable as exc:
-        print(f"host-agent: {exc}", file=sys.stderr)
+        print(f"host-agent: {display.clean(exc)}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    if options.json:
-        print(json.dumps(reply, indent=2))
-    elif not reply["ok"]:
-        error = reply.get("error", {})
-        print(f"host-agent: refused: {error.get('message')} ({error.get('code')})", file=sys.stderr)
-    elif options.list:
-        _print_open_approvals(reply["approvals"])
-    else:
-        print(_describe_decision(reply["approval"]))
-    return EXIT_OK if reply["ok"] else EXIT_FAILED
+    return display.report(reply, as_json=options.json)
 
 
-def _read_password(from_stdin: bool) -> str:
-    if from_stdin:
-        return sys.stdin.readline().removesuffix("\n")
-    user = pwd.getpwuid(os.getuid()).pw_name
-    return getpass.getpass(f"Password for {user}: ")
-
-
-def _describe_decision(approval: dict[str, Any]) -> str:
-    what = f"{approval['operation']} {approval['resource'] or ''}".rstrip()
-    subject = f"{approval['approval_id']} ({what}, requested by {approval['requester']})"
-    status = approval["status"]
-    if status == "approved":
-        return f"approved {subject}; it may run once before {approval['expires_at']}"
-    if status == "denied":
-        return f"denied {subject}"
-    count, needed = len(approval["approvers"]), approval["approvals_required"]
-    return f"vote recorded for {subject}: {count} of {needed} approvals"
-
-
-def _print_open_approvals(approvals: list[dict[str, Any]]) -> None:
-    if not approvals:
-        print("no open approvals")
-    for approval in approvals:
-        print(
-            f"{approval['approval_id']}  {approval['status']:<8}  {approval['operation']} "
-            f"{approval['resource']}  by {approval['requester']}  until {approval['expires_at']}"
+def _decide(options: argparse.Namespace) -> int:
+    """Hand over to the root helper; it talks to the terminal and prints the outcome."""
+    flags = [
+        flag
+        for flag, on in (("--password-stdin", options.password_stdin), ("--json", options.json))
+        if on
+    ]
+    verdict = "deny" if options.deny else "approve"
+    argv = [SUDO, "-n", "--", str(options.helper), *flags, verdict, "--", options.reference]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        done = subprocess.run(
+            argv, stdin=sys.stdin, stdout=sys.stdout, stderr=sys.stderr, check=False
         )
-        print(f"    args: {' '.join(approval['args']) or '(none)'}")
-        print(f"    reason: {approval['reason'] or '(none given)'}")
+    except OSError as exc:
+        print(f"host-agent: cannot run {SUDO}: {exc.strerror}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    return done.returncode
