@@ -41,6 +41,7 @@ src/client/*.go; envelope fields from AsamK/signal-cli's Json* records):
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
 import hmac
 import http.client
@@ -239,7 +240,7 @@ class _Endpoint:
         attempt = 0
         while True:
             attempt += 1
-            reply = await asyncio.to_thread(
+            reply = await _off_loop(
                 _exchange, "POST", self.url, data, self.headers, self.timeout, _MAX_SEND_REPLY_BYTES
             )
             if reply.status is not None and 200 <= reply.status < 300:
@@ -348,6 +349,20 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         newurl: str,
     ) -> None:
         return None
+
+
+# Blocking exchanges with the bridge run on threads of their own, never on asyncio's
+# default pool: that pool also runs the audit log's fsyncs and the approval store's
+# queries, and a bridge that takes seconds to answer must not make every caller wait.
+# Bounded: past it, further exchanges queue here, still away from the audit log.
+NETWORK_THREADS = 4
+_NETWORK = concurrent.futures.ThreadPoolExecutor(
+    max_workers=NETWORK_THREADS, thread_name_prefix="host-agent-signal"
+)
+
+
+async def _off_loop(exchange: Callable[..., _Reply], *args: Any) -> _Reply:
+    return await asyncio.get_running_loop().run_in_executor(_NETWORK, exchange, *args)
 
 
 # Proxy variables from the environment are ignored: the bridge is a local
@@ -486,9 +501,7 @@ async def poll(
     quoted = urllib.parse.quote(number, safe="")
     url = f"{_base_url(base_url)}/v1/receive/{quoted}?max_messages={MAX_POLL_MESSAGES}"
     where = _where(url)
-    reply = await asyncio.to_thread(
-        _exchange, "GET", url, None, _headers(headers), timeout, MAX_POLL_BYTES
-    )
+    reply = await _off_loop(_exchange, "GET", url, None, _headers(headers), timeout, MAX_POLL_BYTES)
     if reply.status != 200:
         failure = reply.failure or f"HTTP {reply.status}"
         raise SignalError(
