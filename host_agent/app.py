@@ -79,13 +79,14 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
         identity = await limited(request)
         approval_id = request.path_params["approval_id"]
         manager = approvals()
-        return JSONResponse(manager.view(await manager.visible(approval_id, identity.cn)))
+        approval = await manager.visible(approval_id, identity.cn)
+        return JSONResponse(manager.view(approval, identity.cn))
 
     async def own_pending(request: Request) -> Response:
         identity = await limited(request)
         manager = approvals()
         listed = await manager.open_approvals(identity.cn)
-        return JSONResponse({"approvals": [manager.view(a) for a in listed]})
+        return JSONResponse({"approvals": [manager.view(a, identity.cn) for a in listed]})
 
     async def all_pending(request: Request) -> Response:
         identity = await limited(request)
@@ -93,7 +94,7 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
             raise ApprovalError(403, "admin_required", "only an admin CN may list every approval")
         manager = approvals()
         listed = await manager.open_approvals()
-        return JSONResponse({"approvals": [manager.view(a) for a in listed]})
+        return JSONResponse({"approvals": [manager.view(a, identity.cn) for a in listed]})
 
     async def approve(request: Request) -> Response:
         await limited(request)
@@ -106,7 +107,7 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
         admin = Approver("admin", identity.cn)
         manager = approvals()
         approval = await manager.decide(token, verdict, admin, approval_id=approval_id)
-        return JSONResponse(manager.view(approval))
+        return JSONResponse(manager.view(approval, identity.cn))
 
     async def signal_webhook(request: Request) -> Response:
         """Approver replies from the Signal bridge, authenticated apart from any body field."""

@@ -13,10 +13,19 @@ from host_agent.errors import RequestError, ValidationError
 MAX_ARGS = 32
 MAX_REASON = 500
 _FIELDS = {"kind", "resource", "args", "dry_run", "reason", "approval_id"}
-# Control, format (bidi overrides, zero-width), line/paragraph separators,
-# surrogates, private-use and unassigned: the reason is shown to approvers as
-# one line, and none of these may fake or hide the lines around it.
-_UNSHOWABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+# Control, format (bidi overrides, zero-width), separators (every space but the plain
+# one: wide, ideographic, no-break), surrogates, private-use and unassigned: the reason
+# is shown to approvers, and none of these may fake, hide or lay out lines around it.
+_UNSHOWABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"})
+# Letters and symbols that draw nothing: Hangul fillers and the blank braille pattern.
+_BLANK = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def showable(text: str) -> bool:
+    """Visible characters and the plain space only: what an approver can read as is."""
+    return not any(
+        (unicodedata.category(c) in _UNSHOWABLE and c != " ") or c in _BLANK for c in text
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +81,11 @@ def parse_host_op(document: Any) -> HostOpRequest:
         raise ValidationError(
             "reason", f"must be a string of at most {MAX_REASON} characters", code="invalid_type"
         )
-    if reason is not None and any(unicodedata.category(c) in _UNSHOWABLE for c in reason):
+    if reason is not None and not showable(reason):
         raise ValidationError(
             "reason",
-            "one line of text: no control, formatting or invisible characters",
+            "visible characters and plain spaces only: no control, formatting, blank or "
+            "wide-space characters",
             code="invalid_characters",
         )
     approval_id = document.get("approval_id")

@@ -213,7 +213,7 @@ def test_the_requester_learns_who_can_decide_but_not_their_numbers(
                 "who": "an admin client (CN matching 'admin-*') with POST /approve",
             },
         ]
-        assert "+15555550001" not in json.dumps(world.manager.view(approval))
+        assert "+15555550001" not in json.dumps(world.manager.view(approval, "librarian-1"))
 
         # An admin-only approval cannot be decided over Signal; the host's approvers can.
         world.manager.reconfigure(

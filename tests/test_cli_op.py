@@ -245,7 +245,7 @@ def test_waiting_ends_with_the_denial(
     denial.join()
     assert ran.status == EXIT_DENIED
     assert ran.stderr.splitlines()[-1].startswith("host-agent: denied: ")
-    assert "admin:admin-1" in ran.stderr
+    assert "was denied by admin (approval_denied)" in ran.stderr
 
 
 def test_waiting_has_a_limit_and_json_tells_the_approval(

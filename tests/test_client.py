@@ -398,7 +398,7 @@ def test_a_pending_approval_waits_then_is_denied(
             pending.wait(poll_interval=0.1, on_status=lambda s: seen.append(s.status))
         assert seen == [ApprovalState.DENIED]
         assert denied.value.approval is not None
-        assert denied.value.approval.decided_by == "admin:admin-1"
+        assert denied.value.approval.decided_by == "admin"  # masked for the requester
         assert denied.value.status is None  # learnt by polling, not from an error answer
 
         # Resubmitting anyway: the server's own refusal maps to the same class.

@@ -432,7 +432,7 @@ def test_a_denied_approval_is_an_error_result(
     assert post(live, pki, "admin-1", "/approve", deny).status_code == 200
     denied = librarian.call(CHECK_APPROVAL, {"approval_id": approval_id})
     assert error(denied) == ("approval_denied", None)
-    assert payload(denied)["approval"]["decided_by"] == "admin:admin-1"
+    assert payload(denied)["approval"]["decided_by"] == "admin"
     assert approval_id in text(denied)
 
 

@@ -309,9 +309,16 @@ class ApprovalManager:
                 403, "admin_only", "this approval needs an admin (POST /approve or the host)"
             )
 
-    def view(self, approval: Approval) -> dict[str, Any]:
-        """An approval as its requester and admins see it, with who can decide it now."""
-        return {**approval.public(), "asked": self.asked(approval)}
+    def view(self, approval: Approval, viewer_cn: str) -> dict[str, Any]:
+        """An approval as `viewer_cn` (its requester, or an admin) sees it, with who can
+        decide it now. Only an admin sees who decided in full; a requester is an automated
+        agent and sees approvers as `asked` shows them: a channel, a number's last digits."""
+        shown = approval.public()
+        if not self.config.is_admin(viewer_cn):
+            shown["approvers"] = [masked_identity(a) for a in approval.approvers]
+            if approval.decided_by is not None:
+                shown["decided_by"] = masked_identity(approval.decided_by)
+        return {**shown, "asked": self.asked(approval)}
 
     def asked(self, approval: Approval) -> list[dict[str, str]]:
         """The channels through which a human can decide `approval` under the live config.
@@ -440,10 +447,19 @@ def message(
         f"Operation: {approval.operation}",
         f"Resource: {approval.resource or '(none)'}",
         f"Arguments: {' '.join(approval.args)}",
-        f"Reason: {approval.reason or '(none given)'}",
         f"Digest: {approval.digest}",
         f"Expires: {timestamp(approval.expires_at)}",
     ]
+    # The requester's own words, set off so that they cannot pass for the message's lines
+    # (runs of spaces are folded: no padding to wrap a fake line onto the screen).
+    if approval.reason:
+        lines += [
+            "",
+            "Reason given by the requester (unchecked):",
+            f"> {' '.join(approval.reason.split())}",
+        ]
+    else:
+        lines += ["", "Reason given by the requester: (none)"]
     if approval.approvals_required > 1:
         lines.append(f"Needs {approval.approvals_required} different approvers.")
     if preview:
@@ -452,6 +468,12 @@ def message(
             lines.append(f"  ... and {len(preview) - preview_limit} more")
     lines += ["", f"Reply APPROVE {token} to allow it, or DENY {token} to refuse."]
     return "\n".join(lines)
+
+
+def masked_identity(identity: str) -> str:
+    """`signal:…0001`, or just the channel (`admin`, `pam`, `person`) of an approver."""
+    channel, _, name = identity.partition(":")
+    return f"signal:{_last_digits(name)}" if channel == "signal" else channel
 
 
 def _last_digits(number: str) -> str:
