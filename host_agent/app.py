@@ -29,11 +29,12 @@ from host_agent.errors import (
     RequestError,
     ValidationError,
 )
-from host_agent.health import HostHealth
+from host_agent.health import HostHealth, for_caller
 from host_agent.identity import Identity
 from host_agent.legacy import LEGACY_ROUTES, LegacyRoute
 from host_agent.metrics import CONTENT_TYPE
 from host_agent.pipeline import Pipeline
+from host_agent.policy import find_profile
 from host_agent.ratelimit import RateLimited
 from host_agent.request import decode_json
 from host_agent.tools import build_manifest
@@ -148,14 +149,15 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
         return JSONResponse(host.permission_findings())
 
     async def health_check(request: Request) -> Response:
-        await pipeline.identify(request.scope)
-        return JSONResponse(
-            {
-                **host.report(pipeline.audit.failing),
-                "version": __version__,
-                "adapters": sorted(pipeline.registry),
-            }
-        )
+        identity = await pipeline.identify(request.scope)
+        report = {
+            **host.report(pipeline.audit.failing),
+            "version": __version__,
+            "adapters": sorted(pipeline.registry),
+        }
+        admin = pipeline.config.approval.is_admin(identity.cn)
+        profile = find_profile(pipeline.config, identity.cn) is not None
+        return JSONResponse(for_caller(report, admin=admin, profile=profile))
 
     async def tools_manifest(request: Request) -> Response:
         """The tools this caller may call under the current policy (a read, like /health)."""
@@ -262,9 +264,9 @@ async def _agent_error(request: Request, exc: Exception) -> Response:
         extra["result"] = exc.result
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
     field = exc.field if isinstance(exc, RequestError) else None
-    message = exc.message if isinstance(exc, RequestError) else str(exc)
+    message = exc.message if isinstance(exc, RequestError) else exc.public_message()
     if exc.status >= 500:
-        log.error("%s %s: %s: %s", request.method, request.url.path, exc.code, message)
+        log.error("%s %s: %s: %s", request.method, request.url.path, exc.code, exc)
     return _ErrorJSON(
         error_body(exc.code, message, field, **extra), status_code=exc.status, headers=headers
     )

@@ -34,6 +34,10 @@ class HostAgentError(Exception):
     # Set by the request path so the error reply names the audited request.
     request_id: str | None = None
 
+    def public_message(self) -> str:
+        """What a client is told; the log keeps `str(self)`, which may name host paths."""
+        return str(self)
+
 
 class ConfigError(HostAgentError):
     """A config file could not be loaded; `problems` lists every issue found."""
@@ -134,11 +138,19 @@ class AuditUnavailable(HostAgentError):
     status = 503
     code = "audit_unavailable"
 
+    def public_message(self) -> str:
+        return "the audit log cannot be written; nothing runs until it can"
+
 
 class ResultUnaudited(AuditUnavailable):
     """The operation ran, but the record of its result could not be written."""
 
     code = "result_unaudited"
+
+    def public_message(self) -> str:
+        # The caller must learn that it ran; only the cause (which names the log) stays out.
+        ran, _, _cause = str(self).partition(": ")
+        return ran
 
 
 class RunnerError(HostAgentError):
@@ -165,6 +177,14 @@ class RunnerError(HostAgentError):
         if timed_out:
             self.status = 504
             self.code = "operation_timeout"
+
+    def public_message(self) -> str:
+        """The message with the host's paths of sudo and the wrapper cut to their names."""
+        message = str(self)
+        for part in self.argv[:4]:
+            if part.startswith("/"):
+                message = message.replace(part, part.rsplit("/", 1)[-1])
+        return message
 
     def audit_fields(self) -> dict[str, Any]:
         """What the audit record says happened, beyond the error code and message."""

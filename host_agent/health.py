@@ -111,6 +111,23 @@ class HostHealth:
         return {"checked": True, "count": len(findings), "findings": findings}
 
 
+def for_caller(report: dict[str, Any], *, admin: bool, profile: bool) -> dict[str, Any]:
+    """What one caller may read of `report`: paths and error texts (audit log, CRL,
+    sudoers, wrappers) are for admins; a CN with no profile learns only whether the agent
+    is well and its version, which is what a monitoring probe needs."""
+    if admin:
+        return report
+    if not profile:
+        return {key: report[key] for key in ("status", "problems", "version")}
+    shown = {
+        **report,
+        "audit": {"state": report["audit"]["state"]},
+        "crl": {key: value for key, value in report["crl"].items() if key != "error"},
+    }
+    shown.pop("sudoers_unchecked", None)
+    return shown
+
+
 class SudoersUnchecked(Exception):
     """Why the sudoers grants could not be listed."""
 

@@ -182,7 +182,11 @@ class Pipeline:
                     **described,
                     "dry_run": True,
                     "decision": decision.as_dict(),
-                    "argv": list(argv),
+                    # Where sudo and the wrappers live is for admins; a caller sees the
+                    # wrapper's name and what it would be given.
+                    "argv": list(argv)
+                    if self.config.approval.is_admin(who["cn"])
+                    else [operation.wrapper, *operation.wrapper_argv],
                     "digest": operation.digest(),
                 },
             )

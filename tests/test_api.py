@@ -258,13 +258,10 @@ def test_dry_run_answers_the_decision_without_running(
     assert reply.status_code == 200
     body = reply.json()
     assert body["decision"]["effect"] == "allow"
-    assert body["argv"][-3:] == [
-        str(config.runner.wrapper_dir / "host-agent-zfs"),
-        "snapshot",
-        "tank/data@before-upgrade",
-    ]
-    assert body["argv"][:3] == [str(config.runner.sudo), "-n", "--"]
+    # Where sudo and the wrappers live is for admins: a caller sees the wrapper's name.
+    assert body["argv"] == ["host-agent-zfs", "snapshot", "tank/data@before-upgrade"]
     records = audit_records(config.audit.log_path)
+    assert records[0]["argv"][:3] == [str(config.runner.sudo), "-n", "--"]
     assert [r["event"] for r in records] == ["decision"]
     assert records[0]["dry_run"] is True and records[0]["reason_text"] == (
         "upgrade – vor dem Update, naïve café 😀"
@@ -344,3 +341,29 @@ def test_approve_body_with_and_without_the_predecessors_approval_id() -> None:
     approval_id = "ap-" + "a" * 16
     body = {"token": "T", "decision": "deny", "approval_id": approval_id}
     assert parse_verdict(body) == ("T", False, approval_id)
+
+
+def test_host_paths_are_shown_to_admins_only(agent: RunningAgent, pki: Pki, config: Config) -> None:
+    """Dry runs and /health name the wrappers, sudo, the audit log and the CRL only to an
+    admin; a CN without a profile learns whether the agent is well, and its version."""
+    dry_run = {"kind": "zfs", "resource": "tank", "args": ["list"], "dry_run": True}
+    with client(agent, pki, "admin-1") as http:
+        assert http.post("/host/op", json=dry_run).json()["argv"][:3] == [
+            str(config.runner.sudo),
+            "-n",
+            "--",
+        ]
+        full = http.get("/health").json()
+    with client(agent, pki, "librarian-1") as http:
+        shown = http.post("/host/op", json=dry_run).json()
+        profile = http.get("/health").json()
+    with client(agent, pki, "stranger") as http:
+        bare = http.get("/health").json()
+    assert shown["argv"] == ["host-agent-zfs", "list", "tank"]
+    assert "adapters" in full and "adapters" in profile
+    assert set(bare) == {"status", "problems", "version"}
+    for seen in (shown, profile, bare):
+        text = json.dumps(seen)
+        assert str(config.runner.wrapper_dir) not in text
+        assert str(config.audit.log_path) not in text
+        assert str(config.runner.sudo) not in text
