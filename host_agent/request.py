@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+from host_agent import strict_json
 from host_agent.approvals.model import APPROVAL_ID
 from host_agent.errors import RequestError, ValidationError
 
@@ -43,9 +43,9 @@ class HostOpRequest:
 
 def decode_json(body: bytes) -> Any:
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise RequestError("request body is not valid JSON", field="body") from exc
+        return strict_json.loads(body)
+    except strict_json.NotJson as exc:
+        raise RequestError(f"request body is not valid JSON: {exc.reason}", field="body") from None
 
 
 def parse_host_op(document: Any) -> HostOpRequest:

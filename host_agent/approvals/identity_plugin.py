@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from host_agent import strict_json
 from host_agent.approvals.model import Approval, Approver
 from host_agent.errors import RunnerError
 from host_agent.runner import Runner
@@ -77,8 +78,8 @@ async def _ask_url(url: str, question: dict[str, Any]) -> Verdict:
 def parse_answer(text: str) -> Verdict:
     """`{"allowed": true|false, "reason"?: str}`; anything else is a no."""
     try:
-        answer = json.loads(text)
-    except (ValueError, RecursionError):
+        answer = strict_json.loads(text)
+    except strict_json.NotJson:
         return Verdict(False, "plugin answer is not JSON")
     if not isinstance(answer, dict) or not isinstance(answer.get("allowed"), bool):
         return Verdict(False, 'plugin answer has no boolean "allowed"')

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from host_agent import strict_json
 from host_agent.approvals.manager import ApprovalManager
 from host_agent.approvals.model import Approver
 from host_agent.errors import ApprovalError, HostAgentError
@@ -219,8 +220,8 @@ async def _read_request(reader: asyncio.StreamReader, *, from_helper: bool) -> L
     if len(line) > MAX_REQUEST_BYTES or not line.endswith(b"\n"):
         raise _invalid("request", f"one line of at most {MAX_REQUEST_BYTES} bytes")
     try:
-        document = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        document = strict_json.loads(line)
+    except strict_json.NotJson:
         raise _invalid("request", "not JSON") from None
     if not isinstance(document, dict):
         raise _invalid("request", "must be a JSON object")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from host_agent import strict_json
 from host_agent.approvals.local import Peer, peer_of
 from host_agent.errors import HostAgentError
 
@@ -61,8 +62,8 @@ class Connection:
         finally:
             self._sock.close()
         try:
-            document = json.loads(reply)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            document = strict_json.loads(reply)
+        except strict_json.NotJson:
             raise LocalApprovalUnavailable(f"{self.path}: the reply is not JSON") from None
         if not isinstance(document, dict) or not isinstance(document.get("ok"), bool):
             raise LocalApprovalUnavailable(f"{self.path}: unexpected reply")

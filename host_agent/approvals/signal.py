@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Protocol
 
-from host_agent import __version__
+from host_agent import __version__, strict_json
 from host_agent.approvals.tokens import TOKEN_ALPHABET, TOKEN_LENGTH, normalize
 from host_agent.config import ApprovalConfig
 from host_agent.errors import HostAgentError
@@ -280,8 +280,8 @@ def _signal_timestamp(status: int, body: bytes) -> int | None:
     if status not in (200, 201):
         raise _Unacceptable(f"unexpected HTTP {status}")
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
+        document = strict_json.loads(body)
+    except strict_json.NotJson:
         raise _Unacceptable(f"HTTP {status} with a reply that is not JSON") from None
     if isinstance(document, dict):
         timestamp = _timestamp_value(document.get("timestamp"))
@@ -476,9 +476,9 @@ def parse_webhook(body: bytes, *, account: str | None = None) -> list[IncomingRe
     if len(body) > MAX_WEBHOOK_BYTES:
         raise InvalidWebhookBody(f"larger than {MAX_WEBHOOK_BYTES} bytes")
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        raise InvalidWebhookBody("not valid JSON") from None
+        document = strict_json.loads(body)
+    except strict_json.NotJson as exc:
+        raise InvalidWebhookBody(exc.reason) from None
     if isinstance(document, dict) and ("token" in document or "confirmation_code" in document):
         return [_legacy(document)]
     items = document if isinstance(document, list) else [document]
@@ -525,9 +525,9 @@ def _received_items(body: bytes) -> list[Any]:
     if len(body) > MAX_POLL_BYTES:
         raise InvalidWebhookBody(f"larger than {MAX_POLL_BYTES} bytes")
     try:
-        items = json.loads(body)
-    except (ValueError, RecursionError):
-        raise InvalidWebhookBody("not valid JSON") from None
+        items = strict_json.loads(body)
+    except strict_json.NotJson as exc:
+        raise InvalidWebhookBody(exc.reason) from None
     if not isinstance(items, list) or len(items) > MAX_POLL_ITEMS:
         raise InvalidWebhookBody(f"not a list of at most {MAX_POLL_ITEMS} messages")
     return items

@@ -4,7 +4,6 @@ and what an approval's state means to a waiting requester. Both clients use only
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from urllib.parse import quote
 
 import httpx
 
+from host_agent import strict_json
 from host_agent.client.errors import (
     ApprovalConsumed,
     ApprovalDenied,
@@ -137,8 +137,8 @@ def decode(response: httpx.Response) -> Any:
     if response.status_code >= 400:
         raise error_from(response)
     try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return strict_json.loads(response.content)
+    except strict_json.NotJson as exc:
         raise BadResponse(
             f"HTTP {response.status_code} from {response.url.path} is not JSON",
             status=response.status_code,
@@ -148,8 +148,8 @@ def decode(response: httpx.Response) -> Any:
 def error_from(response: httpx.Response) -> ClientError:
     """The typed error for an error answer, with everything the agent said about it."""
     try:
-        payload = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        payload = strict_json.loads(response.content)
+    except strict_json.NotJson:
         payload = None
     body: dict[str, Any] = payload if isinstance(payload, dict) else {}
     error: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else {}

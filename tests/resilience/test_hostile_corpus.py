@@ -757,6 +757,45 @@ def webhook_attacks() -> Iterator[Attack]:
         yield post("webhook-body", name, "/webhook/signal", payload, header, cn="librarian-1")
 
 
+# Where Python's json raises more than JSONDecodeError, or accepts what JSON does not.
+PARSER_LIMITS = {
+    "int-5000-digits": b"1" * 5000,
+    "int-4301-digits": b"9" * 4301,
+    "negative-int-5000-digits": b"-" + b"1" * 5000,
+    "nan": b"NaN",
+    "infinity": b"Infinity",
+    "minus-infinity": b"-Infinity",
+    "float-overflow": b"1e999",
+    "lone-surrogate": b'"\\ud800"',
+    "lone-low-surrogate": b'"a\\udc00b"',
+}
+
+
+def parser_limit_attacks() -> Iterator[Attack]:
+    """Every route that parses a body, with a value the parser chokes on in each place a
+    value goes: each is a 400 with a stable code, audited, never a 500."""
+    for name, value in PARSER_LIMITS.items():
+        for field in ("kind", "resource", "reason"):
+            body = b'{"kind": "zfs", "args": ["list"], "' + field.encode() + b'": ' + value + b"}"
+            if field == "kind":
+                body = b'{"kind": ' + value + b', "args": ["list"]}'
+            yield post("parser-limits", f"host-op-{field}-{name}", "/host/op", body)
+        yield post(
+            "parser-limits",
+            f"host-op-arg-{name}",
+            "/host/op",
+            b'{"kind": "zfs", "args": ["list", ' + value + b"]}",
+        )
+        for route, template in LEGACY_TEMPLATES:
+            first = next(iter(template))
+            body = b'{"' + first.encode() + b'": ' + value + b"}"
+            yield post("parser-limits", f"legacy-{route.rsplit('/', 1)[1]}-{name}", route, body)
+        yield post("parser-limits", f"approve-{name}", "/approve", b'{"token": ' + value + b"}")
+        payload = b'{"jsonrpc": "2.0", "method": "receive", "params": ' + value + b"}"
+        header = f"{SIGNATURE_HEADER}: {sign(SECRET.encode(), payload)}"
+        yield post("parser-limits", f"webhook-{name}", "/webhook/signal", payload, header)
+
+
 def metrics_listener_attacks() -> Iterator[Attack]:
     """The plain-HTTP exporter (prometheus_client) answers GET on any path with the metrics
     and everything else with its own text/plain 405, or 414 for an overlong target: not
@@ -790,6 +829,7 @@ def corpus() -> list[Attack]:
         *caller_attacks(),
         *approve_attacks(),
         *webhook_attacks(),
+        *parser_limit_attacks(),
         *metrics_listener_attacks(),
     ]
 
