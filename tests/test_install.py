@@ -546,9 +546,8 @@ def test_installed_agent_answers_a_client_of_the_installed_ca(
     # As the service account it cannot read /etc/sudoers, and with --prefix its sudoers
     # drop-in is not where sudo looks, so the root wrapper is refused: unchecked, not clean.
     assert health["sudoers_risky_entries"] is None
-    assert health["sudoers_unchecked"] == (
-        "/etc/sudoers is not readable and host-agent-sudoers failed: sudo: a password is required"
-    )
+    # Why (it names /etc/sudoers) is for an admin CN, and the skeleton names none.
+    assert "sudoers_unchecked" not in health
     try:
         anonymous = raw_exchange(agent_port, client_context(certs / "ca.crt"))
     except (ssl.SSLError, OSError):
