@@ -24,6 +24,7 @@ from host_agent.approvals.signal import (
 )
 from host_agent.errors import (
     ApprovalError,
+    CrossSiteRequest,
     HostAgentError,
     OperationFailed,
     RequestError,
@@ -47,8 +48,10 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
     max_body = pipeline.config.server.max_body_bytes
 
     async def read(request: Request) -> tuple[Identity, bytes]:
+        """The caller and the body of a state-changing request (every POST route)."""
         identity = await pipeline.identify(request.scope)
         try:
+            _refuse_browsers(request)
             return identity, await _read_body(request, max_body)
         except RequestError as exc:
             await pipeline.reject(identity, exc)
@@ -193,6 +196,20 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
     # A trailing slash is a path no route has: 404, not a redirect to one that does.
     app.router.redirect_slashes = False
     return app
+
+
+# What a browser says of a request another site made it send; curl, the clients of this
+# package and the Signal bridge send neither header.
+_CROSS_SITE = ("cross-site", "same-site")
+
+
+def _refuse_browsers(request: Request) -> None:
+    """The body is read as JSON whatever its Content-Type, so a page could have a browser
+    holding an admin's certificate POST a text/plain form: refuse what a browser marks."""
+    if "origin" in request.headers:
+        raise CrossSiteRequest("a browser request (Origin header) may not change state")
+    if request.headers.get("sec-fetch-site", "").lower() in _CROSS_SITE:
+        raise CrossSiteRequest("a request another site started may not change state")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

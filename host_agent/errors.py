@@ -153,6 +153,14 @@ class ResultUnaudited(AuditUnavailable):
         return ran
 
 
+class CrossSiteRequest(RequestError):
+    """A browser's request (it names an Origin, or another site): a page must never be
+    able to drive an admin's browser, which holds the admin's certificate."""
+
+    status = 403
+    code = "cross_site_request"
+
+
 class RunnerError(HostAgentError):
     """The wrapper could not be run to completion."""
 

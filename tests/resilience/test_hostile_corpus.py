@@ -796,6 +796,40 @@ def parser_limit_attacks() -> Iterator[Attack]:
         yield post("parser-limits", f"webhook-{name}", "/webhook/signal", payload, header)
 
 
+# A page in an admin's browser, which holds the admin's certificate, POSTing a form.
+BROWSER_HEADERS = {
+    "origin": "Origin: https://evil.example",
+    "origin-null": "Origin: null",
+    "fetch-cross-site": "Sec-Fetch-Site: cross-site",
+    "fetch-same-site": "Sec-Fetch-Site: same-site",
+}
+# Valid bodies: what runs if the header is not what refuses them.
+BROWSER_BODIES = {
+    "/host/op": as_json(LIST),
+    "/approve": as_json({"token": "ABCD-EFGH-JKMN-PQRS"}),
+    "/webhook/signal": as_json(WEBHOOK_LEGACY),
+    "/zfs/list": as_json({"dataset": "tank"}),
+    "/zfs/snapshot": as_json({"dataset": "tank", "snapname": "s"}),
+    "/zfs/destroy": as_json({"dataset": "tank@s"}),
+}
+
+
+def cross_site_attacks() -> Iterator[Attack]:
+    """Every state-changing route refuses a request a browser marks as another site's,
+    whatever its Content-Type: 403 cross_site_request, audited, nothing run."""
+    for route in POST_ROUTES:
+        for name, header in BROWSER_HEADERS.items():
+            for content_type in ("text/plain", "application/json"):
+                yield post(
+                    "cross-site",
+                    f"{route.strip('/').replace('/', '-')}-{name}-{content_type.split('/')[1]}",
+                    route,
+                    BROWSER_BODIES[route],
+                    header,
+                    f"Content-Type: {content_type}",
+                )
+
+
 def metrics_listener_attacks() -> Iterator[Attack]:
     """The plain-HTTP exporter (prometheus_client) answers GET on any path with the metrics
     and everything else with its own text/plain 405, or 414 for an overlong target: not
@@ -830,6 +864,7 @@ def corpus() -> list[Attack]:
         *approve_attacks(),
         *webhook_attacks(),
         *parser_limit_attacks(),
+        *cross_site_attacks(),
         *metrics_listener_attacks(),
     ]
 
