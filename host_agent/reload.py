@@ -34,6 +34,10 @@ RESTART_ONLY: dict[str, Callable[[Config], Any]] = {
     "runner.service_user": lambda c: c.runner.service_user,
     "approval.enabled": lambda c: c.approval.enabled,
     "approval.store_path": lambda c: c.approval.store_path,
+    # Pending approvals' tokens were hashed with it: a new key would orphan every one.
+    "approval.token_secret": lambda c: (
+        None if c.approval.token_secret is None else c.approval.token_secret.reveal()
+    ),
     "approval.local_socket/approvers_group": lambda c: (
         c.approval.local_socket,
         c.approval.approvers_group,

@@ -18,6 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from host_agent import certs
 from host_agent.audit import verify
+from host_agent.config import load_config
+from host_agent.reload import _refuse_restart_only
 from tests.served import DENY_DESTROY, Served, decision, reloads
 from tests.support import client_context
 from tests.system import run
@@ -46,6 +48,11 @@ def test_a_new_policy_applies_to_the_next_request(served: Served, tmp_path: Path
             id="restart-only-key",
         ),
         pytest.param(
+            lambda text: text.replace("[approval]\n", f'[approval]\ntoken_secret = "{"k" * 40}"\n'),
+            "approval.token_secret needs a restart",
+            id="token-secret",
+        ),
+        pytest.param(
             lambda text: text.replace("server.key", "missing.key"),
             "missing.key",
             id="unreadable-key",
@@ -62,6 +69,16 @@ def test_a_bad_reload_keeps_everything_as_it_was(served: Served, change: object,
     served.config.write_text(original + DENY_DESTROY)
     served.sighup("reloaded")
     assert decision(served) == "deny"
+
+
+def test_the_same_token_secret_read_again_is_no_change(served: Served) -> None:
+    """Secrets are compared by value (a Secret is equal to nothing, itself aside)."""
+    keyed = served.config.read_text().replace(
+        "[approval]\n", f'[approval]\ntoken_secret = "{"k" * 40}"\n'
+    )
+    served.config.write_text(keyed)
+    running, again = load_config(served.config), load_config(served.config)
+    _refuse_restart_only(running, again)  # raises RestartRequired on a change
 
 
 def peer_serial(served: Served, cn: str = "librarian-1") -> int:
