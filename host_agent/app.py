@@ -52,17 +52,27 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
         identity = await pipeline.identify(request.scope)
         try:
             _refuse_browsers(request)
-            return identity, await _read_body(request, max_body)
+            timeout = pipeline.config.server.limits.body_timeout_seconds
+            return identity, await _read_body(request, max_body, timeout)
         except RequestError as exc:
             await pipeline.reject(identity, exc)
             raise
 
+    async def operation_caller(request: Request) -> Identity:
+        """The caller of an operation route, refused before its body is read when no
+        profile matches its CN: a body costs memory and time, a CN nothing."""
+        identity = await pipeline.identify(request.scope)
+        await pipeline.refuse_unknown_caller(identity, request.url.path)
+        return identity
+
     async def host_op(request: Request) -> Response:
+        await operation_caller(request)
         reply = await pipeline.host_op(*await read(request))
         return JSONResponse(reply.body, status_code=reply.status)
 
     def legacy(route: LegacyRoute) -> Route:
         async def endpoint(request: Request) -> Response:
+            await operation_caller(request)
             reply = await route.serve(pipeline, *await read(request))
             return JSONResponse(reply.body, status_code=reply.status)
 
@@ -101,7 +111,9 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
         return JSONResponse({"approvals": [manager.view(a, identity.cn) for a in listed]})
 
     async def approve(request: Request) -> Response:
-        await limited(request)
+        caller = await limited(request)
+        # Only an admin may approve here: anyone else is refused before the body is read.
+        await approvals().check_channel(Approver("admin", caller.cn))
         identity, body = await read(request)
         try:
             token, verdict, approval_id = parse_verdict(decode_json(body))
@@ -212,17 +224,23 @@ def _refuse_browsers(request: Request) -> None:
         raise CrossSiteRequest("a request another site started may not change state")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """Read at most `limit` bytes; a larger body is refused before it is buffered."""
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """Read at most `limit` bytes within `timeout` seconds in all; a larger body is
+    refused before it is buffered, a slower one when its time is up."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     body = bytearray()
     try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise _too_large(limit)
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise _too_large(limit)
+    except TimeoutError as exc:
+        error = RequestError(f"the body did not arrive within {timeout:g}s", field="body")
+        error.status, error.code = 408, "body_timeout"
+        raise error from exc
     except ClientDisconnect as exc:
         error = RequestError("the connection ended before the body did", field="body")
         error.code = "client_disconnected"

@@ -71,6 +71,23 @@ class _Listener:
 
 
 @dataclass(frozen=True)
+class ConnectionLimits:
+    """What peers can make the listener hold (invariant 12): time per phase, and how many
+    connections overall, per source address before the handshake, and per CN after it."""
+
+    handshake_timeout_seconds: float = 5.0
+    # Keep-alive idle time, which also bounds how long a request's head may take.
+    idle_timeout_seconds: float = 15.0
+    body_timeout_seconds: float = 10.0
+    # Lowered at start to half the process's descriptor limit (see tls_server).
+    max_connections: int = 512
+    max_handshakes: int = 128
+    max_handshakes_per_address: int = 8
+    max_connections_per_cn: int = 64
+    h2_max_concurrent_streams: int = 16
+
+
+@dataclass(frozen=True)
 class ServerConfig(_Listener):
     bind: str
     cert: Path
@@ -80,6 +97,7 @@ class ServerConfig(_Listener):
     max_body_bytes: int
     # Scanned for grants to the service account broader than the wrappers.
     sudoers_file: Path = Path("/etc/sudoers")
+    limits: ConnectionLimits = ConnectionLimits()
 
 
 @dataclass(frozen=True)
@@ -394,9 +412,41 @@ def _server(t: _Table) -> ServerConfig:
         crl_file=t.optional_path("crl_file"),
         max_body_bytes=t.get("max_body_bytes", int, 65536, check=_between(1024, 16 * 2**20)),
         sudoers_file=t.path("sudoers_file", default="/etc/sudoers"),
+        limits=_connection_limits(t),
     )
     t.finish()
     return config
+
+
+def _connection_limits(t: _Table) -> ConnectionLimits:
+    """[server]'s timeouts and connection caps; each key is optional."""
+    defaults = ConnectionLimits()
+
+    def seconds(key: str, default: float) -> float:
+        return float(t.get(key, (int, float), default, check=_between(0.5, 3600)))
+
+    def count(key: str, default: int) -> int:
+        return int(t.get(key, int, default, check=_between(1, 1_000_000)))
+
+    limits = ConnectionLimits(
+        handshake_timeout_seconds=seconds(
+            "handshake_timeout_seconds", defaults.handshake_timeout_seconds
+        ),
+        idle_timeout_seconds=seconds("idle_timeout_seconds", defaults.idle_timeout_seconds),
+        body_timeout_seconds=seconds("body_timeout_seconds", defaults.body_timeout_seconds),
+        max_connections=count("max_connections", defaults.max_connections),
+        max_handshakes=count("max_handshakes", defaults.max_handshakes),
+        max_handshakes_per_address=count(
+            "max_handshakes_per_address", defaults.max_handshakes_per_address
+        ),
+        max_connections_per_cn=count("max_connections_per_cn", defaults.max_connections_per_cn),
+        h2_max_concurrent_streams=count(
+            "h2_max_concurrent_streams", defaults.h2_max_concurrent_streams
+        ),
+    )
+    if limits.max_handshakes > limits.max_connections:
+        t.reader.problem(t.key("max_handshakes"), "must not be above max_connections")
+    return limits
 
 
 def _runner(t: _Table) -> RunnerConfig:

@@ -103,6 +103,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.connections_refused = Counter(
+            "host_agent_connections_refused",
+            "Connections closed at once for being over a limit: capacity (all connections "
+            "or handshakes), per_address (handshakes from one address), per_cn.",
+            ["reason"],
+            registry=r,
+        )
         self.sudoers_risky_entries = Gauge(
             "host_agent_sudoers_risky_entries",
             "Sudoers grants to the service account broader than the wrappers.",

@@ -18,7 +18,7 @@ from host_agent.adapters.base import Failure
 from host_agent.approvals.manager import ApprovalManager
 from host_agent.approvals.model import Approval, timestamp
 from host_agent.audit import AuditLog
-from host_agent.config import Config
+from host_agent.config import AgentProfile, Config
 from host_agent.errors import (
     AuditUnavailable,
     HostAgentError,
@@ -97,14 +97,7 @@ class Pipeline:
         who = _who(identity)
         document: Any = None
         try:
-            found = find_profile(self.config, identity.cn)
-            if found is None:
-                # Every decision is audited, so an unknown CN's are bounded by its read
-                # limit: past it the caller gets 429 before anything is decided.
-                self._check_limit(identity.cn, "read", path)
-                decision = unknown_caller(identity.cn)
-                await self._decision(who, {}, decision)
-                raise _denied(decision, who["request_id"])
+            found = await self._profile_of(identity, who, path)
             document = decode_json(body)
             request = parse_host_op(document)
             adapter = self.registry.adapter_for(request.kind)
@@ -125,6 +118,33 @@ class Pipeline:
         outcome = "approval_pending" if reply.status == 202 else "ok"
         self.metrics.request(operation.name, outcome)
         return reply
+
+    async def refuse_unknown_caller(self, identity: Identity, path: str) -> None:
+        """Refuse (audited) a caller no profile matches, before anything of its request
+        is read."""
+        who = _who(identity)
+        try:
+            await self._profile_of(identity, who, path)
+        except PolicyDenied as exc:
+            self.metrics.request(None, exc.code)
+            raise
+        except RequestError as exc:  # past its read limit: a refusal, bounded
+            self.metrics.request(None, exc.code)
+            await self._rejected(who, exc, None)
+            raise
+
+    async def _profile_of(
+        self, identity: Identity, who: dict[str, Any], path: str
+    ) -> tuple[int, AgentProfile]:
+        found = find_profile(self.config, identity.cn)
+        if found is None:
+            # Every decision is audited, so an unknown CN's are bounded by its read
+            # limit: past it the caller gets 429 before anything is decided.
+            self._check_limit(identity.cn, "read", path)
+            decision = unknown_caller(identity.cn)
+            await self._decision(who, {}, decision)
+            raise _denied(decision, who["request_id"])
+        return found
 
     async def limit(self, identity: Identity, limit: str, path: str) -> None:
         """Rate-limit a non-operation route (the approval routes); refusals are audited."""

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 # Settings a running agent cannot change: a reload that changes one is refused.
 RESTART_ONLY: dict[str, Callable[[Config], Any]] = {
     "server.bind": lambda c: c.server.bind,
+    "server timeouts and connection limits": lambda c: c.server.limits,
     "metrics.enabled/bind": lambda c: (c.metrics.enabled, c.metrics.bind),
     "audit.log_path": lambda c: c.audit.log_path,
     "runner.service_user": lambda c: c.runner.service_user,

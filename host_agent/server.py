@@ -197,8 +197,12 @@ async def run_server(
             listener,
             tls,
             stop,
+            limits=config.server.limits,
             ready=announce,
             on_handshake_failure=_counter(pipeline.metrics),
+            on_refused=lambda reason: pipeline.metrics.connections_refused.labels(
+                reason=reason
+            ).inc(),
         )
     finally:
         notify("STOPPING=1")

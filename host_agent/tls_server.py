@@ -14,9 +14,16 @@ range in pyproject.toml pins them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import errno
+import functools
 import logging
+import resource
 import socket
 import ssl
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +31,7 @@ from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config as HypercornConfig
 
+from host_agent.config import ConnectionLimits
 from host_agent.tls import cipher_suite_ids
 
 log = logging.getLogger(__name__)
@@ -31,7 +39,11 @@ log = logging.getLogger(__name__)
 ASGIApp = Callable[..., Awaitable[None]]
 
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
-HANDSHAKE_TIMEOUT_SECONDS = 10.0
+# accept() failing for want of descriptors or memory: wait this long before the next
+# try, and say so in the log once per interval, not once per attempt.
+_ACCEPT_BACKOFF_SECONDS = (0.05, 1.0)
+_ACCEPT_FAILURE_LOG_INTERVAL_SECONDS = 10.0
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def tls_extension(ssl_object: ssl.SSLObject, cipher_ids: dict[str, int]) -> dict[str, Any]:
@@ -113,41 +125,125 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def effective_limits(limits: ConnectionLimits) -> ConnectionLimits:
+    """`limits` with max_connections at most half the process's descriptor limit: the
+    rest is for the audit log, the store, the runner's pipes and an accept() that must
+    never meet EMFILE."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or limits.max_connections <= soft // 2:
+        return limits
+    cap = max(soft // 2, 1)
+    log.warning(
+        "[server] max_connections %d lowered to %d: half the descriptor limit %d "
+        "(raise LimitNOFILE to allow more)",
+        limits.max_connections,
+        cap,
+        soft,
+    )
+    return dataclasses.replace(
+        limits, max_connections=cap, max_handshakes=min(limits.max_handshakes, cap)
+    )
+
+
+class _Admission:
+    """How many connections are held, overall, in handshake per source address, and per
+    CN once verified; a peer past its share is closed at once, before it costs more."""
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        self.limits = limits
+        self.connections = 0
+        self.handshakes: Counter[str] = Counter()
+        self.by_cn: Counter[str] = Counter()
+
+    def admit(self, address: str) -> bool:
+        limits = self.limits
+        if (
+            self.connections >= limits.max_connections
+            or sum(self.handshakes.values()) >= limits.max_handshakes
+            or self.handshakes[address] >= limits.max_handshakes_per_address
+        ):
+            return False
+        self.connections += 1
+        self.handshakes[address] += 1
+        return True
+
+    def handshake_done(self, address: str) -> None:
+        self.handshakes[address] -= 1
+        if self.handshakes[address] <= 0:
+            del self.handshakes[address]
+
+    def admit_cn(self, cn: str) -> bool:
+        if self.by_cn[cn] >= self.limits.max_connections_per_cn:
+            return False
+        self.by_cn[cn] += 1
+        return True
+
+    def cn_done(self, cn: str) -> None:
+        self.by_cn[cn] -= 1
+        if self.by_cn[cn] <= 0:
+            del self.by_cn[cn]
+
+    def closed(self) -> None:
+        self.connections -= 1
+
+
 async def serve_tls(
     app: ASGIApp,
     sock: socket.socket,
     context: Callable[[], ssl.SSLContext],
     shutdown: asyncio.Event,
     *,
+    limits: ConnectionLimits | None = None,
     ready: Callable[[], None] | None = None,
     on_handshake_failure: Callable[[str], None] | None = None,
+    on_refused: Callable[[str], None] | None = None,
     graceful_timeout: float = 10.0,
 ) -> None:
     """Serve `app` over mutual TLS on `sock` until `shutdown` is set.
 
-    `context()` is asked for the TLS context at every handshake.
+    `context()` is asked for the TLS context at every handshake; `on_refused(reason)` is
+    told of every connection closed for being over a limit.
     """
+    limits = effective_limits(limits or ConnectionLimits())
     config = HypercornConfig()
     config.accesslog = None
     config.errorlog = log
-    config.keep_alive_timeout = 30
+    # Idle keep-alive, and the time a request's head may take: Hypercorn counts a
+    # connection idle until a whole head has arrived.
+    config.keep_alive_timeout = limits.idle_timeout_seconds
     config.h11_max_incomplete_size = 16 * 1024
+    config.h2_max_concurrent_streams = limits.h2_max_concurrent_streams
     config.graceful_timeout = graceful_timeout
     loop = asyncio.get_running_loop()
     worker = WorkerContext(None)
     connections: set[asyncio.Task[None]] = set()
     cipher_ids = _CipherIds()
+    admission = _Admission(limits)
 
-    async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def refused(reason: str) -> None:
+        if on_refused is not None:
+            on_refused(reason)
+
+    async def on_connection(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str
+    ) -> None:
         task = asyncio.current_task()
         if task is not None:
             connections.add(task)
             task.add_done_callback(connections.discard)
+        try:
+            await _serve_connection(reader, writer, address)
+        finally:
+            admission.closed()
+
+    async def _serve_connection(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str
+    ) -> None:
         current = context()
         try:
             # The first await of the connection: start_tls pauses reading before the
             # loop can buffer any of the ClientHello outside the TLS layer.
-            await writer.start_tls(current, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_SECONDS)
+            await writer.start_tls(current, ssl_handshake_timeout=limits.handshake_timeout_seconds)
         except (OSError, TimeoutError) as exc:
             reason = handshake_failure_reason(exc)
             log.debug("TLS handshake failed (%s): %s", reason, exc)
@@ -155,32 +251,109 @@ async def serve_tls(
                 on_handshake_failure(reason)
             writer.close()
             return
+        finally:
+            admission.handshake_done(address)
         ssl_object = writer.get_extra_info("ssl_object")
         if ssl_object is None or not ssl_object.getpeercert(binary_form=True):
             # Unreachable with CERT_REQUIRED; refuse rather than serve without identity.
             writer.close()
             return
-        wrapped = _ConnectionApp(app, tls_extension(ssl_object, cipher_ids.of(current)))
+        cn = _peer_cn(ssl_object)
+        if not admission.admit_cn(cn):
+            refused("per_cn")
+            writer.close()
+            return
         try:
+            wrapped = _ConnectionApp(app, tls_extension(ssl_object, cipher_ids.of(current)))
             await TCPServer(wrapped, loop, config, worker, {}, reader, writer)
         except OSError as exc:
             # A peer's alert or data after close_notify while Hypercorn closes the
             # connection (e.g. a refused renegotiation): nothing left to serve.
             log.debug("connection ended with an error: %s", exc)
+        finally:
+            admission.cn_done(cn)
 
-    server = await asyncio.start_server(on_connection, sock=sock, backlog=1024)
+    def protocol_for(address: str) -> asyncio.StreamReaderProtocol:
+        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
+            return on_connection(reader, writer, address)
+
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(), connected)
+
+    async def accept_forever() -> None:
+        backoff = _AcceptBackoff()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(sock)
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                await asyncio.sleep(backoff.failed(exc))
+                continue
+            backoff.succeeded()
+            address = str(peer[0])
+            if not admission.admit(address):
+                refused("per_address" if admission.handshakes[address] else "capacity")
+                conn.close()
+                continue
+            conn.setblocking(False)
+            try:
+                await loop.connect_accepted_socket(
+                    functools.partial(protocol_for, address), sock=conn
+                )
+            except OSError as exc:
+                admission.handshake_done(address)
+                admission.closed()
+                conn.close()
+                log.debug("an accepted connection could not be set up: %s", exc)
+
+    accepting = asyncio.create_task(accept_forever())
     if ready is not None:
         ready()
     try:
         await shutdown.wait()
     finally:
         await worker.terminated.set()
-        server.close()
-        await server.wait_closed()
+        accepting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await accepting
+        sock.close()
         if connections:
             _done, pending = await asyncio.wait(connections, timeout=graceful_timeout)
             for task in pending:
                 task.cancel()
+
+
+class _AcceptBackoff:
+    """After accept() runs out of descriptors or memory: wait, longer each time up to a
+    second, and log one line per interval with how many tries failed in it."""
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.failures = 0
+        self.logged_at = -_ACCEPT_FAILURE_LOG_INTERVAL_SECONDS
+
+    def failed(self, exc: OSError) -> float:
+        self.failures += 1
+        now = time.monotonic()
+        if now - self.logged_at >= _ACCEPT_FAILURE_LOG_INTERVAL_SECONDS:
+            log.error("accept() failed %d time(s): %s; backing off", self.failures, exc.strerror)
+            self.logged_at, self.failures = now, 0
+        low, high = _ACCEPT_BACKOFF_SECONDS
+        self.delay = min(high, max(low, self.delay * 2))
+        return self.delay
+
+    def succeeded(self) -> None:
+        self.delay = 0.0
+
+
+def _peer_cn(ssl_object: ssl.SSLObject) -> str:
+    """The verified peer certificate's CN (what identity uses), for the per-CN cap."""
+    peer = ssl_object.getpeercert() or {}
+    for rdn in peer.get("subject", ()):
+        for attribute in rdn:
+            if attribute[0] == "commonName":
+                return str(attribute[1])
+    return ""
 
 
 class _CipherIds:

@@ -83,13 +83,19 @@ def _error(reply: httpx.Response) -> dict[str, Any]:
                 ("bidi-override", "ok \u202e"),
                 ("zero-width", "o\u200bk"),
                 ("line-separator", "ok\u2028Digest: 00"),
-                ("lone-surrogate", "ok\ud800"),
                 # Blank-looking and wide characters that lay out fake lines on a phone.
                 *(
                     (f"blank-u{ord(blank):04x}", f"cleanup{blank * 40}Would affect: nothing")
                     for blank in "\u2800\u3164\u115f\uffa0\u3000\u2003\u00a0\u1680\u205f"
                 ),
             ]
+        ),
+        # No UTF-8 log line can hold a lone surrogate: the strict parser refuses the body.
+        pytest.param(
+            json.dumps({"kind": "zfs", "args": ["list"], "reason": "ok\ud800"}).encode(),
+            "bad_request",
+            "body",
+            id="reason-lone-surrogate",
         ),
         pytest.param(
             b'{"kind": "zfs", "args": [' + b'"a",' * 40 + b'"a"]}',

@@ -283,6 +283,14 @@ class ApprovalManager:
             raise ApprovalError(404, "unknown_token", "no approval has this token", field="token")
         return approval
 
+    async def check_channel(self, approver: Approver) -> None:
+        """Refuse (audited) an approver who may approve nothing at all."""
+        try:
+            self._check_channel(approver)
+        except ApprovalError as exc:
+            await self.refuse(approver, exc.code)
+            raise
+
     def _check_channel(self, approver: Approver) -> None:
         """Whether this person may approve anything at all."""
         if approver.channel == "signal" and approver.name not in self.config.allowed_approvers:
