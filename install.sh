@@ -333,6 +333,14 @@ approvers_group = "$APPROVERS"
 # allowed_approvers = ["+15555550001"]
 # webhook_secret = "a random string of at least 32 characters"
 
+# What a profile granted systemd start/stop/restart or zfs snapshot/destroy/
+# rollback may act on (fnmatch patterns; absent: nothing). Root-equivalent units
+# and the datasets holding /, /etc, /var, ... are refused whatever these say.
+# [systemd]
+# allowed_units = ["myapp.service", "myapp-*.timer"]
+# [zfs]
+# allowed_datasets = ["tank/data", "tank/data/*"]
+
 [binaries]
 # The interpreter of the root wrappers that run Python (the approval helper,
 # host-agent-sudoers): this virtualenv, root-owned.

@@ -79,6 +79,10 @@ autonomy = "supervised"
 allowed_operations = ["zfs-list", "zfs-snapshot"]
 requires_approval_for = ["zfs-destroy"]
 
+[zfs]
+# snapshot/destroy/rollback act only on these (absent: on none).
+allowed_datasets = ["$POOL/data", "$POOL/data/*"]
+
 [binaries]
 zfs = "$(command -v zfs)"
 EOF

@@ -1014,10 +1014,11 @@ def _read_until_closed(stream: socket.socket) -> tuple[bytes, bool]:
 
 @pytest.mark.parametrize("attack", [pytest.param(a, id=f"{a.category}:{a.id}") for a in CORPUS])
 def test_hostile_input_is_refused_audited_and_starts_nothing(
-    target: Target, figures: Figures, attack: Attack
+    target: Target, figures: Figures, attack: Attack, caplog: pytest.LogCaptureFixture
 ) -> None:
     audit, record = Tail(target.config.audit.log_path), Tail(target.record)
     answer = send(target, attack)
+    errors = [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= 40]
     records = [json.loads(line) for line in audit.wait_lines(1 if attack.audited else 0)]
     started = record.new_lines()
     tally(figures, attack, answer, len(records), len(started))
@@ -1032,6 +1033,7 @@ def test_hostile_input_is_refused_audited_and_starts_nothing(
         assert reply["error"]["code"] in DOCUMENTED_CODES, reply
         assert isinstance(reply["error"]["message"], str)
     assert started == [], "the agent started a process"
+    assert errors == [], "the agent logged an error (a traceback per hostile request)"
     assert len(records) == (1 if attack.audited else 0), records
     if records:
         check_record(records[0], attack, json.loads(answer.body) if attack.json_error else None)
