@@ -255,8 +255,8 @@ NOT_PRINTABLE_ASCII = rf"[^{_PRINTABLE}]"
 # The server takes any showable character in a reason (not Unicode categories Cc, Cf,
 # Cs, Co, Cn, Zl, Zp); neither Python's `re` nor a portable pattern can name those
 # categories, so the schema admits a narrower set: printable ASCII and space, and
-# Latin-1 without its one format character (U+00AD, soft hyphen).
-_NOT_REASON_TEXT = r"[^\x20-\x7e\xa0-\xac\xae-\xff]"
+# Latin-1 without its no-break space (U+00A0) and its format character (U+00AD).
+_NOT_REASON_TEXT = r"[^\x20-\x7e\xa1-\xac\xae-\xff]"
 # ECMA-262's syntax characters: escaped in a literal. In `u` mode a backslash may escape
 # only these and '/' (and '-' in a class); `\-` or `\!` are syntax errors there.
 _ECMA_SYNTAX = frozenset("^$\\.*+?()[]{}|")
