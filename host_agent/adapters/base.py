@@ -252,8 +252,8 @@ def expect_no_resource(call: Call) -> None:
 
 # Anything check_text refuses as a character: for `not` in every string schema.
 NOT_PRINTABLE_ASCII = rf"[^{_PRINTABLE}]"
-# The server takes any showable character in a reason (not Unicode categories Cc, Cf,
-# Cs, Co, Cn, Zl, Zp); neither Python's `re` nor a portable pattern can name those
+# The server takes any showable character in a reason (no Unicode category C*, no Z*
+# but the plain space, no blank-looking letter); no portable pattern can name those
 # categories, so the schema admits a narrower set: printable ASCII and space, and
 # Latin-1 without its no-break space (U+00A0) and its format character (U+00AD).
 _NOT_REASON_TEXT = r"[^\x20-\x7e\xa1-\xac\xae-\xff]"
