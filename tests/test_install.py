@@ -119,13 +119,13 @@ def remove_accounts(user: str, *groups: str) -> None:
         run("groupdel", group, check=False)
 
 
-@pytest.fixture(scope="module")
-def base() -> Iterator[Path]:
-    """A world-readable scratch directory: the service account must reach into it."""
-    require_root_tools("visudo", "logrotate", "useradd", "groupadd", "runuser")
-    directory = Path(tempfile.mkdtemp(prefix="ha-install-", dir="/tmp"))
+@contextmanager
+def scratch_checkout(name: str, *tools: str) -> Iterator[Path]:
+    """A world-readable scratch directory (the service account must reach into it) with
+    a snapshot of the checkout in `source`, so edits made meanwhile change no install."""
+    require_root_tools(*tools)
+    directory = Path(tempfile.mkdtemp(prefix=f"{name}-", dir="/tmp"))
     directory.chmod(0o755)
-    # A snapshot of the checkout, so edits made meanwhile cannot change the second run.
     shutil.copytree(
         REPO,
         directory / "source",
@@ -139,17 +139,32 @@ def base() -> Iterator[Path]:
         shutil.rmtree(directory)
 
 
-@pytest.fixture(scope="module")
-def installed(base: Path) -> Iterator[Installed]:
+@contextmanager
+def installation(base: Path, tag: str) -> Iterator[Installed]:
+    """install.sh run for real under `base/prefix`, with accounts named after `tag`."""
     prefix = base / "prefix"
     prefix.mkdir(mode=0o755)
     suffix = secrets.token_hex(3)
-    user, approvers = f"ha-inst-{suffix}", f"ha-appr-{suffix}"
+    user, approvers = f"ha-{tag}-{suffix}", f"ha-{tag}a-{suffix}"
     try:
         done = install_sh(base / "source", prefix, user, approvers, "--bind", BIND)
         yield Installed(base / "source", prefix, user, approvers, done.stdout)
     finally:
         remove_accounts(user, user, approvers)
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[Path]:
+    with scratch_checkout(
+        "ha-install", "visudo", "logrotate", "useradd", "groupadd", "runuser"
+    ) as directory:
+        yield directory
+
+
+@pytest.fixture(scope="module")
+def installed(base: Path) -> Iterator[Installed]:
+    with installation(base, "inst") as done:
+        yield done
 
 
 def attributes(path: Path) -> tuple[str, str, str]:

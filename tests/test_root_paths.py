@@ -14,7 +14,6 @@ import os
 import pty
 import secrets
 import select
-import shutil
 import subprocess
 import tempfile
 import time
@@ -24,8 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.system import REPO, require_root_tools, run
-from tests.test_install import Installed, attributes, install_sh, remove_accounts
+from tests.system import run
+from tests.test_install import (
+    Installed,
+    attributes,
+    install_sh,
+    installation,
+    remove_accounts,
+    scratch_checkout,
+)
 
 RELOAD = "/usr/local/sbin/host-agent-reload"
 PID_FILE = "/run/host-agent/host-agent.pid"
@@ -34,33 +40,15 @@ LOG_DIR = "/var/log/host-agent"
 
 @pytest.fixture(scope="module")
 def base() -> Iterator[Path]:
-    require_root_tools("visudo", "logrotate", "useradd", "runuser", "strace", "setsid")
-    directory = Path(tempfile.mkdtemp(prefix="ha-rootpaths-", dir="/tmp"))
-    directory.chmod(0o755)
-    shutil.copytree(
-        REPO,
-        directory / "source",
-        ignore=shutil.ignore_patterns(
-            ".git", ".venv", ".demo", "build", "*.egg-info", "__pycache__", ".*_cache", "tests"
-        ),
-    )
-    try:
+    tools = ("visudo", "logrotate", "useradd", "runuser", "strace", "setsid")
+    with scratch_checkout("ha-rootpaths", *tools) as directory:
         yield directory
-    finally:
-        shutil.rmtree(directory)
 
 
 @pytest.fixture(scope="module")
 def installed(base: Path) -> Iterator[Installed]:
-    prefix = base / "prefix"
-    prefix.mkdir(mode=0o755)
-    suffix = secrets.token_hex(3)
-    user, approvers = f"ha-rp-{suffix}", f"ha-rpa-{suffix}"
-    try:
-        done = install_sh(base / "source", prefix, user, approvers, "--bind", "127.0.0.1:0")
-        yield Installed(base / "source", prefix, user, approvers, done.stdout)
-    finally:
-        remove_accounts(user, user, approvers)
+    with installation(base, "rp") as done:
+        yield done
 
 
 @dataclass(frozen=True)
