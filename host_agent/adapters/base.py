@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any, ClassVar
 
-from host_agent.errors import ValidationError
+from host_agent.errors import TargetRefused, ValidationError
 from host_agent.operations import Operation
 from host_agent.request import MAX_REASON, HostOpRequest
 from host_agent.runner import RunResult
@@ -180,6 +181,13 @@ class Adapter(ABC):
 def _last_line(text: str) -> str:
     lines = text.strip().splitlines()
     return lines[-1] if lines else ""
+
+
+def require_listed(value: str, patterns: Iterable[str], what: str, key: str, code: str) -> None:
+    """Refuse `value` (the resource) unless one of the allowlist `key`'s fnmatch patterns
+    matches it; `what` names it in the message."""
+    if not any(fnmatchcase(value, pattern) for pattern in patterns):
+        raise TargetRefused("resource", f"{what} is not in {key}", code=code)
 
 
 def check_text(

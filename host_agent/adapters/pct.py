@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from fnmatch import fnmatchcase
 from typing import Any, ClassVar
 
 from host_agent.adapters.base import (
@@ -23,10 +22,11 @@ from host_agent.adapters.base import (
     expect_args,
     integer_pattern,
     parameters_schema,
+    require_listed,
     text_schema,
 )
 from host_agent.config import PctConfig
-from host_agent.errors import TargetRefused, ValidationError
+from host_agent.errors import ValidationError
 from host_agent.operations import Operation
 from host_agent.runner import RunResult
 
@@ -80,15 +80,13 @@ class PctAdapter(Adapter):
     def validate(self, call: Call) -> tuple[str, ...]:
         expect_args(call, most=0)
         number = vmid("resource", call.resource)
-        if (
-            self.commands[call.command]
-            and self.allowed_vmids is not None
-            and not any(fnmatchcase(number, allowed) for allowed in self.allowed_vmids)
-        ):
-            raise TargetRefused(
-                "resource",
-                f"container {number} is not in [pct] allowed_vmids",
-                code="vmid_not_allowed",
+        if self.commands[call.command] and self.allowed_vmids is not None:
+            require_listed(
+                number,
+                self.allowed_vmids,
+                f"container {number}",
+                "[pct] allowed_vmids",
+                "vmid_not_allowed",
             )
         return (number,)
 

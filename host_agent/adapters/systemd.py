@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from fnmatch import fnmatchcase
 from typing import Any, ClassVar
 
 from host_agent.adapters.base import (
@@ -29,6 +28,7 @@ from host_agent.adapters.base import (
     check_text,
     expect_args,
     parameters_schema,
+    require_listed,
     text_schema,
 )
 from host_agent.config import SystemdConfig
@@ -135,10 +135,9 @@ class SystemdAdapter(Adapter):
                 "no configuration can allow it",
                 code="root_equivalent_unit",
             )
-        if not any(fnmatchcase(unit, allowed) for allowed in self.allowed_units):
-            raise TargetRefused(
-                "resource", f"{what} is not in [systemd] allowed_units", code="unit_not_allowed"
-            )
+        require_listed(
+            unit, self.allowed_units, what, "[systemd] allowed_units", "unit_not_allowed"
+        )
 
     def resolution(self, operation: Operation) -> Operation | None:
         if not operation.mutating:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Any, ClassVar
 
 from host_agent.adapters.base import (
@@ -36,6 +35,7 @@ from host_agent.adapters.base import (
     choice_schema,
     expect_args,
     parameters_schema,
+    require_listed,
     text_schema,
 )
 from host_agent.config import ZfsConfig
@@ -162,12 +162,13 @@ class ZfsAdapter(Adapter):
                     "refused whatever the configuration says",
                     code="protected_dataset",
                 )
-        if not any(fnmatchcase(dataset, allowed) for allowed in self.allowed_datasets):
-            raise TargetRefused(
-                "resource",
-                f"{dataset} is not in [zfs] allowed_datasets",
-                code="dataset_not_allowed",
-            )
+        require_listed(
+            dataset,
+            self.allowed_datasets,
+            dataset,
+            "[zfs] allowed_datasets",
+            "dataset_not_allowed",
+        )
 
     def validate(self, call: Call) -> tuple[str, ...]:
         if call.command == "list":
