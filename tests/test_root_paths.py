@@ -229,23 +229,14 @@ def test_rotated_audit_files_keep_mode_0640(installed: Installed, base: Path) ->
     }
 
 
-def test_install_refuses_a_login_account_as_service_user(base: Path) -> None:
-    name = f"ha-login-{secrets.token_hex(3)}"
-    run("useradd", "--system", "--no-create-home", "--shell", "/bin/bash", name)
-    prefix = Path(tempfile.mkdtemp(dir=base))
-    prefix.chmod(0o755)
-    try:
-        done = install_sh(base / "source", prefix, name, f"{name}-a", check=False)
-    finally:
-        remove_accounts(name, name, f"{name}-a")
-    assert done.returncode == 64
-    assert f"--user {name} is a login account (shell /bin/bash)" in done.stderr
-    assert list(prefix.iterdir()) == []
-
-
 @pytest.mark.parametrize(
     ("make", "message"),
     [
+        pytest.param(
+            ["usermod", "--shell", "/bin/bash"],
+            "is a login account (shell /bin/bash)",
+            id="login-shell",
+        ),
         pytest.param(["chpasswd"], "has a usable (or empty) password", id="password"),
         pytest.param(["passwd", "-d"], "has a usable (or empty) password", id="empty-password"),
         pytest.param(["usermod", "-aG", "sudo"], "is in group sudo", id="sudo-group"),
