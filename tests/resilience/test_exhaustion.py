@@ -257,3 +257,26 @@ def test_a_request_head_dripped_slowly_is_cut_off(agent: Agent, figures: Figures
             closed += 1
         conn.close()
     assert closed == len(drips)
+
+
+@pytest.mark.parametrize(
+    ("route", "cn", "status"),
+    [
+        pytest.param("/host/op", "stranger", 403, id="host-op-unknown-cn"),
+        pytest.param("/zfs/snapshot", "stranger", 403, id="legacy-unknown-cn"),
+        pytest.param("/approve", "reader-1", 403, id="approve-not-an-admin"),
+    ],
+)
+def test_a_caller_that_may_not_send_is_refused_before_its_body(
+    agent: Agent, route: str, cn: str, status: int
+) -> None:
+    """Answered on the head alone, well before the 2 s body timeout would answer 408."""
+    conn = agent.tls(cn)
+    conn.sendall(
+        f"POST {route} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n".encode()
+    )
+    started = time.monotonic()
+    answered = status_of(conn, 1.5)
+    conn.close()
+    assert answered == status
+    assert time.monotonic() - started < 1.5
