@@ -364,6 +364,37 @@ allowed_operations = ["zfs-list", "zfs-get", "systemd-status", "pct-status"]
 # autonomy = "supervised"
 # allowed_operations = ["zfs-list", "zfs-snapshot"]
 # requires_approval_for = ["zfs-destroy"]
+
+# What needs a person whoever asks (docs/policy.md): the predecessor's defaults,
+# which a file without any [[rules]] gets too. Add your own; the first that
+# applies to an operation and resource is used, a deny wherever it stands.
+[[rules]]
+operation = "zfs-destroy"
+approval_required = true
+always_ask = true
+
+[[rules]]
+operation = "zfs-rollback"
+approval_required = true
+always_ask = true
+
+[[rules]]
+operation = "pct-start"
+approval_required = true
+
+[[rules]]
+operation = "pct-stop"
+approval_required = true
+
+[[rules]]
+operation = "pct-destroy"
+approval_required = true
+always_ask = true
+approval_admin_only = true
+
+[[rules]]
+operation = "git-checkout"
+approval_required = true
 EOF
 }
 

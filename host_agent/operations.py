@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from enum import StrEnum
 
 # Every operation name the product knows, `<kind>-<command>`. Config rules are
 # checked against this list so a misspelt rule fails at load instead of never
@@ -33,6 +34,14 @@ OPERATION_NAMES: frozenset[str] = frozenset(
         "exec-run",
     }
 )
+
+
+class ApprovalNeed(StrEnum):
+    """Whether an operation needs a human, over every resource it may name."""
+
+    NEVER = "never"
+    ALWAYS = "always"
+    DEPENDS = "depends"
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,13 +6,12 @@ one test per row. Policy only decides: it never runs, audits or approves.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from fnmatch import fnmatchcase
 
-from host_agent.config import AgentProfile, Autonomy, Config, Rule
-from host_agent.operations import Operation
+from host_agent.config import AgentProfile, Autonomy, Config
+from host_agent.operations import ApprovalNeed, Operation
 
 
 class Effect(StrEnum):
@@ -58,13 +57,13 @@ def decide(config: Config, cn: str, operation: Operation) -> Decision:
         return refusal
     needs_approval = _listed(profile.requires_approval_for, name)
 
-    restrictions = [p for p in profile.pattern_rules if p.operation == name]
-    if restrictions and not any(p.pattern.fullmatch(operation.resource) for p in restrictions):
+    restrictions = [r for r in profile.resource_rules if r.operation == name]
+    if restrictions and not any(r.match.fullmatch(operation.resource) for r in restrictions):
         return Decision(
             Effect.DENY,
             "resource_not_allowed",
-            f"resource {operation.resource!r} is outside this agent's patterns for {name}",
-            f"{where}.pattern_rules",
+            f"resource {operation.resource!r} is outside this agent's resource_rules for {name}",
+            f"{where}.resource_rules",
         )
 
     if operation.recursive and not profile.allow_recursive:
@@ -77,7 +76,7 @@ def decide(config: Config, cn: str, operation: Operation) -> Decision:
         )
 
     # A matching deny rule wins wherever it stands; otherwise the first matching rule applies.
-    matching = list(_matching_rules(config.rules, operation))
+    matching = [r for r in config.rules if r.operation == name and r.applies_to(operation.resource)]
     denial = next((r for r in matching if r.deny), None)
     if denial is not None:
         return Decision(
@@ -117,6 +116,24 @@ def decide(config: Config, cn: str, operation: Operation) -> Decision:
             admin_only,
             quorum,
         )
+    found_pattern = next(
+        (
+            p
+            for p in profile.pattern_rules
+            if p.operation == name and p.pattern.search(operation.resource)
+        ),
+        None,
+    )
+    if found_pattern is not None:
+        return Decision(
+            Effect.APPROVAL,
+            "approval_required",
+            f"{name} on a resource containing {found_pattern.pattern.pattern!r} needs approval "
+            "for this agent",
+            f"{where}.pattern_rules (pattern={found_pattern.pattern.pattern!r}, found anywhere)",
+            admin_only,
+            quorum,
+        )
     if rule is not None and rule.approval_required:
         if _bypasses(profile):
             return Decision(
@@ -138,53 +155,53 @@ def decide(config: Config, cn: str, operation: Operation) -> Decision:
     return Decision(Effect.ALLOW, "allowed", f"{name} allowed", source)
 
 
-class ApprovalNeed(StrEnum):
-    """Whether an operation offered to a caller needs a human, over every resource."""
-
-    NEVER = "never"
-    ALWAYS = "always"
-    DEPENDS = "depends"
-
-
 @dataclass(frozen=True, slots=True)
 class Offer:
     """What `decide` can answer one caller for one operation name, whatever the resource."""
 
     approval: ApprovalNeed
-    # The caller's pattern_rules for the operation: a resource must fully match one (R4).
+    # The caller's resource_rules for the operation: a resource must fully match one (R4).
     resource_patterns: tuple[str, ...]
     # Whether recursive calls can be allowed (R5).
     recursive: bool
 
 
 def offer(
-    config: Config, profile: AgentProfile, name: str, *, mutating: bool, forced_approval: bool
+    config: Config,
+    profile: AgentProfile,
+    name: str,
+    *,
+    mutating: bool,
+    forced_approval: ApprovalNeed,
 ) -> Offer | None:
     """None when `decide` denies `name` to `profile` for every resource (R2, R3, a deny
-    rule without a pattern); otherwise whether the approval rows (R7-R11) always, never
-    or only for some resources ask a human. pattern_rules (R4) and deny rules with a
+    rule for every resource); otherwise whether the approval rows (R7-R11) always, never
+    or only for some resources ask a human. resource_rules (R4) and deny rules with a
     pattern (R6) only narrow where it is allowed; the former are `resource_patterns`."""
     if _refusal(profile, "", name, mutating=mutating) is not None:
         return None
     rules = [rule for rule in config.rules if rule.operation == name]
-    if any(rule.deny and rule.pattern is None for rule in rules):
+    if any(rule.deny and rule.covers_every_resource for rule in rules):
         return None
-    patterns = tuple(p.pattern.pattern for p in profile.pattern_rules if p.operation == name)
+    patterns = tuple(r.match.pattern for r in profile.resource_rules if r.operation == name)
     recursive = profile.allow_recursive
-    if forced_approval or _listed(profile.requires_approval_for, name):
+    if forced_approval is ApprovalNeed.ALWAYS or _listed(profile.requires_approval_for, name):
         return Offer(ApprovalNeed.ALWAYS, patterns, recursive)
-    # For a resource no deny rule matches, the first rule whose pattern matches decides.
+    # For a resource no deny rule matches, the first rule that applies to it decides.
     candidates = [rule for rule in rules if not rule.deny]
     asks = [
         rule.always_ask or (rule.approval_required and not _bypasses(profile))
         for rule in candidates
     ]
-    if not any(asks):
-        return Offer(ApprovalNeed.NEVER, patterns, recursive)
-    catch_all = next((i for i, rule in enumerate(candidates) if rule.pattern is None), None)
+    catch_all = next((i for i, rule in enumerate(candidates) if rule.covers_every_resource), None)
     if catch_all is not None and all(asks[: catch_all + 1]):
         return Offer(ApprovalNeed.ALWAYS, patterns, recursive)
-    return Offer(ApprovalNeed.DEPENDS, patterns, recursive)
+    sometimes = (
+        any(asks)
+        or forced_approval is ApprovalNeed.DEPENDS
+        or any(p.operation == name for p in profile.pattern_rules)
+    )
+    return Offer(ApprovalNeed.DEPENDS if sometimes else ApprovalNeed.NEVER, patterns, recursive)
 
 
 def find_profile(config: Config, cn: str) -> tuple[int, AgentProfile] | None:
@@ -213,9 +230,7 @@ def _refusal(profile: AgentProfile, where: str, name: str, *, mutating: bool) ->
             f"agent is read_only and {name} changes state",
             f"{where}.autonomy",
         )
-    if not _listed(profile.allowed_operations, name) and not _listed(
-        profile.requires_approval_for, name
-    ):
+    if not grants(profile, name):
         return Decision(
             Effect.DENY,
             "operation_not_allowed",
@@ -226,6 +241,11 @@ def _refusal(profile: AgentProfile, where: str, name: str, *, mutating: bool) ->
     return None
 
 
+def grants(profile: AgentProfile, name: str) -> bool:
+    """Whether the profile lists `name` at all (R3), with or without a human."""
+    return _listed(profile.allowed_operations, name) or _listed(profile.requires_approval_for, name)
+
+
 def _bypasses(profile: AgentProfile) -> bool:
     """R10: full autonomy may skip a rule's approval_required (never always_ask)."""
     return profile.autonomy is Autonomy.FULL and profile.allow_full_autonomy_bypass
@@ -233,12 +253,3 @@ def _bypasses(profile: AgentProfile) -> bool:
 
 def _listed(patterns: tuple[str, ...], name: str) -> bool:
     return any(fnmatchcase(name, pattern) for pattern in patterns)
-
-
-def _matching_rules(rules: tuple[Rule, ...], operation: Operation) -> Iterator[Rule]:
-    """Rules, in file order, whose operation and resource pattern both match."""
-    for rule in rules:
-        if rule.operation == operation.name and (
-            rule.pattern is None or rule.pattern.fullmatch(operation.resource)
-        ):
-            yield rule

@@ -19,7 +19,8 @@ from typing import Any
 from host_agent.adapters import Registry
 from host_agent.config import Config
 from host_agent.errors import PolicyDenied
-from host_agent.policy import ApprovalNeed, find_profile, offer, unknown_caller
+from host_agent.operations import ApprovalNeed
+from host_agent.policy import find_profile, offer, unknown_caller
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -49,7 +50,7 @@ def build_manifest(
                 profile,
                 name,
                 mutating=mutating,
-                forced_approval=adapter.forces_approval(command),
+                forced_approval=adapter.forced_approval(command),
             )
             if offered is None or (
                 offered.approval is ApprovalNeed.ALWAYS and not approvals_enabled

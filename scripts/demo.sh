@@ -79,6 +79,12 @@ autonomy = "supervised"
 allowed_operations = ["zfs-list", "zfs-snapshot"]
 requires_approval_for = ["zfs-destroy"]
 
+# Destroying always needs a person, whoever asks (docs/policy.md).
+[[rules]]
+operation = "zfs-destroy"
+approval_required = true
+always_ask = true
+
 [zfs]
 # snapshot/destroy/rollback act only on these (absent: on none).
 allowed_datasets = ["$POOL/data", "$POOL/data/*"]

@@ -13,113 +13,13 @@ from host_agent.cli import main
 from host_agent.config import Autonomy, Secret, load_config, parse_config
 from host_agent.errors import ConfigError
 
-# Every section and key the predecessor (clash-host-agent) documented.
-PREDECESSOR_CONFIG = """
-[server]
-bind = "0.0.0.0:18443"
-cert = "/etc/clash/certs/server.crt"
-key = "/etc/clash/certs/server.key"
-client_ca = "/etc/clash/certs/ca.crt"
-crl_file = "/etc/clash/certs/ca.crl"
-
-[audit]
-log_path = "/var/log/clash/audit.jsonl"
-rotation = "hourly"
-retention_days = 30
-
-[approval]
-enabled = true
-ttl_seconds = 600
-token_entropy_bits = 80
-signal_webhook = "https://signal.example.com/webhook"
-allowed_approvers = ["+15555550001", "+15555550002"]
-token_secret = "s3cr3t-hmac-key"
-admin_cn_pattern = "admin-*"
-
-[metrics]
-enabled = true
-bind = "127.0.0.1:19090"
-
-[rate_limit]
-enabled = true
-max_requests = 10
-window_seconds = 30
-endpoints = ["/zfs/destroy", "/approve"]
-
-[[agents]]
-cn_pattern = "librarian*"
-agent_type = "librarian"
-unix_user = "librarian"
-autonomy = "supervised"
-allowed_operations = ["zfs-list", "zfs-snapshot"]
-requires_approval_for = ["zfs-destroy"]
-
-[[agents.pattern_rules]]
-operation = "zfs-snapshot"
-pattern = "tank/media(/.*)?"
-
-[[agents]]
-cn_pattern = "claude-code*"
-agent_type = "acp_harness"
-unix_user = "clash-agent"
-autonomy = "full"
-allowed_operations = ["zfs-*", "git-*"]
-allow_full_autonomy_bypass = true
-
-[[rules]]
-operation = "zfs-destroy"
-approval_required = true
-pattern = "tank/.*"
-always_ask = true
-
-[[rules]]
-operation = "pct-destroy"
-approval_required = true
-always_ask = true
-approval_admin_only = true
-
-[git]
-allowed_repos = ["/srv", "/opt"]
-
-[exec]
-enabled = true
-allowed_commands = ["/usr/bin/uptime"]
-"""
+# The predecessor (clash-host-agent) configs of the migration corpus.
+CORPUS = Path(__file__).parent / "predecessor"
+# Every section and key the predecessor documented.
+PREDECESSOR_CONFIG = (CORPUS / "documented.toml").read_text()
 
 # The predecessor README's example, with its [[agent]]/[[rule]] spelling.
-README_CONFIG = """
-[server]
-bind = "0.0.0.0:18443"
-cert = "/etc/clash/certs/server.crt"
-key = "/etc/clash/certs/server.key"
-client_ca = "/etc/clash/certs/ca.crt"
-
-[audit]
-log_path = "/var/log/clash/audit.jsonl"
-
-[approval]
-ttl_seconds = 300
-token_entropy_bits = 80
-signal_webhook = "https://signal.example.com/webhook"
-allowed_approvers = ["+15555550001"]
-
-[metrics]
-enabled = true
-bind = "127.0.0.1:19090"
-
-[[agent]]
-cn_pattern = "librarian*"
-agent_type = "librarian"
-unix_user = "librarian"
-autonomy = "supervised"
-allowed_operations = ["zfs-list", "zfs-snapshot"]
-requires_approval_for = ["zfs-destroy"]
-
-[[rule]]
-operation = "zfs-destroy"
-approval_required = true
-pattern = "tank/.*"
-"""
+README_CONFIG = (CORPUS / "readme.toml").read_text()
 
 
 # The predecessor's config with the rotation logrotate/host-agent applies, and a way for
@@ -130,6 +30,8 @@ AS_SHIPPED = (
     .replace(
         'admin_cn_pattern = "admin-*"\n', 'admin_cn_pattern = "admin-*"\nbridge_cn = "bridge"\n'
     )
+    .replace("[[agents.pattern_rules]]", "[[agents.resource_rules]]")
+    .replace('pattern = "tank/media(/.*)?"', 'match = "tank/media(/.*)?"')
     + '\n[zfs]\nallowed_datasets = ["tank", "tank/*"]\n'
 )
 
@@ -147,6 +49,7 @@ def test_predecessor_config_loads(tmp_path: Path) -> None:
     assert [w.split(" = ")[0].split(":")[0] for w in config.warnings] == [
         "audit.rotation",
         "audit.retention_days",
+        "agents[0].pattern_rules",  # host-agent 0.1 read them as resource_rules
         "approval",  # its replies came in unauthenticated; here they need a secret or a CN
         "zfs.allowed_datasets",  # it let zfs change any dataset; here only the listed ones
     ]
@@ -241,7 +144,9 @@ def test_predecessor_only_keys_load_with_warnings(tmp_path: Path) -> None:
     # Beside the rotation, Signal-reply and dataset allowlist warnings every predecessor
     # config gets:
     beyond_rotation = [
-        w for w in config.warnings if not w.startswith(("audit.", "approval:", "zfs."))
+        w
+        for w in config.warnings
+        if not w.startswith(("audit.", "approval:", "zfs.", "agents[0].pattern_rules"))
     ]
     assert len(beyond_rotation) == 1
     assert beyond_rotation[0].startswith("exec.ansible_job_queue: ")
@@ -707,7 +612,7 @@ def test_people_that_do_not_add_up_are_refused(tmp_path: Path, change: Any, prob
 
 def test_audit_rotation_the_agent_does_not_apply_is_warned_about(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, PREDECESSOR_CONFIG))  # hourly, 30 days
-    rotation, retention, _, _ = config.warnings
+    rotation, retention = config.warnings[:2]
     assert (
         rotation.startswith("audit.rotation = 'hourly' is not applied") and "logrotate" in rotation
     )

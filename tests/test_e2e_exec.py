@@ -78,11 +78,21 @@ def layout(system: System, tmp_path: Path) -> Layout:
     )
 
 
-def exec_tables(layout: Layout, *, enabled: bool = True, playbook_dir: Path | None = None) -> str:
+def exec_tables(
+    layout: Layout,
+    *,
+    enabled: bool = True,
+    playbook_dir: Path | None = None,
+    playbook_approval: bool = False,
+) -> str:
+    """The [exec] tables. Playbooks run without a human unless `playbook_approval`:
+    most tests here are about the run itself; the default is tested on its own."""
     marker = f"{layout.markers}/marker-[a-z]+"
+    approval = "" if playbook_approval else "playbooks_require_approval = false"
     return f"""
 [exec]
 enabled = {"true" if enabled else "false"}
+{approval}
 allowed_commands = [
     "/usr/bin/id", "/usr/bin/true", "/usr/bin/false", "/usr/bin/touch", "/usr/bin/echo",
     "{layout.foreign_touch}",
@@ -111,6 +121,7 @@ def configured(
     *,
     enabled: bool = True,
     playbook_dir: Path | None = None,
+    playbook_approval: bool = False,
 ) -> Config:
     """An agent config granting exec-run to librarian-1; the wrappers' file rendered from it."""
     return system.agent_config(
@@ -119,7 +130,12 @@ def configured(
         name=name,
         audit_log=tmp_path / f"{name}.jsonl",
         profiles=PROFILE,
-        extra=exec_tables(layout, enabled=enabled, playbook_dir=playbook_dir),
+        extra=exec_tables(
+            layout,
+            enabled=enabled,
+            playbook_dir=playbook_dir,
+            playbook_approval=playbook_approval,
+        ),
     )
 
 
@@ -273,6 +289,33 @@ def test_disabled_exec_is_403_and_audited_as_rejected(
 
 
 # --- playbooks through the agent ----------------------------------------------------
+
+
+@pytest.mark.parametrize("check", [(), ("check",)], ids=["run", "check-mode"])
+def test_a_playbook_waits_for_a_human_by_default(
+    system: System,
+    pki: Pki,
+    tmp_path: Path,
+    layout: Layout,
+    check: tuple[str, ...],
+) -> None:
+    """The predecessor's Ansible path always asked a human; without
+    playbooks_require_approval = false so does this one, while commands still run."""
+    config = configured(system, pki, tmp_path, layout, playbook_approval=True)
+    with running_agent(config) as agent, client(agent, pki, "librarian-1") as http:
+        held = http.post(
+            "/host/op",
+            json={"kind": "exec", "resource": "ansible://write-file.yml", "args": ["run", *check]},
+        )
+        ran = post(agent, pki, "/usr/bin/true")
+    assert (held.status_code, held.json()["status"]) == (202, "pending"), held.text
+    assert not layout.written.exists()
+    assert ran["status"] == 200, ran
+    decided = [r for r in audit_records(config.audit.log_path) if r["event"] == "decision"]
+    assert [(r["decision"], r["rule"]) for r in decided] == [
+        ("approval_required", "adapter exec"),
+        ("allow", "agents[0] (cn_pattern='librarian*').allowed_operations"),
+    ]
 
 
 @needs_ansible

@@ -332,7 +332,7 @@ def test_wrappers_read_the_installed_allowlist_file(installed: Installed) -> Non
 def test_config_skeleton_passes_check_config_with_the_installed_paths(installed: Installed) -> None:
     path = installed.path("/etc/host-agent/agent.toml")
     checked = run(str(installed.path("/usr/local/bin/host-agent")), "check-config", str(path))
-    assert checked.stdout.strip() == f"{path}: OK (1 agent profile(s), 0 rule(s))"
+    assert checked.stdout.strip() == f"{path}: OK (1 agent profile(s), 6 rule(s))"
     assert checked.stderr == ""
     config = load_config(path)
     certs = installed.path("/etc/host-agent/certs")

@@ -10,6 +10,7 @@ import pytest
 
 from host_agent.cli import main
 from host_agent.config import Config, load_config, parse_config
+from host_agent.errors import ConfigError
 from host_agent.operations import Operation
 from host_agent.policy import Effect, decide
 from host_agent.request import HostOpRequest
@@ -94,14 +95,14 @@ FULL_BYPASS = {"autonomy": "full", "allow_full_autonomy_bypass": True}
             make_config(
                 agent(
                     allowed_operations=["zfs-snapshot"],
-                    pattern_rules=[{"operation": "zfs-snapshot", "pattern": "tank/scratch(/.*)?"}],
+                    resource_rules=[{"operation": "zfs-snapshot", "match": "tank/scratch(/.*)?"}],
                 )
             ),
             "librarian-1",
             zfs("tank/media", "snapshot", "daily"),
             Effect.DENY,
             "resource_not_allowed",
-            "agents[0] (cn_pattern='librarian*').pattern_rules",
+            "agents[0] (cn_pattern='librarian*').resource_rules",
             id="R4-resource-not-allowed",
         ),
         pytest.param(
@@ -123,7 +124,7 @@ FULL_BYPASS = {"autonomy": "full", "allow_full_autonomy_bypass": True}
             zfs("forbidden/x", "snapshot", "daily"),
             Effect.DENY,
             "rule_denied",
-            "rules[0] (operation=zfs-snapshot pattern='forbidden(/.*)?')",
+            "rules[0] (operation=zfs-snapshot pattern='forbidden(/.*)?', found anywhere)",
             id="R6-rule-denied",
         ),
         pytest.param(
@@ -162,6 +163,21 @@ FULL_BYPASS = {"autonomy": "full", "allow_full_autonomy_bypass": True}
             "approval_required",
             "agents[0] (cn_pattern='librarian*').requires_approval_for",
             id="R9-agent-requires-approval",
+        ),
+        pytest.param(
+            make_config(
+                agent(
+                    allowed_operations=["zfs-snapshot"],
+                    pattern_rules=[{"operation": "zfs-snapshot", "pattern": "prod"}],
+                    **FULL_BYPASS,
+                )
+            ),
+            "librarian-1",
+            zfs("tank/prod/db", "snapshot", "daily"),
+            Effect.APPROVAL,
+            "approval_required",
+            "agents[0] (cn_pattern='librarian*').pattern_rules (pattern='prod', found anywhere)",
+            id="R9-agent-pattern-rules",
         ),
         pytest.param(
             make_config(
@@ -322,23 +338,23 @@ def test_operation_lists_are_globs(
         pytest.param("mytank", "resource_not_allowed", id="suffix-is-not-a-match"),
     ],
 )
-def test_pattern_rules_must_match_the_whole_resource(resource: str, code: str) -> None:
+def test_resource_rules_must_match_the_whole_resource(resource: str, code: str) -> None:
     config = make_config(
         agent(
             allowed_operations=["zfs-snapshot"],
-            pattern_rules=[{"operation": "zfs-snapshot", "pattern": "tank"}],
+            resource_rules=[{"operation": "zfs-snapshot", "match": "tank"}],
         )
     )
     assert decide(config, "librarian-1", zfs(resource, "snapshot", "daily")).code == code
 
 
-def test_pattern_rules_any_of_several_may_match_and_other_operations_are_free() -> None:
+def test_resource_rules_any_of_several_may_match_and_other_operations_are_free() -> None:
     config = make_config(
         agent(
             allowed_operations=["zfs-list", "zfs-snapshot"],
-            pattern_rules=[
-                {"operation": "zfs-snapshot", "pattern": "tank/a"},
-                {"operation": "zfs-snapshot", "pattern": "tank/b(/.*)?"},
+            resource_rules=[
+                {"operation": "zfs-snapshot", "match": "tank/a"},
+                {"operation": "zfs-snapshot", "match": "tank/b(/.*)?"},
             ],
         )
     )
@@ -346,24 +362,76 @@ def test_pattern_rules_any_of_several_may_match_and_other_operations_are_free() 
     assert decide(config, "librarian-1", zfs("tank/c", "snapshot", "daily")).code == (
         "resource_not_allowed"
     )
-    # zfs-list has no pattern rule for this agent, so it is not restricted.
+    # zfs-list has no resource rule for this agent, so it is not restricted.
     assert decide(config, "librarian-1", zfs("other", "list")).code == "allowed"
 
 
 @pytest.mark.parametrize(
-    ("resource", "code"),
+    ("resource", "effect"),
     [
-        pytest.param("tank", "rule_denied", id="exact"),
-        pytest.param("tank/x", "allowed", id="child-is-not-a-match"),
-        pytest.param("mytank", "allowed", id="suffix-is-not-a-match"),
+        pytest.param("tank", Effect.APPROVAL, id="exact"),
+        pytest.param("tank/media", Effect.APPROVAL, id="child-contains-it"),
+        pytest.param("rpool/tank-copy", Effect.APPROVAL, id="found-anywhere"),
+        pytest.param("rpool/data", Effect.ALLOW, id="not-found"),
     ],
 )
-def test_rule_pattern_must_match_the_whole_resource(resource: str, code: str) -> None:
+def test_pattern_rules_ask_a_human_where_the_pattern_is_found(
+    resource: str, effect: Effect
+) -> None:
+    """The predecessor's meaning: a resource in which the pattern is found needs a
+    human, for an operation the agent may otherwise run alone."""
+    config = make_config(
+        agent(
+            allowed_operations=["zfs-snapshot"],
+            pattern_rules=[{"operation": "zfs-snapshot", "pattern": "tank"}],
+            **FULL_BYPASS,  # the bypass lifts rules' approval_required only, never these
+        )
+    )
+    assert decide(config, "librarian-1", zfs(resource, "snapshot", "daily")).effect is effect
+
+
+@pytest.mark.parametrize(
+    ("key", "resource", "effect"),
+    [
+        # The predecessor's reproduction: `pattern = "tank"` held tank/media for a human.
+        pytest.param("pattern", "tank/media", Effect.APPROVAL, id="pattern-child"),
+        pytest.param("pattern", "backup/tank", Effect.APPROVAL, id="pattern-anywhere"),
+        pytest.param("pattern", "rpool", Effect.ALLOW, id="pattern-not-found"),
+        pytest.param("match", "tank", Effect.APPROVAL, id="match-exact"),
+        pytest.param("match", "tank/media", Effect.ALLOW, id="match-child-is-not-whole"),
+    ],
+)
+def test_rule_pattern_is_found_anywhere_and_match_is_whole(
+    key: str, resource: str, effect: Effect
+) -> None:
     config = make_config(
         agent(allowed_operations=["zfs-snapshot"]),
-        rules=({"operation": "zfs-snapshot", "pattern": "tank", "deny": True},),
+        rules=({"operation": "zfs-snapshot", key: "tank", "approval_required": True},),
     )
-    assert decide(config, "librarian-1", zfs(resource, "snapshot", "daily")).code == code
+    assert decide(config, "librarian-1", zfs(resource, "snapshot", "daily")).effect is effect
+
+
+def test_a_rule_takes_pattern_or_match_not_both() -> None:
+    with pytest.raises(ConfigError) as raised:
+        make_config(
+            agent(allowed_operations=["zfs-snapshot"]),
+            rules=({"operation": "zfs-snapshot", "pattern": "a", "match": "a"},),
+        )
+    assert any(p.startswith("rules[0].match: use either pattern") for p in raised.value.problems)
+
+
+def test_an_allowing_search_ahead_of_a_rule_that_asks_is_warned_about() -> None:
+    config = make_config(
+        agent(allowed_operations=["zfs-snapshot"]),
+        rules=(
+            {"operation": "zfs-snapshot", "pattern": "tank/scratch"},
+            {"operation": "zfs-snapshot", "approval_required": True},
+        ),
+    )
+    assert any(w.startswith("rules[0]: allows zfs-snapshot") for w in config.warnings)
+    # What it warns about: the search lets a look-alike dataset skip the approval.
+    decision = decide(config, "librarian-1", zfs("tank/scratchpad-prod", "snapshot", "d"))
+    assert decision.effect is Effect.ALLOW
 
 
 @pytest.mark.parametrize(
@@ -513,7 +581,7 @@ def test_policy_explain_prints_the_decision(
         "operation: zfs-snapshot on tank/media",
         "decision:  approval_required (approval_required)",
         "reason:    zfs-snapshot needs approval",
-        "rule:      rules[0] (operation=zfs-snapshot pattern='tank/.*')",
+        "rule:      rules[0] (operation=zfs-snapshot pattern='tank/.*', found anywhere)",
         "approver:  admin only",
     ]
 
@@ -564,3 +632,61 @@ def test_a_rule_can_ask_for_several_approvers() -> None:
     listed = make_config(agent(requires_approval_for=["zfs-destroy"]))
     alone = decide(listed, "librarian-1", zfs("tank/a@old", "destroy"))
     assert (alone.effect, alone.approvals_required) == (Effect.APPROVAL, 1)
+
+
+def config_without_rules(**keys: Any) -> Config:
+    """A predecessor-style file that names no [[rules]] at all."""
+    return parse_config(
+        {
+            "server": {"cert": "server.crt", "key": "server.key", "client_ca": "ca.crt"},
+            "audit": {"log_path": "audit.jsonl"},
+            "agents": [agent(allowed_operations=["*"], **keys)],
+        },
+        Path("test.toml"),
+    )
+
+
+def pct(command: str) -> Operation:
+    return Operation("pct", command, "101", (command,), "host-agent-pct", (command, "101"), True)
+
+
+@pytest.mark.parametrize(
+    ("operation", "keys", "admin_only"),
+    [
+        # always_ask: even full autonomy with the bypass asks.
+        pytest.param(zfs("tank/a@old", "destroy"), FULL_BYPASS, False, id="zfs-destroy"),
+        pytest.param(zfs("tank/a@old", "rollback"), FULL_BYPASS, False, id="zfs-rollback"),
+        pytest.param(pct_destroy(), FULL_BYPASS, True, id="pct-destroy"),
+        pytest.param(pct("start"), {}, False, id="pct-start"),
+        pytest.param(pct("stop"), {}, False, id="pct-stop"),
+    ],
+)
+def test_without_rules_the_predecessors_built_in_rules_ask_a_human(
+    operation: Operation, keys: dict[str, Any], admin_only: bool
+) -> None:
+    """A predecessor file with no [[rules]] ran on its Config::default() rules, which
+    held these for a human; so does this agent."""
+    config = config_without_rules(**keys)
+    decision = decide(config, "librarian-1", operation)
+    assert (decision.effect, decision.admin_only) == (Effect.APPROVAL, admin_only)
+    assert any(w.startswith("rules: none given") for w in config.warnings)
+
+
+def test_the_built_in_git_checkout_rule_asks_unless_bypassed() -> None:
+    checkout = Operation(
+        "git", "checkout", "/srv/app", ("checkout", "main"), "host-agent-git", ("checkout",), True
+    )
+    decision = decide(config_without_rules(), "librarian-1", checkout)
+    assert (decision.effect, decision.rule) == (
+        Effect.APPROVAL,
+        "built-in rules[5] (operation=git-checkout)",
+    )
+    assert decide(config_without_rules(**FULL_BYPASS), "librarian-1", checkout).effect is (
+        Effect.ALLOW
+    )
+
+
+def test_an_empty_rules_list_means_no_rules() -> None:
+    config = make_config(agent(allowed_operations=["*"]))
+    assert config.rules == ()
+    assert decide(config, "librarian-1", pct("start")).effect is Effect.ALLOW

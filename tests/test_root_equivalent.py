@@ -190,6 +190,8 @@ def test_datasets_outside_the_allowlist_are_refused(args: tuple[str, ...]) -> No
 # --- what the operator is told -------------------------------------------------------
 
 BASE = """
+rules = []
+
 [server]
 cert = "server.crt"
 key = "server.key"

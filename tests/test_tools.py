@@ -10,8 +10,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from host_agent.config import Config, parse_config
-from host_agent.operations import OPERATION_NAMES, Operation
-from host_agent.policy import ApprovalNeed, Effect, decide, find_profile, offer
+from host_agent.operations import OPERATION_NAMES, ApprovalNeed, Operation
+from host_agent.policy import Effect, decide, find_profile, offer
 from host_agent.tools import SCHEMA_DIALECT
 from tests.served import Served
 from tests.support import (
@@ -77,9 +77,13 @@ autonomy = "full"
 allowed_operations = ["*"]
 allow_recursive = true
 
+[[agents.resource_rules]]
+operation = "zfs-snapshot"
+match = "tank/.*"
+
 [[agents.pattern_rules]]
 operation = "zfs-snapshot"
-pattern = "tank/.*"
+pattern = "prod"
 """
 
 
@@ -182,6 +186,8 @@ def test_deny_rules_and_approvals_shape_the_manifest(policy_agent: RunningAgent,
     assert asks["systemd-stop"] == "always"  # always_ask without a pattern
     assert asks["systemd-restart"] == "depends"  # approval_required for db.* only
     assert asks["systemd-start"] == "never"
+    assert asks["zfs-snapshot"] == "depends"  # pattern_rules: where 'prod' is found
+    assert asks["exec-run"] == "depends"  # playbooks need a human, commands do not
     snapshot = tool(body, "zfs-snapshot")
     assert snapshot["x-host-agent"]["resource_patterns"] == ["tank/.*"]
     assert "tank/.*" in snapshot["function"]["description"]
@@ -282,6 +288,10 @@ def ask(pattern: str | None = None, **keys: Any) -> dict[str, Any]:
 
 GRANTED = {"allowed_operations": ["systemd-*"]}
 FULL_BYPASS = {**GRANTED, "autonomy": "full", "allow_full_autonomy_bypass": True}
+PATTERN_RULES = {
+    **FULL_BYPASS,
+    "pattern_rules": [{"operation": "systemd-restart", "pattern": "db"}],
+}
 
 
 @pytest.mark.parametrize(
@@ -323,6 +333,13 @@ FULL_BYPASS = {**GRANTED, "autonomy": "full", "allow_full_autonomy_bypass": True
             ApprovalNeed.ALWAYS,
             id="requires-approval-for",
         ),
+        pytest.param(
+            [{"operation": "systemd-restart", "match": "db.*", "approval_required": True}],
+            GRANTED,
+            ApprovalNeed.DEPENDS,
+            id="rule-matches-some",
+        ),
+        pytest.param([], PATTERN_RULES, ApprovalNeed.DEPENDS, id="pattern-rules"),
         pytest.param([ask(deny=True)], GRANTED, None, id="deny-everywhere"),
         pytest.param([], {**GRANTED, "autonomy": "read_only"}, None, id="read-only"),
         pytest.param([], {"allowed_operations": ["zfs-*"]}, None, id="not-granted"),
@@ -333,13 +350,17 @@ def test_offer_classifies_the_approval_rows(
 ) -> None:
     config = policy_config(rules, **agent)
     profile = config.agents[0]
-    offered = offer(config, profile, "systemd-restart", mutating=True, forced_approval=False)
+    offered = offer(
+        config, profile, "systemd-restart", mutating=True, forced_approval=ApprovalNeed.NEVER
+    )
     assert (offered and offered.approval) == expected
 
 
 def test_an_adapter_forced_approval_is_always() -> None:
     config = policy_config([], allowed_operations=["pct-*"], autonomy="full")
-    offered = offer(config, config.agents[0], "pct-destroy", mutating=True, forced_approval=True)
+    offered = offer(
+        config, config.agents[0], "pct-destroy", mutating=True, forced_approval=ApprovalNeed.ALWAYS
+    )
     assert offered is not None
     assert offered.approval is ApprovalNeed.ALWAYS
 
@@ -354,6 +375,8 @@ def test_an_adapter_forced_approval_is_always() -> None:
         ([ask("db.*", deny=True), ask("web.*", approval_required=True)], GRANTED),
         ([ask(deny=True)], GRANTED),
         ([], {**GRANTED, "autonomy": "read_only"}),
+        ([], PATTERN_RULES),
+        ([ask("web", approval_required=True)], PATTERN_RULES),
     ],
 )
 def test_offer_never_contradicts_decide(rules: list[dict[str, Any]], agent: dict[str, Any]) -> None:
@@ -362,7 +385,9 @@ def test_offer_never_contradicts_decide(rules: list[dict[str, Any]], agent: dict
     config = policy_config(rules, **agent)
     found = find_profile(config, "a-1")
     assert found is not None
-    offered = offer(config, found[1], "systemd-restart", mutating=True, forced_approval=False)
+    offered = offer(
+        config, found[1], "systemd-restart", mutating=True, forced_approval=ApprovalNeed.NEVER
+    )
     effects = set()
     for unit in ("db1.service", "web.service", "app.service"):
         operation = Operation(

@@ -16,7 +16,7 @@ from fnmatch import fnmatchcase
 from typing import Any, ClassVar
 
 from host_agent.errors import TargetRefused, ValidationError
-from host_agent.operations import Operation
+from host_agent.operations import ApprovalNeed, Operation
 from host_agent.request import MAX_REASON, HostOpRequest
 from host_agent.runner import RunResult
 
@@ -97,7 +97,7 @@ class Adapter(ABC):
             wrapper=self.wrapper,
             wrapper_argv=(command, *argv),
             mutating=self.commands[command],
-            always_requires_approval=self.forces_approval(command),
+            always_requires_approval=self.forces_approval(call),
             recursive=self.is_recursive(call),
         )
 
@@ -113,9 +113,14 @@ class Adapter(ABC):
         this adapter's config. `recursive=False` leaves out arguments that make the call
         recursive (for callers policy never grants that)."""
 
-    def forces_approval(self, command: str) -> bool:
-        """Commands no configuration may run without a human (none by default)."""
-        return False
+    def forced_approval(self, command: str) -> ApprovalNeed:
+        """Whether `command` needs a human whatever the rules say: for every call, for
+        none (the default), or depending on the call (`forces_approval` decides)."""
+        return ApprovalNeed.NEVER
+
+    def forces_approval(self, call: Call) -> bool:
+        """Whether this call needs a human whatever the rules say."""
+        return self.forced_approval(call.command) is ApprovalNeed.ALWAYS
 
     def is_recursive(self, call: Call) -> bool:
         """Whether the call reaches beyond its resource (policy grants that separately)."""

@@ -39,7 +39,7 @@ from host_agent.adapters.base import (
 )
 from host_agent.config import ExecConfig
 from host_agent.errors import AdapterDisabled, ValidationError
-from host_agent.operations import Operation
+from host_agent.operations import ApprovalNeed, Operation
 from host_agent.request import HostOpRequest
 from host_agent.runner import RunResult
 
@@ -105,6 +105,16 @@ class ExecAdapter(Adapter):
         for index, (value, pattern) in enumerate(zip(call.args, patterns, strict=False), 1):
             check_argument(f"args[{index}]", value, pattern)
         return ("command", resource, *call.args)
+
+    def forced_approval(self, command: str) -> ApprovalNeed:
+        """A playbook runs whatever its tasks say, as root: like the predecessor, every
+        run needs a human unless [exec] playbooks_require_approval = false."""
+        if self.config.allowed_playbooks and self.config.playbooks_require_approval:
+            return ApprovalNeed.ALWAYS if not self.config.allowed_commands else ApprovalNeed.DEPENDS
+        return ApprovalNeed.NEVER
+
+    def forces_approval(self, call: Call) -> bool:
+        return self.config.playbooks_require_approval and call.resource.startswith(PLAYBOOK_PREFIX)
 
     def tool_parameters(self, command: str, *, recursive: bool = True) -> dict[str, Any] | None:
         """One branch per allowed command or playbook: its resource and the arguments it

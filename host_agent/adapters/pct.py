@@ -27,7 +27,7 @@ from host_agent.adapters.base import (
 )
 from host_agent.config import PctConfig
 from host_agent.errors import ValidationError
-from host_agent.operations import Operation
+from host_agent.operations import ApprovalNeed, Operation
 from host_agent.runner import RunResult
 
 # Proxmox reserves IDs below 100; the predecessor capped them at 999999.
@@ -100,9 +100,9 @@ class PctAdapter(Adapter):
         )
         return parameters_schema(resource=container, examples=[{"resource": "101"}])
 
-    def forces_approval(self, command: str) -> bool:
+    def forced_approval(self, command: str) -> ApprovalNeed:
         """Destroying a container is never left to configuration alone."""
-        return command == "destroy"
+        return ApprovalNeed.ALWAYS if command == "destroy" else ApprovalNeed.NEVER
 
     def interpret(self, operation: Operation, result: RunResult) -> dict[str, Any]:
         number = int(operation.resource)

@@ -20,7 +20,7 @@ from host_agent.config.adapters import (
 from host_agent.config.agents import AgentProfile, Autonomy, PatternRule, Rule
 from host_agent.config.approval import ApprovalConfig, Person, Secret
 from host_agent.config.audit import AuditConfig
-from host_agent.config.document import Config, load_config, parse_config
+from host_agent.config.document import Config, load_config, parse_config, read_document
 from host_agent.config.metrics import MetricsConfig
 from host_agent.config.rate_limit import Limit, RateLimitConfig
 from host_agent.config.runner import RunnerConfig
@@ -50,4 +50,5 @@ __all__ = [
     "ZfsConfig",
     "load_config",
     "parse_config",
+    "read_document",
 ]

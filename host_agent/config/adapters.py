@@ -36,6 +36,8 @@ class ExecConfig:
     playbook_dir: Path | None
     allowed_playbooks: tuple[str, ...]
     ansible_inventory: str
+    # The predecessor's Ansible path always asked a human (invariant 13).
+    playbooks_require_approval: bool = True
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ def read_exec(t: Table) -> ExecConfig:
             t.get("allowed_playbooks", list, [], item=str, check=_check_playbook_names)
         ),
         ansible_inventory=t.get("ansible_inventory", str, "localhost,", check=_check_inventory),
+        playbooks_require_approval=t.get("playbooks_require_approval", bool, True),
     )
     if config.allowed_playbooks and config.playbook_dir is None:
         t.reader.problem(t.key("allowed_playbooks"), "needs exec.playbook_dir")

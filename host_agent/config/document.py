@@ -22,7 +22,7 @@ from host_agent.config.adapters import (
     read_zfs,
     warn_about_targets,
 )
-from host_agent.config.agents import AgentProfile, Rule, may_overlap, read_agent, read_rule
+from host_agent.config.agents import AgentProfile, Rule, may_overlap, read_agent, read_rules
 from host_agent.config.approval import ApprovalConfig, read_approval, warn_about_channels
 from host_agent.config.audit import AuditConfig, read_audit
 from host_agent.config.fields import Reader, Table
@@ -56,15 +56,19 @@ class Config:
 def load_config(path: str | Path) -> Config:
     """Read and validate `path`; raise `ConfigError` naming every problem."""
     source = Path(path)
+    return parse_config(read_document(source), source)
+
+
+def read_document(source: Path) -> dict[str, Any]:
+    """The decoded TOML of `source`, or `ConfigError` saying why it is none."""
     try:
-        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+        return tomllib.loads(source.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(str(source), [f"cannot read file: {exc.strerror}"]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(str(source), ["file is not valid UTF-8"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(source), [f"not valid TOML: {exc}"]) from exc
-    return parse_config(raw, source)
 
 
 def parse_config(raw: dict[str, Any], source: Path) -> Config:
@@ -86,9 +90,7 @@ def parse_config(raw: dict[str, Any], source: Path) -> Config:
     metrics = read_metrics(document.table("metrics"))
     rate_limit = read_rate_limit(document.table("rate_limit"))
     agents = tuple(read_agent(table) for table in document.array_of_tables("agents"))
-    rules = tuple(
-        read_rule(table, index) for index, table in enumerate(document.array_of_tables("rules"))
-    )
+    rules = read_rules(document)
     git = read_git(document.table("git"))
     exec_ = read_exec(document.table("exec"))
     binaries = read_binaries(document.table("binaries"))
