@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import ssl
@@ -23,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ import httpx
 import pytest
 
 from host_agent import __version__, certs
-from host_agent.config import load_config
+from host_agent.config import Config, load_config, parse_config
 from tests.support import client_context, listening_port, raw_exchange
 from tests.system import REPO, require_root_tools, run
 
@@ -844,3 +846,26 @@ def test_uninstall_removes_what_it_installed_and_keeps_logs_approvals_and_config
     again = installed.install("--uninstall").stdout.splitlines()
     assert "nothing to change" in again
     assert [line for line in again if line.startswith(("removed", "updated", "created"))] == []
+
+
+def test_the_readmes_config_example_names_the_installed_paths(installed: Installed) -> None:
+    """An operator copies the README's example: every path in it is one install.sh
+    really writes (as the skeleton names it)."""
+    block = re.search(r"```toml\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert block is not None
+    example = parse_config(tomllib.loads(block.group(1)), Path("/etc/host-agent/agent.toml"))
+    skeleton = load_config(installed.path("/etc/host-agent/agent.toml"))
+
+    def paths(config: Config) -> list[Path | None]:
+        return [
+            config.server.cert,
+            config.server.key,
+            config.server.client_ca,
+            config.server.crl_file,
+            config.runner.wrapper_dir,
+            config.audit.log_path,
+            config.approval.store_path,
+            config.approval.local_socket,
+        ]
+
+    assert [installed.path(str(p)) for p in paths(example)] == paths(skeleton)
