@@ -34,7 +34,11 @@ RESTART_ONLY: dict[str, Callable[[Config], Any]] = {
     "audit.log_path": lambda c: c.audit.log_path,
     "runner.service_user": lambda c: c.runner.service_user,
     "approval.enabled": lambda c: c.approval.enabled,
-    "approval.store_path": lambda c: c.approval.store_path,
+    "approval.store_path/store_url/store_password_file": lambda c: (
+        c.approval.store_path,
+        c.approval.store_url,
+        c.approval.store_password_file,
+    ),
     # Pending approvals' tokens were hashed with it: a new key would orphan every one.
     "approval.token_secret": lambda c: (
         None if c.approval.token_secret is None else c.approval.token_secret.reveal()

@@ -22,7 +22,7 @@ from host_agent.approvals.local import LocalApprovals
 from host_agent.approvals.manager import ApprovalManager
 from host_agent.approvals.model import Status
 from host_agent.approvals.signal import notifier, poll
-from host_agent.approvals.store import SqliteStore
+from host_agent.approvals.store import ApprovalStore, open_store
 from host_agent.audit import AuditLog
 from host_agent.config import Config, load_config
 from host_agent.errors import HostAgentError
@@ -54,11 +54,12 @@ def build_pipeline(config: Config, metrics: Metrics | None = None) -> Pipeline:
     runner = Runner(config.runner)
     approvals = None
     if config.approval.enabled:
-        store = SqliteStore(config.approval.store_path)
+        store, clock = open_store(config.approval)
         approvals = ApprovalManager(
             config.approval,
             store,
             audit,
+            clock=clock,
             notify=notifier(config.approval),
             metrics=metrics,
             refusals=refusals,
@@ -77,7 +78,7 @@ async def _flush(refusals: RefusalAudit) -> None:
         log.error("could not audit the counts of suppressed refusals: %s", exc)
 
 
-def _count(store: SqliteStore, status: Status) -> float:
+def _count(store: ApprovalStore, status: Status) -> float:
     """For the scrape: a store that cannot answer must not break the whole exposition."""
     try:
         return store.count(status)

@@ -10,6 +10,7 @@ import pytest
 
 from host_agent.config import Config
 from tests.approval_flow import approvals_config
+from tests.postgres import Postgres, postgres_cluster
 from tests.served import Served
 from tests.signal_bridge import BRIDGE_NUMBER, SignalBridge, running_bridge
 from tests.support import (
@@ -54,6 +55,13 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     require_root_tools("sudo", "visudo", "runuser")
     with installed_system(tmp_path_factory.mktemp("system"), extra=(PROBE,)) as installed:
         yield installed
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """Root only: a real PostgreSQL cluster on a loopback port, run by its own account."""
+    with postgres_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

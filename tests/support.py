@@ -247,6 +247,13 @@ def serve_process(
     )
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on right now (for servers that need a number)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def listening_port(process: subprocess.Popen[str]) -> int:
     """The port a `serve_process` reports once it listens."""
     assert process.stderr is not None

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,15 @@ import pytest
 from host_agent.approvals import tokens
 from host_agent.approvals.manager import ApprovalManager
 from host_agent.approvals.model import Approver, Status
-from host_agent.approvals.store import SqliteStore
+from host_agent.approvals.pg_store import PostgresStore
+from host_agent.approvals.store import ApprovalStore, SqliteStore
 from host_agent.audit import AuditLog, verify
 from host_agent.config import ApprovalConfig, Person, Secret
 from host_agent.errors import ApprovalError, AuditUnavailable
 from host_agent.operations import Operation
 from host_agent.policy import Decision, Effect
 from host_agent.request import HostOpRequest
+from tests.postgres import fleet_database
 from tests.support import audit_records, open_zfs
 
 REQUESTER = {"request_id": "r1", "cn": "librarian-1", "fingerprint": "ab" * 32, "serial": 7}
@@ -70,7 +73,7 @@ class World:
     clock: Clock
     outbox: Outbox
     audit_path: Path
-    store_path: Path
+    backend: Backend
 
     def events(self) -> list[str]:
         return [record["event"] for record in audit_records(self.audit_path)]
@@ -91,16 +94,48 @@ def approval_config(**overrides: Any) -> ApprovalConfig:
     return ApprovalConfig(**values)
 
 
+@dataclass
+class Backend:
+    # Opens the same store again, as a restarted agent (or another host) would.
+    open: Callable[[], ApprovalStore]
+    # Everything the store holds, as bytes: where a token must never be.
+    contents: Callable[[], bytes]
+    file: Path | None = None
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Every state rule holds on both stores: this host's SQLite file, and a fleet's
+    PostgreSQL database (a real cluster)."""
+    if request.param == "sqlite":
+        path = tmp_path / "state" / "approvals.sqlite3"
+        # WAL mode: recent writes are in the -wal file until a checkpoint.
+        files = (path, path.with_name(path.name + "-wal"))
+        return Backend(
+            functools.partial(SqliteStore, path),
+            lambda: b"".join(f.read_bytes() for f in files if f.exists()),
+            path,
+        )
+    cluster = request.getfixturevalue("postgres")
+    database = fleet_database(cluster)
+    return Backend(
+        functools.partial(PostgresStore, database.url, database.password),
+        lambda: cluster.psql(
+            "SELECT row_to_json(a) FROM approvals a", database=database.name
+        ).encode(),
+    )
+
+
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, backend: Backend) -> Iterator[World]:
     clock, outbox = Clock(), Outbox()
     audit = AuditLog(tmp_path / "audit.jsonl")
     audit.open()
-    store = SqliteStore(tmp_path / "state" / "approvals.sqlite3")
+    store = backend.open()
     manager = ApprovalManager(
         approval_config(), store, audit, notify=outbox, clock=clock, host="host-1"
     )
-    yield World(manager, clock, outbox, tmp_path / "audit.jsonl", store.path)
+    yield World(manager, clock, outbox, tmp_path / "audit.jsonl", backend)
     store.close()
     audit.close()
 
@@ -123,9 +158,7 @@ def test_message_tells_the_approver_everything_and_the_store_only_a_hash(world: 
             assert part in text
         assert op.digest() in text and f"APPROVE {token}" in text and f"DENY {token}" in text
         assert len(token) == 16 and set(token) <= set(tokens.TOKEN_ALPHABET)
-        # WAL mode: recent writes are in the -wal file until a checkpoint.
-        files = (world.store_path, world.store_path.with_name(world.store_path.name + "-wal"))
-        stored = b"".join(path.read_bytes() for path in files if path.exists())
+        stored = world.backend.contents()
         assert token.encode() not in stored
         assert tokens.hash_token(token, Secret("pepper")).encode() in stored
         log = world.audit_path.read_text()
@@ -134,7 +167,8 @@ def test_message_tells_the_approver_everything_and_the_store_only_a_hash(world: 
         assert (await world.manager.visible(approval_id, "librarian-1")).status is Status.PENDING
 
     asyncio.run(scenario())
-    assert stat.S_IMODE(world.store_path.stat().st_mode) == 0o600
+    if world.backend.file is not None:  # a database's rights are tested in test_pg_store
+        assert stat.S_IMODE(world.backend.file.stat().st_mode) == 0o600
 
 
 def test_granted_approval_is_consumed_once_for_the_same_operation(world: World) -> None:
@@ -376,7 +410,7 @@ def test_approvals_survive_a_restart(world: World, tmp_path: Path) -> None:
 
     audit = AuditLog(tmp_path / "audit.jsonl")
     audit.open()
-    reopened = SqliteStore(world.store_path)
+    reopened = world.backend.open()
     manager = ApprovalManager(approval_config(), reopened, audit, clock=world.clock)
 
     async def after() -> None:

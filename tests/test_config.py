@@ -448,6 +448,21 @@ def test_minimal_document_is_valid() -> None:
             "approval.webhook_secret: must be at least 32 characters",
             id="webhook-secret-short",
         ),
+        pytest.param(
+            {"approval": {"store_url": "postgresql://agent:hunter2@db.example/fleet"}},
+            "approval.store_url: must not hold the password: use store_password_file",
+            id="store-url-with-password",
+        ),
+        pytest.param(
+            {"approval": {"store_url": "host=db.example password=hunter2 bad"}},
+            "approval.store_url: is not a libpq connection string",
+            id="store-url-not-libpq",
+        ),
+        pytest.param(
+            {"approval": {"store_password_file": "/etc/host-agent/db-password"}},
+            "approval.store_password_file: is only used with store_url",
+            id="store-password-without-url",
+        ),
         pytest.param({"server": "127.0.0.1"}, "server: must be a table", id="section-not-table"),
         pytest.param(
             {"agents": []},
@@ -699,3 +714,11 @@ def test_rate_limit_classes_load_with_defaults_for_the_rest() -> None:
     assert (limits.mutating.requests, limits.mutating.per_seconds) == (10, 30)
     assert (limits.read.requests, limits.read.per_seconds) == (600, 60)
     assert (limits.approval.requests, limits.max_tracked) == (120, 500)
+
+
+def test_a_store_url_never_echoes_a_password_back() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(
+            document(approval={"store_url": "host=db.example password=hunter2 bad"}), SOURCE
+        )
+    assert "hunter2" not in str(caught.value)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,15 @@ from host_agent.audit import AuditLog
 from host_agent.config import Config
 from host_agent.errors import AuditUnavailable
 from host_agent.metrics import Metrics
-from tests.support import Pki, RunningAgent, client, config_text, running_agent, write_config
+from tests.support import (
+    Pki,
+    RunningAgent,
+    client,
+    config_text,
+    free_port,
+    running_agent,
+    write_config,
+)
 
 
 def samples(exposition: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -97,12 +104,6 @@ def test_an_audit_write_that_fails_is_counted(tmp_path: Path) -> None:
     with pytest.raises(AuditUnavailable):
         audit.append({"event": "decision"})
     assert value(metrics.exposition().decode(), "host_agent_audit_write_failures_total") == 1
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

@@ -12,11 +12,13 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from host_agent.approvals.model import Approval, Status
+from host_agent.config import ApprovalConfig
 from host_agent.errors import HostAgentError
 
 Change = Callable[[Approval], Approval]
@@ -53,6 +55,26 @@ class ApprovalStore(Protocol):
     def purge(self, before: float) -> int: ...
 
     def close(self) -> None: ...
+
+
+def open_store(config: ApprovalConfig) -> tuple[ApprovalStore, Callable[[], float]]:
+    """The fleet's PostgreSQL store when store_url is set, with its clock (the database
+    decides expiry); else this host's SQLite file and this host's clock."""
+    if config.store_url is None:
+        return SqliteStore(config.store_path), time.time
+    from host_agent.approvals.pg_store import PostgresStore  # psycopg: fleet hosts only
+
+    store = PostgresStore(config.store_url, _password(config.store_password_file))
+    return store, store.clock
+
+
+def _password(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StoreError(f"cannot read approval.store_password_file {path}: {exc}") from exc
 
 
 _SCHEMA = """
@@ -111,7 +133,7 @@ class SqliteStore:
 
     def add(self, approval: Approval) -> None:
         with self._transaction() as db:
-            db.execute(_INSERT, _row(approval))
+            db.execute(_INSERT, to_row(approval))
 
     def get(self, approval_id: str) -> Approval | None:
         return self._one("SELECT * FROM approvals WHERE id = ?", (approval_id,))
@@ -124,8 +146,8 @@ class SqliteStore:
             row = db.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
             if row is None:
                 raise KeyError(approval_id)
-            updated = change(_approval(row))
-            db.execute(_UPDATE, (*_row(updated), approval_id))
+            updated = change(from_row(row))
+            db.execute(_UPDATE, (*to_row(updated), approval_id))
             return updated
 
     def listing(
@@ -138,7 +160,7 @@ class SqliteStore:
                 " AND (? IS NULL OR requester_cn = ?) ORDER BY created_at",
                 (wanted, requester_cn, requester_cn),
             ).fetchall()
-        return [_approval(row) for row in rows]
+        return [from_row(row) for row in rows]
 
     def count(self, status: Status) -> int:
         with self._locked() as db:
@@ -173,7 +195,7 @@ class SqliteStore:
     def _one(self, query: str, parameters: tuple[str, ...]) -> Approval | None:
         with self._locked() as db:
             row = db.execute(query, parameters).fetchone()
-        return None if row is None else _approval(row)
+        return None if row is None else from_row(row)
 
     def _locked(self) -> _Session:
         return _Session(self, transaction=False)
@@ -224,7 +246,8 @@ def _create_private(path: Path) -> None:
     os.close(descriptor)
 
 
-def _row(approval: Approval) -> tuple[object, ...]:
+def to_row(approval: Approval) -> tuple[object, ...]:
+    """An approval as the stores keep it: its fields in order, lists as JSON text."""
     return (
         approval.id,
         approval.token_hash,
@@ -237,7 +260,7 @@ def _row(approval: Approval) -> tuple[object, ...]:
         json.dumps(list(approval.args)),
         approval.digest,
         approval.reason,
-        int(approval.admin_only),
+        approval.admin_only,
         approval.approvals_required,
         approval.created_at,
         approval.expires_at,
@@ -249,10 +272,12 @@ def _row(approval: Approval) -> tuple[object, ...]:
     )
 
 
-def _approval(row: tuple[object, ...]) -> Approval:
+def from_row(row: Sequence[object]) -> Approval:
+    """The approval back from a row of `to_row`'s columns (JSON as text, or decoded)."""
     values = list(row)
-    values[8] = tuple(json.loads(str(values[8])))
+    for index in (8, 16):  # args, approvers
+        value = values[index]
+        values[index] = tuple(json.loads(value) if isinstance(value, str) else value)  # type: ignore[arg-type]
     values[11] = bool(values[11])
     values[15] = Status(str(values[15]))
-    values[16] = tuple(json.loads(str(values[16])))
     return Approval(*values)  # type: ignore[arg-type]

@@ -8,14 +8,14 @@ import sys
 from collections.abc import Sequence
 
 from host_agent import __version__
-from host_agent.cli import approve, audit, certs, mcp, migrate, op, policy, serve
+from host_agent.cli import approve, audit, certs, db, mcp, migrate, op, policy, serve
 from host_agent.cli.common import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE
 from host_agent.errors import ConfigError, HostAgentError
 
 __all__ = ["EXIT_UNAVAILABLE", "main"]
 
 # Each module adds its command (group) to the parser, in the order `--help` lists them.
-COMMANDS = (serve, migrate, certs, policy, audit, approve, op, mcp)
+COMMANDS = (serve, migrate, certs, policy, audit, approve, db, op, mcp)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

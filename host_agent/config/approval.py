@@ -78,6 +78,10 @@ class ApprovalConfig:
     # The predecessor's hook: "command:/abs/path" or an http(s) URL that must also say
     # yes before any approver's approval counts (approvals/identity_plugin.py).
     identity_plugin: str | None = None
+    # A fleet's shared store (docs/fleet.md): a libpq URL or key=value string without
+    # the password, which comes from this file or libpq's own (PGPASSFILE, ~/.pgpass).
+    store_url: str | None = None
+    store_password_file: Path | None = None
 
     def is_admin(self, cn: str) -> bool:
         return self.admin_cn_pattern is not None and fnmatch.fnmatchcase(cn, self.admin_cn_pattern)
@@ -112,9 +116,13 @@ def read_approval(t: Table) -> ApprovalConfig:
         approvers_group=t.optional("approvers_group", str, check=check_unix_name),
         people=_people(t),
         identity_plugin=t.optional("identity_plugin", str, check=_check_identity_plugin),
+        store_url=t.optional("store_url", str, check=_check_store_url),
+        store_password_file=t.optional_path("store_password_file"),
     )
     if config.signal_url is not None and config.signal_number is None:
         t.reader.problem(t.key("signal_number"), "is required with signal_url")
+    if config.store_password_file is not None and config.store_url is None:
+        t.reader.problem(t.key("store_password_file"), "is only used with store_url")
     if config.local_socket is not None and config.approvers_group is None:
         t.reader.problem(t.key("approvers_group"), "is required with local_socket")
     for number in config.allowed_approvers:
@@ -157,6 +165,22 @@ def _people(approval: Table) -> tuple[Person, ...]:
 def _check_entropy(value: int) -> str | None:
     # Tokens are 16 characters of a 32-symbol alphabet: exactly 80 bits.
     return None if value == 80 else "must be 80 (16-character tokens)"
+
+
+def _check_store_url(value: str) -> str | None:
+    try:
+        from psycopg import ProgrammingError  # only a fleet host needs it
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return "needs psycopg: pip install 'host-agent[fleet]'"
+    try:
+        parameters = conninfo_to_dict(value)
+    except ProgrammingError:
+        # The parser's message may quote the string, password and all: never repeat it.
+        return "is not a libpq connection string (postgresql://USER@HOST/DB or key=value ...)"
+    if "password" in parameters:
+        return "must not hold the password: use store_password_file, PGPASSFILE or ~/.pgpass"
+    return None
 
 
 def _check_identity_plugin(value: str) -> str | None:

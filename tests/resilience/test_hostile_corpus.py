@@ -42,6 +42,7 @@ from tests.support import (
     RunningAgent,
     client_context,
     config_text,
+    free_port,
     running_agent,
     write_config,
 )
@@ -910,12 +911,6 @@ class Target:
     contexts: dict[str, ssl.SSLContext]  # client certificate per CN
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _with_runner_key(text: str, line: str) -> str:
     """config_text has no parameter for [runner] sudo: add the key to that table."""
     assert text.count("\n[runner]\n") == 1
@@ -934,7 +929,7 @@ def _recorder(directory: Path) -> Path:
 
 
 def corpus_config(pki: Pki, workdir: Path, sudo: Path) -> Config:
-    metrics = f'\n[metrics]\nenabled = true\nbind = "127.0.0.1:{_free_port()}"\n'
+    metrics = f'\n[metrics]\nenabled = true\nbind = "127.0.0.1:{free_port()}"\n'
     text = config_text(
         pki,
         workdir,

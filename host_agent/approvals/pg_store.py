@@ -1,0 +1,181 @@
+"""The approval store on PostgreSQL, shared by every host of a fleet.
+
+The same narrow interface as SQLite (approvals/store.py). `update` runs its change
+under the row's lock (SELECT ... FOR UPDATE) in one transaction, so of two hosts
+consuming or deciding the same approval one waits for the other and then sees its
+result: an approval is consumed once across the fleet. Hosts decide expiry on the
+database's clock: `clock()` is this host's time corrected by the offset to the
+database's, measured when the store opens and again, once a minute at most, when
+the manager's sweep lists the open approvals (in a worker thread).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import TupleRow
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from host_agent.approvals.model import Approval, Status
+from host_agent.approvals.pg_schema import SCHEMA_VERSION, installed_version
+from host_agent.approvals.store import Change, StoreError, from_row, to_row
+
+T = TypeVar("T")
+# Columns in the order of Approval's fields; `host` is the store's own.
+_FIELDS = (
+    "id, token_hash, requester_cn, requester_fingerprint, requester_unix_user, operation, "
+    "kind, resource, args, digest, reason, admin_only, approvals_required, created_at, "
+    "expires_at, status, approvers, decided_by, decided_at, consumed_at"
+)
+_SELECT = f"SELECT {_FIELDS} FROM approvals"  # noqa: S608 - our own column list
+_MARKS = ", ".join(["%s"] * len(_FIELDS.split(", ")))
+_INSERT = f"INSERT INTO approvals (host, {_FIELDS}) VALUES (%s, {_MARKS})"  # noqa: S608
+_UPDATE = f"UPDATE approvals SET ({_FIELDS}) = ({_MARKS}) WHERE id = %s"  # noqa: S608
+# How long a caller waits for a pooled connection before the store counts as down.
+CONNECT_TIMEOUT_SECONDS = 5.0
+CLOCK_REFRESH_SECONDS = 60.0
+
+
+class PostgresStore:
+    def __init__(self, conninfo: str, password: str | None, host: str | None = None) -> None:
+        self.host = host or socket.gethostname()
+        self._offset = 0.0
+        self._offset_measured = 0.0
+        self._clock_lock = threading.Lock()
+        extra: dict[str, Any] = {"connect_timeout": int(CONNECT_TIMEOUT_SECONDS)}
+        if password is not None:
+            extra["password"] = password
+        self._pool: ConnectionPool[psycopg.Connection[TupleRow]] = ConnectionPool(
+            conninfo, kwargs=extra, min_size=1, max_size=8, open=False,
+            timeout=CONNECT_TIMEOUT_SECONDS, name="host-agent-approvals",
+        )  # fmt: skip
+        try:
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
+        except PoolTimeout as exc:
+            self._pool.close()
+            raise StoreError(f"cannot reach the approval database: {_reason(exc)}") from exc
+        self._check_schema()
+        self._measure_offset()
+
+    def add(self, approval: Approval) -> None:
+        self._run(lambda db: db.execute(_INSERT, (self.host, *to_row(approval))))
+
+    def get(self, approval_id: str) -> Approval | None:
+        return self._one(f"{_SELECT} WHERE id = %s", approval_id)
+
+    def by_token(self, token_hash: str) -> Approval | None:
+        return self._one(f"{_SELECT} WHERE token_hash = %s", token_hash)
+
+    def update(self, approval_id: str, change: Change) -> Approval:
+        def locked(db: psycopg.Connection[TupleRow]) -> Approval:
+            row = db.execute(f"{_SELECT} WHERE id = %s FOR UPDATE", (approval_id,)).fetchone()
+            if row is None:
+                raise KeyError(approval_id)
+            updated = change(from_row(row))
+            db.execute(_UPDATE, (*to_row(updated), approval_id))
+            return updated
+
+        return self._run(locked)
+
+    def listing(
+        self, statuses: Iterable[Status], requester_cn: str | None = None
+    ) -> list[Approval]:
+        if time.monotonic() - self._offset_measured > CLOCK_REFRESH_SECONDS:
+            self._measure_offset()  # the sweep lists every half minute: a thread, not the loop
+        wanted = [status.value for status in statuses]
+        rows = self._run(
+            lambda db: db.execute(
+                f"{_SELECT} WHERE status = ANY(%s) AND (%s::text IS NULL OR requester_cn = %s)"
+                " ORDER BY created_at",
+                (wanted, requester_cn, requester_cn),
+            ).fetchall()
+        )
+        return [from_row(row) for row in rows]
+
+    def count(self, status: Status) -> int:
+        row = self._run(
+            lambda db: db.execute(
+                "SELECT count(*) FROM approvals WHERE status = %s", (status.value,)
+            ).fetchone()
+        )
+        return 0 if row is None else int(row[0])
+
+    def first_sighting(self, sender: str, timestamp_ms: int, now: float) -> bool:
+        inserted = self._run(
+            lambda db: (
+                db.execute(
+                    "INSERT INTO replies (sender, timestamp_ms, seen_at) VALUES (%s, %s, %s)"
+                    " ON CONFLICT DO NOTHING",
+                    (sender, timestamp_ms, now),
+                ).rowcount
+            )
+        )
+        return inserted == 1
+
+    def purge(self, before: float) -> int:
+        """Forget remembered replies older than `before`. Approvals are history: the
+        agent's role cannot delete them (docs/fleet.md says how an operator prunes)."""
+        self._run(lambda db: db.execute("DELETE FROM replies WHERE seen_at < %s", (before,)))
+        return 0
+
+    def clock(self) -> float:
+        """Now, on the database's clock (never waits for the database)."""
+        return time.time() + self._offset
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _measure_offset(self) -> None:
+        before = time.time()
+        row = self._run(
+            lambda db: db.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()
+        )
+        after = time.time()
+        with self._clock_lock:
+            self._offset = float(row[0]) - (before + after) / 2 if row else 0.0
+            self._offset_measured = time.monotonic()
+
+    def _check_schema(self) -> None:
+        version = self._run(installed_version)
+        if version is None:
+            raise StoreError(
+                "the approval database has no host-agent schema: run "
+                "`host-agent db upgrade --config FILE` as its owner first"
+            )
+        if version != SCHEMA_VERSION:
+            newer = version > SCHEMA_VERSION
+            raise StoreError(
+                f"the approval database has schema version {version}, this host-agent "
+                f"needs {SCHEMA_VERSION}: "
+                + ("upgrade host-agent on this host" if newer else "run `host-agent db upgrade`")
+            )
+
+    def _one(self, query: str, value: str) -> Approval | None:
+        row = self._run(lambda db: db.execute(query, (value,)).fetchone())
+        return None if row is None else from_row(row)
+
+    def _run(self, work: Callable[[psycopg.Connection[TupleRow]], T]) -> T:
+        """`work` in one transaction on a pooled connection; database trouble is StoreError."""
+        with self._session() as db, db.transaction():
+            return work(db)
+
+    @contextmanager
+    def _session(self) -> Iterator[psycopg.Connection[TupleRow]]:
+        try:
+            with self._pool.connection() as db:
+                yield db
+        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
+            raise StoreError(f"approval database: {_reason(exc)}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"approval database refused: {_reason(exc)}") from exc
+
+
+def _reason(error: Exception) -> str:
+    """The first line of a database error: never the connection string."""
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -1,0 +1,251 @@
+"""The PostgreSQL approval store on a real cluster: the schema the operator installs,
+the rights the agents' role gets, and several hosts sharing one database.
+
+The approval state machine itself runs on both stores in tests/test_approvals.py."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from host_agent.approvals.manager import ApprovalManager
+from host_agent.approvals.model import Approver, Status
+from host_agent.approvals.pg_schema import AGENT_GRANTS, SCHEMA_VERSION
+from host_agent.approvals.pg_store import PostgresStore
+from host_agent.approvals.store import StoreError
+from host_agent.audit import AuditLog
+from host_agent.cli import main
+from host_agent.errors import ApprovalError
+from tests.approval_flow import destroy as destroy_request
+from tests.approval_flow import post, request_approval, token_sent
+from tests.postgres import FleetDatabase, Postgres, fleet_database
+from tests.signal_bridge import SignalBridge
+from tests.support import Pki, running_agent
+from tests.system import Pool, System
+from tests.test_approvals import REQUESTER, SIGNAL_ONE, Clock, Outbox, approval_config, decision
+from tests.test_approvals import operation as destroy
+from tests.test_e2e_approvals import configured, signed_reply, webhook
+
+pytestmark = pytest.mark.root
+
+
+def agent_connection(cluster: Postgres, database: FleetDatabase) -> psycopg.Connection[tuple]:
+    return psycopg.connect(database.url, password=database.password, autocommit=True)
+
+
+def config_file(tmp_path: Path, store_url: str, password_file: Path | None = None) -> Path:
+    extra = f'store_password_file = "{password_file}"\n' if password_file else ""
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        f"""
+[server]
+cert = "server.crt"
+key = "server.key"
+client_ca = "ca.crt"
+
+[audit]
+log_path = "audit.jsonl"
+
+[approval]
+store_url = "{store_url}"
+{extra}
+[[agents]]
+cn_pattern = "librarian-*"
+agent_type = "librarian"
+unix_user = "librarian"
+"""
+    )
+    return path
+
+
+def test_db_upgrade_installs_the_schema_once_and_grants_the_agents_role(
+    postgres: Postgres,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    name, role = "fleet_cli", "agent_cli"
+    postgres.create_database(name, role)
+    path = config_file(tmp_path, f"postgresql://{role}@127.0.0.1:{postgres.port}/{name}")
+    monkeypatch.setenv("PGPASSWORD", postgres.password)  # the owner's, from libpq's environment
+    assert main(["db", "upgrade", "--config", str(path), "--owner", "postgres"]) == 0
+    assert main(["db", "upgrade", "--config", str(path), "--owner", "postgres"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"approval schema at version {SCHEMA_VERSION} (applied 1); role {role} granted",
+        f"approval schema at version {SCHEMA_VERSION} (nothing to apply); role {role} granted",
+    ]
+    granted = postgres.psql(
+        "SELECT table_name, privilege_type FROM information_schema.role_table_grants"
+        f" WHERE grantee = '{role}' ORDER BY 1, 2",
+        database=name,
+    ).split()
+    expected = sorted(
+        f"{table}|{right.strip()}"
+        for table, rights in AGENT_GRANTS.items()
+        for right in rights.split(",")
+    )
+    assert granted == expected
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        pytest.param("DELETE FROM approvals", id="delete-history"),
+        pytest.param("TRUNCATE approvals", id="truncate-history"),
+        pytest.param("DROP TABLE approvals", id="drop"),
+        pytest.param("CREATE TABLE mine (x int)", id="create"),
+        pytest.param("ALTER TABLE approvals ADD COLUMN x int", id="alter"),
+        pytest.param("UPDATE host_agent_schema SET version = 99", id="forge-version"),
+    ],
+)
+def test_the_agents_role_can_neither_change_the_schema_nor_delete_history(
+    postgres: Postgres, statement: str
+) -> None:
+    """An agent taken over keeps its role's rights only: it can write approvals, not
+    erase who approved what, nor alter the schema under the other hosts."""
+    database = fleet_database(postgres)
+    with agent_connection(postgres, database) as db, pytest.raises(psycopg.Error) as refused:
+        db.execute(statement)
+    assert isinstance(refused.value, psycopg.errors.InsufficientPrivilege), refused.value
+
+
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        pytest.param(None, "has no host-agent schema: run `host-agent db upgrade", id="none"),
+        pytest.param(99, "has schema version 99, this host-agent needs", id="newer"),
+    ],
+)
+def test_an_agent_refuses_a_schema_it_does_not_know(
+    postgres: Postgres, version: int | None, message: str
+) -> None:
+    database = fleet_database(postgres)
+    if version is None:
+        postgres.psql("DROP TABLE host_agent_schema", database=database.name)
+    else:
+        postgres.psql(
+            f"INSERT INTO host_agent_schema (version) VALUES ({version})", database=database.name
+        )
+    with pytest.raises(StoreError, match=message.replace("(", r"\(").replace("`", "`")):
+        PostgresStore(database.url, database.password)
+
+
+def test_an_unreachable_database_is_a_store_error_without_the_password(
+    postgres: Postgres,
+) -> None:
+    database = fleet_database(postgres)
+    with pytest.raises(StoreError) as failed:
+        PostgresStore(database.url, "wrong-" + database.password)
+    assert failed.value.code == "approval_store_unavailable"
+    assert database.password not in str(failed.value)
+
+
+def test_an_approval_is_consumed_once_across_three_hosts(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    """Three agents share one database: an approval granted through one is consumed by
+    exactly one of fifty resubmits spread over all three."""
+    database = fleet_database(postgres)
+    outbox = Outbox()
+    stores = [PostgresStore(database.url, database.password, host=f"host-{n}") for n in range(3)]
+    audits = [AuditLog(tmp_path / f"audit-{n}.jsonl") for n in range(3)]
+    managers = []
+    for store, audit in zip(stores, audits, strict=True):
+        audit.open()
+        managers.append(
+            ApprovalManager(approval_config(), store, audit, notify=outbox, clock=Clock())
+        )
+
+    async def scenario() -> list[object]:
+        first, second = managers[:2]
+        approval = await first.create(REQUESTER, destroy(), decision(), "free space", "librarian")
+        await first.drain()
+        await second.decide(outbox.token(), True, SIGNAL_ONE)  # another host hears the reply
+        attempts = [managers[n % 3].consume(approval.id, REQUESTER, destroy()) for n in range(50)]
+        return await asyncio.gather(*attempts, return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    wins = [o for o in outcomes if not isinstance(o, BaseException)]
+    losses = [o for o in outcomes if isinstance(o, ApprovalError)]
+    assert (len(wins), len(losses)) == (1, 49), outcomes
+    assert {loss.code for loss in losses} == {"approval_consumed"}
+    hosts = postgres.psql("SELECT host, status FROM approvals", database=database.name).split()
+    assert hosts == ["host-0|consumed"]
+    for store, audit in zip(stores, audits, strict=True):
+        store.close()
+        audit.close()
+
+
+def test_a_deny_from_one_host_beats_an_approve_from_another(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    database = fleet_database(postgres)
+    outbox = Outbox()
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.open()
+    stores = [PostgresStore(database.url, database.password) for _ in range(2)]
+    one, two = (
+        ApprovalManager(approval_config(), store, audit, notify=outbox, clock=Clock())
+        for store in stores
+    )
+
+    async def scenario() -> None:
+        approval = await one.create(
+            REQUESTER, destroy(), decision(quorum=2), "free space", "librarian"
+        )
+        await one.drain()
+        token = outbox.token()
+        await one.decide(token, False, SIGNAL_ONE)
+        with pytest.raises(ApprovalError) as late:
+            await two.decide(token, True, Approver("signal", "+15555550002"))
+        assert late.value.code == "approval_denied"
+        assert (await two.visible(approval.id, "librarian-1")).status is Status.DENIED
+
+    asyncio.run(scenario())
+    for store in stores:
+        store.close()
+    audit.close()
+
+
+def test_an_agent_on_the_shared_store_runs_an_approval_end_to_end(
+    postgres: Postgres,
+    system: System,
+    pool: Pool,
+    pki: Pki,
+    tmp_path: Path,
+    bridge: SignalBridge,
+    snapshot: str,
+) -> None:
+    """The real server with store_url: the password comes from its file, the token
+    goes out over Signal, the signed reply grants it, the destroy runs once."""
+    database = fleet_database(postgres)
+    secret = tmp_path / "store-password"
+    secret.write_text(database.password + "\n")
+    config = configured(
+        system,
+        pki,
+        tmp_path,
+        bridge,
+        store_url=f'"{database.url}"',
+        store_password_file=f'"{secret}"',
+    )
+    with running_agent(config) as agent:
+        approval_id = request_approval(agent, pki, snapshot)
+        token = token_sent(bridge)
+        assert webhook(agent, pki, signed_reply(f"APPROVE {token}")).status_code == 200
+        done = post(
+            agent,
+            pki,
+            "librarian-1",
+            "/host/op",
+            destroy_request(snapshot, approval_id=approval_id),
+        )
+        assert done.status_code == 200, done.text
+    assert snapshot not in pool.datasets("snapshot")
+    rows = postgres.psql("SELECT id, status FROM approvals", database=database.name).split()
+    assert rows == [f"{approval_id}|consumed"]
+    assert database.password not in config.audit.log_path.read_text()
