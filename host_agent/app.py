@@ -116,13 +116,13 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
         await approvals().check_channel(Approver("admin", caller.cn))
         identity, body = await read(request)
         try:
-            token, verdict, approval_id = parse_verdict(decode_json(body))
+            reference, verdict, approval_id = parse_verdict(decode_json(body))
         except RequestError as exc:
             await pipeline.reject(identity, exc)
             raise
         admin = Approver("admin", identity.cn)
         manager = approvals()
-        approval = await manager.decide(token, verdict, admin, approval_id=approval_id)
+        approval = await manager.decide(reference, verdict, admin, approval_id=approval_id)
         return JSONResponse(manager.view(approval, identity.cn))
 
     async def signal_webhook(request: Request) -> Response:
@@ -249,22 +249,31 @@ async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
 
 
 def parse_verdict(document: Any) -> tuple[str, bool, str | None]:
-    """`{"token": "...", "decision": "approve"|"deny", "approval_id": "..."}`: decision
-    defaults to approve; approval_id (the predecessor's body has it) is optional."""
+    """`{"token"?, "approval_id"?, "decision"?}`: the approval is named by the token from
+    the message, or by its id alone (admins' only way when the message never went out);
+    with both, the id must be the token's. Decision defaults to approve. Returns what
+    names the approval, the verdict, and the id to check the token against."""
     if not isinstance(document, dict) or set(document) - {"token", "decision", "approval_id"}:
         raise ValidationError(
-            "body", 'expected {"token", "decision"?, "approval_id"?}', code="invalid_body"
+            "body", 'expected {"token" or "approval_id", "decision"?}', code="invalid_body"
         )
     token, decision = document.get("token"), document.get("decision", "approve")
-    if not isinstance(token, str) or len(token) > 64:
-        raise ValidationError("token", "required, the token from the message", code="invalid_type")
+    approval_id = document.get("approval_id")
+    if token is not None and (not isinstance(token, str) or len(token) > 64):
+        raise ValidationError("token", "the token from the message", code="invalid_type")
     if decision not in ("approve", "deny"):
         raise ValidationError("decision", "must be approve or deny", code="invalid_argument")
-    approval_id = document.get("approval_id")
     if approval_id is not None and (
         not isinstance(approval_id, str) or not APPROVAL_ID.fullmatch(approval_id)
     ):
         raise ValidationError("approval_id", "not an approval id", code="invalid_type")
+    if token is None and approval_id is None:
+        raise ValidationError(
+            "token", "name the approval: the token from the message, or approval_id",
+            code="invalid_type",
+        )  # fmt: skip
+    if token is None:
+        return str(approval_id), decision == "approve", None
     return token, decision == "approve", approval_id
 
 

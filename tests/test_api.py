@@ -331,7 +331,8 @@ def test_audit_unwritable_means_503_for_every_request(pki: Pki, tmp_path: Path) 
             id="id-case",
         ),
         pytest.param({"token": "T", "approver": "x"}, "body", "invalid_body", id="unknown-field"),
-        pytest.param({"approval_id": "ap-" + "0" * 16}, "token", "invalid_type", id="no-token"),
+        pytest.param({"decision": "deny"}, "token", "invalid_type", id="names-no-approval"),
+        pytest.param({"approval_id": None}, "token", "invalid_type", id="null-id-only"),
     ],
 )
 def test_approve_bodies_are_checked_before_any_lookup(

@@ -244,7 +244,8 @@ def test_the_requester_learns_who_can_decide_but_not_their_numbers(
             {"channel": "signal", "who": "Signal approvers …0001, …0002"},
             {
                 "channel": "admin",
-                "who": "an admin client (CN matching 'admin-*') with POST /approve",
+                "who": "an admin client (CN matching 'admin-*') with POST /approve "
+                f'{{"approval_id": "{approval.id}"}}',
             },
         ]
         assert "+15555550001" not in json.dumps(world.manager.view(approval, "librarian-1"))
@@ -517,27 +518,32 @@ def test_a_reloaded_config_changes_who_may_approve_and_where_tokens_go(world: Wo
 
 
 @pytest.mark.parametrize(
-    "reference",
+    ("reference", "approver", "named"),
     [
-        pytest.param("ap-{id}", id="id-over-signal"),
-        pytest.param("AP-{id}", id="id-upper-case"),
+        pytest.param("ap-{id}", Approver("pam", "alice"), True, id="on-the-host"),
+        pytest.param("ap-{id}", ADMIN, True, id="admin-certificate"),
+        pytest.param("AP-{id}", ADMIN, False, id="upper-case-is-no-id"),
+        pytest.param("AP-{id}", Approver("pam", "alice"), False, id="upper-case-on-the-host"),
     ],
 )
-def test_only_a_person_on_the_host_may_name_the_approval_id(world: World, reference: str) -> None:
+def test_only_people_authenticated_apart_from_the_message_may_name_the_approval_id(
+    world: World, reference: str, approver: Approver, named: bool
+) -> None:
+    """The id is the requester's to know; a Signal reply must carry the token. A login
+    on the host or an admin certificate may name the approval by its id."""
+
     async def scenario() -> None:
         approval_id, _ = await created(world)
         text = reference.format(id=approval_id.removeprefix("ap-"))
-        for approver in (SIGNAL_ONE, ADMIN):
-            with pytest.raises(ApprovalError) as refused:
-                await world.manager.decide(text, True, approver)
-            assert refused.value.code == "unknown_token"
-        on_host = Approver("pam", "alice")
-        if text == approval_id:
-            approved = await world.manager.decide(text, True, on_host)
+        with pytest.raises(ApprovalError) as refused:
+            await world.manager.decide(text, True, SIGNAL_ONE)
+        assert refused.value.code == "unknown_token"
+        if named:
+            approved = await world.manager.decide(text, True, approver)
             assert approved.status is Status.APPROVED
         else:  # not an id, so read as a token: none matches
             with pytest.raises(ApprovalError) as refused:
-                await world.manager.decide(text, True, on_host)
+                await world.manager.decide(text, True, approver)
             assert refused.value.code == "unknown_token"
 
     asyncio.run(scenario())

@@ -376,7 +376,11 @@ def test_a_pending_approval_waits_then_is_denied(
         # Whom it waits for, without handing the requester the approvers' numbers.
         assert pending.asked == (
             Asked("signal", "Signal approvers …0001, …0002"),
-            Asked("admin", "an admin client (CN matching 'admin-*') with POST /approve"),
+            Asked(
+                "admin",
+                "an admin client (CN matching 'admin-*') with POST /approve "
+                f'{{"approval_id": "{pending.approval_id}"}}',
+            ),
         )
 
         with pytest.raises(StillPending) as still:

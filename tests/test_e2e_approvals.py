@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from host_agent import certs
 from host_agent.approvals.signal import SIGNATURE_HEADER, sign
 from host_agent.config import Config
 from tests.approval_flow import destroy, get, post, request_approval, status, token_sent, wait_for
@@ -34,6 +35,7 @@ def configured(
     bridge: SignalBridge,
     *,
     approval_ttl: int = 300,
+    profiles: str = "",
     **approval: Any,
 ) -> Config:
     keys = {
@@ -44,7 +46,9 @@ def configured(
         **approval,
     }
     text = "\n".join(f"{key} = {value}" for key, value in keys.items())
-    return system.agent_config(pki, tmp_path, approval=text, approval_ttl=approval_ttl)
+    return system.agent_config(
+        pki, tmp_path, approval=text, approval_ttl=approval_ttl, profiles=profiles
+    )
 
 
 @pytest.fixture
@@ -127,6 +131,89 @@ def test_admin_approves_with_post_approve(
     done = post(live, pki, "librarian-1", "/host/op", destroy(snapshot, approval_id=approval_id))
     assert done.status_code == 200
     assert snapshot not in pool.datasets("snapshot")
+
+
+def test_an_admin_approves_by_id_when_no_message_went_out(
+    live: RunningAgent, pki: Pki, pool: Pool, config: Config, snapshot: str
+) -> None:
+    """The token only travels in the Signal message: an admin certificate may name the
+    approval by its id instead, and the requester's resend then runs."""
+    approval_id = request_approval(live, pki, snapshot)
+    shown = get(live, pki, "librarian-1", f"/approvals/{approval_id}").json()
+    admin_way = next(a["who"] for a in shown["asked"] if a["channel"] == "admin")
+    assert f'POST /approve {{"approval_id": "{approval_id}"}}' in admin_way
+    approved = post(live, pki, "admin-1", "/approve", {"approval_id": approval_id})
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["approvers"] == ["admin:admin-1"]
+    done = post(live, pki, "librarian-1", "/host/op", destroy(snapshot, approval_id=approval_id))
+    assert done.status_code == 200, done.text
+    assert snapshot not in pool.datasets("snapshot")
+    [granted] = [
+        r for r in audit_records(config.audit.log_path) if r["event"] == "approval_granted"
+    ]
+    assert (granted["approver"], granted["named_by"]) == ("admin:admin-1", "approval_id")
+
+
+@pytest.mark.parametrize(
+    ("cn", "body", "status_code", "code"),
+    [
+        pytest.param("admin-1", {"decision": "deny"}, 200, None, id="admin-denies"),
+        pytest.param("librarian-1", {}, 403, "approver_not_allowed", id="not-an-admin"),
+        pytest.param(
+            "admin-1", {"approval_id": "ap-" + "0" * 16}, 404, "approval_not_found", id="unknown-id"
+        ),
+        pytest.param("admin-1", {"approval_id": "tank"}, 400, "invalid_type", id="not-an-id"),
+        pytest.param("admin-1", {"approval_id": None}, 400, "invalid_type", id="names-nothing"),
+    ],
+)
+def test_deciding_by_id_is_for_admins_and_names_a_real_approval(
+    live: RunningAgent,
+    pki: Pki,
+    pool: Pool,
+    snapshot: str,
+    cn: str,
+    body: dict[str, Any],
+    status_code: int,
+    code: str | None,
+) -> None:
+    approval_id = request_approval(live, pki, snapshot)
+    answer = post(live, pki, cn, "/approve", {"approval_id": approval_id, **body})
+    assert answer.status_code == status_code, answer.text
+    if code is not None:
+        assert answer.json()["error"]["code"] == code
+    expected = "denied" if code is None else "pending"
+    assert status(live, pki, approval_id) == expected
+    assert snapshot in pool.datasets("snapshot")
+
+
+# An admin whose own operations wait for a human (it is also the approvers' CN pattern).
+ADMIN_REQUESTER = """
+[[agents]]
+cn_pattern = "admin-2"
+agent_type = "operator"
+unix_user = "operator"
+requires_approval_for = ["zfs-destroy"]
+"""
+
+
+def test_an_admin_cannot_approve_its_own_request_by_id(
+    system: System, pool: Pool, pki: Pki, tmp_path: Path, bridge: SignalBridge, snapshot: str
+) -> None:
+    certs.issue_client(pki.directory, "admin-2")
+    config = configured(system, pki, tmp_path, bridge, profiles=ADMIN_REQUESTER)
+    with running_agent(config) as agent:
+        asked = post(agent, pki, "admin-2", "/host/op", destroy(snapshot))
+        assert asked.status_code == 202, asked.text
+        approval_id = asked.json()["approval_id"]
+        own = post(agent, pki, "admin-2", "/approve", {"approval_id": approval_id})
+        assert own.status_code == 403, own.text
+        assert status(agent, pki, approval_id, cn="admin-2") == "pending"
+        other = post(agent, pki, "admin-1", "/approve", {"approval_id": approval_id})
+        assert other.status_code == 200, other.text
+    records = audit_records(config.audit.log_path)
+    refused = [r for r in records if r["event"] == "approval_refused"]
+    assert (refused[-1]["approver"], refused[-1]["named_by"]) == ("admin:admin-2", "approval_id")
+    assert snapshot in pool.datasets("snapshot")
 
 
 def test_bridge_certificate_may_post_unsigned_but_an_agent_may_not(

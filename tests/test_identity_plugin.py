@@ -272,3 +272,19 @@ def test_a_signal_approver_is_asked_about_by_number(
     assert status(live, pki, approval_id) == "pending"
     [question] = plugin.questions()
     assert (question["approver_cn"], question["channel"]) == (APPROVER, "signal")
+
+
+def test_an_admin_naming_the_approval_by_id_is_asked_about_too(
+    live: RunningAgent, pki: Pki, plugin: Plugin, tmp_path: Path
+) -> None:
+    approval_id = ask(live, pki)
+    plugin.answer(200, '{"allowed": false, "reason": "not on call"}')
+    refused = post(live, pki, "admin-1", "/approve", {"approval_id": approval_id})
+    assert (refused.status_code, refused.json()["error"]["code"]) == (
+        403,
+        "identity_plugin_denied",
+    )
+    assert status(live, pki, approval_id) == "pending"
+    [record] = refusals(tmp_path)
+    assert (record["named_by"], record["plugin_reason"]) == ("approval_id", "not on call")
+    assert plugin.questions()[-1]["approval_id"] == approval_id

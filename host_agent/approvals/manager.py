@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 MAX_CLOCK_SKEW_SECONDS = 60
 # Closed approvals (and remembered replies) are kept this long after expiry.
 KEEP_CLOSED_SECONDS = 7 * 86400
+# Approvers authenticated apart from the message, who may name an approval by its id.
+ID_CHANNELS = frozenset({"pam", "admin"})
 OPEN = (Status.PENDING, Status.APPROVED)
 
 
@@ -163,6 +165,8 @@ class ApprovalManager:
         approval the token belongs to. `context` (e.g. the local caller's uid) goes into
         every audit record of the step.
         """
+        if approver.channel in ID_CHANNELS and APPROVAL_ID.fullmatch(reference):
+            context["named_by"] = "approval_id"  # the audit says how the human named it
         try:
             self._check_channel(approver)
             approval = await self._find(reference, approver)
@@ -264,9 +268,11 @@ class ApprovalManager:
         return {**outcome, "outcome": approval.status.value, "approval_id": approval.id}
 
     async def _find(self, reference: str, approver: Approver) -> Approval:
-        """By token; a person authenticated on the host (PAM) may name the approval id instead,
-        since the token may never have reached them when Signal is down."""
-        if approver.channel == "pam" and APPROVAL_ID.fullmatch(reference):
+        """By token. A person authenticated on the host (PAM) or by an admin certificate may
+        name the approval id instead: the token only travels in the Signal message, which
+        may never have gone out. A Signal reply must carry the token, the proof its sender
+        read the message (the id is the requester's to know)."""
+        if approver.channel in ID_CHANNELS and APPROVAL_ID.fullmatch(reference):
             approval = await asyncio.to_thread(self.store.get, reference)
             if approval is None:
                 raise _not_found()
@@ -344,7 +350,7 @@ class ApprovalManager:
                 {
                     "channel": "admin",
                     "who": f"an admin client (CN matching {settings.admin_cn_pattern!r}) "
-                    "with POST /approve",
+                    f'with POST /approve {{"approval_id": "{approval.id}"}}',
                 }
             )
         if settings.local_socket is not None and settings.approvers_group is not None:
