@@ -436,7 +436,8 @@ install_reload() {
 
 install_logrotate() {
     ha_render "$HA_REPO/logrotate/host-agent" LOG_DIR="$LOG_DIR" RELOAD="$RELOAD" \
-        SERVICE_USER="$SERVICE_USER" SERVICE_GROUP="$SERVICE_GROUP" > "$HA_STAGING/logrotate"
+        SERVICE_USER="$SERVICE_USER" SERVICE_GROUP="$SERVICE_GROUP" SERVE_LOG="$SERVE_LOG" \
+        > "$HA_STAGING/logrotate"
     # Its `su` switches to the service account: checkable by root, once that exists.
     if [[ $(id -u) == 0 ]] && id -u "$SERVICE_USER" >/dev/null 2>&1 \
         && ! logrotate -d -s "$HA_STAGING/logrotate.state" "$HA_STAGING/logrotate" \
@@ -454,7 +455,7 @@ install_crl_refresh() {
     ha_put_file "$HA_STAGING/crl.service" "$CRL_SERVICE" 0644 root root
     ha_put_file "$HA_REPO/systemd/$CRL_TIMER_NAME" "$CRL_TIMER" 0644 root root
     ha_render "$HA_REPO/cron/host-agent" HOST_AGENT="$HA_BIN" CERTS="$CERTS" RELOAD="$RELOAD" \
-        > "$HA_STAGING/cron"
+        LOGROTATE="$LOGROTATE" > "$HA_STAGING/cron"
     ha_put_file "$HA_STAGING/cron" "$CRON" 0644 root root
 }
 

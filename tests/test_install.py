@@ -362,11 +362,12 @@ def test_logrotate_config_validates_and_rotates_by_renaming(installed: Installed
         checked = run("logrotate", "-d", "-s", f"{scratch}/state", str(config), check=False)
     assert checked.returncode == 0, checked.stderr
     assert "error" not in checked.stderr.lower()
-    lines = config.read_text().splitlines()
-    directives = [line.split() for line in lines if line.strip() and not line.startswith("#")]
+    audit, serve_log = stanzas(config)
+    assert audit[0] == [str(installed.path("/var/log/host-agent/audit.jsonl")), "{"]
     group = installed.user
     for expected in (
         ["daily"],
+        ["maxsize", "100M"],
         ["rotate", "90"],
         ["compress"],
         ["delaycompress"],
@@ -377,11 +378,40 @@ def test_logrotate_config_validates_and_rotates_by_renaming(installed: Installed
         ["nocreate"],
         ["su", installed.user, group],
     ):
-        assert expected in directives
-    assert not any("copytruncate" in words for words in directives)
-    postrotate = lines[lines.index("    postrotate") + 1 : lines.index("    endscript")]
-    assert postrotate == [f"        {installed.path('/usr/local/sbin/host-agent-reload')}"]
-    assert directives[0] == [f"{installed.path('/var/log/host-agent/audit.jsonl')}", "{"]
+        assert expected in audit
+    assert ["copytruncate"] not in audit
+    reload = str(installed.path("/usr/local/sbin/host-agent-reload"))
+    assert audit[audit.index(["postrotate"]) + 1 : audit.index(["endscript"])] == [[reload]]
+    # The agent's own output without systemd: root's file, which the agent cannot reopen.
+    assert serve_log[0] == [str(installed.path("/var/log/host-agent-serve.log")), "{"]
+    for expected in (["daily"], ["maxsize", "100M"], ["rotate", "14"], ["copytruncate"]):
+        assert expected in serve_log
+    assert not any(directive[0] in ("su", "postrotate", "create") for directive in serve_log)
+
+
+def stanzas(config: Path) -> list[list[list[str]]]:
+    """Each `PATH { ... }` block of a logrotate file, as its directives' words."""
+    blocks: list[list[list[str]]] = []
+    for line in config.read_text().splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[-1] == "{":
+            blocks.append([])
+        blocks[-1].append(words)
+    return blocks
+
+
+def test_logrotate_looks_at_the_size_every_hour(installed: Installed) -> None:
+    jobs = cron_jobs(installed)
+    config = installed.path("/etc/logrotate.d/host-agent")
+    assert ["43", "*", "*", "*", "*", "root", f"logrotate {config}"] in jobs
+
+
+def cron_jobs(installed: Installed) -> list[list[str]]:
+    lines = installed.path("/etc/cron.d/host-agent").read_text().splitlines()
+    jobs = [line for line in lines if line and not line.startswith("#")]
+    return [job.split(maxsplit=6) for job in jobs if "=" not in job.split()[0]]
 
 
 @pytest.mark.parametrize(
@@ -744,12 +774,7 @@ def test_the_crl_is_re_signed_daily_and_the_agent_told_to_reload(installed: Inst
     certs_dir = installed.path("/etc/host-agent/certs")
     host_agent = installed.path("/opt/host-agent/venv/bin/host-agent")
     reload = installed.path("/usr/local/sbin/host-agent-reload")
-    [job] = [
-        line
-        for line in installed.path("/etc/cron.d/host-agent").read_text().splitlines()
-        if line and not line.startswith("#") and "=" not in line.split()[0]
-    ]
-    fields = job.split(maxsplit=6)
+    [fields] = [job for job in cron_jobs(installed) if "certs crl" in job[6]]
     assert fields[:6] == ["17", "4", "*", "*", "*", "root"]
     assert fields[6] == (
         f"[ -d /run/systemd/system ] || {{ {host_agent} certs crl {certs_dir} >/dev/null "
@@ -869,3 +894,62 @@ def test_the_readmes_config_example_names_the_installed_paths(installed: Install
         ]
 
     assert [installed.path(str(p)) for p in paths(example)] == paths(skeleton)
+
+
+def test_a_rotation_for_size_keeps_the_audit_chain(installed: Installed, base: Path) -> None:
+    """Past its maxsize the audit log rotates before its day is over, the agent carries
+    on in a new file and the chain verifies across both. The shipped value is 100M
+    (above); a copy with 2k makes the size reachable here."""
+    log_dir = installed.path("/var/log/host-agent")
+    for old in log_dir.glob("audit.jsonl*"):
+        old.unlink()
+    shipped = installed.path("/etc/logrotate.d/host-agent").read_text()
+    small = base / "logrotate-small"
+    small.write_text(shipped.replace("maxsize 100M", "maxsize 2k", 1))
+    state = base / "size.state"
+    log = log_dir / "audit.jsonl"
+    today = time.strftime("%Y-%-m-%-d-0:0:0")
+    # Rotated today already: only the size can make it rotate again.
+    state.write_text(f'logrotate state -- version 2\n"{log}" {today}\n')
+    pid_file = installed.path("/run/host-agent/host-agent.pid")
+    context = client_certificate(installed, f"monitor-{secrets.token_hex(3)}")
+    with (
+        installed_agent(installed, "--pid-file", str(pid_file)) as port,
+        httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=context) as http,
+    ):
+        while not log.exists() or log.stat().st_size < 4096:
+            http.post("/host/op", json=REFUSED)
+        rotated = run("logrotate", "-s", str(state), str(small), check=False)
+        assert rotated.returncode == 0, rotated.stderr
+        assert (log_dir / "audit.jsonl.1").exists()
+        for _ in range(5):
+            assert http.post("/host/op", json=REFUSED).status_code == 400
+    files = audit_files(log_dir)
+    assert len(files) == 2 and audit_lines(files[1])
+    verified = run(
+        str(installed.path("/usr/local/bin/host-agent")), "audit", "verify", *map(str, files),
+        check=False,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_the_service_log_is_copied_and_truncated_under_its_writer(
+    installed: Installed, base: Path
+) -> None:
+    """The agent's output file is held open (for appending) by the process root started:
+    after copytruncate the writer goes on at the start of the same file, nothing lost
+    before the rotation, no hole after it."""
+    serve_log = installed.path("/var/log/host-agent-serve.log")
+    with serve_log.open("a") as writer:
+        writer.write("before\n")
+        writer.flush()
+        state = base / "serve.state"
+        done = run(
+            "logrotate", "-f", "-s", str(state), str(installed.path("/etc/logrotate.d/host-agent")),
+            check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        writer.write("after\n")
+        writer.flush()
+    assert installed.path("/var/log/host-agent-serve.log.1").read_text() == "before\n"
+    assert serve_log.read_bytes() == b"after\n"
