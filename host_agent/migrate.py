@@ -205,13 +205,15 @@ def _targets(config: Config) -> Iterator[Finding]:
             "empty: the predecessor allowed any absolute path; here git is refused",
             "list the repositories (or directories holding them)",
         )
-    yield Finding(
-        Impact.CHANGES,
-        "[zfs]",
-        "the predecessor ran zfs as the profile's unix_user (sudo -u), so `zfs allow` "
-        "limited each caller; the wrapper runs zfs as root, limited by allowed_datasets",
-        "set [zfs] allowed_datasets to what each caller was delegated",
-    )
+    if not config.zfs.run_as_caller:
+        yield Finding(
+            Impact.CHANGES,
+            "[zfs]",
+            "the predecessor ran zfs as the profile's unix_user (sudo -u), so `zfs allow` "
+            "limited each caller; here the wrapper runs zfs as root, limited by "
+            "allowed_datasets",
+            "set [zfs] run_as_caller = true to keep the delegation, and allowed_datasets",
+        )
 
 
 def _fixed(config: Config) -> Iterator[Finding]:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-from fnmatch import fnmatchcase
 from pathlib import Path
 
 from host_agent.adapters import protected_paths
-from host_agent.adapters.git import GitAdapter
 from host_agent.config import Config
+from host_agent.config.adapters import accounts_granted
 from host_agent.root_equivalent import PROTECTED_PATHS
 
 DEFAULT_PATH = Path("/etc/host-agent/wrappers.conf")
@@ -37,7 +36,7 @@ def render(config: Config) -> str:
         f"timeout_seconds={config.runner.timeout_seconds:.6f}".rstrip("0").rstrip("."),
     ]
     lines += [f"git_repo={repo}" for repo in config.git.allowed_repos]
-    lines += [f"git_user={user}" for user in git_users(config)]
+    lines += [f"git_user={user}" for user in accounts_granted(config.agents, "git")]
     lines.append(f"exec_enabled={'true' if config.exec.enabled else 'false'}")
     for command in config.exec.allowed_commands:
         patterns = config.exec.argument_patterns.get(command, ())
@@ -47,6 +46,7 @@ def render(config: Config) -> str:
     lines += [f"exec_playbook={name}" for name in config.exec.allowed_playbooks]
     lines.append(f"ansible_inventory={config.exec.ansible_inventory}")
     lines += target_lines(config)
+    lines += zfs_lines(config)
     if config.approval.approvers_group is not None:
         lines.append(f"approvers_group={config.approval.approvers_group}")
     if config.approval.local_socket is not None:
@@ -55,6 +55,17 @@ def render(config: Config) -> str:
     if config.runner.service_user is not None:
         lines.append(f"service_user={config.runner.service_user}")
     return "\n".join(lines) + "\n"
+
+
+def zfs_lines(config: Config) -> list[str]:
+    """Whether zfs runs as the caller (and as whom it may), and the destroy opt-in."""
+    destroy = config.wrappers.zfs_destroy
+    lines = [f"zfs_run_as_caller={'yes' if config.zfs.run_as_caller else 'no'}"]
+    if config.zfs.run_as_caller:
+        lines += [f"zfs_user={user}" for user in accounts_granted(config.agents, "zfs")]
+    lines.append(f"zfs_destroy_enabled={'yes' if destroy.enabled else 'no'}")
+    lines += [f"zfs_destroy_uid={uid}" for uid in destroy.allowed_uids]
+    return lines
 
 
 def target_lines(config: Config) -> list[str]:
@@ -71,20 +82,6 @@ def target_lines(config: Config) -> list[str]:
         if path not in PROTECTED_PATHS
     ]
     return lines
-
-
-def git_users(config: Config) -> list[str]:
-    """Accounts git may act as: those of profiles granted any git operation."""
-    users = {
-        profile.unix_user
-        for profile in config.agents
-        if any(
-            fnmatchcase(f"git-{command}", pattern)
-            for pattern in (*profile.allowed_operations, *profile.requires_approval_for)
-            for command in GitAdapter.commands
-        )
-    }
-    return sorted(users)
 
 
 def write(config: Config, path: Path) -> None:

@@ -102,6 +102,7 @@ def config_text(
     approval: str = "",
     approval_ttl: int = 300,
     targets: str = OPEN_TARGETS,
+    zfs_destroy: str | None = None,
 ) -> str:
     """A complete config in the predecessor's shape plus the [runner] section.
 
@@ -112,6 +113,9 @@ def config_text(
     if service_user is None:
         # As root the runner must drop to an unprivileged account; otherwise it is us.
         service_user = "nobody" if os.geteuid() == 0 else pwd.getpwuid(os.geteuid()).pw_name
+    if zfs_destroy is None:
+        # The zfs wrapper's own opt-in, for the service account.
+        zfs_destroy = f"enabled = true\nallowed_uids = [{pwd.getpwnam(service_user).pw_uid}]"
     return f"""
 [server]
 bind = "127.0.0.1:0"
@@ -166,6 +170,9 @@ deny = true
 [[rules]]
 operation = "zfs-list"
 approval_required = false
+
+[wrappers.zfs_destroy]
+{zfs_destroy}
 {targets}
 {extra}
 """

@@ -33,6 +33,7 @@ AS_SHIPPED = (
     .replace("[[agents.pattern_rules]]", "[[agents.resource_rules]]")
     .replace('pattern = "tank/media(/.*)?"', 'match = "tank/media(/.*)?"')
     + '\n[zfs]\nallowed_datasets = ["tank", "tank/*"]\n'
+    + "\n[wrappers.zfs_destroy]\nenabled = true\nallowed_uids = [1001]\n"
 )
 
 
@@ -52,6 +53,7 @@ def test_predecessor_config_loads(tmp_path: Path) -> None:
         "agents[0].pattern_rules",  # host-agent 0.1 read them as resource_rules
         "approval",  # its replies came in unauthenticated; here they need a secret or a CN
         "zfs.allowed_datasets",  # it let zfs change any dataset; here only the listed ones
+        "wrappers.zfs_destroy",  # destroy is opt-in at the OS layer too, as it was there
     ]
     assert config.server.bind == "0.0.0.0:18443"
     assert (config.server.host, config.server.port) == ("0.0.0.0", 18443)
@@ -146,7 +148,9 @@ def test_predecessor_only_keys_load_with_warnings(tmp_path: Path) -> None:
     beyond_rotation = [
         w
         for w in config.warnings
-        if not w.startswith(("audit.", "approval:", "zfs.", "agents[0].pattern_rules"))
+        if not w.startswith(
+            ("audit.", "approval:", "zfs.", "agents[0].pattern_rules", "wrappers.zfs_destroy")
+        )
     ]
     assert len(beyond_rotation) == 1
     assert beyond_rotation[0].startswith("exec.ansible_job_queue: ")

@@ -192,6 +192,10 @@ def test_datasets_outside_the_allowlist_are_refused(args: tuple[str, ...]) -> No
 BASE = """
 rules = []
 
+[wrappers.zfs_destroy]
+enabled = true
+allowed_uids = [1001]
+
 [server]
 cert = "server.crt"
 key = "server.key"

@@ -57,6 +57,10 @@ allowed_units = ["nginx.service", "app-*.service"]
 allowed_datasets = ["tank/media", "tank/media/*"]
 protected_paths = ["/srv/state"]
 
+[wrappers.zfs_destroy]
+enabled = true
+allowed_uids = [4242, 4243]
+
 [approval]
 local_socket = "/run/host-agent/approve.sock"
 approvers_group = "host-agent-approvers"
@@ -108,6 +112,10 @@ def test_render_lists_every_allowlist_and_binary(config_path: Path) -> None:
         f"zfs_protected_path={config_path.parent}",
         "zfs_protected_path=/var/lib/host-agent",
         "zfs_protected_path=/srv/state",
+        "zfs_run_as_caller=no",
+        "zfs_destroy_enabled=yes",
+        "zfs_destroy_uid=4242",
+        "zfs_destroy_uid=4243",
         "approvers_group=host-agent-approvers",
         "local_socket=/run/host-agent/approve.sock",
         "service_user=host-agent",

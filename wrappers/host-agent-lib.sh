@@ -147,6 +147,31 @@ ha_listed() {
     return 1
 }
 
+# ha_resolve_user NAME KEY TOOL: NAME must be one of KEY's values and exist here, and
+# is never root; sets HA_USER_UID, HA_USER_GID and HA_USER_HOME from its passwd entry.
+# shellcheck disable=SC2034  # HA_USER_HOME: used by the wrappers that source this file
+HA_USER_UID="" HA_USER_GID="" HA_USER_HOME=""
+ha_resolve_user() {
+    local name=$1 key=$2 tool=$3 entry
+    ha_check user "$name" "$HA_USER_NAME"
+    ha_listed "$name" "$key" || ha_refuse "$EX_NOPERM" "user ${name@Q} is not a $key"
+    entry=$(getent passwd "$name") || ha_refuse "$EX_NOUSER" "no such user: ${name@Q}"
+    # shellcheck disable=SC2034  # HA_USER_HOME: for the wrappers that source this file
+    IFS=: read -r _ _ HA_USER_UID HA_USER_GID _ HA_USER_HOME _ <<< "$entry"
+    (( HA_USER_UID != 0 )) || ha_refuse "$EX_NOPERM" "refusing to run $tool as uid 0"
+}
+
+# ha_as_user: HA_AS_USER = the command prefix that drops to the account ha_resolve_user
+# found (by the uid it read, not by name again): its own groups, no new privileges, no
+# environment (the command adds what its tool needs).
+# shellcheck disable=SC2034  # used by the wrappers that source this file
+HA_AS_USER=()
+ha_as_user() {
+    # shellcheck disable=SC2034
+    HA_AS_USER=(setpriv --reuid="$HA_USER_UID" --regid="$HA_USER_GID" --init-groups
+        --no-new-privs --reset-env --)
+}
+
 # ha_binary KEY DEFAULT: the checked real path of the tool KEY names (see
 # ha_trusted_path): run that, never the configured path.
 ha_binary() {

@@ -20,12 +20,14 @@ both again against the mount table it reads itself.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from host_agent.adapters.base import (
+    EXIT_NOT_PERMITTED,
     Adapter,
     Call,
     Failure,
@@ -102,6 +104,8 @@ RECURSIVE = "recursive"
 SNAPSHOT_NAME_SCHEMA_MAX = 64
 # The wrapper's read-only listing behind previews; not a command clients may send.
 TREE = "tree"
+# In the wrapper's refusal when its [wrappers.zfs_destroy] opt-in does not allow a destroy.
+DESTROY_DISABLED = "wrappers.zfs_destroy"
 
 
 class ZfsAdapter(Adapter):
@@ -139,6 +143,7 @@ class ZfsAdapter(Adapter):
 
     def __init__(self, config: ZfsConfig, protected: frozenset[str]) -> None:
         self.allowed_datasets = config.allowed_datasets or ()
+        self.run_as_caller = config.run_as_caller
         # Datasets holding the protected paths, from the mount table at start or reload.
         self.protected = protected
 
@@ -146,7 +151,22 @@ class ZfsAdapter(Adapter):
         operation = super().parse(request, unix_user)
         if operation.mutating:
             self.check_target(operation.command, operation.wrapper_argv[1])
-        return operation
+        if not self.run_as_caller:
+            return operation
+        # The wrapper drops to the caller's account, so `zfs allow` limits what it does.
+        return dataclasses.replace(
+            operation, wrapper_argv=("as", unix_user, *operation.wrapper_argv)
+        )
+
+    def failure(self, operation: Operation, result: RunResult) -> Failure:
+        if result.exit_code == EXIT_NOT_PERMITTED and DESTROY_DISABLED in result.stderr:
+            return Failure(
+                403,
+                "destroy_disabled_on_host",
+                "this host's zfs wrapper does not allow destroy "
+                "([wrappers.zfs_destroy] enabled and allowed_uids)",
+            )
+        return super().failure(operation, result)
 
     def check_target(self, command: str, name: str) -> None:
         """Refuse destroying or rolling back a protected dataset (built in), then any

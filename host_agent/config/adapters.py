@@ -4,6 +4,7 @@ warnings about targets the predecessor reached and this agent does not."""
 from __future__ import annotations
 
 import fnmatch
+import pwd
 import re
 import sys
 from collections.abc import Mapping
@@ -20,6 +21,8 @@ from host_agent.config.fields import (
     check_absolute_paths,
     check_regex,
 )
+from host_agent.config.wrappers import WrappersConfig
+from host_agent.operations import OPERATION_NAMES
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class ZfsConfig:
 
     allowed_datasets: tuple[str, ...] | None = None
     protected_paths: tuple[Path, ...] = ()
+    # Run zfs as the caller profile's unix_user, as the predecessor did, so that
+    # `zfs allow` delegation limits each caller (the wrapper drops to it with setpriv).
+    run_as_caller: bool = False
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,7 @@ def read_zfs(t: Table) -> ZfsConfig:
     config = ZfsConfig(
         allowed_datasets=None if datasets is None else tuple(datasets),
         protected_paths=tuple(Path(p) for p in paths),
+        run_as_caller=t.get("run_as_caller", bool, False),
     )
     t.finish()
     return config
@@ -232,6 +239,55 @@ ROOT_EQUIVALENT_COMMANDS = frozenset(
 
 # A pattern using any of these matches more than one fixed string.
 _REGEX_SYNTAX = re.compile(r"[.^$*+?{}\[\]\\|()]")
+
+
+def accounts_granted(agents: tuple[AgentProfile, ...], kind: str) -> list[str]:
+    """The unix_user of every profile granted some operation of `kind`: the accounts a
+    wrapper that acts as the caller (git; zfs with run_as_caller) may drop to."""
+    names = [name for name in OPERATION_NAMES if name.startswith(f"{kind}-")]
+    return sorted(
+        {
+            profile.unix_user
+            for profile in agents
+            for grant in (*profile.allowed_operations, *profile.requires_approval_for)
+            if any(fnmatch.fnmatchcase(name, grant) for name in names)
+        }
+    )
+
+
+def check_zfs_accounts(
+    agents: tuple[AgentProfile, ...],
+    zfs: ZfsConfig,
+    wrappers: WrappersConfig,
+    service_user: str | None,
+    reader: Reader,
+) -> None:
+    """run_as_caller needs a real, unprivileged account per zfs profile on this host;
+    a zfs-destroy grant needs the wrapper's opt-in, or every destroy is refused."""
+    if zfs.run_as_caller:
+        for user in accounts_granted(agents, "zfs"):
+            try:
+                uid = pwd.getpwnam(user).pw_uid
+            except KeyError:
+                reader.problem("zfs.run_as_caller", f"unix_user {user!r} does not exist here")
+                continue
+            if uid == 0 or user == service_user:
+                reader.problem(
+                    "zfs.run_as_caller",
+                    f"unix_user {user!r} is root or the agent's own account: zfs would not "
+                    "run as the caller",
+                )
+    destroys = any(
+        fnmatch.fnmatchcase("zfs-destroy", grant)
+        for p in agents
+        for grant in (*p.allowed_operations, *p.requires_approval_for)
+    )
+    if destroys and not wrappers.zfs_destroy.enabled:
+        reader.warn(
+            "wrappers.zfs_destroy: not enabled, so the zfs wrapper refuses every destroy a "
+            "profile is granted (opt-in at the OS layer, as in the predecessor): set "
+            "[wrappers.zfs_destroy] enabled = true and allowed_uids"
+        )
 
 
 def warn_about_targets(

@@ -14,6 +14,7 @@ from host_agent.config.adapters import (
     PctConfig,
     SystemdConfig,
     ZfsConfig,
+    check_zfs_accounts,
     read_binaries,
     read_exec,
     read_git,
@@ -30,6 +31,7 @@ from host_agent.config.metrics import MetricsConfig, read_metrics
 from host_agent.config.rate_limit import RateLimitConfig, read_rate_limit
 from host_agent.config.runner import RunnerConfig, read_runner
 from host_agent.config.server import ServerConfig, read_server
+from host_agent.config.wrappers import WrappersConfig, read_wrappers
 from host_agent.errors import ConfigError
 
 
@@ -50,6 +52,7 @@ class Config:
     systemd: SystemdConfig = field(default_factory=SystemdConfig)
     zfs: ZfsConfig = field(default_factory=ZfsConfig)
     pct: PctConfig = field(default_factory=PctConfig)
+    wrappers: WrappersConfig = field(default_factory=WrappersConfig)
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -97,6 +100,7 @@ def parse_config(raw: dict[str, Any], source: Path) -> Config:
     systemd = read_systemd(document.table("systemd"))
     zfs = read_zfs(document.table("zfs"))
     pct = read_pct(document.table("pct"))
+    wrappers = read_wrappers(document.table("wrappers"))
     document.finish()
 
     if not agents:
@@ -118,6 +122,7 @@ def parse_config(raw: dict[str, Any], source: Path) -> Config:
                 "pattern cannot match, unless the admins' own profile is meant"
             )
     warn_about_targets(agents, systemd, zfs, exec_, reader)
+    check_zfs_accounts(agents, zfs, wrappers, runner.service_user, reader)
     if reader.problems:
         raise ConfigError(str(source), reader.problems)
     return Config(
@@ -136,5 +141,6 @@ def parse_config(raw: dict[str, Any], source: Path) -> Config:
         systemd=systemd,
         zfs=zfs,
         pct=pct,
+        wrappers=wrappers,
         warnings=tuple(reader.warnings),
     )
