@@ -25,6 +25,7 @@ OPERATION_NAMES: frozenset[str] = frozenset(
         "pct-start",
         "pct-stop",
         "pct-destroy",
+        "pct-create",
         "git-status",
         "git-log",
         "git-fetch",

@@ -76,6 +76,8 @@ def target_lines(config: Config) -> list[str]:
     if config.pct.allowed_vmids is not None:
         # Any pct_vmid= line limits the wrapper; an empty one (an empty list) allows none.
         lines += [f"pct_vmid={vmid}" for vmid in config.pct.allowed_vmids or ("",)]
+    lines += [f"pct_ostemplate={pattern}" for pattern in config.pct.allowed_ostemplates]
+    lines += [f"pct_create_flag={name}" for name in config.pct.allowed_create_flags]
     lines += [
         f"zfs_protected_path={path}"
         for path in protected_paths(config)

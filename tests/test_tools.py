@@ -180,7 +180,8 @@ def test_deny_rules_and_approvals_shape_the_manifest(policy_agent: RunningAgent,
     # A deny rule without a pattern hides the tool; one with a pattern does not.
     assert "zfs-get" not in listed
     assert "zfs-rollback" in listed
-    assert listed == sorted(OPERATION_NAMES - {"zfs-get"})
+    # pct-create: no [pct] allowed_ostemplates, so no request could pass.
+    assert listed == sorted(OPERATION_NAMES - {"zfs-get", "pct-create"})
     asks = approval(body)
     assert asks["pct-destroy"] == "always"  # the adapter forces it
     assert asks["systemd-stop"] == "always"  # always_ask without a pattern
@@ -232,7 +233,8 @@ def test_an_unknown_cn_is_refused_and_reads_are_not_audited(agent: RunningAgent,
 
 
 def test_adapters_that_can_accept_nothing_offer_no_tool(pki: Pki, tmp_path: Path) -> None:
-    """No [git] allowed_repos and exec switched off: no git or exec tool, even for '*'."""
+    """No [git] allowed_repos, exec switched off, no [pct] allowed_ostemplates: no git,
+    exec or pct-create tool, even for '*'."""
     everything = """
 [[agents]]
 cn_pattern = "admin-*"
@@ -245,7 +247,9 @@ allowed_operations = ["*"]
     with running_agent(write_config(tmp_path / "agent.toml", text)) as agent:
         listed = names(manifest(agent, pki, "admin-1"))
     assert listed == sorted(
-        name for name in OPERATION_NAMES if not name.startswith(("git-", "exec-"))
+        name
+        for name in OPERATION_NAMES
+        if not name.startswith(("git-", "exec-")) and name != "pct-create"
     )
 
 

@@ -25,6 +25,12 @@ from host_agent.adapters.base import (
     require_listed,
     text_schema,
 )
+from host_agent.adapters.pct_create import (
+    CREATE_FLAGS,
+    check_settings,
+    check_template,
+    create_args_schema,
+)
 from host_agent.config import PctConfig
 from host_agent.errors import ValidationError
 from host_agent.operations import ApprovalNeed, Operation
@@ -37,7 +43,7 @@ MAX_VMID = 999_999
 VMID_RE = re.compile(r"[1-9][0-9]*")
 # Long enough to say "out of range" rather than "too long" for near misses.
 _MAX_VMID_TEXT = 16
-_DONE = {"start": "started", "stop": "stopped", "destroy": "destroyed"}
+_DONE = {"start": "started", "stop": "stopped", "destroy": "destroyed", "create": "created"}
 
 
 class PctAdapter(Adapter):
@@ -48,12 +54,15 @@ class PctAdapter(Adapter):
         "start": True,
         "stop": True,
         "destroy": True,
+        "create": True,
     }
     summaries: ClassVar[Mapping[str, str]] = {
         "status": "Show whether a Proxmox container is running.",
         "start": "Start a Proxmox container.",
         "stop": "Stop a Proxmox container.",
         "destroy": "Destroy a Proxmox container and its disks.",
+        "create": "Create an unprivileged Proxmox container from an allowed template, "
+        "with allowed NAME=VALUE settings (hostname, memory, net0, ...).",
     }
     # pve-container's messages: "Configuration file 'nodes/N/lxc/101.conf' does
     # not exist", "CT is locked (backup)", "unable to destroy CT 101 - container
@@ -68,6 +77,7 @@ class PctAdapter(Adapter):
         ),
         ("protection mode enabled", Failure(409, "protected", "the container is protected")),
         ("already running", Failure(409, "already_running", "the container is already running")),
+        ("already exists", Failure(409, "already_exists", "a container with this VMID exists")),
         ("not running", Failure(409, "not_running", "the container is not running")),
         ("please run as root", Failure(403, "permission_denied", "pct must run as root")),
         ("permission check failed", Failure(403, "permission_denied", "permission denied")),
@@ -75,10 +85,14 @@ class PctAdapter(Adapter):
     )
 
     def __init__(self, config: PctConfig) -> None:
+        self.config = config
         self.allowed_vmids = config.allowed_vmids
 
     def validate(self, call: Call) -> tuple[str, ...]:
-        expect_args(call, most=0)
+        if call.command == "create":
+            expect_args(call, least=1, most=1 + len(CREATE_FLAGS))
+        else:
+            expect_args(call, most=0)
         number = vmid("resource", call.resource)
         if self.commands[call.command] and self.allowed_vmids is not None:
             require_listed(
@@ -88,6 +102,10 @@ class PctAdapter(Adapter):
                 "[pct] allowed_vmids",
                 "vmid_not_allowed",
             )
+        if call.command == "create":
+            template = check_template(call.args[0], self.config.allowed_ostemplates)
+            settings = check_settings(call.args[1:], self.config.allowed_create_flags)
+            return (number, template, *settings)
         return (number,)
 
     def tool_parameters(self, command: str, *, recursive: bool = True) -> dict[str, Any] | None:
@@ -98,11 +116,18 @@ class PctAdapter(Adapter):
             max_length=_MAX_VMID_TEXT,
             pattern=integer_pattern(MIN_VMID, MAX_VMID),
         )
-        return parameters_schema(resource=container, examples=[{"resource": "101"}])
+        if command != "create":
+            return parameters_schema(resource=container, examples=[{"resource": "101"}])
+        if not self.config.allowed_ostemplates:
+            return None  # no template is allowed
+        return parameters_schema(resource=container, args=create_args_schema(self.config))
 
     def forced_approval(self, command: str) -> ApprovalNeed:
-        """Destroying a container is never left to configuration alone."""
-        return ApprovalNeed.ALWAYS if command == "destroy" else ApprovalNeed.NEVER
+        """Destroying a container is never left to configuration alone; creating one
+        (a new machine on the host) needs a human unless create_requires_approval = false."""
+        if command == "destroy" or (command == "create" and self.config.create_requires_approval):
+            return ApprovalNeed.ALWAYS
+        return ApprovalNeed.NEVER
 
     def interpret(self, operation: Operation, result: RunResult) -> dict[str, Any]:
         number = int(operation.resource)

@@ -71,6 +71,12 @@ class PctConfig:
     a container's privileges and host mounts are in its config, out of reach)."""
 
     allowed_vmids: tuple[str, ...] | None = None
+    # `pct create`: templates (fnmatch over the ostemplate; none: create is refused),
+    # the settings a caller may give (names from adapters.pct_create.CREATE_FLAGS),
+    # and whether a human must approve each create (the adapter forces it).
+    allowed_ostemplates: tuple[str, ...] = ()
+    allowed_create_flags: tuple[str, ...] = ()
+    create_requires_approval: bool = True
 
 
 @dataclass(frozen=True)
@@ -189,9 +195,38 @@ def read_zfs(t: Table) -> ZfsConfig:
 
 def read_pct(t: Table) -> PctConfig:
     vmids = t.get("allowed_vmids", list, None, item=str, check=_check_vmid_patterns)
-    config = PctConfig(allowed_vmids=None if vmids is None else tuple(vmids))
+    config = PctConfig(
+        allowed_vmids=None if vmids is None else tuple(vmids),
+        allowed_ostemplates=tuple(
+            t.get("allowed_ostemplates", list, [], item=str, check=_check_templates)
+        ),
+        allowed_create_flags=tuple(
+            t.get("allowed_create_flags", list, [], item=str, check=_check_create_flags)
+        ),
+        create_requires_approval=t.get("create_requires_approval", bool, True),
+    )
     t.finish()
     return config
+
+
+def _check_templates(values: list[str]) -> str | None:
+    from host_agent.adapters.pct_create import TEMPLATE_GLOB
+
+    bad = [v for v in values if not TEMPLATE_GLOB.fullmatch(v) or ".." in v or v[0] == "-"]
+    return (
+        f"not template patterns (A-Z a-z 0-9 . _ + / : - and * ?, no '..'): {bad}" if bad else None
+    )
+
+
+def _check_create_flags(values: list[str]) -> str | None:
+    from host_agent.adapters.pct_create import CREATE_FLAGS, never_reason
+
+    for value in values:
+        if (reason := never_reason(value)) is not None:
+            return f"{value!r} is never allowed: it {reason}"
+        if value not in CREATE_FLAGS:
+            return f"{value!r} is not a setting pct create takes here ({', '.join(CREATE_FLAGS)})"
+    return None
 
 
 # A unit or dataset pattern: the names' own characters and fnmatch's `*?[]!`.
