@@ -32,7 +32,7 @@ from host_agent.errors import (
 )
 from host_agent.health import HostHealth, for_caller
 from host_agent.identity import Identity
-from host_agent.legacy import LEGACY_ROUTES, LegacyRoute
+from host_agent.legacy import LEGACY_ROUTES, LegacyRoute, legacy_error
 from host_agent.metrics import CONTENT_TYPE
 from host_agent.pipeline import Pipeline
 from host_agent.policy import find_profile
@@ -72,8 +72,14 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
 
     def legacy(route: LegacyRoute) -> Route:
         async def endpoint(request: Request) -> Response:
-            await operation_caller(request)
-            reply = await route.serve(pipeline, *await read(request))
+            try:
+                await operation_caller(request)
+                reply = await route.serve(pipeline, *await read(request))
+            except HostAgentError as exc:
+                # Refused and audited exactly as on /host/op; told in the predecessor's shape.
+                status, code, message, field, extra, headers = _error_parts(request, exc)
+                body = {**legacy_error(code, message, field), **extra}
+                return _ErrorJSON(body, status_code=status, headers=headers)
             return JSONResponse(reply.body, status_code=reply.status)
 
         return Route(route.path, endpoint, methods=["POST"])
@@ -301,6 +307,17 @@ def error_body(code: str, message: str, field: str | None = None, **extra: Any) 
 async def _agent_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, HostAgentError):  # pragma: no cover - registered for this family only
         raise exc
+    status, code, message, field, extra, headers = _error_parts(request, exc)
+    return _ErrorJSON(
+        error_body(code, message, field, **extra), status_code=status, headers=headers
+    )
+
+
+def _error_parts(
+    request: Request, exc: HostAgentError
+) -> tuple[int, str, str, str | None, dict[str, Any], dict[str, str] | None]:
+    """Status, code, public message, field, extra body keys and headers of an error
+    (and the agent's own log line for a server-side one)."""
     extra: dict[str, Any] = {}
     if exc.request_id is not None:
         extra["request_id"] = exc.request_id
@@ -311,9 +328,7 @@ async def _agent_error(request: Request, exc: Exception) -> Response:
     message = exc.message if isinstance(exc, RequestError) else exc.public_message()
     if exc.status >= 500:
         log.error("%s %s: %s: %s", request.method, request.url.path, exc.code, exc)
-    return _ErrorJSON(
-        error_body(exc.code, message, field, **extra), status_code=exc.status, headers=headers
-    )
+    return exc.status, exc.code, message, field, extra, headers
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

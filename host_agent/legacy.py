@@ -1,11 +1,13 @@
 """The predecessor's ZFS routes, as thin shims over the `/host/op` pipeline.
 
 `POST /zfs/list {"dataset"?, "type"?}`, `POST /zfs/snapshot {"dataset",
-"snapname"}` and `POST /zfs/destroy {"dataset", "approval_id"?}` are translated into host-op
-documents and go through exactly the same validation, policy, audit and
-runner. Replies keep the predecessor's fields (`success`, `entries`,
-`snapshot`, `audit_id`, `message`) beside ours; errors use our format with
-the predecessor's field names.
+"snapname"}` and `POST /zfs/destroy {"dataset", "approval_token": null?,
+"approval_id"?}` are translated into host-op documents and go through exactly the
+same validation, policy, audit and runner. Replies keep the predecessor's shapes:
+its fields (`success`, `entries`, `snapshot`, `audit_id`, `message`) beside ours,
+a pending destroy as 200 `{"pending_approval": true, "approval_id", "message"}`,
+and errors as `{"success": false, "error": "<text>"}` with our `code` and
+`field` beside (see `legacy_error`).
 """
 
 from __future__ import annotations
@@ -49,13 +51,21 @@ class LegacyRoute:
                 exc.field = self.field_names.get(exc.field, exc.field)
             raise
         if reply.status == 202:
-            # The predecessor's pending shape, beside ours.
-            return Reply(202, {"pending_approval": True, "success": False, **reply.body})
+            # The predecessor answered a pending destroy 200, in this shape; ours beside.
+            message = (
+                f"Approval required for {reply.body['operation']} on {reply.body['resource']}: "
+                f"resend with approval_id {reply.body['approval_id']} once a human approved"
+            )
+            pending = {"pending_approval": True, "success": False, "message": message}
+            return Reply(200, {**reply.body, **pending})
         body_out = {"success": True, "audit_id": reply.body["request_id"], **reply.body}
         return Reply(reply.status, {**body_out, **self.to_reply(reply.body)})
 
     def _check_fields(self, document: Document) -> None:
-        if "approval_token" in document:
+        # The predecessor's clients send "approval_token": null on a first request.
+        if document.get("approval_token", None) is None:
+            document.pop("approval_token", None)
+        else:
             raise ValidationError(
                 "approval_token",
                 "approval tokens go to approvers only and are never accepted from a requester",
@@ -126,3 +136,13 @@ LEGACY_ROUTES = (
         lambda body: {"message": f"Destroyed {body['data']['destroyed']}"},
     ),
 )
+
+
+def legacy_error(code: str, message: str, field: str | None) -> Document:
+    """The predecessor's error body, `{"success": false, "error": "<text>"}`, with our
+    stable `code` (and the `field` at fault) beside it. Statuses are ours, which agree
+    with the predecessor's for every class both have (400, 403, 404, 409, 429, 500)."""
+    body: Document = {"success": False, "error": message, "code": code}
+    if field is not None:
+        body["field"] = field
+    return body

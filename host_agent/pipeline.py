@@ -218,7 +218,13 @@ class Pipeline:
             if request.approval_id is None:
                 preview = await self._preview(who, operation)
                 approval = await self.approvals.create(
-                    who, operation, decision, request.reason, unix_user, preview=preview
+                    who,
+                    operation,
+                    decision,
+                    request.reason,
+                    unix_user,
+                    preview=preview,
+                    metadata=request.metadata,
                 )
                 return Reply(
                     202, {**described, **_pending(approval, self.approvals.asked(approval))}
@@ -412,6 +418,8 @@ def _operation_summary(
     }
     if request.reason:
         summary["reason_text"] = request.reason
+    if request.metadata:
+        summary["metadata"] = dict(request.metadata)
     if request.approval_id:
         summary["approval_id"] = request.approval_id
     return summary

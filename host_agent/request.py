@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,12 @@ from host_agent.errors import RequestError, ValidationError
 
 MAX_ARGS = 32
 MAX_REASON = 500
-_FIELDS = {"kind", "resource", "args", "dry_run", "reason", "approval_id"}
+_FIELDS = {"kind", "resource", "args", "dry_run", "reason", "approval_id", "metadata"}
+# The predecessor's free-form `metadata`: a few short labels (a ticket, a job id), shown
+# to approvers and audited, never interpreted.
+MAX_METADATA_KEYS = 16
+MAX_METADATA_VALUE = 256
+_METADATA_KEY = re.compile(r"[a-z0-9_.-]{1,64}")
 # Control, format (bidi overrides, zero-width), separators (every space but the plain
 # one: wide, ideographic, no-break), surrogates, private-use and unassigned: the reason
 # is shown to approvers, and none of these may fake, hide or lay out lines around it.
@@ -39,6 +45,7 @@ class HostOpRequest:
     reason: str | None = None
     # Resubmitting an operation a human approved.
     approval_id: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 def decode_json(body: bytes) -> Any:
@@ -95,4 +102,36 @@ def parse_host_op(document: Any) -> HostOpRequest:
         raise ValidationError(
             "approval_id", "must be an approval id as returned with 202", code="invalid_type"
         )
-    return HostOpRequest(kind, resource, tuple(args), dry_run, reason, approval_id)
+    metadata = parse_metadata(document.get("metadata", {}))
+    return HostOpRequest(kind, resource, tuple(args), dry_run, reason, approval_id, metadata)
+
+
+def parse_metadata(value: Any) -> tuple[tuple[str, str], ...]:
+    """`{"key": "value", ...}`: strings only, bounded, visible characters, sorted by key."""
+    if not isinstance(value, dict):
+        raise ValidationError("metadata", "must be an object of strings", code="invalid_type")
+    if len(value) > MAX_METADATA_KEYS:
+        raise ValidationError(
+            "metadata", f"at most {MAX_METADATA_KEYS} keys", code="too_many_arguments"
+        )
+    pairs = []
+    for key, text in sorted(value.items()):
+        field = f"metadata.{key}" if _METADATA_KEY.fullmatch(key) else "metadata"
+        if field == "metadata":
+            raise ValidationError(field, "keys are [a-z0-9_.-], 1 to 64", code="invalid_name")
+        if key == "approval_token":
+            raise ValidationError(
+                field,
+                "approval tokens go to approvers only; resend with approval_id once approved",
+                code="approval_token_not_accepted",
+            )
+        if not isinstance(text, str) or len(text) > MAX_METADATA_VALUE:
+            raise ValidationError(
+                field, f"must be a string of at most {MAX_METADATA_VALUE}", code="invalid_type"
+            )
+        if not showable(text):
+            raise ValidationError(
+                field, "visible characters and plain spaces only", code="invalid_characters"
+            )
+        pairs.append((key, text))
+    return tuple(pairs)

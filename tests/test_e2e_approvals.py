@@ -433,3 +433,24 @@ def test_the_sweeper_expires_approvals_nobody_asks_about(
         )
     assert [r["approval_id"] for r in expired] == [approval_id]
     assert snapshot in pool.datasets("snapshot")
+
+
+def test_the_requesters_labels_are_audited_stored_and_shown_set_off(
+    live: RunningAgent, pki: Pki, bridge: SignalBridge, snapshot: str, config: Config
+) -> None:
+    """The predecessor's `metadata`: audited with the decision, kept with the approval,
+    and in the approvers' message as the requester's words, not the agent's."""
+    labels = {"ticket": "OPS-12", "job": "nightly cleanup"}
+    asked = post(live, pki, "librarian-1", "/host/op", destroy(snapshot, metadata=labels))
+    assert asked.status_code == 202, asked.text
+    approval_id = asked.json()["approval_id"]
+    token_sent(bridge)  # the message went out
+    message = bridge.sent[-1]["message"]
+    assert (
+        "Labels given by the requester (unchecked):\n> job: nightly cleanup\n> ticket: OPS-12"
+        in (message)
+    )
+    shown = get(live, pki, "librarian-1", f"/approvals/{approval_id}").json()
+    assert shown["metadata"] == labels
+    decision = next(r for r in audit_records(config.audit.log_path) if r["event"] == "decision")
+    assert decision["metadata"] == labels

@@ -58,13 +58,21 @@ def test_policy_applies_to_the_shims_as_to_host_op(
     body = {"dataset": f"{pool.name}/data", "snapname": "by-reader"}
     reply = _post(system_agent, pki, "reader-1", "/zfs/snapshot", body)
     assert reply.status_code == 403
-    assert reply.json()["error"]["code"] == "read_only"
+    assert reply.json() == {
+        "success": False,
+        "error": reply.json()["error"],
+        "code": "read_only",
+        "request_id": reply.json()["request_id"],
+    }
+    assert isinstance(reply.json()["error"], str) and "read_only" in reply.json()["error"]
     run("zfs", "snapshot", f"{pool.name}/data@legacy-guarded")
-    destroy = {"dataset": f"{pool.name}/data@legacy-guarded"}
+    # The predecessor's first request: "approval_token": null, answered 200 when pending.
+    destroy = {"dataset": f"{pool.name}/data@legacy-guarded", "approval_token": None}
     guarded = _post(system_agent, pki, "librarian-1", "/zfs/destroy", destroy)
-    assert guarded.status_code == 202
-    assert guarded.json()["pending_approval"] is True
+    assert guarded.status_code == 200, guarded.text
+    assert guarded.json()["pending_approval"] is True and guarded.json()["success"] is False
     assert guarded.json()["approval_id"].startswith("ap-")
+    assert guarded.json()["message"].startswith("Approval required for zfs-destroy on ")
     assert f"{pool.name}/data@legacy-guarded" in pool.datasets("snapshot")
     assert "by-reader" not in " ".join(pool.datasets("snapshot"))
 
@@ -148,7 +156,10 @@ def test_bad_bodies_are_refused_audited_and_change_nothing(
     before = pool.datasets()
     reply = _post(operator_agent, pki, "admin-1", path, body)
     assert reply.status_code == status, reply.text
-    assert (reply.json()["error"]["code"], reply.json()["error"]["field"]) == (code, field)
+    answer = reply.json()
+    # The predecessor's error shape, our code and field beside it.
+    assert (answer["success"], answer["code"], answer["field"]) == (False, code, field)
+    assert isinstance(answer["error"], str) and answer["error"]
     assert pool.datasets() == before
     (record,) = audit_records(operator_agent.config.audit.log_path)
     assert (record["event"], record["code"]) == ("rejected", code)

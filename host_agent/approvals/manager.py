@@ -82,6 +82,7 @@ class ApprovalManager:
         unix_user: str,
         *,
         preview: Sequence[str] = (),
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> Approval:
         """Record a pending approval, audit it, and send the token to the approvers, with
         `preview`: what the operation would change, as the adapter's dry run found."""
@@ -103,6 +104,7 @@ class ApprovalManager:
             approvals_required=decision.approvals_required,
             created_at=now,
             expires_at=now + self.config.ttl_seconds,
+            metadata=metadata,
         )
         # Audited first: no approval exists that the log does not know of.
         await self._audit("approval_created", approval, request_id=who["request_id"])
@@ -474,6 +476,9 @@ def message(
         ]
     else:
         lines += ["", "Reason given by the requester: (none)"]
+    if approval.metadata:
+        lines += ["", "Labels given by the requester (unchecked):"]
+        lines += [f"> {key}: {' '.join(value.split())}" for key, value in approval.metadata]
     if approval.approvals_required > 1:
         lines.append(f"Needs {approval.approvals_required} different approvers.")
     if preview:

@@ -57,6 +57,8 @@ class Approval:
     decided_by: str | None = None
     decided_at: float | None = None
     consumed_at: float | None = None
+    # The requester's labels (`metadata` on /host/op): shown to approvers, never acted on.
+    metadata: tuple[tuple[str, str], ...] = ()
 
     def is_due(self, now: float) -> bool:
         """Past its expiry while still open (pending, or granted but unused)."""
@@ -85,6 +87,7 @@ class Approval:
             "expires_at": timestamp(self.expires_at),
             "decided_at": timestamp(self.decided_at),
             "consumed_at": timestamp(self.consumed_at),
+            "metadata": dict(self.metadata),
         }
 
 

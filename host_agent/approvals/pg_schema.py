@@ -36,7 +36,8 @@ MIGRATIONS: tuple[str, ...] = (
         approvers jsonb NOT NULL,
         decided_by text,
         decided_at double precision,
-        consumed_at double precision
+        consumed_at double precision,
+        metadata jsonb NOT NULL DEFAULT '[]'
     );
     CREATE INDEX approvals_open ON approvals (status, expires_at);
     CREATE TABLE replies (

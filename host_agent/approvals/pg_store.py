@@ -31,7 +31,7 @@ T = TypeVar("T")
 _FIELDS = (
     "id, token_hash, requester_cn, requester_fingerprint, requester_unix_user, operation, "
     "kind, resource, args, digest, reason, admin_only, approvals_required, created_at, "
-    "expires_at, status, approvers, decided_by, decided_at, consumed_at"
+    "expires_at, status, approvers, decided_by, decided_at, consumed_at, metadata"
 )
 _SELECT = f"SELECT {_FIELDS} FROM approvals"  # noqa: S608 - our own column list
 _MARKS = ", ".join(["%s"] * len(_FIELDS.split(", ")))

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from host_agent.approvals.model import Approval, Status
 from host_agent.config import ApprovalConfig
@@ -98,7 +98,8 @@ CREATE TABLE IF NOT EXISTS approvals (
     approvers TEXT NOT NULL,
     decided_by TEXT,
     decided_at REAL,
-    consumed_at REAL
+    consumed_at REAL,
+    metadata TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, expires_at);
 CREATE TABLE IF NOT EXISTS replies (
@@ -111,7 +112,7 @@ CREATE TABLE IF NOT EXISTS replies (
 _COLUMNS = (
     "id, token_hash, requester_cn, requester_fingerprint, requester_unix_user, operation, kind, "
     "resource, args, digest, reason, admin_only, approvals_required, created_at, expires_at, "
-    "status, approvers, decided_by, decided_at, consumed_at"
+    "status, approvers, decided_by, decided_at, consumed_at, metadata"
 )
 
 
@@ -128,6 +129,7 @@ class SqliteStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            _add_missing_columns(self._db)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open approval store {path}: {exc}") from exc
 
@@ -246,6 +248,13 @@ def _create_private(path: Path) -> None:
     os.close(descriptor)
 
 
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """A store an earlier release made lacks the columns added since: add them."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(approvals)")}
+    if "metadata" not in present:
+        db.execute("ALTER TABLE approvals ADD COLUMN metadata TEXT NOT NULL DEFAULT '[]'")
+
+
 def to_row(approval: Approval) -> tuple[object, ...]:
     """An approval as the stores keep it: its fields in order, lists as JSON text."""
     return (
@@ -269,15 +278,17 @@ def to_row(approval: Approval) -> tuple[object, ...]:
         approval.decided_by,
         approval.decided_at,
         approval.consumed_at,
+        json.dumps([list(pair) for pair in approval.metadata]),
     )
 
 
 def from_row(row: Sequence[object]) -> Approval:
     """The approval back from a row of `to_row`'s columns (JSON as text, or decoded)."""
-    values = list(row)
-    for index in (8, 16):  # args, approvers
+    values: list[Any] = list(row)
+    for index in (8, 16, 20):  # args, approvers, metadata
         value = values[index]
-        values[index] = tuple(json.loads(value) if isinstance(value, str) else value)  # type: ignore[arg-type]
+        values[index] = tuple(json.loads(value) if isinstance(value, str) else value)
+    values[20] = tuple(tuple(pair) for pair in values[20])
     values[11] = bool(values[11])
     values[15] = Status(str(values[15]))
-    return Approval(*values)  # type: ignore[arg-type]
+    return Approval(*values)

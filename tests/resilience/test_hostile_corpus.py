@@ -31,6 +31,7 @@ from host_agent.adapters import build_registry
 from host_agent.app import build_app
 from host_agent.approvals.signal import SIGNATURE_HEADER, sign
 from host_agent.config import Config
+from host_agent.legacy import LEGACY_ROUTES
 from host_agent.operations import OPERATION_NAMES
 from host_agent.request import HostOpRequest
 from host_agent.server import build_pipeline
@@ -48,6 +49,7 @@ from tests.support import (
 )
 from tests.test_adapters import CONTRACT_CONFIG, VALID_REQUESTS
 
+LEGACY_PATHS = frozenset(route.path for route in LEGACY_ROUTES)
 OPERATOR = "admin-1"  # may run everything, see PROFILE
 SECRET = "resilience-webhook-secret-0123456789abcdef"
 
@@ -1025,13 +1027,23 @@ def test_hostile_input_is_refused_audited_and_starts_nothing(
     if attack.json_error:
         reply = json.loads(answer.body)
         assert answer.content_type == "application/json"
-        assert reply["error"]["code"] in DOCUMENTED_CODES, reply
-        assert isinstance(reply["error"]["message"], str)
+        code, message = error_of(attack.route, reply)
+        assert code in DOCUMENTED_CODES, reply
+        assert isinstance(message, str)
     assert started == [], "the agent started a process"
     assert errors == [], "the agent logged an error (a traceback per hostile request)"
     assert len(records) == (1 if attack.audited else 0), records
     if records:
         check_record(records[0], attack, json.loads(answer.body) if attack.json_error else None)
+
+
+def error_of(route: str, reply: dict[str, Any]) -> tuple[str, str]:
+    """The code and message of an error reply: the predecessor's shape on its routes
+    (`{"success": false, "error": "<text>", "code"}`), ours everywhere else."""
+    if route in LEGACY_PATHS:
+        assert reply["success"] is False
+        return reply["code"], reply["error"]
+    return reply["error"]["code"], reply["error"]["message"]
 
 
 def check_record(record: dict[str, Any], attack: Attack, reply: dict[str, Any] | None) -> None:
@@ -1045,7 +1057,7 @@ def check_record(record: dict[str, Any], attack: Attack, reply: dict[str, Any] |
     else:
         assert record["cn"] == attack.cn
     if reply is not None:
-        assert record["code"] == reply["error"]["code"]
+        assert record["code"] == error_of(attack.route, reply)[0]
         assert record.get("request_id") == reply.get("request_id")
 
 
