@@ -56,6 +56,7 @@ def review(config: Config, raw: dict[str, Any]) -> list[Finding]:
         *_bypass(config),
         *_profiles(config),
         *_targets(config),
+        *_paths(config),
         *_fixed(config),
         *(Finding(Impact.CHANGES, "config", warning, "") for warning in config.warnings),
     ]
@@ -213,6 +214,30 @@ def _targets(config: Config) -> Iterator[Finding]:
             "limited each caller; here the wrapper runs zfs as root, limited by "
             "allowed_datasets",
             "set [zfs] run_as_caller = true to keep the delegation, and allowed_datasets",
+        )
+
+
+def _paths(config: Config) -> Iterator[Finding]:
+    """The predecessor's files the agent would now use: its certificates work as they
+    are; its audit log is not one host-agent can continue."""
+    if config.audit.log_path.is_relative_to("/var/log/clash"):
+        yield Finding(
+            Impact.CHANGES,
+            "audit.log_path",
+            f"{config.audit.log_path} is the predecessor's log: host-agent keeps a "
+            "hash-chained log and will not start on a file whose last line is not its own",
+            'set log_path = "/var/log/host-agent/audit.jsonl" (install.sh makes the '
+            "directory); keep the old files as they are",
+        )
+    certificates = (config.server.cert, config.server.key, config.server.client_ca)
+    if any(path.is_relative_to("/etc/clash") for path in certificates):
+        yield Finding(
+            Impact.CHANGES,
+            "[server]",
+            "the certificates are under /etc/clash: they work as they are, but the "
+            "service account must read them, and host-agent's CRL job keeps "
+            "/etc/host-agent/certs/crl.pem",
+            "copy them to /etc/host-agent/certs (docs/operations.md, step 2)",
         )
 
 

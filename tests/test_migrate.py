@@ -78,6 +78,9 @@ def test_the_corpus_lists_nothing_that_loosens(
     out = capsys.readouterr().out
     assert out.startswith("Held or refused by clash-host-agent, run by host-agent: none\n")
     assert "Other differences for this file:" in out
+    # Every file of the corpus keeps the predecessor's paths, and is told what to move.
+    assert "  audit.log_path: /var/log/clash/audit.jsonl is the predecessor's log" in out
+    assert "  [server]: the certificates are under /etc/clash" in out
 
 
 @pytest.mark.parametrize("path", CORPUS_FILES, ids=[p.stem for p in CORPUS_FILES])
