@@ -171,8 +171,9 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
 
     async def health_check(request: Request) -> Response:
         identity = await pipeline.identify(request.scope)
+        store = pipeline.approvals.store.availability if pipeline.approvals else None
         report = {
-            **host.report(pipeline.audit.failing),
+            **host.report(pipeline.audit.failing, store.failing if store else None),
             "version": __version__,
             "adapters": sorted(pipeline.registry),
         }

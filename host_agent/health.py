@@ -82,14 +82,19 @@ class HostHealth:
         elif state == "unreadable":
             log.error("the CRL cannot be checked: %s", self.crl.error)
 
-    def report(self, audit_failing: str | None = None) -> dict[str, Any]:
+    def report(
+        self, audit_failing: str | None = None, store_failing: str | None = None
+    ) -> dict[str, Any]:
         """`audit_failing`: why the last audit write failed, if the next may fail too
-        (then every operation is refused until the log can be written)."""
+        (then every operation is refused until the log can be written). `store_failing`:
+        why the approval store's last call failed (then whatever needs a human gets 503)."""
         crl = self.crl.public(self.clock())
         bad = ("expired", "expiring", "unreadable")
         problems = [f"crl_{crl['state']}"] if crl["state"] in bad else []
         if audit_failing is not None:
             problems.append("audit_unwritable")
+        if store_failing is not None:
+            problems.append("approval_store_unavailable")
         risky = len(self.sudoers) if self.sudoers is not None else None
         if risky:
             problems.append("sudoers_risky_entries")
@@ -99,6 +104,9 @@ class HostHealth:
             "audit": {"state": "ok"}
             if audit_failing is None
             else {"state": "unwritable", "error": audit_failing},
+            "approval_store": {"state": "ok"}
+            if store_failing is None
+            else {"state": "unavailable", "error": store_failing},
             "crl": crl,
             "sudoers_risky_entries": risky,
             **({"sudoers_unchecked": self.sudoers_unchecked} if self.sudoers_unchecked else {}),
@@ -122,6 +130,7 @@ def for_caller(report: dict[str, Any], *, admin: bool, profile: bool) -> dict[st
     shown = {
         **report,
         "audit": {"state": report["audit"]["state"]},
+        "approval_store": {"state": report["approval_store"]["state"]},
         "crl": {key: value for key, value in report["crl"].items() if key != "error"},
     }
     shown.pop("sudoers_unchecked", None)

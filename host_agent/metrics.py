@@ -80,6 +80,12 @@ class Metrics:
             "Audit records that could not be made durable (each refused what it recorded).",
             registry=r,
         )
+        self.approval_store_failures = Counter(
+            "host_agent_approval_store_failures",
+            "Calls to the approval store (SQLite, or the fleet's PostgreSQL) that failed: "
+            "each refused the step that needed it with 503.",
+            registry=r,
+        )
         self.refusals_suppressed = Counter(
             "host_agent_audit_refusals_suppressed",
             "Refusals counted instead of written one by one: a source over [rate_limit.refusals].",

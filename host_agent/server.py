@@ -55,6 +55,7 @@ def build_pipeline(config: Config, metrics: Metrics | None = None) -> Pipeline:
     approvals = None
     if config.approval.enabled:
         store, clock = open_store(config.approval)
+        store.availability.on_failure = metrics.approval_store_failures.inc
         approvals = ApprovalManager(
             config.approval,
             store,

@@ -6,6 +6,8 @@ The approval state machine itself runs on both stores in tests/test_approvals.py
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from pathlib import Path
 
 import psycopg
@@ -14,17 +16,21 @@ import pytest
 from host_agent.approvals.manager import ApprovalManager
 from host_agent.approvals.model import Approver, Status
 from host_agent.approvals.pg_schema import AGENT_GRANTS, SCHEMA_VERSION
-from host_agent.approvals.pg_store import PostgresStore
+from host_agent.approvals.pg_store import (
+    CONNECT_TIMEOUT_SECONDS,
+    RECONNECT_SECONDS,
+    PostgresStore,
+)
 from host_agent.approvals.store import StoreError
 from host_agent.audit import AuditLog
 from host_agent.cli import main
 from host_agent.errors import ApprovalError
 from tests.approval_flow import destroy as destroy_request
-from tests.approval_flow import post, request_approval, token_sent
+from tests.approval_flow import get, post, request_approval, status, token_sent
 from tests.postgres import FleetDatabase, Postgres, fleet_database
 from tests.signal_bridge import SignalBridge
 from tests.support import Pki, running_agent
-from tests.system import Pool, System
+from tests.system import Pool, System, run
 from tests.test_approvals import REQUESTER, SIGNAL_ONE, Clock, Outbox, approval_config, decision
 from tests.test_approvals import operation as destroy
 from tests.test_e2e_approvals import configured, signed_reply, webhook
@@ -249,3 +255,65 @@ def test_an_agent_on_the_shared_store_runs_an_approval_end_to_end(
     rows = postgres.psql("SELECT id, status FROM approvals", database=database.name).split()
     assert rows == [f"{approval_id}|consumed"]
     assert database.password not in config.audit.log_path.read_text()
+
+
+def test_without_its_database_the_agent_holds_what_needs_a_human_and_recovers(
+    postgres: Postgres,
+    system: System,
+    pool: Pool,
+    pki: Pki,
+    tmp_path: Path,
+    bridge: SignalBridge,
+    snapshot: str,
+) -> None:
+    """The database stops under a running agent: what needs a human gets 503 and runs
+    nothing, what policy allows alone still runs, /health and a metric say why; the
+    database comes back and so does the agent, without a restart, pending approvals
+    intact."""
+    database = fleet_database(postgres)
+    secret = tmp_path / "store-password"
+    secret.write_text(database.password)
+    config = configured(
+        system, pki, tmp_path, bridge,
+        store_url=f'"{database.url}"', store_password_file=f'"{secret}"',
+    )  # fmt: skip
+    second = f"{snapshot}-2"
+    run("zfs", "snapshot", second)
+    try:
+        with running_agent(config) as agent:
+            pending = request_approval(agent, pki, snapshot)
+            postgres.stop()
+            try:
+                held = post(agent, pki, "librarian-1", "/host/op", destroy_request(second))
+                assert held.status_code == 503, held.text
+                assert held.json()["error"]["code"] == "approval_store_unavailable"
+                listed = post(agent, pki, "librarian-1", "/host/op", LIST)
+                assert listed.status_code == 200, listed.text
+                health = get(agent, pki, "admin-1", "/health").json()
+                assert health["status"] == "degraded"
+                assert "approval_store_unavailable" in health["problems"]
+                assert health["approval_store"]["state"] == "unavailable"
+                assert database.password not in json.dumps(health)
+                metrics = get(agent, pki, "admin-1", "/metrics").text
+                assert metric_value(metrics, "host_agent_approval_store_failures_total") >= 1
+            finally:
+                postgres.start()
+            # Back within the pool's reconnection bound (RECONNECT_SECONDS) and a retry.
+            deadline = time.monotonic() + 2 * RECONNECT_SECONDS + CONNECT_TIMEOUT_SECONDS
+            again = post(agent, pki, "librarian-1", "/host/op", destroy_request(second))
+            while again.status_code == 503 and time.monotonic() < deadline:
+                again = post(agent, pki, "librarian-1", "/host/op", destroy_request(second))
+            assert again.status_code == 202, again.text
+            assert status(agent, pki, pending) == "pending"
+            assert get(agent, pki, "admin-1", "/health").json()["approval_store"] == {"state": "ok"}
+        assert snapshot in pool.datasets("snapshot") and second in pool.datasets("snapshot")
+    finally:
+        run("zfs", "destroy", second, check=False)
+
+
+LIST = {"kind": "zfs", "resource": "", "args": ["list"]}
+
+
+def metric_value(exposition: str, name: str) -> float:
+    line = next(line for line in exposition.splitlines() if line.startswith(f"{name} "))
+    return float(line.split()[1])

@@ -24,7 +24,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from host_agent.approvals.model import Approval, Status
 from host_agent.approvals.pg_schema import SCHEMA_VERSION, installed_version
-from host_agent.approvals.store import Change, StoreError, from_row, to_row
+from host_agent.approvals.store import Availability, Change, StoreError, from_row, to_row
 
 T = TypeVar("T")
 # Columns in the order of Approval's fields; `host` is the store's own.
@@ -40,20 +40,27 @@ _UPDATE = f"UPDATE approvals SET ({_FIELDS}) = ({_MARKS}) WHERE id = %s"  # noqa
 # How long a caller waits for a pooled connection before the store counts as down.
 CONNECT_TIMEOUT_SECONDS = 5.0
 CLOCK_REFRESH_SECONDS = 60.0
+# How long the pool's reconnection backoff (1 s, doubling) may grow before it starts
+# over: an agent is back at most about this long after its database is.
+RECONNECT_SECONDS = 10.0
 
 
 class PostgresStore:
     def __init__(self, conninfo: str, password: str | None, host: str | None = None) -> None:
         self.host = host or socket.gethostname()
+        self.availability = Availability()
         self._offset = 0.0
         self._offset_measured = 0.0
         self._clock_lock = threading.Lock()
         extra: dict[str, Any] = {"connect_timeout": int(CONNECT_TIMEOUT_SECONDS)}
         if password is not None:
             extra["password"] = password
+        # Each connection is checked as it is handed out: after a database restart the
+        # pool's old ones are dead, and the first call must not be the one that finds out.
         self._pool: ConnectionPool[psycopg.Connection[TupleRow]] = ConnectionPool(
             conninfo, kwargs=extra, min_size=1, max_size=8, open=False,
             timeout=CONNECT_TIMEOUT_SECONDS, name="host-agent-approvals",
+            check=ConnectionPool.check_connection, reconnect_timeout=RECONNECT_SECONDS,
         )  # fmt: skip
         try:
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_SECONDS)
@@ -161,9 +168,16 @@ class PostgresStore:
         return None if row is None else from_row(row)
 
     def _run(self, work: Callable[[psycopg.Connection[TupleRow]], T]) -> T:
-        """`work` in one transaction on a pooled connection; database trouble is StoreError."""
-        with self._session() as db, db.transaction():
-            return work(db)
+        """`work` in one transaction on a pooled connection; database trouble is StoreError
+        (and what /health says until a call succeeds again)."""
+        try:
+            with self._session() as db, db.transaction():
+                result = work(db)
+        except StoreError as exc:
+            self.availability.failed(exc)
+            raise
+        self.availability.succeeded()
+        return result
 
     @contextmanager
     def _session(self) -> Iterator[psycopg.Connection[TupleRow]]:

@@ -31,7 +31,25 @@ class StoreError(HostAgentError):
     code = "approval_store_unavailable"
 
 
+class Availability:
+    """Whether the store's last call failed, and why: /health reports it until a call
+    succeeds again; `on_failure` (a metric) counts each failure."""
+
+    def __init__(self) -> None:
+        self.failing: str | None = None
+        self.on_failure: Callable[[], None] = lambda: None
+
+    def failed(self, error: StoreError) -> None:
+        self.failing = str(error)
+        self.on_failure()
+
+    def succeeded(self) -> None:
+        self.failing = None
+
+
 class ApprovalStore(Protocol):
+    availability: Availability
+
     def add(self, approval: Approval) -> None: ...
 
     def get(self, approval_id: str) -> Approval | None: ...
@@ -121,6 +139,7 @@ class SqliteStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.availability = Availability()
         self._lock = threading.Lock()
         try:
             _create_private(path)
@@ -220,7 +239,7 @@ class _Session:
                 self.store._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             self.store._lock.release()
-            raise StoreError(f"approval store {self.store.path}: {exc}") from exc
+            raise self._failure(exc) from exc
         return self.store._db
 
     def __exit__(self, kind: object, error: BaseException | None, trace: object) -> None:
@@ -228,11 +247,18 @@ class _Session:
             if self.transaction:
                 self.store._db.execute("COMMIT" if error is None else "ROLLBACK")
         except sqlite3.Error as exc:
-            raise StoreError(f"approval store {self.store.path}: {exc}") from exc
+            raise self._failure(exc) from exc
         finally:
             self.store._lock.release()
         if isinstance(error, sqlite3.Error):
-            raise StoreError(f"approval store {self.store.path}: {error}") from error
+            raise self._failure(error) from error
+        if error is None:
+            self.store.availability.succeeded()
+
+    def _failure(self, error: sqlite3.Error) -> StoreError:
+        failure = StoreError(f"approval store {self.store.path}: {error}")
+        self.store.availability.failed(failure)
+        return failure
 
 
 _MARKS = ", ".join("?" * len(_COLUMNS.split(", ")))
