@@ -157,13 +157,15 @@ def test_an_approval_is_consumed_once_across_three_hosts(
     exactly one of fifty resubmits spread over all three."""
     database = fleet_database(postgres)
     outbox = Outbox()
-    stores = [PostgresStore(database.url, database.password, host=f"host-{n}") for n in range(3)]
+    stores = [PostgresStore(database.url, database.password) for _ in range(3)]
     audits = [AuditLog(tmp_path / f"audit-{n}.jsonl") for n in range(3)]
     managers = []
-    for store, audit in zip(stores, audits, strict=True):
+    for n, (store, audit) in enumerate(zip(stores, audits, strict=True)):
         audit.open()
         managers.append(
-            ApprovalManager(approval_config(), store, audit, notify=outbox, clock=Clock())
+            ApprovalManager(
+                approval_config(), store, audit, notify=outbox, clock=Clock(), host=f"host-{n}"
+            )
         )
 
     async def scenario() -> list[object]:
@@ -317,3 +319,38 @@ LIST = {"kind": "zfs", "resource": "", "args": ["list"]}
 def metric_value(exposition: str, name: str) -> float:
     line = next(line for line in exposition.splitlines() if line.startswith(f"{name} "))
     return float(line.split()[1])
+
+
+def test_every_host_lists_the_whole_fleets_approvals_each_naming_its_host(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    database = fleet_database(postgres)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.open()
+    stores = [PostgresStore(database.url, database.password) for _ in range(2)]
+    outbox = Outbox()
+    first, second = (
+        ApprovalManager(approval_config(), store, audit, notify=outbox, clock=Clock(), host=host)
+        for store, host in zip(stores, ("pve-1", "pve-2"), strict=True)
+    )
+
+    async def scenario() -> None:
+        mine = await first.create(REQUESTER, destroy(), decision(), "free space", "librarian")
+        await first.drain()
+        theirs = await second.create(
+            REQUESTER, destroy("tank/b@old"), decision(), "free space", "librarian"
+        )
+        await second.drain()
+        assert "host-agent approval on pve-2" in outbox.sent[-1][0]
+        for manager in (first, second):
+            listed = await manager.open_approvals()
+            assert [(a.id, a.host) for a in listed] == [(mine.id, "pve-1"), (theirs.id, "pve-2")]
+            assert manager.view(listed[1], "admin-1")["host"] == "pve-2"
+        # An approver on the host of one agent decides the other's request.
+        decided = await first.decide(theirs.id, True, Approver("pam", "alice"))
+        assert (decided.status, decided.host) == (Status.APPROVED, "pve-2")
+
+    asyncio.run(scenario())
+    for store in stores:
+        store.close()
+    audit.close()

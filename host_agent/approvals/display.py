@@ -78,6 +78,8 @@ def print_open_approvals(approvals: list[dict[str, Any]]) -> None:
             f"{clean(approval['operation'])} {clean(approval['resource'])}  "
             f"by {clean(approval['requester'])}  until {clean(approval['expires_at'])}"
         )
+        if approval.get("host"):
+            print(f"    host: {clean(approval['host'])}")
         args = " ".join(clean(arg) for arg in approval["args"])
         print(f"    args: {args or '(none)'}")
         print(f"    reason: {clean(approval['reason']) if approval['reason'] else '(none given)'}")

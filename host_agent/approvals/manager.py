@@ -105,6 +105,7 @@ class ApprovalManager:
             created_at=now,
             expires_at=now + self.config.ttl_seconds,
             metadata=metadata,
+            host=self.host,
         )
         # Audited first: no approval exists that the log does not know of.
         await self._audit("approval_created", approval, request_id=who["request_id"])

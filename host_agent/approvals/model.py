@@ -59,6 +59,8 @@ class Approval:
     consumed_at: float | None = None
     # The requester's labels (`metadata` on /host/op): shown to approvers, never acted on.
     metadata: tuple[tuple[str, str], ...] = ()
+    # The host whose agent was asked (a fleet shares one store): where it runs.
+    host: str = ""
 
     def is_due(self, now: float) -> bool:
         """Past its expiry while still open (pending, or granted but unused)."""
@@ -88,6 +90,7 @@ class Approval:
             "decided_at": timestamp(self.decided_at),
             "consumed_at": timestamp(self.consumed_at),
             "metadata": dict(self.metadata),
+            "host": self.host,
         }
 
 

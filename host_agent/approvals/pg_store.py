@@ -11,7 +11,6 @@ the manager's sweep lists the open approvals (in a worker thread).
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,15 +26,15 @@ from host_agent.approvals.pg_schema import SCHEMA_VERSION, installed_version
 from host_agent.approvals.store import Availability, Change, StoreError, from_row, to_row
 
 T = TypeVar("T")
-# Columns in the order of Approval's fields; `host` is the store's own.
+# Columns in the order of Approval's fields.
 _FIELDS = (
     "id, token_hash, requester_cn, requester_fingerprint, requester_unix_user, operation, "
     "kind, resource, args, digest, reason, admin_only, approvals_required, created_at, "
-    "expires_at, status, approvers, decided_by, decided_at, consumed_at, metadata"
+    "expires_at, status, approvers, decided_by, decided_at, consumed_at, metadata, host"
 )
 _SELECT = f"SELECT {_FIELDS} FROM approvals"  # noqa: S608 - our own column list
 _MARKS = ", ".join(["%s"] * len(_FIELDS.split(", ")))
-_INSERT = f"INSERT INTO approvals (host, {_FIELDS}) VALUES (%s, {_MARKS})"  # noqa: S608
+_INSERT = f"INSERT INTO approvals ({_FIELDS}) VALUES ({_MARKS})"  # noqa: S608
 _UPDATE = f"UPDATE approvals SET ({_FIELDS}) = ({_MARKS}) WHERE id = %s"  # noqa: S608
 # How long a caller waits for a pooled connection before the store counts as down.
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -46,8 +45,7 @@ RECONNECT_SECONDS = 10.0
 
 
 class PostgresStore:
-    def __init__(self, conninfo: str, password: str | None, host: str | None = None) -> None:
-        self.host = host or socket.gethostname()
+    def __init__(self, conninfo: str, password: str | None) -> None:
         self.availability = Availability()
         self._offset = 0.0
         self._offset_measured = 0.0
@@ -71,7 +69,7 @@ class PostgresStore:
         self._measure_offset()
 
     def add(self, approval: Approval) -> None:
-        self._run(lambda db: db.execute(_INSERT, (self.host, *to_row(approval))))
+        self._run(lambda db: db.execute(_INSERT, to_row(approval)))
 
     def get(self, approval_id: str) -> Approval | None:
         return self._one(f"{_SELECT} WHERE id = %s", approval_id)

@@ -117,7 +117,8 @@ CREATE TABLE IF NOT EXISTS approvals (
     decided_by TEXT,
     decided_at REAL,
     consumed_at REAL,
-    metadata TEXT NOT NULL DEFAULT '[]'
+    metadata TEXT NOT NULL DEFAULT '[]',
+    host TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, expires_at);
 CREATE TABLE IF NOT EXISTS replies (
@@ -130,7 +131,7 @@ CREATE TABLE IF NOT EXISTS replies (
 _COLUMNS = (
     "id, token_hash, requester_cn, requester_fingerprint, requester_unix_user, operation, kind, "
     "resource, args, digest, reason, admin_only, approvals_required, created_at, expires_at, "
-    "status, approvers, decided_by, decided_at, consumed_at, metadata"
+    "status, approvers, decided_by, decided_at, consumed_at, metadata, host"
 )
 
 
@@ -277,8 +278,12 @@ def _create_private(path: Path) -> None:
 def _add_missing_columns(db: sqlite3.Connection) -> None:
     """A store an earlier release made lacks the columns added since: add them."""
     present = {row[1] for row in db.execute("PRAGMA table_info(approvals)")}
-    if "metadata" not in present:
-        db.execute("ALTER TABLE approvals ADD COLUMN metadata TEXT NOT NULL DEFAULT '[]'")
+    for column, declaration in (
+        ("metadata", "TEXT NOT NULL DEFAULT '[]'"),
+        ("host", "TEXT NOT NULL DEFAULT ''"),
+    ):
+        if column not in present:
+            db.execute(f"ALTER TABLE approvals ADD COLUMN {column} {declaration}")
 
 
 def to_row(approval: Approval) -> tuple[object, ...]:
@@ -305,6 +310,7 @@ def to_row(approval: Approval) -> tuple[object, ...]:
         approval.decided_at,
         approval.consumed_at,
         json.dumps([list(pair) for pair in approval.metadata]),
+        approval.host,
     )
 
 
