@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from typing import Any
 
 from starlette.applications import Starlette
@@ -14,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from host_agent import __version__
-from host_agent.approvals.manager import ApprovalManager
+from host_agent.approvals.manager import MAX_FOLLOW_SECONDS, ApprovalManager
 from host_agent.approvals.model import APPROVAL_ID, Approver
 from host_agent.approvals.signal import (
     SIGNATURE_HEADER,
@@ -96,10 +97,17 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
         return pipeline.approvals
 
     async def approval_status(request: Request) -> Response:
+        """One approval; with `?wait=SECONDS`, once it is no longer pending or after that
+        long (a long poll: a waiting client hears of a decision at once)."""
         identity = await limited(request)
         approval_id = request.path_params["approval_id"]
         manager = approvals()
-        approval = await manager.visible(approval_id, identity.cn)
+        try:
+            seconds = _wait_seconds(request.query_params.get("wait"))
+        except RequestError as exc:
+            await pipeline.reject(identity, exc)
+            raise
+        approval = await manager.follow(approval_id, identity.cn, seconds)
         return JSONResponse(manager.view(approval, identity.cn))
 
     async def own_pending(request: Request) -> Response:
@@ -282,6 +290,17 @@ def parse_verdict(document: Any) -> tuple[str, bool, str | None]:
     if token is None:
         return str(approval_id), decision == "approve", None
     return token, decision == "approve", approval_id
+
+
+def _wait_seconds(text: str | None) -> float:
+    """`?wait=`: absent is 0 (answer at once), else 0 to MAX_FOLLOW_SECONDS."""
+    if text is None:
+        return 0.0
+    if not re.fullmatch(r"[0-9]{1,2}(\.[0-9]{1,3})?", text) or float(text) > MAX_FOLLOW_SECONDS:
+        raise ValidationError(
+            "wait", f"seconds, 0 to {MAX_FOLLOW_SECONDS:g}", code="invalid_argument"
+        )
+    return float(text)
 
 
 def _too_large(limit: int) -> RequestError:

@@ -97,20 +97,29 @@ def _destroy(document: Document) -> Document:
 
 
 def _entries(body: Document) -> Document:
-    """The predecessor's entry shape (its `refer` key), with our machine-readable values."""
+    """The predecessor's entry shape: its `refer` key, and every value a string (its
+    `ZfsEntry` fields were strings; a client decoding them as such would fail on a
+    number), `-` where there is none, sizes as exact byte counts."""
+    keys = (
+        ("type", "type"),
+        ("used", "used"),
+        ("available", "available"),
+        ("refer", "referenced"),
+        ("mountpoint", "mountpoint"),
+    )
     return {
         "entries": [
             {
                 "name": entry["name"],
-                "type": entry.get("type"),
-                "used": entry.get("used"),
-                "available": entry.get("available"),
-                "refer": entry.get("referenced"),
-                "mountpoint": entry.get("mountpoint"),
+                **{ours: _text(entry.get(theirs)) for ours, theirs in keys},
             }
             for entry in body["data"]["datasets"]
         ]
     }
+
+
+def _text(value: Any) -> str:
+    return "-" if value is None else str(value)
 
 
 LEGACY_ROUTES = (

@@ -176,6 +176,13 @@ async def run_server(
     if pipeline.approvals is not None:
         every = min(30.0, config.approval.ttl_seconds / 4)
         background.append(asyncio.create_task(_sweep_approvals(pipeline.approvals, every)))
+        manager = pipeline.approvals
+
+        def changed(approval_id: str) -> None:
+            """From the store's own thread: a fleet's database telling of another host."""
+            loop.call_soon_threadsafe(manager.changed, approval_id)
+
+        manager.store.listen(changed)
         approval = config.approval
         if approval.poll_interval_seconds and approval.signal_url and approval.signal_number:
             poller = _poll_signal(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -454,3 +455,39 @@ def test_the_requesters_labels_are_audited_stored_and_shown_set_off(
     assert shown["metadata"] == labels
     decision = next(r for r in audit_records(config.audit.log_path) if r["event"] == "decision")
     assert decision["metadata"] == labels
+
+
+def test_a_client_holding_the_status_hears_the_grant_at_once(
+    live: RunningAgent, pki: Pki, bridge: SignalBridge, snapshot: str
+) -> None:
+    """GET /approvals/{id}?wait=N answers when the approval is decided, not after N."""
+    approval_id = request_approval(live, pki, snapshot)
+    token = token_sent(bridge)
+    held: dict[str, Any] = {}
+
+    def follow() -> None:
+        started = time.monotonic()
+        reply = get(live, pki, "librarian-1", f"/approvals/{approval_id}?wait=15")
+        held.update(reply=reply, seconds=time.monotonic() - started)
+
+    waiter = threading.Thread(target=follow)
+    waiter.start()
+    time.sleep(0.5)  # the request is held by now
+    assert webhook(live, pki, signed_reply(f"APPROVE {token}")).status_code == 200
+    waiter.join(timeout=30)
+    assert held["reply"].status_code == 200, held["reply"].text
+    assert held["reply"].json()["status"] == "approved"
+    assert held["seconds"] < 10  # woken by the decision, not by the end of its 15 s
+
+
+@pytest.mark.parametrize("wait", ["abc", "21", "-1", "1e3", "0x10"])
+def test_a_wait_that_is_not_0_to_20_seconds_is_a_400(
+    live: RunningAgent, pki: Pki, snapshot: str, wait: str
+) -> None:
+    approval_id = request_approval(live, pki, snapshot)
+    reply = get(live, pki, "librarian-1", f"/approvals/{approval_id}?wait={wait}")
+    assert reply.status_code == 400, reply.text
+    assert (reply.json()["error"]["code"], reply.json()["error"]["field"]) == (
+        "invalid_argument",
+        "wait",
+    )

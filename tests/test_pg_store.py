@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from host_agent.approvals import manager as manager_module
 from host_agent.approvals.manager import ApprovalManager
 from host_agent.approvals.model import Approver, Status
 from host_agent.approvals.pg_schema import AGENT_GRANTS, SCHEMA_VERSION
@@ -351,6 +352,42 @@ def test_every_host_lists_the_whole_fleets_approvals_each_naming_its_host(
         assert (decided.status, decided.host) == (Status.APPROVED, "pve-2")
 
     asyncio.run(scenario())
+    for store in stores:
+        store.close()
+    audit.close()
+
+
+def test_a_decision_on_one_host_wakes_the_request_held_on_another(
+    postgres: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LISTEN/NOTIFY: host A holds a client's request for its approval; an approver's
+    reply lands on host B. A hears it from the database, not from its own look every
+    FOLLOW_POLL_SECONDS (made longer than the test's bound here)."""
+    monkeypatch.setattr(manager_module, "FOLLOW_POLL_SECONDS", 60.0)
+    database = fleet_database(postgres)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.open()
+    stores = [PostgresStore(database.url, database.password) for _ in range(2)]
+    outbox = Outbox()
+    here, there = (
+        ApprovalManager(approval_config(), store, audit, notify=outbox, clock=Clock(), host=host)
+        for store, host in zip(stores, ("pve-1", "pve-2"), strict=True)
+    )
+
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        stores[0].listen(lambda approval_id: loop.call_soon_threadsafe(here.changed, approval_id))
+        approval = await here.create(REQUESTER, destroy(), decision(), "free space", "librarian")
+        await here.drain()
+        held = asyncio.create_task(here.follow(approval.id, "librarian-1", 30.0))
+        await asyncio.sleep(0.5)  # held, and the listener connected
+        started = loop.time()
+        await there.decide(outbox.token(), True, SIGNAL_ONE)
+        followed = await asyncio.wait_for(held, 30)
+        assert followed.status is Status.APPROVED
+        return loop.time() - started
+
+    assert asyncio.run(scenario()) < 10
     for store in stores:
         store.close()
     audit.close()

@@ -8,6 +8,7 @@ only). The requester gets the approval id; only the approvers get the token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import socket
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 MAX_CLOCK_SKEW_SECONDS = 60
 # Closed approvals (and remembered replies) are kept this long after expiry.
 KEEP_CLOSED_SECONDS = 7 * 86400
+# How long a followed approval may go unread even if no change is ever heard of.
+FOLLOW_POLL_SECONDS = 1.0
+# The longest a client may have GET /approvals/{id}?wait= hold its request.
+MAX_FOLLOW_SECONDS = 20.0
 # Approvers authenticated apart from the message, who may name an approval by its id.
 ID_CHANNELS = frozenset({"pam", "admin"})
 OPEN = (Status.PENDING, Status.APPROVED)
@@ -65,6 +70,9 @@ class ApprovalManager:
         self.clock = clock
         self.host = host or socket.gethostname()
         self._notifications: set[asyncio.Task[None]] = set()
+        # Approval id -> what wakes the requests following it (a change made here, or a
+        # notification from the fleet's database that another host made one).
+        self._changes: dict[str, asyncio.Event] = {}
 
     def reconfigure(self, config: ApprovalConfig) -> None:
         """A reloaded config: new approvers, ttl for new approvals, Signal endpoints."""
@@ -143,6 +151,29 @@ class ApprovalManager:
         if approval is None or not (approval.requester_cn == cn or self.config.is_admin(cn)):
             raise _not_found()
         return await self._expire_if_due(approval, self.clock())
+
+    async def follow(self, approval_id: str, cn: str, seconds: float) -> Approval:
+        """`visible`, once it is no longer pending or after `seconds`, whichever is first:
+        a waiting client learns of a decision at once. Woken by a change here or from the
+        fleet's database; every FOLLOW_POLL_SECONDS it looks anyway, as notifications can
+        be lost."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            approval = await self.visible(approval_id, cn)
+            left = deadline - loop.time()
+            if approval.status is not Status.PENDING or left <= 0:
+                return approval
+            changed = self._changes.setdefault(approval_id, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, FOLLOW_POLL_SECONDS)):
+                    await changed.wait()
+
+    def changed(self, approval_id: str) -> None:
+        """Wake whoever follows `approval_id` (it changed here, or on another host)."""
+        event = self._changes.pop(approval_id, None)
+        if event is not None:
+            event.set()
 
     async def open_approvals(self, requester_cn: str | None = None) -> list[Approval]:
         """Pending and granted approvals; any found past their expiry are expired first."""
@@ -418,9 +449,11 @@ class ApprovalManager:
 
     async def _update(self, approval_id: str, change: Change) -> Approval:
         try:
-            return await asyncio.to_thread(self.store.update, approval_id, change)
+            updated = await asyncio.to_thread(self.store.update, approval_id, change)
         except KeyError:
             raise _not_found() from None
+        self.changed(approval_id)
+        return updated
 
     async def _record(self, record: dict[str, Any]) -> None:
         """Every step is audited, then counted."""

@@ -11,6 +11,7 @@ the manager's sweep lists the open approvals (in a worker thread).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +27,7 @@ from host_agent.approvals.pg_schema import SCHEMA_VERSION, installed_version
 from host_agent.approvals.store import Availability, Change, StoreError, from_row, to_row
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 # Columns in the order of Approval's fields.
 _FIELDS = (
     "id, token_hash, requester_cn, requester_fingerprint, requester_unix_user, operation, "
@@ -42,6 +44,8 @@ CLOCK_REFRESH_SECONDS = 60.0
 # How long the pool's reconnection backoff (1 s, doubling) may grow before it starts
 # over: an agent is back at most about this long after its database is.
 RECONNECT_SECONDS = 10.0
+# Where agents hear that an approval changed (the payload is its id).
+CHANNEL = "host_agent_approvals"
 
 
 class PostgresStore:
@@ -53,6 +57,8 @@ class PostgresStore:
         extra: dict[str, Any] = {"connect_timeout": int(CONNECT_TIMEOUT_SECONDS)}
         if password is not None:
             extra["password"] = password
+        self._conninfo, self._connect_options = conninfo, extra
+        self._listening = False
         # Each connection is checked as it is handed out: after a database restart the
         # pool's old ones are dead, and the first call must not be the one that finds out.
         self._pool: ConnectionPool[psycopg.Connection[TupleRow]] = ConnectionPool(
@@ -84,6 +90,8 @@ class PostgresStore:
                 raise KeyError(approval_id)
             updated = change(from_row(row))
             db.execute(_UPDATE, (*to_row(updated), approval_id))
+            # Delivered at commit, to every agent listening (see `listen`).
+            db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, approval_id))
             return updated
 
         return self._run(locked)
@@ -133,7 +141,32 @@ class PostgresStore:
         """Now, on the database's clock (never waits for the database)."""
         return time.time() + self._offset
 
+    def listen(self, on_change: Callable[[str], None]) -> None:
+        """Call `on_change(approval_id)`, from a thread of its own, whenever any agent
+        changes an approval; reconnect after losing the database (what changed meanwhile
+        is found by the callers' own polling)."""
+        self._listening = True
+        thread = threading.Thread(
+            target=self._listen, args=(on_change,), name="approval-notifications", daemon=True
+        )
+        thread.start()
+
+    def _listen(self, on_change: Callable[[str], None]) -> None:
+        while self._listening:
+            try:
+                with psycopg.connect(
+                    self._conninfo, autocommit=True, **self._connect_options
+                ) as db:
+                    db.execute(f"LISTEN {CHANNEL}")
+                    while self._listening:
+                        for note in db.notifies(timeout=1.0):
+                            on_change(note.payload)
+            except psycopg.Error as exc:
+                log.warning("approval notifications: %s", _reason(exc))
+                time.sleep(1.0)
+
     def close(self) -> None:
+        self._listening = False
         self._pool.close()
 
     def _measure_offset(self) -> None:

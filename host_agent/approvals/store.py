@@ -72,6 +72,10 @@ class ApprovalStore(Protocol):
 
     def purge(self, before: float) -> int: ...
 
+    def listen(self, on_change: Callable[[str], None]) -> None:
+        """Have `on_change(approval_id)` called when another agent changes an approval."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -158,14 +162,14 @@ class SqliteStore:
             db.execute(_INSERT, to_row(approval))
 
     def get(self, approval_id: str) -> Approval | None:
-        return self._one("SELECT * FROM approvals WHERE id = ?", (approval_id,))
+        return self._one(f"{_SELECT} WHERE id = ?", (approval_id,))
 
     def by_token(self, token_hash: str) -> Approval | None:
-        return self._one("SELECT * FROM approvals WHERE token_hash = ?", (token_hash,))
+        return self._one(f"{_SELECT} WHERE token_hash = ?", (token_hash,))
 
     def update(self, approval_id: str, change: Change) -> Approval:
         with self._transaction() as db:
-            row = db.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+            row = db.execute(f"{_SELECT} WHERE id = ?", (approval_id,)).fetchone()
             if row is None:
                 raise KeyError(approval_id)
             updated = change(from_row(row))
@@ -177,11 +181,7 @@ class SqliteStore:
     ) -> list[Approval]:
         wanted = json.dumps([status.value for status in statuses])
         with self._locked() as db:
-            rows = db.execute(
-                "SELECT * FROM approvals WHERE status IN (SELECT value FROM json_each(?))"
-                " AND (? IS NULL OR requester_cn = ?) ORDER BY created_at",
-                (wanted, requester_cn, requester_cn),
-            ).fetchall()
+            rows = db.execute(_LISTING, (wanted, requester_cn, requester_cn)).fetchall()
         return [from_row(row) for row in rows]
 
     def count(self, status: Status) -> int:
@@ -209,6 +209,9 @@ class SqliteStore:
             ).rowcount
             db.execute("DELETE FROM replies WHERE seen_at < ?", (before,))
         return removed
+
+    def listen(self, on_change: Callable[[str], None]) -> None:
+        """One host's file: every change is made by this agent, which knows of it."""
 
     def close(self) -> None:
         with self._lock:
@@ -263,6 +266,13 @@ class _Session:
 
 
 _MARKS = ", ".join("?" * len(_COLUMNS.split(", ")))
+# By name, never `*`: a column an upgrade added lands where ALTER TABLE put it.
+_SELECT = f"SELECT {_COLUMNS} FROM approvals"  # noqa: S608
+_WHERE_LISTED = (
+    " WHERE status IN (SELECT value FROM json_each(?))"
+    " AND (? IS NULL OR requester_cn = ?) ORDER BY created_at"
+)
+_LISTING = _SELECT + _WHERE_LISTED
 # Only our own column list and '?' marks are interpolated, never a value.
 _INSERT = f"INSERT INTO approvals ({_COLUMNS}) VALUES ({_MARKS})"  # noqa: S608
 _UPDATE = f"UPDATE approvals SET ({_COLUMNS}) = ({_MARKS}) WHERE id = ?"  # noqa: S608

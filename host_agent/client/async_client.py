@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -64,8 +65,10 @@ class AsyncClient:
             protocol.run_call(request, functools.partial(AsyncPendingApproval, client=self))
         )
 
-    async def approval(self, approval_id: str) -> ApprovalStatus:
-        return await self._send(protocol.approval_call(approval_id))
+    async def approval(self, approval_id: str, wait: float = 0.0) -> ApprovalStatus:
+        """The approval now; with `wait`, once it is no longer pending or after `wait`
+        seconds (the agent holds the request, so a decision is heard at once)."""
+        return await self._send(protocol.approval_call(approval_id, wait))
 
     async def follow(self, approval_id: str) -> AsyncPendingApproval:
         """A handle on an approval asked for earlier (by another run, say), to `wait()` on."""
@@ -110,12 +113,17 @@ class AsyncPendingApproval(ApprovalTicket):
         (the approval stays usable: call `wait()` again). `on_status` sees every poll.
         """
         patience = protocol.Patience(timeout, poll_interval)
+        hold = 0.0
         while True:
-            status = await self.client.approval(self.approval_id)
+            asked = time.monotonic()
+            status = await self.client.approval(self.approval_id, wait=hold)
             if on_status is not None:
                 on_status(status)
             delay = patience.next_poll(status)
             if delay is None:
                 call = protocol.resubmit_call(self.request, self.approval_id)
                 return await self.client._send(call)
-            await asyncio.sleep(delay)
+            # An agent that held the request answered as it ended; one that does not hold
+            # (an older one) answered at once: wait out the rest here.
+            await asyncio.sleep(max(0.0, hold - (time.monotonic() - asked)))
+            hold = delay

@@ -75,9 +75,13 @@ def resubmit_call(request: OpRequest, approval_id: str) -> Call[OperationResult]
     return Call("POST", "/host/op", parse, request.approved(approval_id).body())
 
 
-def approval_call(approval_id: str) -> Call[ApprovalStatus]:
+def approval_call(approval_id: str, wait: float = 0.0) -> Call[ApprovalStatus]:
+    """`GET /approvals/{id}`; with `wait`, the agent answers once the approval is no
+    longer pending, or after that many seconds (at most MAX_WAIT)."""
     # Quoted as one path segment: an id never reaches another route.
     path = f"/approvals/{quote(approval_id, safe='')}"
+    if wait > 0:
+        path += f"?wait={min(wait, MAX_WAIT):.3f}"
     return Call("GET", path, lambda payload: approval_status(Fields(payload, path)))
 
 
@@ -171,6 +175,10 @@ def error_from(response: httpx.Response) -> ClientError:
         retry_after = response.headers.get("Retry-After", "")
         exc.retry_after = int(retry_after) if retry_after.isdigit() else None
     return exc
+
+
+# The agent holds a GET /approvals/{id}?wait= at most this long (MAX_FOLLOW_SECONDS).
+MAX_WAIT = 20.0
 
 
 class Patience:

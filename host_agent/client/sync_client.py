@@ -68,8 +68,10 @@ class Client:
             protocol.run_call(request, functools.partial(PendingApproval, client=self))
         )
 
-    def approval(self, approval_id: str) -> ApprovalStatus:
-        return self._send(protocol.approval_call(approval_id))
+    def approval(self, approval_id: str, wait: float = 0.0) -> ApprovalStatus:
+        """The approval now; with `wait`, once it is no longer pending or after `wait`
+        seconds (the agent holds the request, so a decision is heard at once)."""
+        return self._send(protocol.approval_call(approval_id, wait))
 
     def follow(self, approval_id: str) -> PendingApproval:
         """A handle on an approval asked for earlier (by another run, say), to `wait()` on."""
@@ -114,11 +116,16 @@ class PendingApproval(ApprovalTicket):
         (the approval stays usable: call `wait()` again). `on_status` sees every poll.
         """
         patience = protocol.Patience(timeout, poll_interval)
+        hold = 0.0
         while True:
-            status = self.client.approval(self.approval_id)
+            asked = time.monotonic()
+            status = self.client.approval(self.approval_id, wait=hold)
             if on_status is not None:
                 on_status(status)
             delay = patience.next_poll(status)
             if delay is None:
                 return self.client._send(protocol.resubmit_call(self.request, self.approval_id))
-            time.sleep(delay)
+            # An agent that held the request answered as it ended; one that does not hold
+            # (an older one) answered at once: wait out the rest here.
+            time.sleep(max(0.0, hold - (time.monotonic() - asked)))
+            hold = delay
