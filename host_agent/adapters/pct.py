@@ -30,6 +30,7 @@ from host_agent.adapters.pct_create import (
     check_settings,
     check_template,
     create_args_schema,
+    example_template,
 )
 from host_agent.config import PctConfig
 from host_agent.errors import ValidationError
@@ -120,7 +121,10 @@ class PctAdapter(Adapter):
             return parameters_schema(resource=container, examples=[{"resource": "101"}])
         if not self.config.allowed_ostemplates:
             return None  # no template is allowed
-        return parameters_schema(resource=container, args=create_args_schema(self.config))
+        example = {"resource": "101", "args": [example_template(self.config)]}
+        return parameters_schema(
+            resource=container, args=create_args_schema(self.config), examples=[example]
+        )
 
     def forced_approval(self, command: str) -> ApprovalNeed:
         """Destroying a container is never left to configuration alone; creating one

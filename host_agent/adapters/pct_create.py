@@ -130,7 +130,7 @@ def check_settings(settings: Iterable[str], allowed: Iterable[str]) -> tuple[str
 
 def create_args_schema(config: PctConfig) -> dict[str, Any]:
     """The arguments of `create`: a template an allowlist pattern matches, then the
-    allowed settings. Each setting name may come once, which JSON Schema cannot say."""
+    allowed settings, each name at most once."""
     templates = "|".join(_glob_pattern(pattern) for pattern in config.allowed_ostemplates)
     template = text_schema(
         "The ostemplate: STORAGE:vztmpl/FILE or an absolute path, one of: "
@@ -144,9 +144,20 @@ def create_args_schema(config: PctConfig) -> dict[str, Any]:
         max_length=MAX_SETTING,
         pattern="|".join(f"{name}=(?:{CREATE_FLAGS[name]})" for name in allowed) or "(?!)",
     )
-    return args_schema(
+    schema = args_schema(
         "The template, then settings", [template, *[settings] * len(allowed)], least=1
     )
+    # Each name at most once (what validation refuses as "given twice").
+    schema["allOf"] = [
+        {"contains": {"type": "string", "pattern": f"^{name}="}, "minContains": 0, "maxContains": 1}
+        for name in allowed
+    ]
+    return schema
+
+
+def example_template(config: PctConfig) -> str:
+    """A template the first allowlist pattern matches, for the schema's example."""
+    return config.allowed_ostemplates[0].replace("*", "example").replace("?", "x")
 
 
 def _glob_pattern(glob: str) -> str:
