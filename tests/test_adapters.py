@@ -50,6 +50,10 @@ allowed_playbooks = ["site.yml"]
 
 [exec.argument_patterns]
 "/usr/bin/du" = ["-s", "/srv/[a-z]+"]
+
+[pct]
+allowed_ostemplates = ["local:vztmpl/*.tar.zst"]
+allowed_create_flags = ["hostname"]
 """
 
 # One valid request per command shape; every string in it is a place to attack.
@@ -63,6 +67,7 @@ VALID_REQUESTS = [
     ("systemd", "app@one.service", ("restart",)),
     ("pct", "101", ("status",)),
     ("pct", "101", ("destroy",)),
+    ("pct", "105", ("create", "local:vztmpl/debian.tar.zst", "hostname=web1")),
     ("git", "/srv/app", ("status",)),
     ("git", "/srv/app", ("log", "5")),
     ("git", "/srv/app", ("fetch", "origin")),

@@ -811,6 +811,65 @@ def test_the_crl_is_re_signed_daily_and_the_agent_told_to_reload(installed: Inst
     assert attributes(certs_dir / "crl.pem") == ("0o644", "root", "root")
 
 
+def test_a_rotation_for_size_keeps_the_audit_chain(installed: Installed, base: Path) -> None:
+    """Past its maxsize the audit log rotates before its day is over, the agent carries
+    on in a new file and the chain verifies across both. The shipped value is 100M
+    (above); a copy with 2k makes the size reachable here."""
+    log_dir = installed.path("/var/log/host-agent")
+    for old in log_dir.glob("audit.jsonl*"):
+        old.unlink()
+    shipped = installed.path("/etc/logrotate.d/host-agent").read_text()
+    small = base / "logrotate-small"
+    small.write_text(shipped.replace("maxsize 100M", "maxsize 2k", 1))
+    state = base / "size.state"
+    log = log_dir / "audit.jsonl"
+    today = time.strftime("%Y-%-m-%-d-0:0:0")
+    # Rotated today already: only the size can make it rotate again.
+    state.write_text(f'logrotate state -- version 2\n"{log}" {today}\n')
+    pid_file = installed.path("/run/host-agent/host-agent.pid")
+    context = client_certificate(installed, f"monitor-{secrets.token_hex(3)}")
+    with (
+        installed_agent(installed, "--pid-file", str(pid_file)) as port,
+        httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=context) as http,
+    ):
+        while not log.exists() or log.stat().st_size < 4096:
+            http.post("/host/op", json=REFUSED)
+        rotated = run("logrotate", "-s", str(state), str(small), check=False)
+        assert rotated.returncode == 0, rotated.stderr
+        assert (log_dir / "audit.jsonl.1").exists()
+        for _ in range(5):
+            assert http.post("/host/op", json=REFUSED).status_code == 400
+    files = audit_files(log_dir)
+    assert len(files) == 2 and audit_lines(files[1])
+    verified = run(
+        str(installed.path("/usr/local/bin/host-agent")), "audit", "verify", *map(str, files),
+        check=False,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_the_service_log_is_copied_and_truncated_under_its_writer(
+    installed: Installed, base: Path
+) -> None:
+    """The agent's output file is held open (for appending) by the process root started:
+    after copytruncate the writer goes on at the start of the same file, nothing lost
+    before the rotation, no hole after it."""
+    serve_log = installed.path("/var/log/host-agent-serve.log")
+    with serve_log.open("a") as writer:
+        writer.write("before\n")
+        writer.flush()
+        state = base / "serve.state"
+        done = run(
+            "logrotate", "-f", "-s", str(state), str(installed.path("/etc/logrotate.d/host-agent")),
+            check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        writer.write("after\n")
+        writer.flush()
+    assert installed.path("/var/log/host-agent-serve.log.1").read_text() == "before\n"
+    assert serve_log.read_bytes() == b"after\n"
+
+
 def test_install_wrappers_script_keeps_its_interface(installed: Installed, base: Path) -> None:
     """`install-wrappers.sh DIR CONFIG USER SUDOERS`, as demo.sh and tests/system.py run it."""
     root = Path(tempfile.mkdtemp(dir=base))
@@ -894,62 +953,3 @@ def test_the_readmes_config_example_names_the_installed_paths(installed: Install
         ]
 
     assert [installed.path(str(p)) for p in paths(example)] == paths(skeleton)
-
-
-def test_a_rotation_for_size_keeps_the_audit_chain(installed: Installed, base: Path) -> None:
-    """Past its maxsize the audit log rotates before its day is over, the agent carries
-    on in a new file and the chain verifies across both. The shipped value is 100M
-    (above); a copy with 2k makes the size reachable here."""
-    log_dir = installed.path("/var/log/host-agent")
-    for old in log_dir.glob("audit.jsonl*"):
-        old.unlink()
-    shipped = installed.path("/etc/logrotate.d/host-agent").read_text()
-    small = base / "logrotate-small"
-    small.write_text(shipped.replace("maxsize 100M", "maxsize 2k", 1))
-    state = base / "size.state"
-    log = log_dir / "audit.jsonl"
-    today = time.strftime("%Y-%-m-%-d-0:0:0")
-    # Rotated today already: only the size can make it rotate again.
-    state.write_text(f'logrotate state -- version 2\n"{log}" {today}\n')
-    pid_file = installed.path("/run/host-agent/host-agent.pid")
-    context = client_certificate(installed, f"monitor-{secrets.token_hex(3)}")
-    with (
-        installed_agent(installed, "--pid-file", str(pid_file)) as port,
-        httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=context) as http,
-    ):
-        while not log.exists() or log.stat().st_size < 4096:
-            http.post("/host/op", json=REFUSED)
-        rotated = run("logrotate", "-s", str(state), str(small), check=False)
-        assert rotated.returncode == 0, rotated.stderr
-        assert (log_dir / "audit.jsonl.1").exists()
-        for _ in range(5):
-            assert http.post("/host/op", json=REFUSED).status_code == 400
-    files = audit_files(log_dir)
-    assert len(files) == 2 and audit_lines(files[1])
-    verified = run(
-        str(installed.path("/usr/local/bin/host-agent")), "audit", "verify", *map(str, files),
-        check=False,
-    )  # fmt: skip
-    assert verified.returncode == 0, verified.stdout + verified.stderr
-
-
-def test_the_service_log_is_copied_and_truncated_under_its_writer(
-    installed: Installed, base: Path
-) -> None:
-    """The agent's output file is held open (for appending) by the process root started:
-    after copytruncate the writer goes on at the start of the same file, nothing lost
-    before the rotation, no hole after it."""
-    serve_log = installed.path("/var/log/host-agent-serve.log")
-    with serve_log.open("a") as writer:
-        writer.write("before\n")
-        writer.flush()
-        state = base / "serve.state"
-        done = run(
-            "logrotate", "-f", "-s", str(state), str(installed.path("/etc/logrotate.d/host-agent")),
-            check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        writer.write("after\n")
-        writer.flush()
-    assert installed.path("/var/log/host-agent-serve.log.1").read_text() == "before\n"
-    assert serve_log.read_bytes() == b"after\n"
