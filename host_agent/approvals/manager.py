@@ -14,6 +14,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from host_agent.approvals import tokens
@@ -42,6 +43,16 @@ MAX_FOLLOW_SECONDS = 20.0
 # Approvers authenticated apart from the message, who may name an approval by its id.
 ID_CHANNELS = frozenset({"pam", "admin"})
 OPEN = (Status.PENDING, Status.APPROVED)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedReply:
+    """An approver's APPROVE or DENY, its token hashed as the store keeps it."""
+
+    sender: str
+    timestamp_ms: int
+    approve: bool
+    token_hash: str
 
 
 class ApprovalManager:
@@ -191,6 +202,7 @@ class ApprovalManager:
         approver: Approver,
         *,
         approval_id: str | None = None,
+        token_hash: str | None = None,
         **context: Any,
     ) -> Approval:
         """An approver's APPROVE or DENY for the approval `reference` (its token) names.
@@ -203,7 +215,11 @@ class ApprovalManager:
             context["named_by"] = "approval_id"  # the audit says how the human named it
         try:
             self._check_channel(approver)
-            approval = await self._find(reference, approver)
+            approval = (
+                await self._by_hash(token_hash)
+                if token_hash is not None
+                else await self._find(reference, approver)
+            )
             if approval_id is not None and approval.id != approval_id:
                 raise ApprovalError(
                     409,
@@ -274,29 +290,48 @@ class ApprovalManager:
         await self.refusals.write(str(approver), record)
 
     async def handle_reply(self, reply: IncomingReply) -> dict[str, Any]:
-        """One approver message from Signal: fresh, first seen, a command, then decide."""
-        outcome: dict[str, Any] = {"sender": reply.sender, "timestamp_ms": reply.timestamp_ms}
+        """One approver message from Signal: a command, fresh, first seen, then decide."""
+        parsed = self.parse_reply(reply)
+        if parsed is None:
+            return {
+                "sender": reply.sender,
+                "timestamp_ms": reply.timestamp_ms,
+                "outcome": "ignored",
+                "code": "not_a_command",
+            }
+        return await self.apply_reply(parsed)
+
+    def parse_reply(self, reply: IncomingReply) -> ParsedReply | None:
+        """The command in a message, its token already hashed (what a fleet's inbox keeps:
+        never the token itself); None for anything but APPROVE/DENY TOKEN."""
         command = parse_command(reply.text)
         if command is None:
-            return {**outcome, "outcome": "ignored", "code": "not_a_command"}
+            return None
         verdict, token = command
+        token_hash = tokens.hash_token(tokens.normalize(token) or token, self.config.token_secret)
+        return ParsedReply(reply.sender, reply.timestamp_ms, verdict == "approve", token_hash)
+
+    async def apply_reply(
+        self, reply: ParsedReply, *, deduplicated: bool = False
+    ) -> dict[str, Any]:
+        """Decide by one parsed reply, if fresh and (unless a fleet's inbox already
+        deduplicated it) never seen before."""
+        outcome: dict[str, Any] = {"sender": reply.sender, "timestamp_ms": reply.timestamp_ms}
+        approver = Approver("signal", reply.sender)
         now = self.clock()
         age = now - reply.timestamp_ms / 1000
         try:
             if age > self.config.ttl_seconds or age < -MAX_CLOCK_SKEW_SECONDS:
                 raise ApprovalError(400, "stale_reply", "the reply is older than the approval ttl")
-            if not await asyncio.to_thread(
+            if not deduplicated and not await asyncio.to_thread(
                 self.store.first_sighting, reply.sender, reply.timestamp_ms, now
             ):
                 raise ApprovalError(409, "reply_replayed", "this message was already counted")
         except ApprovalError as exc:
-            token_hash = tokens.hash_token(token, self.config.token_secret)
-            await self.refuse(Approver("signal", reply.sender), exc.code, token_hash=token_hash)
+            await self.refuse(approver, exc.code, token_hash=reply.token_hash)
             return {**outcome, "outcome": "refused", "code": exc.code}
         try:
-            approval = await self.decide(
-                token, verdict == "approve", Approver("signal", reply.sender)
-            )
+            approval = await self.decide("", reply.approve, approver, token_hash=reply.token_hash)
         except ApprovalError as exc:
             return {**outcome, "outcome": "refused", "code": exc.code}
         return {**outcome, "outcome": approval.status.value, "approval_id": approval.id}
@@ -315,12 +350,14 @@ class ApprovalManager:
 
     async def _by_token(self, token_text: str) -> Approval:
         token = tokens.normalize(token_text)
-        approval = None
-        if token is not None:
-            token_hash = tokens.hash_token(token, self.config.token_secret)
-            approval = await asyncio.to_thread(self.store.by_token, token_hash)
+        if token is None:
+            raise _unknown_token()
+        return await self._by_hash(tokens.hash_token(token, self.config.token_secret))
+
+    async def _by_hash(self, token_hash: str) -> Approval:
+        approval = await asyncio.to_thread(self.store.by_token, token_hash)
         if approval is None:
-            raise ApprovalError(404, "unknown_token", "no approval has this token", field="token")
+            raise _unknown_token()
         return approval
 
     async def check_channel(self, approver: Approver) -> None:
@@ -531,6 +568,10 @@ def masked_identity(identity: str) -> str:
 
 def _last_digits(number: str) -> str:
     return f"…{number[-4:]}" if len(number) > 4 else "…"
+
+
+def _unknown_token() -> ApprovalError:
+    return ApprovalError(404, "unknown_token", "no approval has this token", field="token")
 
 
 def _not_found() -> ApprovalError:
