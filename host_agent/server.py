@@ -11,6 +11,7 @@ import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
@@ -35,6 +36,9 @@ from host_agent.reload import Reloader
 from host_agent.runner import Runner
 from host_agent.tls import ContextHolder, server_context
 from host_agent.tls_server import bind_socket, serve_tls
+
+if TYPE_CHECKING:  # psycopg is a fleet host's dependency: imported when store_url is set
+    from host_agent.approvals.inbox import SignalInbox
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +100,38 @@ async def _poll_signal(manager: ApprovalManager, url: str, number: str, every: f
                 await manager.handle_reply(reply)
         except HostAgentError as exc:
             log.error("polling Signal failed: %s", exc)
+
+
+def _fleet_inbox(manager: ApprovalManager) -> SignalInbox:
+    from host_agent.approvals.inbox import SignalInbox  # psycopg: fleet hosts only
+    from host_agent.approvals.pg_store import PostgresStore
+
+    assert isinstance(manager.store, PostgresStore)  # store_url is set
+    assert manager.config.signal_number is not None
+    return SignalInbox(manager.store, manager.config.signal_number, manager.host)
+
+
+async def _poll_fleet_signal(
+    manager: ApprovalManager, inbox: SignalInbox, url: str, number: str, every: float
+) -> None:
+    """A fleet's agents share one Signal number: only the one holding the inbox's lock
+    calls receive, keeping each reply before anything acts on it; every agent applies
+    what is kept (approvals/inbox.py)."""
+    try:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                if await asyncio.to_thread(inbox.lead):
+                    received = await poll(url, number)
+                    kept = [p for r in received if (p := manager.parse_reply(r)) is not None]
+                    await asyncio.to_thread(inbox.keep, kept)
+                for reply in await asyncio.to_thread(inbox.claim):
+                    result = await manager.apply_reply(reply, deduplicated=True)
+                    await asyncio.to_thread(inbox.applied, reply, result["outcome"])
+            except HostAgentError as exc:
+                log.error("the fleet's Signal inbox: %s", exc)
+    finally:
+        inbox.resign()  # another agent reads from now on
 
 
 async def _warn_periodically(health: HostHealth, every: float = 3600.0) -> None:
@@ -185,12 +221,11 @@ async def run_server(
         manager.store.listen(changed)
         approval = config.approval
         if approval.poll_interval_seconds and approval.signal_url and approval.signal_number:
-            poller = _poll_signal(
-                pipeline.approvals,
-                approval.signal_url,
-                approval.signal_number,
-                approval.poll_interval_seconds,
-            )
+            bridge = (approval.signal_url, approval.signal_number, approval.poll_interval_seconds)
+            if approval.store_url is None:
+                poller = _poll_signal(manager, *bridge)
+            else:
+                poller = _poll_fleet_signal(manager, _fleet_inbox(manager), *bridge)
             background.append(asyncio.create_task(poller))
     exporter = None
     try:

@@ -6,6 +6,8 @@ The approval state machine itself runs on both stores in tests/test_approvals.py
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -13,7 +15,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from host_agent.approvals import inbox as inbox_module
 from host_agent.approvals import manager as manager_module
+from host_agent.approvals import pg_schema
+from host_agent.approvals.inbox import SignalInbox
 from host_agent.approvals.manager import ApprovalManager
 from host_agent.approvals.model import Approver, Status
 from host_agent.approvals.pg_schema import AGENT_GRANTS, SCHEMA_VERSION
@@ -22,19 +27,20 @@ from host_agent.approvals.pg_store import (
     RECONNECT_SECONDS,
     PostgresStore,
 )
+from host_agent.approvals.signal import IncomingReply
 from host_agent.approvals.store import StoreError
 from host_agent.audit import AuditLog
 from host_agent.cli import main
 from host_agent.errors import ApprovalError
 from tests.approval_flow import destroy as destroy_request
-from tests.approval_flow import get, post, request_approval, status, token_sent
+from tests.approval_flow import get, post, request_approval, status, token_sent, wait_for
 from tests.postgres import FleetDatabase, Postgres, fleet_database
-from tests.signal_bridge import SignalBridge
+from tests.signal_bridge import BRIDGE_NUMBER, SignalBridge
 from tests.support import Pki, running_agent
 from tests.system import Pool, System, run
 from tests.test_approvals import REQUESTER, SIGNAL_ONE, Clock, Outbox, approval_config, decision
 from tests.test_approvals import operation as destroy
-from tests.test_e2e_approvals import configured, signed_reply, webhook
+from tests.test_e2e_approvals import APPROVER, configured, signed_reply, webhook
 
 pytestmark = pytest.mark.root
 
@@ -82,7 +88,7 @@ def test_db_upgrade_installs_the_schema_once_and_grants_the_agents_role(
     assert main(["db", "upgrade", "--config", str(path), "--owner", "postgres"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out == [
-        f"approval schema at version {SCHEMA_VERSION} (applied 1); role {role} granted",
+        f"approval schema at version {SCHEMA_VERSION} (applied 1, 2); role {role} granted",
         f"approval schema at version {SCHEMA_VERSION} (nothing to apply); role {role} granted",
     ]
     granted = postgres.psql(
@@ -391,3 +397,151 @@ def test_a_decision_on_one_host_wakes_the_request_held_on_another(
     for store in stores:
         store.close()
     audit.close()
+
+
+# --- one Signal inbox for the fleet ------------------------------------------------------
+
+
+def test_an_agent_on_a_schema_one_step_behind_is_told_to_upgrade_it(
+    postgres: Postgres, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database an earlier release installed (schema 1): the agent refuses it, and
+    `db upgrade` brings it to the current version, keeping what it holds."""
+    name, role = "fleet_old", "agent_old"
+    postgres.create_database(name, role)
+    with monkeypatch.context() as older:
+        older.setattr(pg_schema, "MIGRATIONS", pg_schema.MIGRATIONS[:1])
+        older.setattr(pg_schema, "SCHEMA_VERSION", 1)
+        grants = {k: v for k, v in pg_schema.AGENT_GRANTS.items() if k != "inbox"}
+        older.setattr(pg_schema, "AGENT_GRANTS", grants)
+        with psycopg.connect(postgres.url(database=name), autocommit=True) as owner:
+            assert pg_schema.upgrade(owner, role) == [1]
+    url = f"postgresql://{role}@127.0.0.1:{postgres.port}/{name}"
+    with pytest.raises(StoreError, match="has schema version 1, this host-agent needs 2"):
+        PostgresStore(url, postgres.password)
+    with psycopg.connect(postgres.url(database=name), autocommit=True) as owner:
+        assert pg_schema.upgrade(owner, role) == [2]
+    PostgresStore(url, postgres.password).close()
+
+
+def inboxes(database: FleetDatabase, count: int) -> list[SignalInbox]:
+    return [
+        SignalInbox(PostgresStore(database.url, database.password), "+15555550000", f"pve-{n}")
+        for n in range(count)
+    ]
+
+
+def test_one_agent_reads_the_bridge_and_another_takes_over_when_it_dies(
+    postgres: Postgres,
+) -> None:
+    database = fleet_database(postgres)
+    first, second, third = inboxes(database, 3)
+    assert first.lead() and first.lead()  # leading, and still leading
+    assert not second.lead() and not third.lead()
+    # The leader dies: its connection goes, and with it the lock; one other takes over.
+    assert first._leader is not None
+    pid = first._leader.info.backend_pid
+    postgres.psql(f"SELECT pg_terminate_backend({pid})", database=database.name)
+    assert [second.lead(), third.lead()] == [True, False]
+    assert not first.lead()  # back, it finds its connection dead and the lock taken
+    for inbox in (first, second, third):
+        inbox.resign()
+        inbox.store.close()
+
+
+def test_a_reply_kept_by_a_reader_that_dies_is_applied_by_another_agent(
+    postgres: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader keeps the reply, then dies before applying it (and another agent that
+    claimed it dies too): an agent still alive applies it once, and the approval runs."""
+    monkeypatch.setattr(inbox_module, "CLAIM_SECONDS", 0.5)
+    database = fleet_database(postgres)
+    reader, crasher, survivor = inboxes(database, 3)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.open()
+    outbox = Outbox()
+    manager = ApprovalManager(
+        approval_config(), survivor.store, audit, notify=outbox, clock=time.time, host="pve-2"
+    )
+
+    async def scenario() -> None:
+        approval = await manager.create(REQUESTER, destroy(), decision(), "why", "librarian")
+        await manager.drain()
+        reply = IncomingReply("+15555550001", f"APPROVE {outbox.token()}", now_ms(), "poll")
+        parsed = manager.parse_reply(reply)
+        assert parsed is not None
+        assert reader.lead()
+        assert reader.keep([parsed, parsed]) == 1  # deduplicated by sender and time
+        reader.resign()  # dies between receive and apply
+        assert crasher.claim() == [parsed]  # claims it, then dies too
+        assert survivor.claim() == []  # a live claim is left alone...
+        await asyncio.sleep(0.6)
+        [taken] = survivor.claim()  # ...until it is stale
+        result = await manager.apply_reply(taken, deduplicated=True)
+        survivor.applied(taken, result["outcome"])
+        assert result["outcome"] == "approved"
+        assert (await manager.visible(approval.id, "librarian-1")).status is Status.APPROVED
+        await asyncio.sleep(0.6)
+        assert survivor.claim() == []  # applied: never again
+        rows = postgres.psql(
+            "SELECT received_by, claimed_by, outcome FROM inbox", database=database.name
+        ).split()
+        assert rows == ["pve-0|pve-2|approved"]
+
+    asyncio.run(scenario())
+    stored = postgres.psql("SELECT row_to_json(i) FROM inbox i", database=database.name)
+    assert outbox.token() not in stored  # the token itself is never kept
+    for inbox in (reader, crasher, survivor):
+        inbox.store.close()
+    audit.close()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def test_three_agents_one_inbox_one_reply_one_run(
+    postgres: Postgres,
+    system: System,
+    pool: Pool,
+    pki: Pki,
+    tmp_path: Path,
+    bridge: SignalBridge,
+    snapshot: str,
+) -> None:
+    """Three agents share a database and a Signal number, all polling: the reply to an
+    approval asked for on the first reaches the fleet through whichever agent reads,
+    and of 50 resubmits spread over the three, one destroys the snapshot."""
+    database = fleet_database(postgres)
+    secret = tmp_path / "store-password"
+    secret.write_text(database.password)
+    approval = "\n".join(
+        (
+            f'signal_url = "{bridge.url}"',
+            f'signal_number = "{BRIDGE_NUMBER}"',
+            "poll_interval_seconds = 0.2",
+            f'store_url = "{database.url}"',
+            f'store_password_file = "{secret}"',
+        )
+    )
+    configs = [
+        system.agent_config(pki, tmp_path, name=f"agent{n}", approval=approval) for n in range(3)
+    ]
+    with contextlib.ExitStack() as running:
+        agents = [running.enter_context(running_agent(config)) for config in configs]
+        approval_id = request_approval(agents[0], pki, snapshot)
+        bridge.queue_reply(APPROVER, f"APPROVE {token_sent(bridge)}")
+        wait_for(lambda: status(agents[2], pki, approval_id) == "approved", timeout=20)
+        resent = destroy_request(snapshot, approval_id=approval_id)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=10) as threads:
+            answers = list(
+                threads.map(
+                    lambda n: post(agents[n % 3], pki, "librarian-1", "/host/op", resent),
+                    range(50),
+                )
+            )
+    codes = sorted(answer.status_code for answer in answers)
+    assert codes.count(200) == 1, [a.text for a in answers if a.status_code != 409][:3]
+    assert snapshot not in pool.datasets("snapshot")
+    kept = postgres.psql("SELECT count(*), count(applied_at) FROM inbox", database=database.name)
+    assert kept.split() == ["1|1"]

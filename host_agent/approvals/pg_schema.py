@@ -47,6 +47,24 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (sender, timestamp_ms)
     );
     """,
+    # 2: the fleet's one Signal inbox (approvals/inbox.py). A reply is kept as its
+    # verdict and token hash, never the token; its sender and time are its identity.
+    """
+    CREATE TABLE inbox (
+        sender text NOT NULL,
+        timestamp_ms bigint NOT NULL,
+        approve boolean NOT NULL,
+        token_hash text NOT NULL,
+        received_at double precision NOT NULL,
+        received_by text NOT NULL,
+        claimed_by text,
+        claimed_at double precision,
+        applied_at double precision,
+        outcome text,
+        PRIMARY KEY (sender, timestamp_ms)
+    );
+    CREATE INDEX inbox_unapplied ON inbox (received_at) WHERE applied_at IS NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -55,6 +73,7 @@ AGENT_GRANTS = {
     "host_agent_schema": "SELECT",
     "approvals": "SELECT, INSERT, UPDATE",
     "replies": "SELECT, INSERT, DELETE",
+    "inbox": "SELECT, INSERT, UPDATE",
 }
 # One lock id for every `db upgrade`, so two never interleave.
 _UPGRADE_LOCK = 0x686F7374  # "host"

@@ -154,15 +154,13 @@ class PostgresStore:
     def _listen(self, on_change: Callable[[str], None]) -> None:
         while self._listening:
             try:
-                with psycopg.connect(
-                    self._conninfo, autocommit=True, **self._connect_options
-                ) as db:
+                with self.connect() as db:
                     db.execute(f"LISTEN {CHANNEL}")
                     while self._listening:
                         for note in db.notifies(timeout=1.0):
                             on_change(note.payload)
-            except psycopg.Error as exc:
-                log.warning("approval notifications: %s", _reason(exc))
+            except (psycopg.Error, StoreError) as exc:
+                log.warning("approval notifications: %s", exc)
                 time.sleep(1.0)
 
     def close(self) -> None:
@@ -197,6 +195,18 @@ class PostgresStore:
     def _one(self, query: str, value: str) -> Approval | None:
         row = self._run(lambda db: db.execute(query, (value,)).fetchone())
         return None if row is None else from_row(row)
+
+    def connect(self) -> psycopg.Connection[TupleRow]:
+        """A connection of its own (autocommit), outside the pool: for what lives as long
+        as the connection does (a session lock, LISTEN)."""
+        try:
+            return psycopg.connect(self._conninfo, autocommit=True, **self._connect_options)
+        except psycopg.Error as exc:
+            raise StoreError(f"approval database: {_reason(exc)}") from exc
+
+    def run(self, work: Callable[[psycopg.Connection[TupleRow]], T]) -> T:
+        """`work` in one transaction of its own (for the modules built on this store)."""
+        return self._run(work)
 
     def _run(self, work: Callable[[psycopg.Connection[TupleRow]], T]) -> T:
         """`work` in one transaction on a pooled connection; database trouble is StoreError
