@@ -303,6 +303,31 @@ def test_a_quorum_counts_people_not_their_channels(world: World) -> None:
     asyncio.run(scenario())
 
 
+UUID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+
+
+def test_a_signal_uuid_counts_for_the_person_whose_number_is_allowed(world: World) -> None:
+    """signal-cli reports only the UUID when a sender hides their number: listed under
+    the same person as an allowed number, it approves as that person, once."""
+    ops = Person("ops-a", frozenset({"signal:+15555550001", f"signal:{UUID}"}))
+    world.manager.reconfigure(approval_config(people=(ops,)))
+    world.manager.notify = world.outbox
+    stranger = Approver("signal", "9e8d7c6b-5a49-3827-1605-f4e3d2c1b0a9")
+
+    async def scenario() -> None:
+        _, token = await created(world, quorum=2)
+        with pytest.raises(ApprovalError) as unknown:
+            await world.manager.decide(token, True, stranger)
+        assert unknown.value.code == "approver_not_allowed"
+        voted = await world.manager.decide(token, True, Approver("signal", UUID))
+        assert (voted.status, voted.approvers) == (Status.PENDING, (f"signal:{UUID}",))
+        with pytest.raises(ApprovalError) as again:
+            await world.manager.decide(token, True, SIGNAL_ONE)  # the same person's number
+        assert again.value.code == "already_voted"
+
+    asyncio.run(scenario())
+
+
 def test_a_requester_cannot_approve_through_another_of_its_identities(world: World) -> None:
     # The person behind the requesting CN also holds an allowlisted phone.
     world.manager.reconfigure(

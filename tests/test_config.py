@@ -726,3 +726,13 @@ def test_a_store_url_never_echoes_a_password_back() -> None:
             document(approval={"store_url": "host=db.example password=hunter2 bad"}), SOURCE
         )
     assert "hunter2" not in str(caught.value)
+
+
+def test_a_person_is_known_on_signal_by_number_and_uuid() -> None:
+    uuid = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+    person = {"name": "ops-a", "signal": ["+15555550001", uuid]}
+    config = parse_config(document(approval={"people": [person]}), SOURCE)
+    assert config.approval.person_of(f"signal:{uuid}") == "person:ops-a"
+    with pytest.raises(ConfigError) as refused:
+        parse_config(document(approval={"people": [{**person, "signal": ["ops"]}]}), SOURCE)
+    assert any("must be an E.164 number or a Signal UUID" in p for p in refused.value.problems)

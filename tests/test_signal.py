@@ -385,6 +385,16 @@ def test_a_sender_with_a_hidden_number_is_named_by_uuid() -> None:
     assert reply.sender == "0f5d5a0e-8a5e-4c1b-9a53-2b4f3e7c1d00"
 
 
+def test_a_sender_reported_by_uuid_only_is_named_by_it() -> None:
+    """Newer signal-cli leaves `source` and `sourceNumber` out and keeps `sourceUuid`."""
+    hidden = envelope(ALICE, "hi", WHEN)
+    del hidden["sourceNumber"], hidden["source"]
+
+    [reply] = parse_webhook(body(jsonrpc_receive(hidden, BRIDGE_NUMBER)))
+
+    assert reply.sender == hidden["sourceUuid"]
+
+
 def test_note_to_self_from_the_owners_phone_is_the_owners_reply() -> None:
     notification = jsonrpc_receive(sync_message(ALICE, f"APPROVE {TOKEN}", WHEN), ALICE)
 
@@ -502,7 +512,9 @@ def with_envelope(**changes: Any) -> bytes:
         pytest.param(with_envelope(timestamp=True), id="timestamp-bool"),
         pytest.param(with_envelope(timestamp=-1), id="timestamp-negative"),
         pytest.param(with_envelope(timestamp=2**60), id="timestamp-huge"),
-        pytest.param(with_envelope(sourceNumber=None, source=None), id="no-sender"),
+        pytest.param(
+            with_envelope(sourceNumber=None, source=None, sourceUuid=None), id="no-sender"
+        ),
         pytest.param(with_envelope(sourceNumber="+1 555"), id="sender-space"),
         pytest.param(with_envelope(sourceNumber="+1555\u0665"), id="sender-unicode-digit"),
         pytest.param(with_envelope(sourceNumber="+" + "1" * 64), id="sender-long"),

@@ -370,7 +370,7 @@ class ApprovalManager:
 
     def _check_channel(self, approver: Approver) -> None:
         """Whether this person may approve anything at all."""
-        if approver.channel == "signal" and approver.name not in self.config.allowed_approvers:
+        if approver.channel == "signal" and not self.config.may_approve_on_signal(approver.name):
             raise ApprovalError(
                 403, "approver_not_allowed", "this number is not in [approval] allowed_approvers"
             )

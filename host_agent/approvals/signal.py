@@ -622,7 +622,8 @@ def _text(container: dict[str, Any], where: str) -> str | None:
 
 
 def _sender(envelope: dict[str, Any]) -> str:
-    sender = envelope.get("sourceNumber") or envelope.get("source")
+    """The number, or the UUID alone when the sender hides their number."""
+    sender = envelope.get("sourceNumber") or envelope.get("source") or envelope.get("sourceUuid")
     return _check_sender(sender, "envelope.sourceNumber")
 
 

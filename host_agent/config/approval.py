@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,15 @@ class ApprovalConfig:
     def is_admin(self, cn: str) -> bool:
         return self.admin_cn_pattern is not None and fnmatch.fnmatchcase(cn, self.admin_cn_pattern)
 
+    def may_approve_on_signal(self, sender: str) -> bool:
+        """An allowed number, or another identity (a UUID) of a person who has one."""
+        if sender in self.allowed_approvers:
+            return True
+        person = self.person_of(f"signal:{sender}")
+        if not person.startswith("person:"):
+            return False
+        return any(self.person_of(f"signal:{n}") == person for n in self.allowed_approvers)
+
     def person_of(self, identity: str) -> str:
         """`person:<name>` for an identity listed under [[approval.people]], else itself."""
         for person in self.people:
@@ -135,7 +145,7 @@ def read_approval(t: Table) -> ApprovalConfig:
 def _people(approval: Table) -> tuple[Person, ...]:
     # Each key of [[approval.people]], the channel it names identities on, and its check.
     channels = {
-        "signal": ("signal", check_phone),
+        "signal": ("signal", _check_signal_identity),
         "admin_cn": ("admin", non_empty),
         "login": ("pam", check_unix_name),
     }
@@ -160,6 +170,16 @@ def _people(approval: Table) -> tuple[Person, ...]:
         t.finish()
         people.append(Person(name, frozenset(identities)))
     return tuple(people)
+
+
+# Signal's account id (ACI), what signal-cli reports when a sender hides their number.
+SIGNAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _check_signal_identity(value: str) -> str | None:
+    if SIGNAL_UUID.fullmatch(value):
+        return None
+    return None if check_phone(value) is None else "must be an E.164 number or a Signal UUID"
 
 
 def _check_entropy(value: int) -> str | None:
