@@ -28,7 +28,7 @@ from host_agent.approvals.pg_store import (
     PostgresStore,
 )
 from host_agent.approvals.signal import IncomingReply
-from host_agent.approvals.store import StoreError
+from host_agent.approvals.store import SqliteStore, StoreError
 from host_agent.audit import AuditLog
 from host_agent.cli import main
 from host_agent.errors import ApprovalError
@@ -545,3 +545,47 @@ def test_three_agents_one_inbox_one_reply_one_run(
     assert snapshot not in pool.datasets("snapshot")
     kept = postgres.psql("SELECT count(*), count(applied_at) FROM inbox", database=database.name)
     assert kept.split() == ["1|1"]
+
+
+def test_db_import_moves_a_single_hosts_open_approvals_into_the_fleet(
+    postgres: Postgres, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database = fleet_database(postgres)
+    sqlite = tmp_path / "state" / "approvals.sqlite3"
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.open()
+    outbox = Outbox()
+    local = ApprovalManager(
+        approval_config(), SqliteStore(sqlite), audit, notify=outbox, clock=time.time
+    )
+
+    async def before() -> tuple[str, str, str]:
+        pending = await local.create(REQUESTER, destroy(), decision(), "why", "librarian")
+        granted = await local.create(
+            REQUESTER, destroy("tank/b@old"), decision(), "why", "librarian"
+        )
+        await local.drain()
+        await local.decide(outbox.token(), True, SIGNAL_ONE)
+        denied = await local.create(REQUESTER, destroy("tank/c@old"), decision(), "", "u")
+        await local.drain()
+        await local.decide(outbox.token(), False, SIGNAL_ONE)
+        return pending.id, granted.id, denied.id
+
+    pending, granted, denied = asyncio.run(before())
+    local.store.close()
+    audit.close()
+    secret = tmp_path / "password"
+    secret.write_text(database.password)
+    path = config_file(tmp_path, database.url, secret)
+    path.write_text(
+        path.read_text().replace("[approval]\n", f'[approval]\nstore_path = "{sqlite}"\n')
+    )
+    assert main(["db", "import", "--config", str(path)]) == 0
+    assert main(["db", "import", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"imported 2 open approval(s) from {sqlite}; 0 already there",
+        f"imported 0 open approval(s) from {sqlite}; 2 already there",
+    ]
+    rows = postgres.psql("SELECT id, status FROM approvals ORDER BY id", database=database.name)
+    assert sorted(rows.split()) == sorted([f"{pending}|pending", f"{granted}|approved"])
+    assert denied not in rows

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import socket
 from pathlib import Path
 
+from host_agent.approvals.model import Status
+from host_agent.approvals.store import SqliteStore, open_store
 from host_agent.cli.common import EXIT_OK, Commands
 from host_agent.config import load_config
 from host_agent.errors import ConfigError, HostAgentError
@@ -27,6 +31,17 @@ def register(commands: Commands) -> None:
     upgrade.add_argument("--config", required=True, type=Path)
     upgrade.add_argument("--owner", help="the database role that owns the schema")
     upgrade.set_defaults(handler=_upgrade)
+    move = actions.add_parser(
+        "import",
+        help="copy a single host's open approvals from its SQLite file into the fleet's database",
+        description="Reads [approval] store_path (or --from) and adds its pending and "
+        "approved approvals to store_url's database, as the agents' role; one already "
+        "there is left as it is. Run it once, with the agent stopped, after switching "
+        "the host to store_url. The fleet must share this host's token_secret.",
+    )
+    move.add_argument("--config", required=True, type=Path)
+    move.add_argument("--from", dest="source", type=Path, help="the SQLite file to read")
+    move.set_defaults(handler=_import)
 
 
 def _upgrade(options: argparse.Namespace) -> int:
@@ -55,4 +70,28 @@ def _upgrade(options: argparse.Namespace) -> int:
         raise DatabaseError(reason) from exc
     done = f"applied {', '.join(map(str, applied))}" if applied else "nothing to apply"
     print(f"approval schema at version {SCHEMA_VERSION} ({done}); role {agent_role} granted")
+    return EXIT_OK
+
+
+def _import(options: argparse.Namespace) -> int:
+    config = load_config(options.config)
+    if config.approval.store_url is None:
+        raise ConfigError(str(options.config), ["approval.store_url: is not set"])
+    source_path: Path = options.source or config.approval.store_path
+    if not source_path.is_file():
+        raise DatabaseError(f"no approval store at {source_path}")
+    source = SqliteStore(source_path)
+    target, _ = open_store(config.approval)
+    imported = present = 0
+    try:
+        for approval in source.listing((Status.PENDING, Status.APPROVED)):
+            if target.get(approval.id) is not None:
+                present += 1
+                continue
+            target.add(dataclasses.replace(approval, host=approval.host or socket.gethostname()))
+            imported += 1
+    finally:
+        source.close()
+        target.close()
+    print(f"imported {imported} open approval(s) from {source_path}; {present} already there")
     return EXIT_OK
