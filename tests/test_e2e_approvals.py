@@ -491,3 +491,58 @@ def test_a_wait_that_is_not_0_to_20_seconds_is_a_400(
         "invalid_argument",
         "wait",
     )
+
+
+def answering(sender: str, sent_ms: int, *, emoji: str | None = None, text: str = "") -> bytes:
+    """An approver's reaction (`emoji`) to, or quote-reply (`text`) of, the message
+    /v2/send stamped `sent_ms`."""
+    reply = envelope(sender, text or None, int(time.time() * 1000))
+    if emoji is not None:
+        reply["dataMessage"]["reaction"] = {
+            "emoji": emoji,
+            "targetAuthor": BRIDGE_NUMBER,
+            "targetSentTimestamp": sent_ms,
+            "isRemove": False,
+        }
+    else:
+        reply["dataMessage"]["quote"] = {"id": sent_ms, "author": BRIDGE_NUMBER, "text": ""}
+    return json.dumps(jsonrpc_receive(reply, BRIDGE_NUMBER)).encode()
+
+
+def test_a_thumbs_up_to_the_message_approves_and_a_quoted_deny_denies(
+    live: RunningAgent, pki: Pki, pool: Pool, bridge: SignalBridge, snapshot: str, config: Config
+) -> None:
+    """Approvers may answer the message itself: by its timestamp, with the same
+    allowlist, freshness and replay rules as a typed reply."""
+
+    def notified(approval_id: str) -> bool:
+        """The message went out and its timestamp is kept (then it is audited)."""
+        records = audit_records(config.audit.log_path)
+        return any(
+            r["event"] == "approval_notified" and r["approval_id"] == approval_id for r in records
+        )
+
+    first = request_approval(live, pki, snapshot)
+    wait_for(lambda: notified(first))
+    first_ms = int(bridge.recorded("/v2/send")[-1].reply["timestamp"])
+    stranger = answering("+15555550099", first_ms, emoji="\U0001f44d")
+    assert webhook(live, pki, stranger).json()["results"][0]["code"] == "approver_not_allowed"
+    approved = webhook(live, pki, answering(APPROVER, first_ms, emoji="\U0001f44d"))
+    assert approved.json()["results"][0]["outcome"] == "approved", approved.text
+    done = post(live, pki, "librarian-1", "/host/op", destroy(snapshot, approval_id=first))
+    assert done.status_code == 200, done.text
+
+    second_snapshot = f"{snapshot}-2"
+    run("zfs", "snapshot", second_snapshot)
+    try:
+        second = request_approval(live, pki, second_snapshot)
+        wait_for(lambda: notified(second))
+        second_ms = int(bridge.recorded("/v2/send")[-1].reply["timestamp"])
+        denied = webhook(live, pki, answering(APPROVER, second_ms, text="deny"))
+        assert denied.json()["results"][0]["outcome"] == "denied", denied.text
+        assert status(live, pki, second) == "denied"
+        assert second_snapshot in pool.datasets("snapshot")
+    finally:
+        run("zfs", "destroy", second_snapshot, check=False)
+    granted = [r for r in audit_records(config.audit.log_path) if r["event"] == "approval_granted"]
+    assert granted[0]["approver"] == f"signal:{APPROVER}"

@@ -734,3 +734,55 @@ def test_the_documented_openssl_command_gives_the_same_signature() -> None:
     ).stdout.split()[0]
 
     assert "sha256=" + digest.decode() == sign(SECRET, SIGNED)
+
+
+THUMBS_UP, THUMBS_DOWN = "\U0001f44d", "\U0001f44e"
+SENT = 1_700_000_000_999  # the approvers' message, as /v2/send stamped it
+
+
+def reacting(emoji: str, *, remove: bool = False, target: object = SENT) -> bytes:
+    reaction = envelope(ALICE, None, WHEN)
+    reaction["dataMessage"]["reaction"] = {
+        "emoji": emoji,
+        "targetAuthor": BRIDGE_NUMBER,
+        "targetSentTimestamp": target,
+        "isRemove": remove,
+    }
+    return body(jsonrpc_receive(reaction, BRIDGE_NUMBER))
+
+
+def quoting(text: str) -> bytes:
+    reply = envelope(ALICE, text, WHEN)
+    reply["dataMessage"]["quote"] = {"id": SENT, "author": BRIDGE_NUMBER, "text": "..."}
+    return body(jsonrpc_receive(reply, BRIDGE_NUMBER))
+
+
+@pytest.mark.parametrize(
+    ("sent", "verdict"),
+    [
+        pytest.param(reacting(THUMBS_UP), "APPROVE", id="thumbs-up"),
+        pytest.param(reacting(THUMBS_UP + "\ufe0f"), "APPROVE", id="thumbs-up-emoji-style"),
+        pytest.param(reacting(THUMBS_DOWN), "DENY", id="thumbs-down"),
+        pytest.param(reacting(THUMBS_UP, target=str(SENT)), "APPROVE", id="target-as-text"),
+        pytest.param(quoting("yes"), "APPROVE", id="quote-yes"),
+        pytest.param(quoting(" Approve "), "APPROVE", id="quote-approve"),
+        pytest.param(quoting("DENY"), "DENY", id="quote-deny"),
+        pytest.param(reacting(THUMBS_UP, remove=True), None, id="un-react"),
+        pytest.param(reacting("\u2764\ufe0f"), None, id="other-emoji"),
+        pytest.param(quoting("looks fine to me"), None, id="quote-remark"),
+    ],
+)
+def test_a_reaction_or_quote_reply_answers_the_message_it_names(
+    sent: bytes, verdict: str | None
+) -> None:
+    replies = parse_webhook(sent, account=BRIDGE_NUMBER)
+    if verdict is None:
+        assert replies == []
+    else:
+        assert replies == [IncomingReply(ALICE, verdict, WHEN, "jsonrpc", SENT)]
+
+
+@pytest.mark.parametrize("target", [None, "soon", -1, True])
+def test_a_reaction_naming_no_message_is_a_bad_body(target: object) -> None:
+    with pytest.raises(InvalidWebhookBody):
+        parse_webhook(reacting(THUMBS_UP, target=target), account=BRIDGE_NUMBER)

@@ -69,7 +69,15 @@ class SignalInbox:
     def keep(self, replies: Iterable[ParsedReply]) -> int:
         """Write what was received, before anything acts on it; the number that were new."""
         rows = [
-            (r.sender, r.timestamp_ms, r.approve, r.token_hash, time.time(), self.host)
+            (
+                r.sender,
+                r.timestamp_ms,
+                r.approve,
+                r.token_hash,
+                r.answers_ms,
+                time.time(),
+                self.host,
+            )
             for r in replies
         ]
         if not rows:
@@ -79,8 +87,9 @@ class SignalInbox:
             new = 0
             for row in rows:
                 new += db.execute(
-                    "INSERT INTO inbox (sender, timestamp_ms, approve, token_hash, received_at,"
-                    " received_by) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    "INSERT INTO inbox (sender, timestamp_ms, approve, token_hash, answers_ms,"
+                    " received_at, received_by) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                    " ON CONFLICT DO NOTHING",
                     row,
                 ).rowcount
             return new
@@ -97,7 +106,7 @@ class SignalInbox:
                 " IN (SELECT sender, timestamp_ms FROM inbox WHERE applied_at IS NULL AND"
                 " (claimed_at IS NULL OR claimed_at < %s) ORDER BY received_at LIMIT %s"
                 " FOR UPDATE SKIP LOCKED)"
-                " RETURNING sender, timestamp_ms, approve, token_hash",
+                " RETURNING sender, timestamp_ms, approve, token_hash, answers_ms",
                 (self.host, now, now - CLAIM_SECONDS, CLAIM_BATCH),
             ).fetchall()
 

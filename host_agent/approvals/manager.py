@@ -52,7 +52,9 @@ class ParsedReply:
     sender: str
     timestamp_ms: int
     approve: bool
-    token_hash: str
+    token_hash: str | None
+    # A quote-reply or reaction names the approvers' message instead of the token.
+    answers_ms: int | None = None
 
 
 class ApprovalManager:
@@ -203,6 +205,7 @@ class ApprovalManager:
         *,
         approval_id: str | None = None,
         token_hash: str | None = None,
+        message_ms: int | None = None,
         **context: Any,
     ) -> Approval:
         """An approver's APPROVE or DENY for the approval `reference` (its token) names.
@@ -215,11 +218,12 @@ class ApprovalManager:
             context["named_by"] = "approval_id"  # the audit says how the human named it
         try:
             self._check_channel(approver)
-            approval = (
-                await self._by_hash(token_hash)
-                if token_hash is not None
-                else await self._find(reference, approver)
-            )
+            if message_ms is not None:
+                approval = await self._by_message(message_ms)
+            elif token_hash is not None:
+                approval = await self._by_hash(token_hash)
+            else:
+                approval = await self._find(reference, approver)
             if approval_id is not None and approval.id != approval_id:
                 raise ApprovalError(
                     409,
@@ -303,7 +307,11 @@ class ApprovalManager:
 
     def parse_reply(self, reply: IncomingReply) -> ParsedReply | None:
         """The command in a message, its token already hashed (what a fleet's inbox keeps:
-        never the token itself); None for anything but APPROVE/DENY TOKEN."""
+        never the token itself); None for anything but APPROVE/DENY TOKEN, or a verdict
+        quoting or reacting to an approvers' message."""
+        if reply.answers_ms is not None:
+            approve = reply.text == "APPROVE"
+            return ParsedReply(reply.sender, reply.timestamp_ms, approve, None, reply.answers_ms)
         command = parse_command(reply.text)
         if command is None:
             return None
@@ -331,7 +339,13 @@ class ApprovalManager:
             await self.refuse(approver, exc.code, token_hash=reply.token_hash)
             return {**outcome, "outcome": "refused", "code": exc.code}
         try:
-            approval = await self.decide("", reply.approve, approver, token_hash=reply.token_hash)
+            approval = await self.decide(
+                "",
+                reply.approve,
+                approver,
+                token_hash=reply.token_hash,
+                message_ms=reply.answers_ms,
+            )
         except ApprovalError as exc:
             return {**outcome, "outcome": "refused", "code": exc.code}
         return {**outcome, "outcome": approval.status.value, "approval_id": approval.id}
@@ -353,6 +367,14 @@ class ApprovalManager:
         if token is None:
             raise _unknown_token()
         return await self._by_hash(tokens.hash_token(token, self.config.token_secret))
+
+    async def _by_message(self, message_ms: int) -> Approval:
+        """The one approval whose approvers' message has this timestamp (two would make
+        the answer ambiguous: refused as if none)."""
+        found = await asyncio.to_thread(self.store.by_message, message_ms)
+        if len(found) != 1:
+            raise ApprovalError(404, "unknown_message", "no approval's message has this timestamp")
+        return found[0]
 
     async def _by_hash(self, token_hash: str) -> Approval:
         approval = await asyncio.to_thread(self.store.by_token, token_hash)
@@ -477,11 +499,15 @@ class ApprovalManager:
     async def _notify(self, notify: Notify, approval: Approval, text: str) -> None:
         recipients = list(self.config.allowed_approvers)
         try:
-            await notify(text, recipients)
+            receipt = await notify(text, recipients)
         except Exception as exc:  # the approval stays valid: an admin can still use /approve
             log.error("approval %s: notifying approvers failed: %s", approval.id, exc)
             await self._audit("approval_notify_failed", approval, error=str(exc))
             return
+        sent_ms = getattr(receipt, "timestamp_ms", None)
+        if isinstance(sent_ms, int):
+            # What a quote-reply or a reaction to this message will name.
+            approval = await self._update(approval.id, lambda a: a.evolve(message_ms=sent_ms))
         await self._audit("approval_notified", approval, recipients=recipients)
 
     async def _update(self, approval_id: str, change: Change) -> Approval:

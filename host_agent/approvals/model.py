@@ -61,6 +61,9 @@ class Approval:
     metadata: tuple[tuple[str, str], ...] = ()
     # The host whose agent was asked (a fleet shares one store): where it runs.
     host: str = ""
+    # The approvers' message's timestamp (from /v2/send): what a quote-reply or a
+    # reaction names instead of the token.
+    message_ms: int | None = None
 
     def is_due(self, now: float) -> bool:
         """Past its expiry while still open (pending, or granted but unused)."""

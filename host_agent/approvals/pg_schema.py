@@ -65,6 +65,13 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX inbox_unapplied ON inbox (received_at) WHERE applied_at IS NULL;
     """,
+    # 3: quote-replies and reactions name the approvers' message by its timestamp.
+    """
+    ALTER TABLE approvals ADD COLUMN message_ms bigint;
+    CREATE INDEX approvals_message ON approvals (message_ms);
+    ALTER TABLE inbox ALTER COLUMN token_hash DROP NOT NULL;
+    ALTER TABLE inbox ADD COLUMN answers_ms bigint;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 _FIELDS = (
     "id, token_hash, requester_cn, requester_fingerprint, requester_unix_user, operation, "
     "kind, resource, args, digest, reason, admin_only, approvals_required, created_at, "
-    "expires_at, status, approvers, decided_by, decided_at, consumed_at, metadata, host"
+    "expires_at, status, approvers, decided_by, decided_at, consumed_at, metadata, host, "
+    "message_ms"
 )
 _SELECT = f"SELECT {_FIELDS} FROM approvals"  # noqa: S608 - our own column list
 _MARKS = ", ".join(["%s"] * len(_FIELDS.split(", ")))
@@ -82,6 +83,14 @@ class PostgresStore:
 
     def by_token(self, token_hash: str) -> Approval | None:
         return self._one(f"{_SELECT} WHERE token_hash = %s", token_hash)
+
+    def by_message(self, message_ms: int) -> list[Approval]:
+        rows = self._run(
+            lambda db: db.execute(
+                f"{_SELECT} WHERE message_ms = %s LIMIT 2", (message_ms,)
+            ).fetchall()
+        )
+        return [from_row(row) for row in rows]
 
     def update(self, approval_id: str, change: Change) -> Approval:
         def locked(db: psycopg.Connection[TupleRow]) -> Approval:

@@ -456,6 +456,9 @@ class IncomingReply:
     text: str
     timestamp_ms: int
     source: str  # "jsonrpc", "sync", "legacy" or "poll"
+    # A quote-reply or a reaction: the timestamp of the message it answers (the one
+    # /v2/send reported for an approval's message); `text` is then the verdict word.
+    answers_ms: int | None = None
 
 
 _LEGACY_FIELDS = frozenset({"token", "confirmation_code", "approver", "timestamp"})
@@ -570,13 +573,26 @@ def _from_envelope(
 ) -> IncomingReply | None:
     data = _object(envelope, "dataMessage", "dataMessage")
     if data is not None:
-        text = _text(data, "dataMessage.message")
-        if text is None:
-            return None
         sender = _sender(envelope)
         if sender == account:
             return None  # the bridge's own number is never an approver's reply
-        return IncomingReply(sender, text, _timestamp(envelope, "envelope.timestamp"), source)
+        when = _timestamp(envelope, "envelope.timestamp")
+        reaction = _object(data, "reaction", "dataMessage.reaction")
+        if reaction is not None:
+            return _reaction(reaction, sender, when, source)
+        text = _text(data, "dataMessage.message")
+        if text is None:
+            return None
+        quote = _object(data, "quote", "dataMessage.quote")
+        if quote is not None:
+            verdict = _QUOTED_VERDICTS.get(text.strip().upper())
+            if verdict is None:
+                return None  # a quote-reply that is no verdict: a remark, not an answer
+            answers = _timestamp_value(quote.get("id"))
+            if answers is None:
+                raise InvalidWebhookBody("dataMessage.quote.id must be a timestamp")
+            return IncomingReply(sender, verdict, when, source, answers)
+        return IncomingReply(sender, text, when, source)
     sync = _object(envelope, "syncMessage", "syncMessage")
     sent = _object(sync, "sentMessage", "syncMessage.sentMessage") if sync else None
     if sent is None:
@@ -592,6 +608,27 @@ def _from_envelope(
     if "timestamp" in sent:
         return IncomingReply(account, text, _timestamp(sent, "sentMessage.timestamp"), "sync")
     return IncomingReply(account, text, _timestamp(envelope, "envelope.timestamp"), "sync")
+
+
+# A reaction answers like a verdict; any other emoji, and taking a reaction back, not.
+_REACTIONS = {"\U0001f44d": "APPROVE", "\U0001f44e": "DENY"}
+# The words that answer an approval's message when quoting it, without its token.
+_QUOTED_VERDICTS = {"APPROVE": "APPROVE", "YES": "APPROVE", "CONFIRM": "APPROVE", "DENY": "DENY"}
+
+
+def _reaction(
+    reaction: dict[str, Any], sender: str, when: int, source: str
+) -> IncomingReply | None:
+    if reaction.get("isRemove") is True:
+        return None
+    emoji = reaction.get("emoji")
+    verdict = _REACTIONS.get(emoji.removesuffix("\ufe0f")) if isinstance(emoji, str) else None
+    if verdict is None:
+        return None
+    answers = _timestamp_value(reaction.get("targetSentTimestamp"))
+    if answers is None:
+        raise InvalidWebhookBody("dataMessage.reaction.targetSentTimestamp must be a timestamp")
+    return IncomingReply(sender, verdict, when, source, answers)
 
 
 def _to_self(sent: dict[str, Any], envelope: dict[str, Any], account: str) -> bool:

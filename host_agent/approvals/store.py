@@ -56,6 +56,10 @@ class ApprovalStore(Protocol):
 
     def by_token(self, token_hash: str) -> Approval | None: ...
 
+    def by_message(self, message_ms: int) -> list[Approval]:
+        """The approvals whose approvers' message Signal stamped `message_ms`."""
+        ...
+
     def update(self, approval_id: str, change: Change) -> Approval:
         """Apply `change` to the current record atomically; it may raise to refuse."""
         ...
@@ -122,7 +126,8 @@ CREATE TABLE IF NOT EXISTS approvals (
     decided_at REAL,
     consumed_at REAL,
     metadata TEXT NOT NULL DEFAULT '[]',
-    host TEXT NOT NULL DEFAULT ''
+    host TEXT NOT NULL DEFAULT '',
+    message_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, expires_at);
 CREATE TABLE IF NOT EXISTS replies (
@@ -135,7 +140,7 @@ CREATE TABLE IF NOT EXISTS replies (
 _COLUMNS = (
     "id, token_hash, requester_cn, requester_fingerprint, requester_unix_user, operation, kind, "
     "resource, args, digest, reason, admin_only, approvals_required, created_at, expires_at, "
-    "status, approvers, decided_by, decided_at, consumed_at, metadata, host"
+    "status, approvers, decided_by, decided_at, consumed_at, metadata, host, message_ms"
 )
 
 
@@ -166,6 +171,11 @@ class SqliteStore:
 
     def by_token(self, token_hash: str) -> Approval | None:
         return self._one(f"{_SELECT} WHERE token_hash = ?", (token_hash,))
+
+    def by_message(self, message_ms: int) -> list[Approval]:
+        with self._locked() as db:
+            rows = db.execute(f"{_SELECT} WHERE message_ms = ? LIMIT 2", (message_ms,)).fetchall()
+        return [from_row(row) for row in rows]
 
     def update(self, approval_id: str, change: Change) -> Approval:
         with self._transaction() as db:
@@ -291,6 +301,7 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
     for column, declaration in (
         ("metadata", "TEXT NOT NULL DEFAULT '[]'"),
         ("host", "TEXT NOT NULL DEFAULT ''"),
+        ("message_ms", "INTEGER"),
     ):
         if column not in present:
             db.execute(f"ALTER TABLE approvals ADD COLUMN {column} {declaration}")
@@ -321,6 +332,7 @@ def to_row(approval: Approval) -> tuple[object, ...]:
         approval.consumed_at,
         json.dumps([list(pair) for pair in approval.metadata]),
         approval.host,
+        approval.message_ms,
     )
 
 
