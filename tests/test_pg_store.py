@@ -9,9 +9,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import socket
+import subprocess
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 
@@ -36,7 +40,7 @@ from tests.approval_flow import destroy as destroy_request
 from tests.approval_flow import get, post, request_approval, status, token_sent, wait_for
 from tests.postgres import FleetDatabase, Postgres, fleet_database
 from tests.signal_bridge import BRIDGE_NUMBER, SignalBridge
-from tests.support import Pki, running_agent
+from tests.support import Pki, client_context, listening_port, running_agent, serve_process
 from tests.system import Pool, System, run
 from tests.test_approvals import REQUESTER, SIGNAL_ONE, Clock, Outbox, approval_config, decision
 from tests.test_approvals import operation as destroy
@@ -592,3 +596,75 @@ def test_db_import_moves_a_single_hosts_open_approvals_into_the_fleet(
     rows = postgres.psql("SELECT id, status FROM approvals ORDER BY id", database=database.name)
     assert sorted(rows.split()) == sorted([f"{pending}|pending", f"{granted}|approved"])
     assert denied not in rows
+
+
+def test_when_the_reading_agent_is_killed_another_reads_and_no_reply_is_lost(
+    postgres: Postgres,
+    system: System,
+    pool: Pool,
+    pki: Pki,
+    tmp_path: Path,
+    bridge: SignalBridge,
+    snapshot: str,
+) -> None:
+    """Two agent processes poll one bridge through one database. The one reading is
+    killed with SIGKILL; the reply the approver sends afterwards is read by the other,
+    within a few polls, and the approval is granted."""
+    database = fleet_database(postgres)
+    secret = tmp_path / "store-password"
+    secret.write_text(database.password)
+    approval = "\n".join(
+        (
+            f'signal_url = "{bridge.url}"',
+            f'signal_number = "{BRIDGE_NUMBER}"',
+            "poll_interval_seconds = 0.2",
+            f'store_url = "{database.url}"',
+            f'store_password_file = "{secret}"',
+        )
+    )
+    paths = []
+    for n in range(2):
+        system.agent_config(pki, tmp_path, name=f"agent{n}", approval=approval)
+        paths.append(tmp_path / f"agent{n}.toml")
+
+    def reader_pid() -> list[str]:
+        return postgres.psql(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted",
+            database=database.name,
+        ).split()
+
+    processes: list[subprocess.Popen[str]] = []
+    try:
+        first = serve_process(paths[0])
+        processes.append(first)
+        listening_port(first)
+        threading.Thread(target=first.communicate, daemon=True).start()
+        wait_for(lambda: len(reader_pid()) == 1, timeout=20)  # the first agent reads
+        second = serve_process(paths[1])
+        processes.append(second)
+        port = listening_port(second)
+        threading.Thread(target=second.communicate, daemon=True).start()
+        cert, key = pki.client("librarian-1")
+        context = client_context(pki.ca, cert, key)
+        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=context) as http:
+            asked = http.post("/host/op", json=destroy_request(snapshot, reason="cleanup"))
+            assert asked.status_code == 202, asked.text
+            approval_id = asked.json()["approval_id"]
+            token = token_sent(bridge)
+            held = reader_pid()
+            first.kill()  # SIGKILL: no goodbye to the database
+            first.wait(10)
+            bridge.queue_reply(APPROVER, f"APPROVE {token}")
+
+            def granted() -> bool:
+                reply = http.get(f"/approvals/{approval_id}")
+                return bool(reply.json()["status"] == "approved")
+
+            wait_for(granted, timeout=30)
+        assert reader_pid() not in ([], held)  # the second agent reads now
+        kept = postgres.psql("SELECT received_by, outcome FROM inbox", database=database.name)
+        assert kept.split() == [f"{socket.gethostname()}|approved"]
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait(10)
