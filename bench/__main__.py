@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import concurrency, denied, growth, latency, memory, profiling, report, verify
+from bench import concurrency, denied, fleet, growth, latency, memory, profiling, report, verify
 from bench.environment import prepared
 from bench.plan import FULL, QUICK
 from bench.results import Section
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         sections.append(growth.rules(bench, plan))
         _step("approvals")
         sections.append(growth.approvals(bench, plan))
+        _step("fleet")
+        sections.append(fleet.measure(bench, plan))
         _step("audit verify")
         sections.append(verify.measure(bench, agent.config.audit.log_path, plan))
     run = report.Run(plan, started, time.monotonic() - began, machine, options.agent_tree)

@@ -53,7 +53,7 @@ def rules(bench: Bench, plan: Plan) -> Section:
         for count in plan.rule_counts
     }
     loads = {key: _load_time(config.source) for key, config in configs.items()}
-    operation = _operation(next(iter(configs.values())), "list", bench.pool.name)
+    operation = bench_operation(next(iter(configs.values())), "list", bench.pool.name)
     batches: dict[tuple[str, int], list[float]] = {key: [] for key in configs}
     for order in rotations(list(configs), plan.decisions // BATCH):
         for key in order:
@@ -129,7 +129,7 @@ def _text(bench: Bench, workdir: Path, rules_text: str) -> str:
     )
 
 
-def _operation(config: Config, command: str, resource: str) -> Operation:
+def bench_operation(config: Config, command: str, resource: str) -> Operation:
     request = parse_host_op({"kind": "zfs", "resource": resource, "args": [command]})
     return build_registry(config).adapter_for("zfs").parse(request, "bench")
 
@@ -146,7 +146,7 @@ def _decide_batch(config: Config, operation: Operation) -> float:
 
 def approvals(bench: Bench, plan: Plan) -> Section:
     config = bench.config("approvals")
-    operation = _operation(config, "destroy", f"{bench.pool.name}/data@bench")
+    operation = bench_operation(config, "destroy", f"{bench.pool.name}/data@bench")
     sizes = (0, plan.approval_records)
     steps = ("create", "approve", "consume")
     timings: dict[tuple[int, str], list[float]] = {(s, step): [] for s in sizes for step in steps}
@@ -156,7 +156,7 @@ def approvals(bench: Bench, plan: Plan) -> Section:
         for order in rotations(list(sizes), rounds):
             for size in order:
                 for _ in range(plan.approval_cycles // rounds):
-                    took = loop.run(_cycle(managers[size], operation))
+                    took = loop.run(approval_cycle(managers[size], operation))
                     for step, seconds in zip(steps, took, strict=True):
                         timings[size, step].append(seconds)
         for manager in managers.values():
@@ -216,7 +216,9 @@ async def _manager(
     return manager
 
 
-async def _cycle(manager: ApprovalManager, operation: Operation) -> tuple[float, float, float]:
+async def approval_cycle(
+    manager: ApprovalManager, operation: Operation
+) -> tuple[float, float, float]:
     started = time.perf_counter()
     approval = await manager.create(_WHO, operation, _DECISION, "benchmark", "bench")
     created = time.perf_counter()

@@ -27,6 +27,9 @@ class Plan:
     approval_cycles: int  # create + approve + consume, per store size
     audit_lines: int
     audit_runs: int
+    # Simulated agents sharing the fleet's store, and how long they run.
+    fleet_agents: int = 100
+    fleet_seconds: float = 10.0
 
 
 FULL = Plan(
@@ -65,4 +68,5 @@ QUICK = Plan(
     approval_cycles=10,
     audit_lines=20_000,
     audit_runs=1,
+    fleet_seconds=2.0,
 )
