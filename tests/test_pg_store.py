@@ -13,6 +13,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -163,73 +164,76 @@ def test_an_unreachable_database_is_a_store_error_without_the_password(
     assert database.password not in str(failed.value)
 
 
+@contextlib.contextmanager
+def fleet_hosts(
+    database: FleetDatabase, tmp_path: Path, *hosts: str
+) -> Iterator[tuple[list[ApprovalManager], list[PostgresStore], Outbox]]:
+    """One manager per host, each over its own pool on the shared database, all telling
+    the same outbox (one Signal inbox) and writing one audit log."""
+    outbox = Outbox()
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.open()
+    stores = [PostgresStore(database.url, database.password) for _ in hosts]
+    managers = [
+        ApprovalManager(approval_config(), store, audit, notify=outbox, clock=Clock(), host=host)
+        for store, host in zip(stores, hosts, strict=True)
+    ]
+    try:
+        yield managers, stores, outbox
+    finally:
+        for store in stores:
+            store.close()
+        audit.close()
+
+
 def test_an_approval_is_consumed_once_across_three_hosts(
     postgres: Postgres, tmp_path: Path
 ) -> None:
     """Three agents share one database: an approval granted through one is consumed by
     exactly one of fifty resubmits spread over all three."""
     database = fleet_database(postgres)
-    outbox = Outbox()
-    stores = [PostgresStore(database.url, database.password) for _ in range(3)]
-    audits = [AuditLog(tmp_path / f"audit-{n}.jsonl") for n in range(3)]
-    managers = []
-    for n, (store, audit) in enumerate(zip(stores, audits, strict=True)):
-        audit.open()
-        managers.append(
-            ApprovalManager(
-                approval_config(), store, audit, notify=outbox, clock=Clock(), host=f"host-{n}"
+    with fleet_hosts(database, tmp_path, "host-0", "host-1", "host-2") as (managers, _, outbox):
+
+        async def scenario() -> list[object]:
+            first, second = managers[:2]
+            approval = await first.create(
+                REQUESTER, destroy(), decision(), "free space", "librarian"
             )
-        )
+            await first.drain()
+            await second.decide(outbox.token(), True, SIGNAL_ONE)  # another host hears it
+            attempts = [
+                managers[n % 3].consume(approval.id, REQUESTER, destroy()) for n in range(50)
+            ]
+            return await asyncio.gather(*attempts, return_exceptions=True)
 
-    async def scenario() -> list[object]:
-        first, second = managers[:2]
-        approval = await first.create(REQUESTER, destroy(), decision(), "free space", "librarian")
-        await first.drain()
-        await second.decide(outbox.token(), True, SIGNAL_ONE)  # another host hears the reply
-        attempts = [managers[n % 3].consume(approval.id, REQUESTER, destroy()) for n in range(50)]
-        return await asyncio.gather(*attempts, return_exceptions=True)
-
-    outcomes = asyncio.run(scenario())
+        outcomes = asyncio.run(scenario())
     wins = [o for o in outcomes if not isinstance(o, BaseException)]
     losses = [o for o in outcomes if isinstance(o, ApprovalError)]
     assert (len(wins), len(losses)) == (1, 49), outcomes
     assert {loss.code for loss in losses} == {"approval_consumed"}
     hosts = postgres.psql("SELECT host, status FROM approvals", database=database.name).split()
     assert hosts == ["host-0|consumed"]
-    for store, audit in zip(stores, audits, strict=True):
-        store.close()
-        audit.close()
 
 
 def test_a_deny_from_one_host_beats_an_approve_from_another(
     postgres: Postgres, tmp_path: Path
 ) -> None:
     database = fleet_database(postgres)
-    outbox = Outbox()
-    audit = AuditLog(tmp_path / "audit.jsonl")
-    audit.open()
-    stores = [PostgresStore(database.url, database.password) for _ in range(2)]
-    one, two = (
-        ApprovalManager(approval_config(), store, audit, notify=outbox, clock=Clock())
-        for store in stores
-    )
+    with fleet_hosts(database, tmp_path, "pve-1", "pve-2") as ((one, two), _, outbox):
 
-    async def scenario() -> None:
-        approval = await one.create(
-            REQUESTER, destroy(), decision(quorum=2), "free space", "librarian"
-        )
-        await one.drain()
-        token = outbox.token()
-        await one.decide(token, False, SIGNAL_ONE)
-        with pytest.raises(ApprovalError) as late:
-            await two.decide(token, True, Approver("signal", "+15555550002"))
-        assert late.value.code == "approval_denied"
-        assert (await two.visible(approval.id, "librarian-1")).status is Status.DENIED
+        async def scenario() -> None:
+            approval = await one.create(
+                REQUESTER, destroy(), decision(quorum=2), "free space", "librarian"
+            )
+            await one.drain()
+            token = outbox.token()
+            await one.decide(token, False, SIGNAL_ONE)
+            with pytest.raises(ApprovalError) as late:
+                await two.decide(token, True, Approver("signal", "+15555550002"))
+            assert late.value.code == "approval_denied"
+            assert (await two.visible(approval.id, "librarian-1")).status is Status.DENIED
 
-    asyncio.run(scenario())
-    for store in stores:
-        store.close()
-    audit.close()
+        asyncio.run(scenario())
 
 
 def test_an_agent_on_the_shared_store_runs_an_approval_end_to_end(
@@ -338,35 +342,26 @@ def test_every_host_lists_the_whole_fleets_approvals_each_naming_its_host(
     postgres: Postgres, tmp_path: Path
 ) -> None:
     database = fleet_database(postgres)
-    audit = AuditLog(tmp_path / "audit.jsonl")
-    audit.open()
-    stores = [PostgresStore(database.url, database.password) for _ in range(2)]
-    outbox = Outbox()
-    first, second = (
-        ApprovalManager(approval_config(), store, audit, notify=outbox, clock=Clock(), host=host)
-        for store, host in zip(stores, ("pve-1", "pve-2"), strict=True)
-    )
+    with fleet_hosts(database, tmp_path, "pve-1", "pve-2") as ((first, second), _, outbox):
 
-    async def scenario() -> None:
-        mine = await first.create(REQUESTER, destroy(), decision(), "free space", "librarian")
-        await first.drain()
-        theirs = await second.create(
-            REQUESTER, destroy("tank/b@old"), decision(), "free space", "librarian"
-        )
-        await second.drain()
-        assert "host-agent approval on pve-2" in outbox.sent[-1][0]
-        for manager in (first, second):
-            listed = await manager.open_approvals()
-            assert [(a.id, a.host) for a in listed] == [(mine.id, "pve-1"), (theirs.id, "pve-2")]
-            assert manager.view(listed[1], "admin-1")["host"] == "pve-2"
-        # An approver on the host of one agent decides the other's request.
-        decided = await first.decide(theirs.id, True, Approver("pam", "alice"))
-        assert (decided.status, decided.host) == (Status.APPROVED, "pve-2")
+        async def scenario() -> None:
+            mine = await first.create(REQUESTER, destroy(), decision(), "why", "librarian")
+            await first.drain()
+            theirs = await second.create(
+                REQUESTER, destroy("tank/b@old"), decision(), "why", "librarian"
+            )
+            await second.drain()
+            assert "host-agent approval on pve-2" in outbox.sent[-1][0]
+            for manager in (first, second):
+                listed = await manager.open_approvals()
+                hosts = [(a.id, a.host) for a in listed]
+                assert hosts == [(mine.id, "pve-1"), (theirs.id, "pve-2")]
+                assert manager.view(listed[1], "admin-1")["host"] == "pve-2"
+            # An approver on the host of one agent decides the other's request.
+            decided = await first.decide(theirs.id, True, Approver("pam", "alice"))
+            assert (decided.status, decided.host) == (Status.APPROVED, "pve-2")
 
-    asyncio.run(scenario())
-    for store in stores:
-        store.close()
-    audit.close()
+        asyncio.run(scenario())
 
 
 def test_a_decision_on_one_host_wakes_the_request_held_on_another(
@@ -377,35 +372,22 @@ def test_a_decision_on_one_host_wakes_the_request_held_on_another(
     FOLLOW_POLL_SECONDS (made longer than the test's bound here)."""
     monkeypatch.setattr(manager_module, "FOLLOW_POLL_SECONDS", 60.0)
     database = fleet_database(postgres)
-    audit = AuditLog(tmp_path / "audit.jsonl")
-    audit.open()
-    stores = [PostgresStore(database.url, database.password) for _ in range(2)]
-    outbox = Outbox()
-    here, there = (
-        ApprovalManager(approval_config(), store, audit, notify=outbox, clock=Clock(), host=host)
-        for store, host in zip(stores, ("pve-1", "pve-2"), strict=True)
-    )
+    with fleet_hosts(database, tmp_path, "pve-1", "pve-2") as ((here, there), stores, outbox):
 
-    async def scenario() -> float:
-        loop = asyncio.get_running_loop()
-        stores[0].listen(lambda approval_id: loop.call_soon_threadsafe(here.changed, approval_id))
-        approval = await here.create(REQUESTER, destroy(), decision(), "free space", "librarian")
-        await here.drain()
-        held = asyncio.create_task(here.follow(approval.id, "librarian-1", 30.0))
-        await asyncio.sleep(0.5)  # held, and the listener connected
-        started = loop.time()
-        await there.decide(outbox.token(), True, SIGNAL_ONE)
-        followed = await asyncio.wait_for(held, 30)
-        assert followed.status is Status.APPROVED
-        return loop.time() - started
+        async def scenario() -> float:
+            loop = asyncio.get_running_loop()
+            stores[0].listen(lambda approval: loop.call_soon_threadsafe(here.changed, approval))
+            approval = await here.create(REQUESTER, destroy(), decision(), "why", "librarian")
+            await here.drain()
+            held = asyncio.create_task(here.follow(approval.id, "librarian-1", 30.0))
+            await asyncio.sleep(0.5)  # held, and the listener connected
+            started = loop.time()
+            await there.decide(outbox.token(), True, SIGNAL_ONE)
+            followed = await asyncio.wait_for(held, 30)
+            assert followed.status is Status.APPROVED
+            return loop.time() - started
 
-    assert asyncio.run(scenario()) < 10
-    for store in stores:
-        store.close()
-    audit.close()
-
-
-# --- one Signal inbox for the fleet ------------------------------------------------------
+        assert asyncio.run(scenario()) < 10
 
 
 def test_an_agent_on_an_older_schema_is_told_to_upgrade_it(
