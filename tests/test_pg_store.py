@@ -489,6 +489,21 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def polling_fleet(database: FleetDatabase, bridge: SignalBridge, tmp_path: Path) -> str:
+    """[approval] keys of an agent of a fleet that polls the bridge, on `database`."""
+    secret = tmp_path / "store-password"
+    secret.write_text(database.password)
+    return "\n".join(
+        (
+            f'signal_url = "{bridge.url}"',
+            f'signal_number = "{BRIDGE_NUMBER}"',
+            "poll_interval_seconds = 0.2",
+            f'store_url = "{database.url}"',
+            f'store_password_file = "{secret}"',
+        )
+    )
+
+
 def test_three_agents_one_inbox_one_reply_one_run(
     postgres: Postgres,
     system: System,
@@ -502,17 +517,7 @@ def test_three_agents_one_inbox_one_reply_one_run(
     approval asked for on the first reaches the fleet through whichever agent reads,
     and of 50 resubmits spread over the three, one destroys the snapshot."""
     database = fleet_database(postgres)
-    secret = tmp_path / "store-password"
-    secret.write_text(database.password)
-    approval = "\n".join(
-        (
-            f'signal_url = "{bridge.url}"',
-            f'signal_number = "{BRIDGE_NUMBER}"',
-            "poll_interval_seconds = 0.2",
-            f'store_url = "{database.url}"',
-            f'store_password_file = "{secret}"',
-        )
-    )
+    approval = polling_fleet(database, bridge, tmp_path)
     configs = [
         system.agent_config(pki, tmp_path, name=f"agent{n}", approval=approval) for n in range(3)
     ]
@@ -593,17 +598,7 @@ def test_when_the_reading_agent_is_killed_another_reads_and_no_reply_is_lost(
     killed with SIGKILL; the reply the approver sends afterwards is read by the other,
     within a few polls, and the approval is granted."""
     database = fleet_database(postgres)
-    secret = tmp_path / "store-password"
-    secret.write_text(database.password)
-    approval = "\n".join(
-        (
-            f'signal_url = "{bridge.url}"',
-            f'signal_number = "{BRIDGE_NUMBER}"',
-            "poll_interval_seconds = 0.2",
-            f'store_url = "{database.url}"',
-            f'store_password_file = "{secret}"',
-        )
-    )
+    approval = polling_fleet(database, bridge, tmp_path)
     paths = []
     for n in range(2):
         system.agent_config(pki, tmp_path, name=f"agent{n}", approval=approval)
