@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from bench import concurrency, denied, fleet, growth, latency, memory, profiling, report, verify
-from bench.environment import prepared
+from bench.environment import CALLER_UNIX_USER, prepared
 from bench.plan import FULL, QUICK
 from bench.results import Section
 from bench.sshd import running_sshd
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     sections: list[Section] = []
     with prepared(options.agent_tree) as bench, bench.agent("agent") as agent:
         with Client(bench.client_config(agent)) as client:
-            found = workloads(client, bench.pool.name)
+            found = workloads(client, bench.pool.name, agent.config, CALLER_UNIX_USER)
             commands = {workload.key: workload.argv for workload in found}
             with running_sshd(bench.root / "ssh", bench.system.user, commands) as ssh:
                 _step("latency")

@@ -30,12 +30,14 @@ from tests.system import Pool, System, installed_system, zfs_pool
 CALLER = "librarian-1"
 # read_only in the standard test config: every snapshot it asks for is refused by policy.
 REFUSED = "reader-1"
+# The caller's unix_user, which the exec adapter runs commands as.
+CALLER_UNIX_USER = "bench"
 
-PROFILE = """
+PROFILE = f"""
 [[agents]]
 cn_pattern = "librarian*"
 agent_type = "bench"
-unix_user = "bench"
+unix_user = "{CALLER_UNIX_USER}"
 autonomy = "full"
 allowed_operations = ["zfs-list", "exec-run"]
 """

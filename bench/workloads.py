@@ -1,7 +1,8 @@
 """The operations measured, and each way of doing one: bare sudo, the agent, ssh.
 
-Every way runs the same sudo argv: the one the agent reports for the operation
-in a dry run. Each action raises `WorkloadFailed` when the operation did not
+Every way runs the same sudo argv: the one the agent builds for the operation
+(its adapter and runner, from the agent's config), after a dry run has shown the
+agent allows it. Each action raises `WorkloadFailed` when the operation did not
 succeed, so a broken set-up never passes for a fast one.
 """
 
@@ -11,13 +12,17 @@ import ssl
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench import wire
 from bench.environment import Account
 from bench.harness import Action, WorkloadFailed
+from host_agent.adapters import build_registry
 from host_agent.client import Client, ClientError, DryRun, OperationResult
-from host_agent.runner import CLEAN_ENV
+from host_agent.config import Config
+from host_agent.request import HostOpRequest
+from host_agent.runner import CLEAN_ENV, Runner
 
 
 @dataclass(frozen=True)
@@ -36,19 +41,34 @@ class Workload:
         return {"kind": self.kind, "resource": self.resource, "args": list(self.args)}
 
 
-def workloads(client: Client, pool: str) -> list[Workload]:
-    """`zfs list` of the pool and `exec` of /bin/true, with the argv a dry run reports."""
+def workloads(client: Client, pool: str, config: Config, unix_user: str) -> list[Workload]:
+    """`zfs list` of the pool and `exec` of /bin/true, with the sudo argv the agent runs.
+
+    A caller's dry run shows only the wrapper and its arguments (where sudo and the
+    wrappers live is for admins), so the full argv comes from the agent's own adapter
+    and runner; it must end with what the dry run showed."""
     wanted = [
         ("zfs-list", "zfs list", "zfs", pool, ("list",)),
         ("exec-true", "exec /bin/true", "exec", "/bin/true", ("run",)),
     ]
+    registry, runner = build_registry(config), Runner(config.runner)
     found = []
     for key, title, kind, resource, args in wanted:
         dry = client.run(kind, resource, args, dry_run=True)
         if not isinstance(dry, DryRun) or dry.decision.effect != "allow":
             raise RuntimeError(f"{title} is not allowed by the benchmark config: {dry}")
-        found.append(Workload(key, title, kind, resource, args, dry.argv))
+        request = HostOpRequest(kind, resource, args)
+        argv = runner.argv_for(registry.adapter_for(kind).parse(request, unix_user))
+        if not _ends_with(argv, dry.argv):
+            raise RuntimeError(f"{title}: the agent would run {dry.argv}, not {argv}")
+        found.append(Workload(key, title, kind, resource, args, argv))
     return found
+
+
+def _ends_with(argv: tuple[str, ...], shown: tuple[str, ...]) -> bool:
+    """`argv` runs the wrapper `shown` names, with the arguments it shows."""
+    start = len(argv) - len(shown)
+    return start >= 0 and Path(argv[start]).name == shown[0] and argv[start + 1 :] == shown[1:]
 
 
 def denied_request(pool: str) -> dict[str, Any]:

@@ -39,7 +39,8 @@ class Decision:
 
 @dataclass(frozen=True)
 class DryRun:
-    """The decision and the exact argv the agent would run; nothing ran."""
+    """The decision and what the agent would run (all of the argv for an admin; the
+    wrapper's name and its arguments for anyone else); nothing ran."""
 
     request_id: str
     operation: str
