@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import stat
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,9 @@ def decision(*, admin_only: bool = False, quorum: int = 1) -> Decision:
 
 @dataclass
 class Clock:
-    now: float = 1_800_000_000.0
+    # Real time when the test starts: the fleet's database decides a consume's expiry
+    # on its own clock, so the test's time must not drift from it.
+    now: float = field(default_factory=time.time)
 
     def __call__(self) -> float:
         return self.now
@@ -359,6 +362,33 @@ def test_deny_ends_it(world: World) -> None:
         assert (used.value.status, used.value.code) == (403, "approval_denied")
 
     asyncio.run(scenario())
+
+
+def test_a_deny_withdraws_a_grant_not_yet_used(world: World) -> None:
+    """A deny beats an approve: one approver's late DENY still stops the operation if it
+    has not run; once it has, the deny is too late and says so."""
+
+    async def scenario() -> None:
+        approval_id, token = await created(world)
+        await world.manager.decide(token, True, SIGNAL_ONE)
+        withdrawn = await world.manager.decide(token, False, SIGNAL_TWO)
+        assert (withdrawn.status, withdrawn.decided_by) == (Status.DENIED, str(SIGNAL_TWO))
+        with pytest.raises(ApprovalError) as used:
+            await world.manager.consume(approval_id, REQUESTER, operation())
+        assert (used.value.status, used.value.code) == (403, "approval_denied")
+        with pytest.raises(ApprovalError) as vote:
+            await world.manager.decide(token, True, SIGNAL_ONE)
+        assert vote.value.code == "approval_denied"
+
+        ran_id, ran_token = await created(world, operation("tank/b@old"))
+        await world.manager.decide(ran_token, True, SIGNAL_ONE)
+        await world.manager.consume(ran_id, REQUESTER, operation("tank/b@old"))
+        with pytest.raises(ApprovalError) as late:
+            await world.manager.decide(ran_token, False, SIGNAL_TWO)
+        assert (late.value.status, late.value.code) == (409, "approval_consumed")
+
+    asyncio.run(scenario())
+    assert world.events().count("approval_denied") == 1
 
 
 def test_expiry_ends_pending_and_unused_approvals(world: World) -> None:

@@ -236,6 +236,38 @@ def test_a_deny_from_one_host_beats_an_approve_from_another(
         asyncio.run(scenario())
 
 
+def test_the_database_clock_decides_whether_a_grant_has_expired(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    """A host whose clock runs an hour slow (or is set back by whoever controls it)
+    cannot use an approval the database's clock says has expired: the consume is one
+    conditional statement on the database's time, and the refusal says why."""
+    database = fleet_database(postgres)
+    store = PostgresStore(database.url, database.password)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.open()
+    outbox, slow = Outbox(), Clock(time.time() - 3600)
+    manager = ApprovalManager(approval_config(), store, audit, notify=outbox, clock=slow)
+    try:
+
+        async def scenario() -> None:
+            approval = await manager.create(
+                REQUESTER, destroy(), decision(), "free space", "librarian"
+            )
+            await manager.drain()
+            await manager.decide(outbox.token(), True, SIGNAL_ONE)  # in time, on its clock
+            with pytest.raises(ApprovalError) as late:
+                await manager.consume(approval.id, REQUESTER, destroy())
+            assert (late.value.status, late.value.code) == (410, "approval_expired")
+
+        asyncio.run(scenario())
+    finally:
+        store.close()
+        audit.close()
+    state = postgres.psql("SELECT status, consumed_at FROM approvals", database=database.name)
+    assert state.strip() == "approved|"
+
+
 def test_an_agent_on_the_shared_store_runs_an_approval_end_to_end(
     postgres: Postgres,
     system: System,

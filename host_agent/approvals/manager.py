@@ -21,7 +21,7 @@ from host_agent.approvals import tokens
 from host_agent.approvals.identity_plugin import IdentityPlugin
 from host_agent.approvals.model import APPROVAL_ID, Approval, Approver, Status, timestamp
 from host_agent.approvals.signal import IncomingReply, Notify, notifier, parse_command
-from host_agent.approvals.store import ApprovalStore, Change
+from host_agent.approvals.store import ApprovalStore, Change, Claim
 from host_agent.audit import AuditLog
 from host_agent.config import ApprovalConfig
 from host_agent.errors import ApprovalError
@@ -139,11 +139,10 @@ class ApprovalManager:
     ) -> Approval:
         """Use a granted approval for exactly the operation it was granted for, once, by the
         certificate that asked for it."""
-        now = self.clock()
         cn = who["cn"]
-        change = _consume(cn, who["fingerprint"], operation.digest(), now)
+        claim = Claim(cn, who["fingerprint"], operation.digest(), self.clock())
         try:
-            approval = await self._update(approval_id, change)
+            approval = await self._use(approval_id, claim)
         except ApprovalError as exc:
             await self._record(
                 {
@@ -157,6 +156,22 @@ class ApprovalManager:
             raise
         await self._audit("approval_consumed", approval)
         return approval
+
+    async def _use(self, approval_id: str, claim: Claim) -> Approval:
+        """The store's one conditional consume; when it refuses, the record says why.
+
+        A record that looks usable after a refusal changed in between (granted just
+        then: try once more) or expired on the store's clock, which decides."""
+        for _ in range(2):
+            used = await asyncio.to_thread(self.store.consume, approval_id, claim)
+            if used is not None:
+                self.changed(approval_id)
+                return used
+            current = await asyncio.to_thread(self.store.get, approval_id)
+            if current is None:
+                raise _not_found()
+            _check_usable(current, claim)
+        raise _expired()
 
     async def visible(self, approval_id: str, cn: str) -> Approval:
         """One approval, for its requester or an admin; to anyone else it does not exist."""
@@ -604,11 +619,12 @@ def _not_found() -> ApprovalError:
     return ApprovalError(404, "approval_not_found", "no such approval", field="approval_id")
 
 
-def _open(approval: Approval, now: float) -> None:
-    """Refuse a change to an approval that is no longer waiting for a human."""
+def _open(approval: Approval, now: float, *, also: Status | None = None) -> None:
+    """Refuse a change to an approval that is no longer waiting for a human (or in the
+    state `also`)."""
     if approval.is_due(now) or approval.status is Status.EXPIRED:
-        raise ApprovalError(410, "approval_expired", "the approval has expired")
-    if approval.status is not Status.PENDING:
+        raise _expired()
+    if approval.status not in (Status.PENDING, also):
         raise ApprovalError(
             409, f"approval_{approval.status.value}", f"the approval is {approval.status.value}"
         )
@@ -636,47 +652,52 @@ def _vote(approver: Approver, person_of: Callable[[str], str], now: float) -> Ch
 
 
 def _deny(approver: Approver, now: float) -> Change:
+    """A deny beats an approve: it ends a pending approval, and withdraws a granted one
+    that has not been used (the store's consume requires it still granted)."""
+
     def change(approval: Approval) -> Approval:
-        _open(approval, now)
+        _open(approval, now, also=Status.APPROVED)
         return approval.evolve(status=Status.DENIED, decided_by=str(approver), decided_at=now)
 
     return change
 
 
-def _consume(cn: str, fingerprint: str, digest: str, now: float) -> Change:
-    def change(approval: Approval) -> Approval:
-        if approval.requester_cn != cn:
-            raise _not_found()
-        # Another certificate with the same CN (a renewal, or a second holder) did not ask
-        # for it: what a human approved was this certificate's request.
-        if approval.requester_fingerprint != fingerprint:
-            raise ApprovalError(
-                403,
-                "approval_certificate_mismatch",
-                "the approval was requested with another certificate for this CN; "
-                "ask again with this one",
-                field="approval_id",
-            )
-        if approval.digest != digest:
-            raise ApprovalError(
-                403,
-                "approval_mismatch",
-                "the approval was granted for a different operation (kind, resource or args)",
-                field="approval_id",
-            )
-        if approval.is_due(now) or approval.status is Status.EXPIRED:
-            raise ApprovalError(410, "approval_expired", "the approval has expired")
-        if approval.status is not Status.APPROVED:
-            status = approval.status.value
-            raise ApprovalError(
-                403 if approval.status is Status.DENIED else 409,
-                f"approval_{status}",
-                f"the approval is {status}",
-                field="approval_id",
-            )
-        return approval.evolve(status=Status.CONSUMED, consumed_at=now)
+def _check_usable(approval: Approval, claim: Claim) -> None:
+    """Raise why `claim` may not use `approval`: it is someone else's (not found), another
+    certificate's or another operation's, expired, or not (or no longer) granted."""
+    if approval.requester_cn != claim.requester_cn:
+        raise _not_found()
+    # Another certificate with the same CN (a renewal, or a second holder) did not ask
+    # for it: what a human approved was this certificate's request.
+    if approval.requester_fingerprint != claim.fingerprint:
+        raise ApprovalError(
+            403,
+            "approval_certificate_mismatch",
+            "the approval was requested with another certificate for this CN; "
+            "ask again with this one",
+            field="approval_id",
+        )
+    if approval.digest != claim.digest:
+        raise ApprovalError(
+            403,
+            "approval_mismatch",
+            "the approval was granted for a different operation (kind, resource or args)",
+            field="approval_id",
+        )
+    if approval.is_due(claim.now) or approval.status is Status.EXPIRED:
+        raise _expired()
+    if approval.status is not Status.APPROVED:
+        status = approval.status.value
+        raise ApprovalError(
+            403 if approval.status is Status.DENIED else 409,
+            f"approval_{status}",
+            f"the approval is {status}",
+            field="approval_id",
+        )
 
-    return change
+
+def _expired() -> ApprovalError:
+    return ApprovalError(410, "approval_expired", "the approval has expired")
 
 
 class _AlreadyClosed(Exception):

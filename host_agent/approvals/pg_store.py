@@ -2,11 +2,13 @@
 
 The same narrow interface as SQLite (approvals/store.py). `update` runs its change
 under the row's lock (SELECT ... FOR UPDATE) in one transaction, so of two hosts
-consuming or deciding the same approval one waits for the other and then sees its
-result: an approval is consumed once across the fleet. Hosts decide expiry on the
-database's clock: `clock()` is this host's time corrected by the offset to the
-database's, measured when the store opens and again, once a minute at most, when
-the manager's sweep lists the open approvals (in a worker thread).
+deciding the same approval one waits for the other and then sees its result.
+`consume` is one conditional UPDATE ... RETURNING, with expiry on the database's
+clock (or the host's, if that says it expired first): of any number of hosts using
+one approval exactly one gets it, and no host's clock can stretch its life.
+Everywhere else hosts go by `clock()`: this host's time corrected by the offset to
+the database's, measured when the store opens and again, once a minute at most,
+when the manager's sweep lists the open approvals (in a worker thread).
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from host_agent.approvals.model import Approval, Status
 from host_agent.approvals.pg_schema import SCHEMA_VERSION, installed_version
-from host_agent.approvals.store import Availability, Change, StoreError, from_row, to_row
+from host_agent.approvals.store import (
+    Availability,
+    Change,
+    Claim,
+    StoreError,
+    from_row,
+    to_row,
+)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -39,6 +48,14 @@ _SELECT = f"SELECT {_FIELDS} FROM approvals"  # noqa: S608 - our own column list
 _MARKS = ", ".join(["%s"] * len(_FIELDS.split(", ")))
 _INSERT = f"INSERT INTO approvals ({_FIELDS}) VALUES ({_MARKS})"  # noqa: S608
 _UPDATE = f"UPDATE approvals SET ({_FIELDS}) = ({_MARKS}) WHERE id = %s"  # noqa: S608
+_CONSUME = (  # noqa: S608 - our own column list
+    "WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::double precision AS now)"
+    " UPDATE approvals SET status = 'consumed', consumed_at = clock.now FROM clock"
+    " WHERE id = %s AND status = 'approved' AND requester_cn = %s"
+    " AND requester_fingerprint = %s AND digest = %s"
+    " AND expires_at > greatest(clock.now, %s)"
+    " RETURNING "
+) + _FIELDS
 # How long a caller waits for a pooled connection before the store counts as down.
 CONNECT_TIMEOUT_SECONDS = 5.0
 CLOCK_REFRESH_SECONDS = 60.0
@@ -99,11 +116,23 @@ class PostgresStore:
                 raise KeyError(approval_id)
             updated = change(from_row(row))
             db.execute(_UPDATE, (*to_row(updated), approval_id))
-            # Delivered at commit, to every agent listening (see `listen`).
-            db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, approval_id))
+            _notify(db, approval_id)
             return updated
 
         return self._run(locked)
+
+    def consume(self, approval_id: str, claim: Claim) -> Approval | None:
+        def conditional(db: psycopg.Connection[TupleRow]) -> Approval | None:
+            row = db.execute(
+                _CONSUME,
+                (approval_id, claim.requester_cn, claim.fingerprint, claim.digest, claim.now),
+            ).fetchone()
+            if row is None:
+                return None
+            _notify(db, approval_id)
+            return from_row(row)
+
+        return self._run(conditional)
 
     def listing(
         self, statuses: Iterable[Status], requester_cn: str | None = None
@@ -238,6 +267,12 @@ class PostgresStore:
             raise StoreError(f"approval database: {_reason(exc)}") from exc
         except psycopg.Error as exc:
             raise StoreError(f"approval database refused: {_reason(exc)}") from exc
+
+
+def _notify(db: psycopg.Connection[TupleRow], approval_id: str) -> None:
+    """Tell every listening agent (see `listen`) that the approval changed: delivered
+    when the transaction commits, and not at all if it rolls back."""
+    db.execute("SELECT pg_notify(%s, %s)", (CHANNEL, approval_id))
 
 
 def _reason(error: Exception) -> str:

@@ -1,9 +1,12 @@
 """Where approvals live: a small interface, and SQLite behind it by default.
 
 The interface is deliberately narrow (add, read, one atomic read-modify-write,
-list, replay memory, purge) so a shared database can back it for a fleet:
-every state rule lives in the manager as a pure function handed to `update`,
-which a backend must run atomically against concurrent callers.
+one conditional consume, list, replay memory, purge) so a shared database can
+back it for a fleet: every state rule lives in the manager as a pure function
+handed to `update`, which a backend must run atomically against concurrent
+callers. Using a granted approval is the one rule a backend states itself, as a
+single conditional statement, so that it holds across hosts on the database's
+own clock.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,6 +51,18 @@ class Availability:
         self.failing = None
 
 
+@dataclass(frozen=True)
+class Claim:
+    """Who is using a granted approval and for what: the certificate that asked for it,
+    the operation's digest, and the caller's time (a backend with a clock of its own,
+    the fleet's database, goes by whichever of the two says it expired first)."""
+
+    requester_cn: str
+    fingerprint: str
+    digest: str
+    now: float
+
+
 class ApprovalStore(Protocol):
     availability: Availability
 
@@ -62,6 +78,12 @@ class ApprovalStore(Protocol):
 
     def update(self, approval_id: str, change: Change) -> Approval:
         """Apply `change` to the current record atomically; it may raise to refuse."""
+        ...
+
+    def consume(self, approval_id: str, claim: Claim) -> Approval | None:
+        """Mark the approval consumed in one conditional statement, if it is approved,
+        unexpired on the store's clock and was granted for `claim`; None if it is not
+        (the caller reads it to say why)."""
         ...
 
     def listing(
@@ -186,6 +208,12 @@ class SqliteStore:
             db.execute(_UPDATE, (*to_row(updated), approval_id))
             return updated
 
+    def consume(self, approval_id: str, claim: Claim) -> Approval | None:
+        who = (claim.requester_cn, claim.fingerprint, claim.digest)
+        with self._transaction() as db:
+            row = db.execute(_CONSUME, (claim.now, approval_id, *who, claim.now)).fetchone()
+        return None if row is None else from_row(row)
+
     def listing(
         self, statuses: Iterable[Status], requester_cn: str | None = None
     ) -> list[Approval]:
@@ -286,6 +314,11 @@ _LISTING = _SELECT + _WHERE_LISTED
 # Only our own column list and '?' marks are interpolated, never a value.
 _INSERT = f"INSERT INTO approvals ({_COLUMNS}) VALUES ({_MARKS})"  # noqa: S608
 _UPDATE = f"UPDATE approvals SET ({_COLUMNS}) = ({_MARKS}) WHERE id = ?"  # noqa: S608
+_CONSUME = (  # noqa: S608
+    "UPDATE approvals SET status = 'consumed', consumed_at = ? WHERE id = ?"
+    " AND status = 'approved' AND requester_cn = ? AND requester_fingerprint = ?"
+    " AND digest = ? AND expires_at > ? RETURNING "
+) + _COLUMNS
 
 
 def _create_private(path: Path) -> None:
