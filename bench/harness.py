@@ -79,7 +79,7 @@ class _Tally:
         started = time.perf_counter()
         try:
             action()
-        except WorkloadFailed as exc:
+        except (WorkloadFailed, OSError) as exc:  # OSError: the connection broke; counted too
             with self._lock:
                 self.errors += 1
                 self.first_error = self.first_error or str(exc)

@@ -8,6 +8,7 @@ same two cores, takes as little CPU from the agent as possible.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import ssl
 from dataclasses import dataclass
@@ -40,8 +41,9 @@ class Connection:
     """A kept-alive TLS connection to the agent, for one request after the other.
 
     When the agent ends the connection after a reply (`Connection: close`, as Hypercorn
-    does after `keep_alive_max_requests`), the next request opens a new one, as HTTP
-    clients do.
+    does after `keep_alive_max_requests`), or while it sat idle (past the agent's
+    `idle_timeout_seconds`, while other variants ran), the next request opens a new one,
+    as HTTP clients do.
     """
 
     def __init__(self, port: int, context: ssl.SSLContext) -> None:
@@ -70,6 +72,8 @@ class Connection:
             self._sock = None
 
     def exchange(self, request: bytes) -> Reply:
+        if self._sock is not None and _readable(self._sock):
+            self.close()  # an idle connection has nothing to read unless it was closed
         sock = self._sock or self._connect()
         sock.sendall(request)
         while _HEAD_END not in self._buffer:
@@ -88,6 +92,11 @@ class Connection:
         if not chunk:
             raise ConnectionError("the agent closed the connection mid-reply")
         self._buffer += chunk
+
+
+def _readable(sock: ssl.SSLSocket) -> bool:
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
 
 
 def once(port: int, context: ssl.SSLContext, request: bytes) -> Reply:
