@@ -1,10 +1,8 @@
-"""Tamper-evident JSONL audit log.
+"""The tamper-evident JSONL audit log's writer.
 
-Each record carries `seq`, `ts`, `prev` (the hash of the record before it) and
-`hash` (SHA-256 of its own canonical JSON without `hash`), so deleting,
-reordering or editing any line breaks the chain at that line. A record is
-flushed and fsync'd before `append` returns: callers run nothing until then,
-and a write that fails raises `AuditUnavailable` (fail closed).
+Records are chained (see chain.py). A record is flushed and fsync'd before
+`append` returns: callers run nothing until then, and a write that fails raises
+`AuditUnavailable` (fail closed).
 """
 
 from __future__ import annotations
@@ -12,36 +10,20 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import errno
-import gzip
-import hashlib
 import json
 import logging
 import os
-import stat
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import jsonlines
 
+from host_agent.audit.chain import CHAIN_FIELDS, GENESIS, canonical, record_hash
 from host_agent.errors import AuditUnavailable
 
 log = logging.getLogger(__name__)
-
-GENESIS = "0" * 64
-_CHAIN_FIELDS = ("seq", "ts", "prev", "hash")
-
-
-def canonical(record: dict[str, Any]) -> str:
-    """The one serialisation that is hashed and written: sorted keys, ASCII only."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def record_hash(record: dict[str, Any]) -> str:
-    body = {key: value for key, value in record.items() if key != "hash"}
-    return hashlib.sha256(canonical(body).encode("ascii")).hexdigest()
 
 
 class AuditLog:
@@ -150,7 +132,7 @@ class AuditLog:
             handle, writer = self._file, self._writer
             if handle is None or writer is None:  # for the type checker; open raises instead
                 raise AuditUnavailable("audit log is not open")
-            entry = {key: value for key, value in record.items() if key not in _CHAIN_FIELDS}
+            entry = {key: value for key, value in record.items() if key not in CHAIN_FIELDS}
             entry["seq"] = self._seq + 1
             entry["ts"] = self._now()
             entry["prev"] = self._prev
@@ -177,89 +159,6 @@ class AuditLog:
         now = self._clock() if self._clock is not None else None
         moment = dt.datetime.now(dt.UTC) if now is None else dt.datetime.fromtimestamp(now, dt.UTC)
         return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    ok: bool
-    records: int
-    first_seq: int | None
-    last_seq: int | None
-    head: str | None
-    error: str | None = None
-
-
-def verify(paths: Iterable[Path]) -> VerifyResult:
-    """Check the chain through `paths` in order (oldest first); stop at the first break."""
-    count, first_seq, prev, seq = 0, None, None, None
-    for path in paths:
-        try:
-            for lineno, record in _records(path):
-                where = f"{path}:{lineno}"
-                problem = _check(record, prev, seq)
-                if problem is not None:
-                    return VerifyResult(False, count, first_seq, seq, prev, f"{where}: {problem}")
-                count += 1
-                seq, prev = record["seq"], record["hash"]
-                first_seq = seq if first_seq is None else first_seq
-        except _Unreadable as exc:
-            return VerifyResult(False, count, first_seq, seq, prev, str(exc))
-    return VerifyResult(True, count, first_seq, seq, prev)
-
-
-def _check(record: Any, prev: str | None, seq: int | None) -> str | None:
-    if not isinstance(record, dict):
-        return "record is not a JSON object"
-    missing = [key for key in _CHAIN_FIELDS if key not in record]
-    if missing:
-        return f"missing {', '.join(missing)}"
-    if record_hash(record) != record["hash"]:
-        return "hash does not match the record's content (edited line)"
-    if seq is None:
-        # Start of what we were given: a full log must start at the genesis.
-        if record["seq"] == 1 and record["prev"] != GENESIS:
-            return "first record does not start from the genesis hash"
-        return None
-    if record["prev"] != prev:
-        return f"prev does not match the hash of seq {seq} (line removed, reordered or inserted)"
-    if record["seq"] != seq + 1:
-        return f"seq {record['seq']} follows seq {seq}"
-    return None
-
-
-class _Unreadable(Exception):
-    pass
-
-
-def _open_regular(path: Path) -> IO[bytes]:
-    """`path` opened for reading if it is a regular file itself, not a link or a FIFO.
-
-    Admins verify as root, and the log directory is the service account's: a link
-    there to /dev/zero or a FIFO would make root's verify read forever or hang.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    raw = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        raw.close()
-        raise _Unreadable(f"{path}: not a regular file")
-    return raw
-
-
-def _records(path: Path) -> Iterator[tuple[int, Any]]:
-    try:
-        with _open_regular(path) as raw:
-            handle = gzip.GzipFile(fileobj=raw, mode="rb") if path.suffix == ".gz" else raw
-            with handle, jsonlines.Reader(handle) as reader:
-                try:
-                    yield from enumerate(reader.iter(skip_empty=False), start=1)
-                except jsonlines.InvalidLineError as exc:
-                    raise _Unreadable(
-                        f"{path}:{exc.lineno}: not valid JSON (torn or edited line)"
-                    ) from exc
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _Unreadable(f"{path}: a symbolic link; name the log file itself") from exc
-        raise _Unreadable(f"{path}: cannot read: {exc.strerror or exc}") from exc
 
 
 def _drop_torn_tail(handle: IO[bytes], path: Path) -> None:
