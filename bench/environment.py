@@ -41,6 +41,10 @@ unix_user = "{CALLER_UNIX_USER}"
 autonomy = "full"
 allowed_operations = ["zfs-list", "exec-run"]
 """
+# Every benchmark client connects from 127.0.0.1: when the concurrency benchmark's
+# clients reconnect together (after the idle timeout, between variants), the
+# per-address handshake cap (8) would refuse some. Throughput is measured without it.
+SERVER = "max_handshakes_per_address = 64\n"
 # The rate limiter would refuse a benchmark's request rate; it is measured without it.
 EXTRA = """
 [rate_limit]
@@ -105,7 +109,9 @@ class Bench:
         """An agent config of its own (audit log, approval store) under `root/name`."""
         workdir = self.root / name
         workdir.mkdir(mode=0o755, exist_ok=True)
-        return self.system.agent_config(self.pki, workdir, name=name, profiles=PROFILE, extra=EXTRA)
+        return self.system.agent_config(
+            self.pki, workdir, name=name, profiles=PROFILE, extra=EXTRA, server=SERVER
+        )
 
     @contextmanager
     def agent(self, name: str) -> Iterator[Agent]:

@@ -25,8 +25,9 @@ from host_agent.approvals.model import Status
 from host_agent.approvals.signal import notifier, poll
 from host_agent.approvals.store import ApprovalStore, open_store
 from host_agent.audit import AuditLog
+from host_agent.audit.seal import SealError, SealKey
 from host_agent.config import Config, load_config
-from host_agent.errors import HostAgentError
+from host_agent.errors import AuditUnavailable, ConfigError, HostAgentError
 from host_agent.health import HostHealth
 from host_agent.metrics import Metrics
 from host_agent.notify import notify
@@ -52,7 +53,11 @@ class ListenError(HostAgentError):
 def build_pipeline(config: Config, metrics: Metrics | None = None) -> Pipeline:
     """Every component the request path needs, built from one config (fails fast)."""
     metrics = metrics or Metrics()
-    audit = AuditLog(config.audit.log_path, on_failure=metrics.audit_write_failures.inc)
+    audit = AuditLog(
+        config.audit.log_path,
+        on_failure=metrics.audit_write_failures.inc,
+        seal=_seal_key(config),
+    )
     audit.open()
     refusals = RefusalAudit(audit, config.rate_limit, metrics)
     runner = Runner(config.runner)
@@ -73,6 +78,27 @@ def build_pipeline(config: Config, metrics: Metrics | None = None) -> Pipeline:
         metrics.count_open_approvals(functools.partial(_count, store))
     registry = build_registry(config)
     return Pipeline(config, registry, audit, runner, approvals, metrics, refusals)
+
+
+def _seal_key(config: Config) -> SealKey | None:
+    """The audit seal key when sealing is configured; refusing to start without it."""
+    path = config.audit.seal_key_file
+    if path is None:
+        return None
+    try:
+        return SealKey.load(path)
+    except SealError as exc:
+        raise ConfigError(str(path), [f"audit.seal_key_file: {exc}"]) from exc
+
+
+async def _seal_audit(audit: AuditLog, every: float) -> None:
+    """Seal each epoch when it ends, traffic or not: its key must not outlive it."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await asyncio.to_thread(audit.seal_due)
+        except AuditUnavailable as exc:
+            log.error("audit seal: %s", exc)
 
 
 async def _flush(refusals: RefusalAudit) -> None:
@@ -208,6 +234,9 @@ async def run_server(
             ready()
 
     background = [asyncio.create_task(_warn_periodically(health))]
+    if config.audit.seal_key_file is not None:
+        every = min(5.0, config.audit.seal_epoch_seconds / 4)
+        background.append(asyncio.create_task(_seal_audit(pipeline.audit, every)))
     local: LocalApprovals | None = None
     if pipeline.approvals is not None:
         every = min(30.0, config.approval.ttl_seconds / 4)

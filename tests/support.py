@@ -103,12 +103,14 @@ def config_text(
     approval_ttl: int = 300,
     targets: str = OPEN_TARGETS,
     zfs_destroy: str | None = None,
+    server: str = "",
+    audit: str = "",
 ) -> str:
     """A complete config in the predecessor's shape plus the [runner] section.
 
     `profiles` ([[agents]] tables) come before the standard ones, so they win
-    the first-match for their CNs; `extra` (tables) goes at the end; `approval`
-    adds keys to the [approval] table.
+    the first-match for their CNs; `extra` (tables) goes at the end; `approval`,
+    `server` and `audit` add keys to their tables.
     """
     if service_user is None:
         # As root the runner must drop to an unprivileged account; otherwise it is us.
@@ -123,7 +125,7 @@ cert = "{pki.directory / certs.SERVER_CERT}"
 key = "{pki.directory / certs.SERVER_KEY}"
 client_ca = "{pki.ca}"
 crl_file = "{pki.directory / certs.CRL}"
-
+{server}
 [runner]
 service_user = "{service_user}"
 wrapper_dir = "{wrapper_dir or workdir / "wrappers"}"
@@ -131,6 +133,7 @@ timeout_seconds = 30
 
 [audit]
 log_path = "{audit_log or workdir / "audit.jsonl"}"
+{audit}
 
 [approval]
 enabled = {"true" if approvals else "false"}

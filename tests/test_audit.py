@@ -157,7 +157,8 @@ def _rotate(path: Path) -> Path:
 
 
 def _rotated_log(tmp_path: Path) -> tuple[Path, Path]:
-    """Three records rotated to audit.jsonl.1, then two more in a new audit.jsonl."""
+    """Three records rotated to audit.jsonl.1, then a new audit.jsonl: its audit_file
+    record and two more."""
     path = tmp_path / "audit.jsonl"
     write_records(path, 3)
     rotated = _rotate(path)
@@ -171,13 +172,19 @@ def test_chain_continues_across_rotation(tmp_path: Path) -> None:
     rotated = _rotate(path)
     after = write_records(path, 2, start=3)
 
-    assert after[0]["seq"] == 4
-    assert after[0]["prev"] == before[-1]["hash"]
+    # The new file begins by saying so, chained to the old file's last record.
+    marker = json.loads(lines_of(path)[0])
+    assert (marker["event"], marker["seq"], marker["prev"]) == (
+        "audit_file",
+        4,
+        before[-1]["hash"],
+    )
+    assert (after[0]["seq"], after[0]["prev"]) == (5, marker["hash"])
     assert len(lines_of(rotated)) == 3
-    assert len(lines_of(path)) == 2
+    assert len(lines_of(path)) == 3
     result = verify([rotated, path])
     assert result.ok, result.error
-    assert (result.records, result.first_seq, result.last_seq) == (5, 1, 5)
+    assert (result.records, result.first_seq, result.last_seq) == (6, 1, 6)
     assert result.head == after[-1]["hash"]
 
 
@@ -204,7 +211,7 @@ def test_cli_verifies_rotated_files_oldest_first(
 
     code, out = run_verify(capsys, rotated, path)
     assert code == 0
-    assert out.startswith("OK: 5 records (seq 1..5)")
+    assert out.startswith("OK: 6 records (seq 1..6)")
 
 
 def _gzip(path: Path) -> Path:
@@ -221,10 +228,10 @@ def test_gzip_rotated_file_verifies(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     result = verify([compressed, path])
     assert result.ok, result.error
-    assert result.records == 5
+    assert result.records == 6
     code, out = run_verify(capsys, compressed, path)
     assert code == 0
-    assert out.startswith("OK: 5 records")
+    assert out.startswith("OK: 6 records")
 
 
 def test_gzip_rotated_file_with_an_edited_line_fails(tmp_path: Path) -> None:
@@ -524,7 +531,7 @@ def test_a_renamed_log_is_followed_without_a_signal(tmp_path: Path) -> None:
     log.close()
     rotated = tmp_path / "audit.jsonl.1"
     assert _seqs(rotated) == [1, 2, 3]
-    assert _seqs(path) == [4, 5]
+    assert _seqs(path) == [4, 5, 6]  # 4: the new file's audit_file record
     assert verify([rotated, path]).ok
 
 
@@ -538,8 +545,10 @@ def test_reopen_starts_the_new_file_where_the_old_one_ended(tmp_path: Path) -> N
     log.reopen()
     last = log.append({"event": "two"})
     log.close()
-    assert last["seq"] == 2
-    assert last["prev"] == json.loads((tmp_path / "audit.jsonl.1").read_text())["hash"]
+    marker = json.loads(path.read_text().splitlines()[0])
+    assert (marker["event"], marker["seq"]) == ("audit_file", 2)
+    assert marker["prev"] == json.loads((tmp_path / "audit.jsonl.1").read_text())["hash"]
+    assert (last["seq"], last["prev"]) == (3, marker["hash"])
     assert verify([tmp_path / "audit.jsonl.1", path]).ok
 
 
@@ -559,7 +568,7 @@ def test_after_two_rotations_the_chain_continues_from_memory_not_from_dot_one(
     log.append({"event": "three"})
     log.close()
     files = [tmp_path / "audit.jsonl.2", tmp_path / "audit.jsonl.1", path]
-    assert _seqs(*files) == [1, 2, 3]
+    assert [_seqs(file) for file in files] == [[1], [2, 3], [4, 5]]  # 2, 4: audit_file
     assert verify(files).ok
 
 

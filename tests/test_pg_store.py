@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import socket
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +43,15 @@ from tests.approval_flow import destroy as destroy_request
 from tests.approval_flow import get, post, request_approval, status, token_sent, wait_for
 from tests.postgres import FleetDatabase, Postgres, fleet_database
 from tests.signal_bridge import BRIDGE_NUMBER, SignalBridge
-from tests.support import Pki, client_context, listening_port, running_agent, serve_process
+from tests.support import (
+    Pki,
+    RunningAgent,
+    client,
+    client_context,
+    listening_port,
+    running_agent,
+    serve_process,
+)
 from tests.system import Pool, System, run
 from tests.test_approvals import REQUESTER, SIGNAL_ONE, Clock, Outbox, approval_config, decision
 from tests.test_approvals import operation as destroy
@@ -677,3 +687,125 @@ def test_when_the_reading_agent_is_killed_another_reads_and_no_reply_is_lost(
         for process in processes:
             process.kill()
             process.wait(10)
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """One request of the load: what it asked for, while the database was in which
+    state from its start to its end, and what came back."""
+
+    agent: int  # its port
+    kind: str
+    during: tuple[str, str]
+    status: int
+    code: str | None
+    approval_id: str | None
+
+
+def test_three_agents_ride_out_a_database_restart_under_load(
+    postgres: Postgres,
+    system: System,
+    pool: Pool,
+    pki: Pki,
+    tmp_path: Path,
+    bridge: SignalBridge,
+    snapshot: str,
+) -> None:
+    """Six clients keep three agents of one fleet busy (a list, which policy allows, and
+    a destroy, which needs a human) while the database stops and starts again. While it
+    is down every destroy gets 503 `approval_store_unavailable` and nothing runs, every
+    list still runs, and /health says degraded; afterwards each agent creates approvals
+    again without a restart of its own, the approvals made before the stop are still
+    pending, and the fleet's one Signal reader is back: a reply grants a new approval."""
+    database = fleet_database(postgres)
+    approval = polling_fleet(database, bridge, tmp_path)
+    configs = [
+        system.agent_config(pki, tmp_path, name=f"agent{n}", approval=approval, extra=NO_RATE_LIMIT)
+        for n in range(3)
+    ]
+    state = ["up"]
+    answers: list[Answer] = []
+    stop = threading.Event()
+
+    def load(agent: RunningAgent) -> None:
+        with client(agent, pki, "librarian-1") as http:
+            while not stop.is_set():
+                for kind, body in (("list", LIST), ("destroy", destroy_request(snapshot))):
+                    before = state[0]
+                    reply = http.post("/host/op", json=body)
+                    document = reply.json()
+                    answers.append(
+                        Answer(
+                            agent.port,
+                            kind,
+                            (before, state[0]),
+                            reply.status_code,
+                            document.get("error", {}).get("code"),
+                            document.get("approval_id"),
+                        )
+                    )
+
+    with contextlib.ExitStack() as running:
+        agents = [running.enter_context(running_agent(config)) for config in configs]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=6) as threads:
+            loads = [threads.submit(load, agents[n % 3]) for n in range(6)]
+            try:
+                time.sleep(1.0)
+                postgres.stop()
+                state[0] = "down"
+                time.sleep(1.0)
+                for agent in agents:
+                    health = get(agent, pki, "admin-1", "/health").json()
+                    assert health["approval_store"]["state"] == "unavailable", health
+                time.sleep(1.0)
+                state[0] = "starting"
+                postgres.start()
+                state[0] = "back"
+                deadline = time.monotonic() + 2 * RECONNECT_SECONDS + CONNECT_TIMEOUT_SECONDS
+
+                def all_creating() -> bool:
+                    back = {a.agent for a in answers if a.status == 202 and a.during[0] == "back"}
+                    return back == {agent.port for agent in agents}
+
+                wait_for(all_creating, timeout=deadline - time.monotonic())
+                time.sleep(1.0)
+            finally:
+                stop.set()
+                for future in loads:
+                    future.result()
+        recovered = {
+            agent.port: post(agent, pki, "librarian-1", "/host/op", destroy_request(snapshot))
+            for agent in agents
+        }
+        assert {reply.status_code for reply in recovered.values()} == {202}, recovered
+        second = f"{snapshot}-fleet"
+        run("zfs", "snapshot", second)
+        try:
+            asked = post(agents[1], pki, "librarian-1", "/host/op", destroy_request(second))
+            assert asked.status_code == 202, asked.text
+            bridge.queue_reply(APPROVER, f"APPROVE {token_sent(bridge, resource=second)}")
+            new_id = asked.json()["approval_id"]
+            wait_for(lambda: status(agents[2], pki, new_id) == "approved", timeout=30)
+        finally:
+            run("zfs", "destroy", second, check=False)
+        for agent in agents:
+            assert get(agent, pki, "admin-1", "/health").json()["approval_store"] == {"state": "ok"}
+
+    destroys = [a for a in answers if a.kind == "destroy"]
+    lists = [a for a in answers if a.kind == "list"]
+    assert {a.status for a in lists} == {200}, Counter((a.status, a.code) for a in lists)
+    assert {(a.status, a.code) for a in destroys} <= {
+        (202, None),
+        (503, "approval_store_unavailable"),
+    }, Counter((a.status, a.code) for a in destroys)
+    down = [a for a in destroys if a.during == ("down", "down")]
+    assert down and {a.status for a in down} == {503}
+    assert any(a.during == ("up", "up") and a.status == 202 for a in destroys)
+    before_stop = {a.approval_id for a in destroys if a.during == ("up", "up")} - {None}
+    listed = postgres.psql("SELECT id, status FROM approvals", database=database.name)
+    statuses = dict(line.split("|") for line in listed.split())
+    assert {statuses[approval_id] for approval_id in before_stop} == {"pending"}
+    assert snapshot in pool.datasets("snapshot")
+
+
+NO_RATE_LIMIT = "[rate_limit]\nenabled = false\n"

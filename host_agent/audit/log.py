@@ -2,25 +2,35 @@
 
 Records are chained (see chain.py). A record is flushed and fsync'd before
 `append` returns: callers run nothing until then, and a write that fails raises
-`AuditUnavailable` (fail closed).
+`AuditUnavailable` (fail closed). Every file but the first begins with an
+`audit_file` record, so lines cut from the start of a file show. With a seal key
+(seal.py), an epoch that has ended is sealed before anything else is written.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import errno
 import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import jsonlines
 
-from host_agent.audit.chain import CHAIN_FIELDS, GENESIS, canonical, record_hash
+from host_agent.audit.chain import (
+    CHAIN_FIELDS,
+    FILE_EVENT,
+    GENESIS,
+    canonical,
+    record_hash,
+    stamp,
+)
+from host_agent.audit.seal import SEAL_EVENT, SealError, SealKey
 from host_agent.errors import AuditUnavailable
 
 log = logging.getLogger(__name__)
@@ -35,9 +45,14 @@ class AuditLog:
         *,
         clock: Callable[[], float] | None = None,
         on_failure: Callable[[], None] | None = None,
+        seal: SealKey | None = None,
     ) -> None:
         self.path = path
-        self._clock = clock
+        self._clock = clock or time.time
+        self._seal = seal
+        # The epoch of the last seal in the log, so a seal written just before a crash
+        # (or a failed key update) is not written twice.
+        self._sealed_epoch: int | None = None
         self._on_failure = on_failure
         self._lock = threading.Lock()
         self._file: IO[bytes] | None = None
@@ -77,8 +92,18 @@ class AuditLog:
             )
         elif last is not None:
             self._seq, self._prev = int(last["seq"]), str(last["hash"])
+            if last.get("event") == SEAL_EVENT:
+                self._sealed_epoch = int(last["epoch"])
         self._file = handle
         self._writer = jsonlines.Writer(handle, dumps=canonical, flush=True)
+        if self._seq and os.fstat(handle.fileno()).st_size == 0:
+            # A new file continuing the chain says so first: a file that does not
+            # begin this way (or at seq 1) was cut.
+            try:
+                self._write_locked({"event": FILE_EVENT}, self._clock())
+            except AuditUnavailable:
+                self._close_locked()
+                raise
 
     def close(self) -> None:
         with self._lock:
@@ -129,36 +154,74 @@ class AuditLog:
                 self._close_locked()
             if self._file is None or self._writer is None:
                 self._open_locked()
-            handle, writer = self._file, self._writer
-            if handle is None or writer is None:  # for the type checker; open raises instead
-                raise AuditUnavailable("audit log is not open")
-            entry = {key: value for key, value in record.items() if key not in CHAIN_FIELDS}
-            entry["seq"] = self._seq + 1
-            entry["ts"] = self._now()
-            entry["prev"] = self._prev
-            entry["hash"] = record_hash(entry)
-            size = os.fstat(handle.fileno()).st_size
-            try:
-                written = writer.write(entry)
-                if os.fstat(handle.fileno()).st_size != size + written:
-                    raise OSError(errno.EIO, "short write")
-                os.fsync(handle.fileno())
-            except OSError as exc:
-                _truncate_quietly(handle, size)
-                raise AuditUnavailable(
-                    f"cannot write audit log {self.path}: {exc.strerror}"
-                ) from exc
-            self._seq, self._prev = entry["seq"], entry["hash"]
-            return entry
+            now = self._clock()
+            self._seal_due_locked(now)
+            return self._write_locked(record, now)
+
+    def seal_due(self) -> None:
+        """Seal an epoch that has ended even when nothing else is written: its key must
+        not outlive it (the agent calls this every few seconds)."""
+        if self._seal is None:
+            return
+        with self._lock:
+            if self._file is None:
+                self._open_locked()
+            self._seal_due_locked(self._clock())
+
+    def _seal_due_locked(self, now: float) -> None:
+        key = self._seal
+        if key is None or key.epochs.at(now) <= key.epoch:
+            return
+        current = key.epochs.at(now)
+        if self._sealed_epoch != key.epoch:
+            seal = {
+                "event": SEAL_EVENT,
+                "seal_id": key.ident,
+                "epoch": key.epoch,
+                # Epochs the agent was down for, with nothing to seal: the next seal is
+                # for the epoch after `through`.
+                "through": current - 1,
+                "epoch_start": key.epochs.start,
+                "epoch_seconds": key.epochs.interval,
+            }
+            self._write_locked(seal, now, sign=key.mac)
+            self._sealed_epoch = key.epoch
+        try:
+            key.advance(current)
+        except (OSError, SealError) as exc:
+            raise AuditUnavailable(f"cannot move the audit seal key on: {exc}") from exc
+
+    def _write_locked(
+        self,
+        record: dict[str, Any],
+        now: float,
+        sign: Callable[[dict[str, Any]], str] | None = None,
+    ) -> dict[str, Any]:
+        handle, writer = self._file, self._writer
+        if handle is None or writer is None:  # for the type checker; open raises instead
+            raise AuditUnavailable("audit log is not open")
+        entry = {key: value for key, value in record.items() if key not in CHAIN_FIELDS}
+        entry["seq"] = self._seq + 1
+        entry["ts"] = stamp(now)
+        entry["prev"] = self._prev
+        if sign is not None:
+            entry["mac"] = sign(entry)
+        entry["hash"] = record_hash(entry)
+        size = os.fstat(handle.fileno()).st_size
+        try:
+            written = writer.write(entry)
+            if os.fstat(handle.fileno()).st_size != size + written:
+                raise OSError(errno.EIO, "short write")
+            os.fsync(handle.fileno())
+        except OSError as exc:
+            _truncate_quietly(handle, size)
+            raise AuditUnavailable(f"cannot write audit log {self.path}: {exc.strerror}") from exc
+        self._seq, self._prev = entry["seq"], entry["hash"]
+        return entry
 
     async def write(self, record: dict[str, Any]) -> dict[str, Any]:
         """`append` off the event loop: fsync must not stall other connections."""
         return await asyncio.to_thread(self.append, record)
-
-    def _now(self) -> str:
-        now = self._clock() if self._clock is not None else None
-        moment = dt.datetime.now(dt.UTC) if now is None else dt.datetime.fromtimestamp(now, dt.UTC)
-        return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _drop_torn_tail(handle: IO[bytes], path: Path) -> None:

@@ -1,19 +1,24 @@
-"""`audit verify`: check the chain through a log's files, rotated and compressed."""
+"""`audit verify`: check the chain through a log's files, rotated and compressed, and
+with the operator's verification key, the seals (seal_check.py)."""
 
 from __future__ import annotations
 
 import errno
 import gzip
+import hashlib
+import json
 import os
 import stat
+import time
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import jsonlines
-
-from host_agent.audit.chain import CHAIN_FIELDS, GENESIS, record_hash
+from host_agent.audit.chain import CHAIN_FIELDS, FILE_EVENT, GENESIS, record_hash
+from host_agent.audit.seal import VerificationKey
+from host_agent.audit.seal_check import SealCheck
 
 
 @dataclass(frozen=True)
@@ -24,33 +29,78 @@ class VerifyResult:
     last_seq: int | None
     head: str | None
     error: str | None = None
+    # With a verification key: the last epoch sealed, the seq of its seal, and how
+    # many records follow it (the current epoch's, which no seal vouches for yet).
+    sealed_epoch: int | None = None
+    sealed_seq: int | None = None
+    unsealed: int | None = None
 
 
-def verify(paths: Iterable[Path]) -> VerifyResult:
-    """Check the chain through `paths` in order (oldest first); stop at the first break."""
+def verify(
+    paths: Iterable[Path],
+    *,
+    seal_key: VerificationKey | None = None,
+    unmarked_head: bool = False,
+    now: float | None = None,
+) -> VerifyResult:
+    """Check the chain through `paths` in order (oldest first); stop at the first break.
+
+    Every file must begin at seq 1 or with its `audit_file` record (`unmarked_head`
+    excuses files rotated by a host-agent that did not write one)."""
+    seals = None if seal_key is None else SealCheck(seal_key, time.time() if now is None else now)
     count, first_seq, prev, seq = 0, None, None, None
+
+    def result(error: str | None = None) -> VerifyResult:
+        sealed = (None, None, None) if seals is None else (
+            seals.sealed_epoch, seals.sealed_seq, seals.unsealed
+        )  # fmt: skip
+        return VerifyResult(error is None, count, first_seq, seq, prev, error, *sealed)
+
     for path in paths:
         try:
-            for lineno, record in _records(path):
-                where = f"{path}:{lineno}"
-                problem = _check(record, prev, seq)
+            for lineno, line in _lines(path):
+                record = _parse(line)
+                problem = _check(record, line, prev, seq)
+                if problem is None and lineno == 1 and not unmarked_head:
+                    problem = _file_start(record)
+                if problem is None and seals is not None:
+                    problem = seals.feed(record)
                 if problem is not None:
-                    return VerifyResult(False, count, first_seq, seq, prev, f"{where}: {problem}")
+                    return result(f"{path}:{lineno}: {problem}")
                 count += 1
                 seq, prev = record["seq"], record["hash"]
                 first_seq = seq if first_seq is None else first_seq
         except _Unreadable as exc:
-            return VerifyResult(False, count, first_seq, seq, prev, str(exc))
-    return VerifyResult(True, count, first_seq, seq, prev)
+            return result(str(exc))
+    if seals is not None:
+        problem = seals.finish()
+        if problem is not None:
+            return result(f"end of the log (seq {seq}): {problem}")
+    return result()
 
 
-def _check(record: Any, prev: str | None, seq: int | None) -> str | None:
+_DECODER = json.JSONDecoder()
+
+
+def _parse(line: bytes) -> Any:
+    """One line's record; None unless the line is one JSON value and nothing else."""
+    try:
+        text = line.decode("utf-8")
+        record, end = _DECODER.raw_decode(text)  # json.loads without its per-call overhead
+    except ValueError:
+        return None
+    return record if end == len(text) or text[end:] == "\n" else None
+
+
+def _check(record: Any, line: bytes, prev: str | None, seq: int | None) -> str | None:
+    if record is None:
+        return "not valid JSON (torn or edited line)"
     if not isinstance(record, dict):
         return "record is not a JSON object"
     missing = [key for key in CHAIN_FIELDS if key not in record]
     if missing:
         return f"missing {', '.join(missing)}"
-    if record_hash(record) != record["hash"]:
+    if not _hash_matches(line, record):
         return "hash does not match the record's content (edited line)"
     if seq is None:
         # Start of what we were given: a full log must start at the genesis.
@@ -62,6 +112,37 @@ def _check(record: Any, prev: str | None, seq: int | None) -> str | None:
     if record["seq"] != seq + 1:
         return f"seq {record['seq']} follows seq {seq}"
     return None
+
+
+def _file_start(record: dict[str, Any]) -> str | None:
+    if record["seq"] == 1 or record.get("event") == FILE_EVENT:
+        return None
+    return (
+        f"the file begins at seq {record['seq']} without its {FILE_EVENT} record: lines "
+        "were cut from its start (for files rotated by a host-agent that did not mark "
+        "file starts, pass --unmarked-head)"
+    )
+
+
+def _hash_matches(line: bytes, record: dict[str, Any]) -> bool:
+    """Whether `hash` is the SHA-256 of the record without it: taken straight from the
+    line's bytes when the line is canonical (as the agent writes every line), so the
+    record need not be serialised again; otherwise from its canonical form."""
+    claimed = record["hash"]
+    if not isinstance(claimed, str):
+        return False
+    field = b'"hash":"' + claimed.encode("ascii", "replace") + b'"'
+    body = line.rstrip(b"\n")
+    at = body.find(field)
+    if at > 0:
+        end = at + len(field)
+        if body[at - 1 : at] == b",":
+            body = body[: at - 1] + body[end:]
+        elif body[end : end + 1] == b",":
+            body = body[:at] + body[end + 1 :]
+        if hashlib.sha256(body).hexdigest() == claimed:
+            return True
+    return bool(record_hash(record) == claimed)
 
 
 class _Unreadable(Exception):
@@ -82,17 +163,14 @@ def _open_regular(path: Path) -> IO[bytes]:
     return raw
 
 
-def _records(path: Path) -> Iterator[tuple[int, Any]]:
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     try:
         with _open_regular(path) as raw:
             handle = gzip.GzipFile(fileobj=raw, mode="rb") if path.suffix == ".gz" else raw
-            with handle, jsonlines.Reader(handle) as reader:
-                try:
-                    yield from enumerate(reader.iter(skip_empty=False), start=1)
-                except jsonlines.InvalidLineError as exc:
-                    raise _Unreadable(
-                        f"{path}:{exc.lineno}: not valid JSON (torn or edited line)"
-                    ) from exc
+            with handle:
+                yield from enumerate(handle, start=1)
+    except (EOFError, zlib.error) as exc:
+        raise _Unreadable(f"{path}: a damaged compressed file ({exc})") from exc
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _Unreadable(f"{path}: a symbolic link; name the log file itself") from exc

@@ -1,29 +1,105 @@
-"""`host-agent audit verify`: check the log's hash chain."""
+"""`host-agent audit verify`: check the log's chain (and seals); `audit seal-init`:
+start sealing it."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import time
 from pathlib import Path
 
 from host_agent.audit import verify
+from host_agent.audit.chain import stamp
+from host_agent.audit.seal import Epochs, SealError, SealKey, VerificationKey, new_seed
 from host_agent.cli.common import EXIT_FAILED, EXIT_OK, Commands
+from host_agent.config import load_config
+from host_agent.errors import ConfigError
 
 
 def register(commands: Commands) -> None:
     audit = commands.add_parser("audit", help="audit log tools")
     audit_commands = audit.add_subparsers(required=True, metavar="ACTION")
-    check_chain = audit_commands.add_parser(
-        "verify", help="check the hash chain through FILEs, oldest first"
+    check = audit_commands.add_parser(
+        "verify",
+        help="check the hash chain through FILEs, oldest first (and with --seal-key, the seals)",
     )
-    check_chain.add_argument("files", nargs="+", type=Path)
-    check_chain.set_defaults(handler=_verify)
+    check.add_argument("files", nargs="+", type=Path)
+    check.add_argument(
+        "--seal-key",
+        type=_verification_key,
+        help="the verification key seal-init printed: check the seals too",
+    )
+    check.add_argument(
+        "--unmarked-head",
+        action="store_true",
+        help="accept files that do not begin with their audit_file record "
+        "(rotated by a host-agent that did not write one)",
+    )
+    check.set_defaults(handler=_verify)
+    init = audit_commands.add_parser(
+        "seal-init",
+        help="start sealing the audit log: create the first epoch key, print the "
+        "verification key once",
+        description="Creates [audit] seal_key_file (owned by its directory's owner, "
+        "0600) holding epoch 0's key, and prints the verification key, which is "
+        "stored nowhere: keep it off this host. Restart the agent to begin sealing.",
+    )
+    init.add_argument("--config", required=True, type=Path)
+    init.set_defaults(handler=_seal_init)
+
+
+def _verification_key(text: str) -> VerificationKey:
+    try:
+        return VerificationKey.parse(text)
+    except SealError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _verify(options: argparse.Namespace) -> int:
-    result = verify(options.files)
-    if result.ok:
-        span = f"seq {result.first_seq}..{result.last_seq}" if result.records else "empty"
-        print(f"OK: {result.records} records ({span}), head {result.head}")
-        return EXIT_OK
-    print(f"BROKEN after {result.records} good records: {result.error}")
-    return EXIT_FAILED
+    result = verify(options.files, seal_key=options.seal_key, unmarked_head=options.unmarked_head)
+    if not result.ok:
+        print(f"BROKEN after {result.records} good records: {result.error}")
+        return EXIT_FAILED
+    span = f"seq {result.first_seq}..{result.last_seq}" if result.records else "empty"
+    print(f"OK: {result.records} records ({span}), head {result.head}")
+    if options.seal_key is not None and result.sealed_epoch is None:
+        print(f"no epoch sealed yet: {result.unsealed} records, all in epoch 0")
+    elif options.seal_key is not None:
+        print(
+            f"sealed through epoch {result.sealed_epoch} (the seal at seq {result.sealed_seq}); "
+            f"{result.unsealed} records since, in the current epoch, not sealed yet"
+        )
+    return EXIT_OK
+
+
+def _seal_init(options: argparse.Namespace) -> int:
+    config = load_config(options.config)
+    path = config.audit.seal_key_file
+    if path is None:
+        raise ConfigError(str(options.config), ["audit.seal_key_file: is not set"])
+    seed = new_seed()
+    epochs = Epochs(int(time.time()), config.audit.seal_epoch_seconds)
+    directory = os.stat(path.parent)
+    try:
+        SealKey.create(path, seed, epochs, (directory.st_uid, directory.st_gid))
+    except SealError as exc:
+        raise ConfigError(str(options.config), [f"audit.seal_key_file: {exc}"]) from exc
+    key = str(VerificationKey(seed, epochs))
+    print(
+        f"Sealing begins: epoch 0 started {stamp(epochs.start)}, one epoch every "
+        f"{epochs.interval} s; {path} holds its key.\n"
+        "The verification key, shown this once and stored nowhere; keep it off this host:\n"
+        f"\n    {key}\n"
+    )
+    if sys.stdout.isatty():
+        import segno  # only to show the key as a QR code
+
+        segno.make(key, error="m").terminal(compact=True)
+    print(
+        "Restart the agent to begin sealing. Check the log with\n"
+        "    host-agent audit verify --seal-key KEY ROTATED-FILES... "
+        f"{config.audit.log_path}\n"
+        "naming the rotated files oldest first."
+    )
+    return EXIT_OK

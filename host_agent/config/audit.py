@@ -1,4 +1,4 @@
-"""[audit]: where the log is; its rotation is logrotate's."""
+"""[audit]: where the log is (its rotation is logrotate's), and its seal key."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ class AuditConfig:
     log_path: Path
     rotation: str
     retention_days: int
+    # Forward-secure seals (audit/seal.py): the current epoch's key, where
+    # `host-agent audit seal-init` puts it; no sealing when unset.
+    seal_key_file: Path | None = None
+    # How long an epoch lasts, for seal-init (a running sequence keeps its own).
+    seal_epoch_seconds: int = 900
 
 
 def read_audit(t: Table) -> AuditConfig:
@@ -20,6 +25,8 @@ def read_audit(t: Table) -> AuditConfig:
         log_path=t.path("log_path", required=True),
         rotation=t.get("rotation", str, "daily", check=one_of("daily", "hourly", "never")),
         retention_days=t.get("retention_days", int, 90, check=between(1, 36500)),
+        seal_key_file=t.optional_path("seal_key_file"),
+        seal_epoch_seconds=t.get("seal_epoch_seconds", int, 900, check=between(1, 86400)),
     )
     shipped = {"rotation": "daily", "retention_days": 90}  # what logrotate/host-agent does
     for key, value in shipped.items():
