@@ -69,7 +69,10 @@ class Postgres:
         return f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.data}"
 
     def _ctl(self, *argv: str) -> None:
-        run(str(self.bin / "pg_ctl"), "-D", str(self.data), *argv, user=self.os_user)
+        done = run(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), *argv, user=self.os_user, check=False
+        )
+        assert done.returncode == 0, f"pg_ctl {argv[0]}: {done.stdout}{done.stderr}"
 
 
 @contextmanager

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -38,6 +39,7 @@ from host_agent.approvals.signal import IncomingReply
 from host_agent.approvals.store import SqliteStore, StoreError
 from host_agent.audit import AuditLog
 from host_agent.cli import main
+from host_agent.config import Config
 from host_agent.errors import ApprovalError
 from tests.approval_flow import destroy as destroy_request
 from tests.approval_flow import get, post, request_approval, status, token_sent, wait_for
@@ -546,6 +548,23 @@ def polling_fleet(database: FleetDatabase, bridge: SignalBridge, tmp_path: Path)
     )
 
 
+def fleet_configs(
+    system: System, pki: Pki, tmp_path: Path, approval: str, count: int, **options: Any
+) -> list[Config]:
+    """`count` agents of one fleet on this machine, each with its own audit log."""
+    return [
+        system.agent_config(
+            pki,
+            tmp_path,
+            name=f"agent{n}",
+            approval=approval,
+            audit_log=tmp_path / f"audit{n}.jsonl",
+            **options,
+        )
+        for n in range(count)
+    ]
+
+
 def test_three_agents_one_inbox_one_reply_one_run(
     postgres: Postgres,
     system: System,
@@ -560,9 +579,7 @@ def test_three_agents_one_inbox_one_reply_one_run(
     and of 50 resubmits spread over the three, one destroys the snapshot."""
     database = fleet_database(postgres)
     approval = polling_fleet(database, bridge, tmp_path)
-    configs = [
-        system.agent_config(pki, tmp_path, name=f"agent{n}", approval=approval) for n in range(3)
-    ]
+    configs = fleet_configs(system, pki, tmp_path, approval, 3)
     with contextlib.ExitStack() as running:
         agents = [running.enter_context(running_agent(config)) for config in configs]
         approval_id = request_approval(agents[0], pki, snapshot)
@@ -641,10 +658,8 @@ def test_when_the_reading_agent_is_killed_another_reads_and_no_reply_is_lost(
     within a few polls, and the approval is granted."""
     database = fleet_database(postgres)
     approval = polling_fleet(database, bridge, tmp_path)
-    paths = []
-    for n in range(2):
-        system.agent_config(pki, tmp_path, name=f"agent{n}", approval=approval)
-        paths.append(tmp_path / f"agent{n}.toml")
+    fleet_configs(system, pki, tmp_path, approval, 2)
+    paths = [tmp_path / f"agent{n}.toml" for n in range(2)]
 
     def reader_pid() -> list[str]:
         return postgres.psql(
@@ -719,10 +734,7 @@ def test_three_agents_ride_out_a_database_restart_under_load(
     pending, and the fleet's one Signal reader is back: a reply grants a new approval."""
     database = fleet_database(postgres)
     approval = polling_fleet(database, bridge, tmp_path)
-    configs = [
-        system.agent_config(pki, tmp_path, name=f"agent{n}", approval=approval, extra=NO_RATE_LIMIT)
-        for n in range(3)
-    ]
+    configs = fleet_configs(system, pki, tmp_path, approval, 3, extra=NO_RATE_LIMIT)
     state = ["up"]
     answers: list[Answer] = []
     stop = threading.Event()
@@ -753,14 +765,18 @@ def test_three_agents_ride_out_a_database_restart_under_load(
                 time.sleep(1.0)
                 postgres.stop()
                 state[0] = "down"
-                time.sleep(1.0)
-                for agent in agents:
-                    health = get(agent, pki, "admin-1", "/health").json()
-                    assert health["approval_store"]["state"] == "unavailable", health
-                time.sleep(1.0)
-                state[0] = "starting"
-                postgres.start()
-                state[0] = "back"
+                try:
+                    # A request waits up to CONNECT_TIMEOUT_SECONDS for the database
+                    # before its 503; by then every agent has met the outage.
+                    time.sleep(CONNECT_TIMEOUT_SECONDS + 1.5)
+                    for agent in agents:
+                        health = get(agent, pki, "admin-1", "/health").json()
+                        assert health["status"] == "degraded", health
+                        assert health["approval_store"]["state"] == "unavailable", health
+                finally:
+                    state[0] = "starting"
+                    postgres.start()
+                    state[0] = "back"
                 deadline = time.monotonic() + 2 * RECONNECT_SECONDS + CONNECT_TIMEOUT_SECONDS
 
                 def all_creating() -> bool:

@@ -59,6 +59,8 @@ _CONSUME = (  # noqa: S608 - our own column list
 # How long a caller waits for a pooled connection before the store counts as down.
 CONNECT_TIMEOUT_SECONDS = 5.0
 CLOCK_REFRESH_SECONDS = 60.0
+# While the database is down, how often one call tries it again (the rest fail at once).
+PROBE_SECONDS = 1.0
 # How long the pool's reconnection backoff (1 s, doubling) may grow before it starts
 # over: an agent is back at most about this long after its database is.
 RECONNECT_SECONDS = 10.0
@@ -72,6 +74,8 @@ class PostgresStore:
         self._offset = 0.0
         self._offset_measured = 0.0
         self._clock_lock = threading.Lock()
+        self._probe_lock = threading.Lock()
+        self._next_probe = 0.0
         extra: dict[str, Any] = {"connect_timeout": int(CONNECT_TIMEOUT_SECONDS)}
         if password is not None:
             extra["password"] = password
@@ -248,7 +252,13 @@ class PostgresStore:
 
     def _run(self, work: Callable[[psycopg.Connection[TupleRow]], T]) -> T:
         """`work` in one transaction on a pooled connection; database trouble is StoreError
-        (and what /health says until a call succeeds again)."""
+        (and what /health says until a call succeeds again).
+
+        While the database is known to be down, calls fail at once, and one call at a
+        time (every PROBE_SECONDS) tries it: otherwise each would hold a worker thread
+        for the pool's whole wait, and the agent's other work, the audit log's writes
+        among it, would queue behind them."""
+        self._wait_turn()
         try:
             with self._session() as db, db.transaction():
                 result = work(db)
@@ -257,6 +267,15 @@ class PostgresStore:
             raise
         self.availability.succeeded()
         return result
+
+    def _wait_turn(self) -> None:
+        if self.availability.failing is None:
+            return
+        with self._probe_lock:
+            now = time.monotonic()
+            if now < self._next_probe:
+                raise StoreError(self.availability.failing)
+            self._next_probe = now + CONNECT_TIMEOUT_SECONDS + PROBE_SECONDS
 
     @contextmanager
     def _session(self) -> Iterator[psycopg.Connection[TupleRow]]:
