@@ -181,8 +181,6 @@ class AuditLog:
                 # Epochs the agent was down for, with nothing to seal: the next seal is
                 # for the epoch after `through`.
                 "through": current - 1,
-                "epoch_start": key.epochs.start,
-                "epoch_seconds": key.epochs.interval,
             }
             self._write_locked(seal, now, sign=key.mac)
             self._sealed_epoch = key.epoch
