@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from typing import Any
 
 from starlette.applications import Starlette
@@ -180,8 +181,13 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
     async def health_check(request: Request) -> Response:
         identity = await pipeline.identify(request.scope)
         store = pipeline.approvals.store.availability if pipeline.approvals else None
+        checkpoints = pipeline.checkpoints
         report = {
-            **host.report(pipeline.audit.failing, store.failing if store else None),
+            **host.report(
+                pipeline.audit.failing,
+                store.failing if store else None,
+                checkpoints.status(time.time()) if checkpoints else None,
+            ),
             "version": __version__,
             "adapters": sorted(pipeline.registry),
         }

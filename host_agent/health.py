@@ -83,11 +83,15 @@ class HostHealth:
             log.error("the CRL cannot be checked: %s", self.crl.error)
 
     def report(
-        self, audit_failing: str | None = None, store_failing: str | None = None
+        self,
+        audit_failing: str | None = None,
+        store_failing: str | None = None,
+        checkpoints: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """`audit_failing`: why the last audit write failed, if the next may fail too
         (then every operation is refused until the log can be written). `store_failing`:
-        why the approval store's last call failed (then whatever needs a human gets 503)."""
+        why the approval store's last call failed (then whatever needs a human gets 503).
+        `checkpoints`: the audit checkpoints' witnesses, when kept."""
         crl = self.crl.public(self.clock())
         bad = ("expired", "expiring", "unreadable")
         problems = [f"crl_{crl['state']}"] if crl["state"] in bad else []
@@ -95,6 +99,8 @@ class HostHealth:
             problems.append("audit_unwritable")
         if store_failing is not None:
             problems.append("approval_store_unavailable")
+        if checkpoints is not None and checkpoints["state"] != "ok":
+            problems.append("audit_checkpoints_behind")
         risky = len(self.sudoers) if self.sudoers is not None else None
         if risky:
             problems.append("sudoers_risky_entries")
@@ -107,6 +113,7 @@ class HostHealth:
             "approval_store": {"state": "ok"}
             if store_failing is None
             else {"state": "unavailable", "error": store_failing},
+            **({"audit_checkpoints": checkpoints} if checkpoints is not None else {}),
             "crl": crl,
             "sudoers_risky_entries": risky,
             **({"sudoers_unchecked": self.sudoers_unchecked} if self.sudoers_unchecked else {}),

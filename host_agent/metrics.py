@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import time
 from collections.abc import Callable
 
 from prometheus_client import (
@@ -121,6 +122,18 @@ class Metrics:
             "Sudoers grants to the service account broader than the wrappers.",
             registry=r,
         )
+        self.checkpoint_behind = Gauge(
+            "host_agent_audit_checkpoint_behind_seconds",
+            "How long each witness has lacked the latest audit checkpoint (0: it has it).",
+            ["witness"],
+            registry=r,
+        )
+        self.checkpoint_ship_failures = Counter(
+            "host_agent_audit_checkpoint_ship_failures",
+            "Attempts to hand a checkpoint to a witness that failed (each is retried).",
+            ["witness"],
+            registry=r,
+        )
         self.crl_next_update = Gauge(
             "host_agent_crl_next_update_timestamp_seconds",
             "When the loaded CRL must be replaced (after it, every handshake fails).",
@@ -151,6 +164,20 @@ class Metrics:
         for status in (Status.PENDING, Status.APPROVED):
             self.approvals_open.labels(status=status.value).set_function(
                 functools.partial(count, status)
+            )
+
+    def watch_checkpoints(
+        self, behind: Callable[[float], dict[str, float]], witnesses: list[str]
+    ) -> None:
+        """Read each witness's backlog at scrape time."""
+
+        def seconds_behind(name: str) -> float:
+            return behind(time.time()).get(name, 0.0)
+
+        for name in witnesses:
+            self.checkpoint_ship_failures.labels(witness=name)
+            self.checkpoint_behind.labels(witness=name).set_function(
+                functools.partial(seconds_behind, name)
             )
 
     def exposition(self) -> bytes:

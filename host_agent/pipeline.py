@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from host_agent.adapters.base import Failure
 from host_agent.approvals.manager import ApprovalManager
 from host_agent.approvals.model import Approval, timestamp
 from host_agent.audit import AuditLog
+from host_agent.audit.checkpoints import Checkpoints, WitnessBehind
 from host_agent.config import AgentProfile, Config
 from host_agent.errors import (
     AuditUnavailable,
@@ -60,8 +62,11 @@ class Pipeline:
         approvals: ApprovalManager | None = None,
         metrics: Metrics | None = None,
         refusals: RefusalAudit | None = None,
+        checkpoints: Checkpoints | None = None,
     ) -> None:
         self.config = config
+        # Signed checkpoints of the audit log and their witnesses (None: not kept).
+        self.checkpoints = checkpoints
         self.registry = registry
         self.audit = audit
         self.runner = runner
@@ -212,6 +217,8 @@ class Pipeline:
             )
         if decision.effect is Effect.DENY:
             raise _denied(decision, who["request_id"])
+        if operation.mutating and self.checkpoints is not None:
+            await self._check_witnesses(who, operation)
         if decision.effect is Effect.APPROVAL:
             if self.approvals is None:
                 raise _denied(decision, who["request_id"], "; approvals are disabled on this agent")
@@ -356,6 +363,20 @@ class Pipeline:
             )
             error.request_id = who["request_id"]
             raise error from exc
+
+    async def _check_witnesses(self, who: dict[str, Any], operation: Operation) -> None:
+        """[audit.checkpoints] fail_closed_after_seconds: hold mutating operations while
+        a witness is too far behind (audited; nothing runs, no approval is used)."""
+        if self.checkpoints is None:
+            return
+        try:
+            self.checkpoints.check_mutating(time.time())
+        except WitnessBehind as exc:
+            exc.request_id = who["request_id"]
+            await self.audit.write(
+                {**who, "event": "held", "operation": operation.name, "code": exc.code}
+            )
+            raise
 
     async def _decision(
         self, who: dict[str, Any], what: dict[str, Any], decision: Decision

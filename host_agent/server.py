@@ -23,9 +23,12 @@ from host_agent.approvals.local import LocalApprovals
 from host_agent.approvals.manager import ApprovalManager
 from host_agent.approvals.model import Status
 from host_agent.approvals.signal import notifier, poll
-from host_agent.approvals.store import ApprovalStore, open_store
+from host_agent.approvals.store import ApprovalStore, open_store, read_password
 from host_agent.audit import AuditLog
+from host_agent.audit.checkpoints import Checkpoints
 from host_agent.audit.seal import SealError, SealKey
+from host_agent.audit.syslog_witness import SyslogWitness
+from host_agent.audit.witness import Shipper, Witness
 from host_agent.config import Config, load_config
 from host_agent.errors import AuditUnavailable, ConfigError, HostAgentError
 from host_agent.health import HostHealth
@@ -42,6 +45,8 @@ if TYPE_CHECKING:  # psycopg is a fleet host's dependency: imported when store_u
     from host_agent.approvals.inbox import SignalInbox
 
 log = logging.getLogger(__name__)
+# How long a stopping agent tries to ship its last checkpoint.
+SHUTDOWN_SHIP_SECONDS = 5.0
 
 
 class ListenError(HostAgentError):
@@ -53,10 +58,12 @@ class ListenError(HostAgentError):
 def build_pipeline(config: Config, metrics: Metrics | None = None) -> Pipeline:
     """Every component the request path needs, built from one config (fails fast)."""
     metrics = metrics or Metrics()
+    checkpoints = _checkpoints(config, metrics)
     audit = AuditLog(
         config.audit.log_path,
         on_failure=metrics.audit_write_failures.inc,
         seal=_seal_key(config),
+        checkpoints=None if checkpoints is None else (checkpoints.key, checkpoints.taken),
     )
     audit.open()
     refusals = RefusalAudit(audit, config.rate_limit, metrics)
@@ -77,7 +84,7 @@ def build_pipeline(config: Config, metrics: Metrics | None = None) -> Pipeline:
         )
         metrics.count_open_approvals(functools.partial(_count, store))
     registry = build_registry(config)
-    return Pipeline(config, registry, audit, runner, approvals, metrics, refusals)
+    return Pipeline(config, registry, audit, runner, approvals, metrics, refusals, checkpoints)
 
 
 def _seal_key(config: Config) -> SealKey | None:
@@ -91,6 +98,36 @@ def _seal_key(config: Config) -> SealKey | None:
         raise ConfigError(str(path), [f"audit.seal_key_file: {exc}"]) from exc
 
 
+def _checkpoints(config: Config, metrics: Metrics) -> Checkpoints | None:
+    """[audit.checkpoints]: the key, the outbox and the witnesses; None when not kept."""
+    wanted = config.audit.checkpoints
+    if wanted is None:
+        return None
+    witnesses: list[Witness] = []
+    if wanted.postgres_url is not None:
+        from host_agent.audit.pg_witness import PostgresWitness
+
+        password = read_password(wanted.postgres_password_file)
+        witnesses.append(PostgresWitness(wanted.postgres_url, password))
+    if wanted.syslog is not None and wanted.syslog_ca is not None:
+        witnesses.append(
+            SyslogWitness(wanted.syslog, wanted.syslog_ca, wanted.syslog_cert, wanted.syslog_key)
+        )
+    checkpoints = Checkpoints(wanted, witnesses)
+    metrics.watch_checkpoints(checkpoints.behind, [witness.name for witness in witnesses])
+    return checkpoints
+
+
+async def _take_checkpoints(audit: AuditLog, every: float) -> None:
+    """A signed checkpoint of the log's head every `every` seconds."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await asyncio.to_thread(audit.checkpoint)
+        except AuditUnavailable as exc:
+            log.error("audit checkpoint: %s", exc)
+
+
 async def _seal_audit(audit: AuditLog, every: float) -> None:
     """Seal each epoch when it ends, traffic or not: its key must not outlive it."""
     while True:
@@ -99,6 +136,17 @@ async def _seal_audit(audit: AuditLog, every: float) -> None:
             await asyncio.to_thread(audit.seal_due)
         except AuditUnavailable as exc:
             log.error("audit seal: %s", exc)
+
+
+async def _last_checkpoint(audit: AuditLog, shipper: Shipper) -> None:
+    """At shutdown: a checkpoint of the final head, and one try to ship it (what is
+    not shipped stays in the outbox for the next start)."""
+    try:
+        await asyncio.to_thread(audit.checkpoint)
+        async with asyncio.timeout(SHUTDOWN_SHIP_SECONDS):
+            await shipper.ship_due()
+    except (AuditUnavailable, TimeoutError) as exc:
+        log.error("the last audit checkpoint was not shipped: %s", exc or "timed out")
 
 
 async def _flush(refusals: RefusalAudit) -> None:
@@ -237,6 +285,20 @@ async def run_server(
     if config.audit.seal_key_file is not None:
         every = min(5.0, config.audit.seal_epoch_seconds / 4)
         background.append(asyncio.create_task(_seal_audit(pipeline.audit, every)))
+    shipper = None
+    if pipeline.checkpoints is not None:
+        checkpoints = pipeline.checkpoints
+        shipper = Shipper(
+            checkpoints.outbox,
+            checkpoints.witnesses,
+            on_failure=lambda name: pipeline.metrics.checkpoint_ship_failures.labels(
+                witness=name
+            ).inc(),
+        )
+        checkpoints.wake = functools.partial(loop.call_soon_threadsafe, shipper.wake)
+        every = float(checkpoints.config.every_seconds)
+        background.append(asyncio.create_task(_take_checkpoints(pipeline.audit, every)))
+        background.append(asyncio.create_task(shipper.run()))
     local: LocalApprovals | None = None
     if pipeline.approvals is not None:
         every = min(30.0, config.approval.ttl_seconds / 4)
@@ -290,6 +352,8 @@ async def run_server(
             await pipeline.approvals.drain()
             pipeline.approvals.store.close()
         await _flush(pipeline.refusals)
+        if shipper is not None:
+            await _last_checkpoint(pipeline.audit, shipper)
         pipeline.audit.close()
         log.info("host-agent stopped")
 

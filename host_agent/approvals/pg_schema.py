@@ -72,6 +72,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE inbox ALTER COLUMN token_hash DROP NOT NULL;
     ALTER TABLE inbox ADD COLUMN answers_ms bigint;
     """,
+    # 4: a witness for the hosts' audit checkpoints; agents may only add to it.
+    """
+    CREATE TABLE audit_checkpoints (
+        origin text NOT NULL,
+        size bigint NOT NULL,
+        head text NOT NULL,
+        taken_at text NOT NULL,
+        note text NOT NULL,
+        received_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (origin, size)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -81,6 +93,7 @@ AGENT_GRANTS = {
     "approvals": "SELECT, INSERT, UPDATE",
     "replies": "SELECT, INSERT, DELETE",
     "inbox": "SELECT, INSERT, UPDATE",
+    "audit_checkpoints": "INSERT",
 }
 # One lock id for every `db upgrade`, so two never interleave.
 _UPGRADE_LOCK = 0x686F7374  # "host"

@@ -112,11 +112,12 @@ def open_store(config: ApprovalConfig) -> tuple[ApprovalStore, Callable[[], floa
         return SqliteStore(config.store_path), time.time
     from host_agent.approvals.pg_store import PostgresStore  # psycopg: fleet hosts only
 
-    store = PostgresStore(config.store_url, _password(config.store_password_file))
+    store = PostgresStore(config.store_url, read_password(config.store_password_file))
     return store, store.clock
 
 
-def _password(path: Path | None) -> str | None:
+def read_password(path: Path | None) -> str | None:
+    """A database password from its file (one line), or None for libpq's own ways."""
     if path is None:
         return None
     try:

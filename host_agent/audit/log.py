@@ -5,6 +5,8 @@ Records are chained (see chain.py). A record is flushed and fsync'd before
 `AuditUnavailable` (fail closed). Every file but the first begins with an
 `audit_file` record, so lines cut from the start of a file show. With a seal key
 (seal.py), an epoch that has ended is sealed before anything else is written.
+With a checkpoint key (checkpoint.py), `checkpoint()` writes a signed checkpoint
+of the chain's head, and one is taken whenever a new file begins.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from host_agent.audit.chain import (
     record_hash,
     stamp,
 )
+from host_agent.audit.checkpoint import CHECKPOINT_EVENT, Checkpoint, SigningKey
 from host_agent.audit.seal import SEAL_EVENT, SealError, SealKey
 from host_agent.errors import AuditUnavailable
 
@@ -46,8 +49,11 @@ class AuditLog:
         clock: Callable[[], float] | None = None,
         on_failure: Callable[[], None] | None = None,
         seal: SealKey | None = None,
+        checkpoints: tuple[SigningKey, Callable[[str, Checkpoint], None]] | None = None,
     ) -> None:
         self.path = path
+        # The checkpoint key, and who is told of each checkpoint (the outbox).
+        self._checkpoints = checkpoints
         self._clock = clock or time.time
         self._seal = seal
         # The epoch of the last seal in the log, so a seal written just before a crash
@@ -101,6 +107,7 @@ class AuditLog:
             # begin this way (or at seq 1) was cut.
             try:
                 self._write_locked({"event": FILE_EVENT}, self._clock())
+                self._checkpoint_locked()
             except AuditUnavailable:
                 self._close_locked()
                 raise
@@ -157,6 +164,33 @@ class AuditLog:
             now = self._clock()
             self._seal_due_locked(now)
             return self._write_locked(record, now)
+
+    def checkpoint(self) -> None:
+        """Write a signed checkpoint of the chain's head (periodically, and at shutdown)."""
+        if self._checkpoints is None:
+            return
+        with self._lock:
+            if self._file is None:
+                self._open_locked()
+            self._seal_due_locked(self._clock())
+            self._checkpoint_locked()
+
+    def _checkpoint_locked(self) -> None:
+        if self._checkpoints is None or self._seq == 0:
+            return
+        key, taken = self._checkpoints
+        now = self._clock()
+        checkpoint = Checkpoint(key.name, self._seq, self._prev, stamp(now))
+        note = key.sign(checkpoint)
+        record = {
+            "event": CHECKPOINT_EVENT,
+            "origin": checkpoint.origin,
+            "size": checkpoint.size,
+            "head": checkpoint.head,
+            "note": note,
+        }
+        self._write_locked(record, now)
+        taken(note, checkpoint)
 
     def seal_due(self) -> None:
         """Seal an epoch that has ended even when nothing else is written: its key must

@@ -21,19 +21,17 @@ seed can forge seals too: it is for the operator's eyes only.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import os
 import re
 import secrets
-import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from host_agent.audit.chain import canonical
+from host_agent.audit.private_file import PrivateFileError, create_private, opened_private
 
 SEAL_EVENT = "audit_seal"
 SEED_BYTES = 32
@@ -142,27 +140,24 @@ class SealKey:
     ) -> SealKey:
         """Write epoch 0's key to a new file (0600, `owner`'s); never over an old one."""
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            raise SealError(f"{path} exists: a seal sequence was started already") from None
-        except OSError as exc:
-            raise SealError(f"cannot create {path}: {exc.strerror}") from exc
-        try:
-            if owner is not None:
-                os.fchown(fd, *owner)
-        finally:
-            os.close(fd)
+            create_private(path, b"", owner)
+        except PrivateFileError as exc:
+            raise SealError(f"{exc}: a seal sequence was started already?") from None
         key = cls(path, seal_id(seed), epochs, 0, first_key(seed))
         key._store()
-        _fsync_directory(path.parent)
         return key
 
     @classmethod
     def load(cls, path: Path) -> SealKey:
         """The key file as the agent left it; refused unless it is a private regular
         file whose content checks out."""
-        with _opened(path, os.O_RDONLY) as fd:
-            text = os.pread(fd, _KEY_FILE_SIZE, 0).decode("ascii", "replace")
+        if not path.exists():
+            raise SealError(f"{path} does not exist: run `host-agent audit seal-init` first")
+        try:
+            with opened_private(path, os.O_RDONLY) as fd:
+                text = os.pread(fd, _KEY_FILE_SIZE, 0).decode("ascii", "replace")
+        except PrivateFileError as exc:
+            raise SealError(str(exc)) from None
         return cls(path, *_parse_key_file(path, text))
 
     def mac(self, record: dict[str, Any]) -> str:
@@ -187,30 +182,13 @@ class SealKey:
         )
         line = f"{line} {_check(line)}"
         data = line.ljust(_KEY_FILE_SIZE - 1).encode("ascii") + b"\n"
-        with _opened(self.path, os.O_WRONLY) as fd:
-            if os.pwrite(fd, data, 0) != len(data):
-                raise SealError(f"short write to {self.path}")
-            os.fsync(fd)
-
-
-@contextlib.contextmanager
-def _opened(path: Path, flags: int) -> Iterator[int]:
-    """The key file, if it is a regular file of its own (not a link) kept private."""
-    try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise SealError(f"{path} does not exist: run `host-agent audit seal-init` first") from None
-    except OSError as exc:
-        raise SealError(f"cannot open {path}: {exc.strerror}") from exc
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SealError(f"{path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise SealError(f"{path} is readable by others than its owner (chmod 600)")
-        yield fd
-    finally:
-        os.close(fd)
+        try:
+            with opened_private(self.path, os.O_WRONLY) as fd:
+                if os.pwrite(fd, data, 0) != len(data):
+                    raise SealError(f"short write to {self.path}")
+                os.fsync(fd)
+        except PrivateFileError as exc:
+            raise SealError(str(exc)) from None
 
 
 def _parse_key_file(path: Path, text: str) -> tuple[str, Epochs, int, bytes]:
@@ -226,14 +204,6 @@ def _parse_key_file(path: Path, text: str) -> tuple[str, Epochs, int, bytes]:
 
 def _check(line: str) -> str:
     return hashlib.sha256(line.encode("ascii")).hexdigest()[:16]
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def new_seed() -> bytes:

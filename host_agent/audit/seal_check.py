@@ -63,7 +63,7 @@ class SealCheck:
             self._latest = ts if self._latest is None else max(self._latest, ts)
         return None
 
-    def finish(self) -> str | None:
+    def finish(self, last_seq: int | None) -> str | None:
         """What is wrong with the end of the log, if anything."""
         if self.expected is None:  # neither a seal nor the log's beginning
             return (

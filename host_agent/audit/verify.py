@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from host_agent.audit.chain import CHAIN_FIELDS, FILE_EVENT, GENESIS, record_hash
+from host_agent.audit.checkpoint import Checkpoint
+from host_agent.audit.checkpoint_check import CheckpointCheck
 from host_agent.audit.seal import VerificationKey
 from host_agent.audit.seal_check import SealCheck
 
@@ -34,6 +36,8 @@ class VerifyResult:
     sealed_epoch: int | None = None
     sealed_seq: int | None = None
     unsealed: int | None = None
+    # With checkpoints: how many named a record of the files given (and matched).
+    witnessed: int | None = None
 
 
 def verify(
@@ -42,19 +46,25 @@ def verify(
     seal_key: VerificationKey | None = None,
     unmarked_head: bool = False,
     now: float | None = None,
+    checkpoints: list[Checkpoint] | None = None,
 ) -> VerifyResult:
     """Check the chain through `paths` in order (oldest first); stop at the first break.
 
     Every file must begin at seq 1 or with its `audit_file` record (`unmarked_head`
-    excuses files rotated by a host-agent that did not write one)."""
+    excuses files rotated by a host-agent that did not write one). With `checkpoints`
+    (a witness's), every record they name must hash as it did, and none may be cut."""
     seals = None if seal_key is None else SealCheck(seal_key, time.time() if now is None else now)
+    witnessed = None if checkpoints is None else CheckpointCheck(checkpoints)
     count, first_seq, prev, seq = 0, None, None, None
 
     def result(error: str | None = None) -> VerifyResult:
-        sealed = (None, None, None) if seals is None else (
-            seals.sealed_epoch, seals.sealed_seq, seals.unsealed
+        return VerifyResult(
+            error is None, count, first_seq, seq, prev, error,
+            sealed_epoch=None if seals is None else seals.sealed_epoch,
+            sealed_seq=None if seals is None else seals.sealed_seq,
+            unsealed=None if seals is None else seals.unsealed,
+            witnessed=None if witnessed is None else witnessed.checked,
         )  # fmt: skip
-        return VerifyResult(error is None, count, first_seq, seq, prev, error, *sealed)
 
     for path in paths:
         try:
@@ -65,6 +75,8 @@ def verify(
                     problem = _file_start(record)
                 if problem is None and seals is not None:
                     problem = seals.feed(record)
+                if problem is None and witnessed is not None:
+                    problem = witnessed.feed(record["seq"], record["hash"])
                 if problem is not None:
                     return result(f"{path}:{lineno}: {problem}")
                 count += 1
@@ -72,8 +84,8 @@ def verify(
                 first_seq = seq if first_seq is None else first_seq
         except _Unreadable as exc:
             return result(str(exc))
-    if seals is not None:
-        problem = seals.finish()
+    for check in (seals, witnessed):
+        problem = None if check is None else check.finish(seq)
         if problem is not None:
             return result(f"end of the log (seq {seq}): {problem}")
     return result()

@@ -1,5 +1,6 @@
-"""`host-agent audit verify`: check the log's chain (and seals); `audit seal-init`:
-start sealing it."""
+"""`host-agent audit verify`: check the log's chain (and its seals, and what its
+witnesses saw); `audit seal-init` and `audit checkpoint-init`: start sealing it and
+signing checkpoints of it."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from pathlib import Path
 
 from host_agent.audit import verify
 from host_agent.audit.chain import stamp
+from host_agent.audit.checkpoint import CheckpointError, SigningKey, Verifier
+from host_agent.audit.checkpoint_check import load_checkpoints
 from host_agent.audit.seal import Epochs, SealError, SealKey, VerificationKey, new_seed
-from host_agent.cli.common import EXIT_FAILED, EXIT_OK, Commands
+from host_agent.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Commands
 from host_agent.config import load_config
 from host_agent.errors import ConfigError
 
@@ -36,6 +39,18 @@ def register(commands: Commands) -> None:
         help="accept files that do not begin with their audit_file record "
         "(rotated by a host-agent that did not write one)",
     )
+    check.add_argument(
+        "--checkpoints",
+        metavar="SOURCE",
+        help="a witness's checkpoints: a file of notes, or the PostgreSQL witness's URL "
+        "(libpq's password ways; a role that may read audit_checkpoints); needs "
+        "--checkpoint-key",
+    )
+    check.add_argument(
+        "--checkpoint-key",
+        type=_checkpoint_verifier,
+        help="the checkpoint verifier key checkpoint-init printed",
+    )
     check.set_defaults(handler=_verify)
     init = audit_commands.add_parser(
         "seal-init",
@@ -47,6 +62,15 @@ def register(commands: Commands) -> None:
     )
     init.add_argument("--config", required=True, type=Path)
     init.set_defaults(handler=_seal_init)
+    signing = audit_commands.add_parser(
+        "checkpoint-init",
+        help="create the host's checkpoint signing key and print its verifier key",
+        description="Creates [audit.checkpoints] key_file (an Ed25519 key, owned by its "
+        "directory's owner, 0600) and prints the verifier key that checks its "
+        "checkpoints. Restart the agent to begin.",
+    )
+    signing.add_argument("--config", required=True, type=Path)
+    signing.set_defaults(handler=_checkpoint_init)
 
 
 def _verification_key(text: str) -> VerificationKey:
@@ -56,8 +80,26 @@ def _verification_key(text: str) -> VerificationKey:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _checkpoint_verifier(text: str) -> Verifier:
+    try:
+        return Verifier.parse(text)
+    except CheckpointError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _verify(options: argparse.Namespace) -> int:
-    result = verify(options.files, seal_key=options.seal_key, unmarked_head=options.unmarked_head)
+    checkpoints = None
+    if options.checkpoints is not None:
+        if options.checkpoint_key is None:
+            print("--checkpoints needs --checkpoint-key", file=sys.stderr)
+            return EXIT_USAGE
+        checkpoints = load_checkpoints(options.checkpoints, options.checkpoint_key)
+    result = verify(
+        options.files,
+        seal_key=options.seal_key,
+        unmarked_head=options.unmarked_head,
+        checkpoints=checkpoints,
+    )
     if not result.ok:
         print(f"BROKEN after {result.records} good records: {result.error}")
         return EXIT_FAILED
@@ -70,6 +112,8 @@ def _verify(options: argparse.Namespace) -> int:
             f"sealed through epoch {result.sealed_epoch} (the seal at seq {result.sealed_seq}); "
             f"{result.unsealed} records since, in the current epoch, not sealed yet"
         )
+    if checkpoints is not None:
+        print(f"{result.witnessed} of {len(checkpoints)} checkpoints checked against the files")
     return EXIT_OK
 
 
@@ -101,5 +145,24 @@ def _seal_init(options: argparse.Namespace) -> int:
         "    host-agent audit verify --seal-key KEY ROTATED-FILES... "
         f"{config.audit.log_path}\n"
         "naming the rotated files oldest first."
+    )
+    return EXIT_OK
+
+
+def _checkpoint_init(options: argparse.Namespace) -> int:
+    config = load_config(options.config)
+    wanted = config.audit.checkpoints
+    if wanted is None:
+        raise ConfigError(str(options.config), ["audit.checkpoints.key_file: is not set"])
+    directory = os.stat(wanted.key_file.parent)
+    try:
+        key = SigningKey.create(wanted.key_file, wanted.name, (directory.st_uid, directory.st_gid))
+    except CheckpointError as exc:
+        raise ConfigError(str(options.config), [f"audit.checkpoints.key_file: {exc}"]) from exc
+    print(
+        f"{wanted.key_file} holds the checkpoint key {wanted.name}. Its verifier key, for "
+        f"whoever checks this host's checkpoints:\n\n    {key.verifier}\n\n"
+        "Restart the agent to begin. Check the log against a witness with\n"
+        "    host-agent audit verify --checkpoint-key VERIFIER --checkpoints SOURCE FILE..."
     )
     return EXIT_OK
