@@ -1,0 +1,108 @@
+"""Checkpoints on a real agent: `audit checkpoint-init`, a checkpoint a second shipped
+to a real rsyslog over TLS, the collector stopped (the backlog shows in /health and
+the metrics, and with fail_closed_after_seconds mutating operations are held while
+reads go on), the collector back (everything flows again), and the log checked
+against what the collector kept."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from host_agent.audit.checkpoint import Verifier
+from host_agent.cli import main
+from host_agent.config import Config
+from tests.approval_flow import get, post, wait_for
+from tests.support import Pki, running_agent
+from tests.syslog_collector import Collector, running_collector
+from tests.system import Pool, System, run
+
+LIST = {"kind": "zfs", "resource": "", "args": ["list"]}
+
+
+def checkpoint_config(system: System, pki: Pki, tmp_path: Path, collector: Collector) -> Config:
+    return system.agent_config(
+        pki,
+        tmp_path,
+        audit=f"""
+[audit.checkpoints]
+key_file = "{tmp_path / "checkpoint.key"}"
+name = "host-agent/test-host/audit"
+every_seconds = 1
+syslog = "{collector.address}"
+syslog_ca = "{pki.ca}"
+fail_closed_after_seconds = 2
+""",
+    )
+
+
+def checkpoint_init(config: Config) -> Verifier:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["audit", "checkpoint-init", "--config", str(config.source)]) == 0
+    [key] = re.findall(r"^    (\S+\+[0-9a-f]{8}\+\S+)$", printed.getvalue(), re.M)
+    return Verifier.parse(key)
+
+
+def behind_seconds(metrics: str) -> float:
+    pattern = r'^host_agent_audit_checkpoint_behind_seconds\{witness="syslog"\} (\S+)$'
+    return float(re.findall(pattern, metrics, re.M)[0])
+
+
+@pytest.mark.root
+def test_checkpoints_reach_rsyslog_and_a_stopped_collector_holds_mutations(
+    system: System, pool: Pool, pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    snapshot = f"{pool.name}/data@held"
+    snap = {"kind": "zfs", "resource": f"{pool.name}/data", "args": ["snapshot", "held"]}
+    with running_collector(pki, tmp_path / "rsyslog") as collector:
+        config = checkpoint_config(system, pki, tmp_path, collector)
+        verifier = checkpoint_init(config)
+        try:
+            with running_agent(config) as agent:
+                assert post(agent, pki, "librarian-1", "/host/op", LIST).status_code == 200
+                wait_for(lambda: collector.messages(), timeout=15)
+                health = get(agent, pki, "admin-1", "/health").json()
+                assert health["audit_checkpoints"]["state"] == "ok", health
+
+                collector.stop()
+                time.sleep(3.5)  # past fail_closed_after_seconds, checkpoints unshipped
+                held = post(agent, pki, "librarian-1", "/host/op", snap)
+                assert held.status_code == 503, held.text
+                assert held.json()["error"]["code"] == "audit_witness_behind"
+                assert post(agent, pki, "librarian-1", "/host/op", LIST).status_code == 200
+                health = get(agent, pki, "admin-1", "/health").json()
+                assert "audit_checkpoints_behind" in health["problems"]
+                assert health["audit_checkpoints"]["witnesses"]["syslog"]["behind_seconds"] > 2
+                assert behind_seconds(get(agent, pki, "admin-1", "/metrics").text) > 2
+
+                collector.start()
+                wait_for(
+                    lambda: (
+                        get(agent, pki, "admin-1", "/health").json()["audit_checkpoints"]["state"]
+                        == "ok"
+                    ),
+                    timeout=60,
+                )
+                assert snapshot not in pool.datasets("snapshot")  # nothing ran while held
+                assert post(agent, pki, "librarian-1", "/host/op", snap).status_code == 200
+        finally:
+            run("zfs", "destroy", snapshot, check=False)
+        log = config.audit.log_path
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        assert any(r["event"] == "held" and r["code"] == "audit_witness_behind" for r in records)
+        assert records[-1]["event"] == "audit_checkpoint"  # the last one, at shutdown
+        kept = tmp_path / "collected.log"
+        kept.write_text(collector.received.read_text())
+    code = main(
+        ["audit", "verify", "--checkpoints", str(kept), "--checkpoint-key", str(verifier), str(log)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert re.search(r"([1-9]\d*) of \1 checkpoints checked", out), out
