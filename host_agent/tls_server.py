@@ -265,7 +265,7 @@ async def serve_tls(
             return
         try:
             wrapped = _ConnectionApp(app, tls_extension(ssl_object, cipher_ids.of(current)))
-            await TCPServer(wrapped, loop, config, worker, {}, reader, writer)
+            await _TCPServer(wrapped, loop, config, worker, {}, reader, writer)
         except OSError as exc:
             # A peer's alert or data after close_notify while Hypercorn closes the
             # connection (e.g. a refused renegotiation): nothing left to serve.
@@ -321,6 +321,21 @@ async def serve_tls(
             _done, pending = await asyncio.wait(connections, timeout=graceful_timeout)
             for task in pending:
                 task.cancel()
+
+
+class _TCPServer(TCPServer):
+    """Hypercorn's connection, let go as soon as the peer has gone.
+
+    Hypercorn's H11 protocol ignores the end of an idle kept-alive connection, so the
+    connection's task group waits out the keep-alive timer before it ends: a connection
+    the client closed went on holding its slot (per CN and overall) for up to
+    idle_timeout_seconds, and a caller connecting afresh per request ran out of them.
+    Once the reader is at its end nothing more can arrive; the timer goes, and what
+    is still running (a response being written) finishes as before."""
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        await self.idle_task.stop()
 
 
 class _AcceptBackoff:

@@ -25,11 +25,12 @@ from tests.resilience.conftest import Figures
 from tests.support import Pki, client_context, config_text, listening_port, serve_process
 
 ATTACKER = "127.0.0.2"
-LIMITS = """
+CN_CAP = 16
+LIMITS = f"""
 handshake_timeout_seconds = 3
 idle_timeout_seconds = 3
 body_timeout_seconds = 2
-max_connections_per_cn = 16
+max_connections_per_cn = {CN_CAP}
 max_handshakes_per_address = 8
 h2_max_concurrent_streams = 8
 """
@@ -280,3 +281,18 @@ def test_a_caller_that_may_not_send_is_refused_before_its_body(
     conn.close()
     assert answered == status
     assert time.monotonic() - started < 1.5
+
+
+def test_a_caller_that_connects_afresh_for_each_request_never_runs_out_of_slots(
+    agent: Agent,
+) -> None:
+    """A client that closes its connection after every answer (curl, a shell loop of
+    `host-agent op`) makes three times its CN's cap of connections, one after the other,
+    faster than the idle timeout: each is answered, none is refused for a slot that a
+    connection already closed still held."""
+    statuses = []
+    for _ in range(3 * CN_CAP):
+        with contextlib.closing(agent.tls("admin-1", source="127.0.0.1")) as conn:
+            conn.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            statuses.append(status_of(conn, within=5))
+    assert statuses == [200] * (3 * CN_CAP), statuses
