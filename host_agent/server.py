@@ -25,7 +25,7 @@ from host_agent.approvals.model import Status
 from host_agent.approvals.signal import notifier, poll
 from host_agent.approvals.store import ApprovalStore, open_store, read_password
 from host_agent.audit import AuditLog
-from host_agent.audit.checkpoints import Checkpoints
+from host_agent.audit.checkpoints import Checkpoints, digest
 from host_agent.audit.seal import SealError, SealKey
 from host_agent.audit.syslog_witness import SyslogWitness
 from host_agent.audit.witness import Shipper, Witness
@@ -116,6 +116,25 @@ def _checkpoints(config: Config, metrics: Metrics) -> Checkpoints | None:
     checkpoints = Checkpoints(wanted, witnesses)
     metrics.watch_checkpoints(checkpoints.behind, [witness.name for witness in witnesses])
     return checkpoints
+
+
+async def _signal_digest(pipeline: Pipeline, every: float) -> None:
+    """Send the latest checkpoint to the approvers over Signal every `every` seconds: a
+    witness on their phones. A failure is logged and counted; the next one is sent on
+    time anyway."""
+    while True:
+        await asyncio.sleep(every)
+        checkpoints, approval = pipeline.checkpoints, pipeline.config.approval
+        notify = notifier(approval)
+        latest = None if checkpoints is None else checkpoints.outbox
+        if latest is None or latest.note is None or latest.checkpoint is None or notify is None:
+            continue
+        text = digest(latest.note, latest.checkpoint, socket.gethostname())
+        try:
+            await notify(text, approval.allowed_approvers)
+        except Exception as exc:  # the digest is a courtesy copy: the agent goes on
+            log.error("the approvers' checkpoint digest was not sent: %s", exc)
+            pipeline.metrics.checkpoint_ship_failures.labels(witness="signal").inc()
 
 
 async def _take_checkpoints(audit: AuditLog, every: float) -> None:
@@ -299,6 +318,9 @@ async def run_server(
         every = float(checkpoints.config.every_seconds)
         background.append(asyncio.create_task(_take_checkpoints(pipeline.audit, every)))
         background.append(asyncio.create_task(shipper.run()))
+        if checkpoints.config.signal_digest_seconds:
+            every = float(checkpoints.config.signal_digest_seconds)
+            background.append(asyncio.create_task(_signal_digest(pipeline, every)))
     local: LocalApprovals | None = None
     if pipeline.approvals is not None:
         every = min(30.0, config.approval.ttl_seconds / 4)

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from host_agent.audit.checkpoint import Verifier
+from host_agent.audit.checkpoint import Verifier, open_note
 from host_agent.cli import main
 from host_agent.config import Config
 from tests.approval_flow import get, post, wait_for
-from tests.support import Pki, running_agent
+from tests.signal_bridge import BRIDGE_NUMBER, SignalBridge
+from tests.support import Pki, client, running_agent
 from tests.syslog_collector import Collector, running_collector
 from tests.system import Pool, System, run
 
@@ -83,13 +84,14 @@ def test_checkpoints_reach_rsyslog_and_a_stopped_collector_holds_mutations(
                 assert behind_seconds(get(agent, pki, "admin-1", "/metrics").text) > 2
 
                 collector.start()
-                wait_for(
-                    lambda: (
-                        get(agent, pki, "admin-1", "/health").json()["audit_checkpoints"]["state"]
-                        == "ok"
-                    ),
-                    timeout=60,
-                )
+                with client(agent, pki, "admin-1") as admin:  # one connection, polled
+
+                    def caught_up() -> bool:
+                        time.sleep(0.2)
+                        health = admin.get("/health").json()
+                        return bool(health["audit_checkpoints"]["state"] == "ok")
+
+                    wait_for(caught_up, timeout=60)
                 assert snapshot not in pool.datasets("snapshot")  # nothing ran while held
                 assert post(agent, pki, "librarian-1", "/host/op", snap).status_code == 200
         finally:
@@ -106,3 +108,35 @@ def test_checkpoints_reach_rsyslog_and_a_stopped_collector_holds_mutations(
     out = capsys.readouterr().out
     assert code == 0, out
     assert re.search(r"([1-9]\d*) of \1 checkpoints checked", out), out
+
+
+@pytest.mark.root
+def test_the_approvers_get_the_latest_checkpoint_as_a_signal_digest(
+    system: System, pki: Pki, tmp_path: Path, bridge: SignalBridge
+) -> None:
+    """A witness on the approvers' phones: the signed note itself, which their copy
+    lets them check against the host's log later."""
+    config = system.agent_config(
+        pki,
+        tmp_path,
+        approval=f'signal_url = "{bridge.url}"\nsignal_number = "{BRIDGE_NUMBER}"',
+        audit=f"""
+[audit.checkpoints]
+key_file = "{tmp_path / "checkpoint.key"}"
+name = "host-agent/test-host/audit"
+every_seconds = 1
+signal_digest_seconds = 1
+""",
+    )
+    verifier = checkpoint_init(config)
+    with running_agent(config) as agent:
+        assert post(agent, pki, "librarian-1", "/host/op", LIST).status_code == 200
+        sent = wait_for(
+            lambda: [m for m in bridge.sent if "audit checkpoint of" in str(m["message"])],
+            timeout=15,
+        )
+    message = str(sent[0]["message"])
+    assert sent[0]["recipients"] == ["+15555550001", "+15555550002"]
+    note = message[message.index("host-agent/test-host/audit\n") :]
+    checkpoint = open_note(note, verifier)
+    assert f"{checkpoint.size} records" in message

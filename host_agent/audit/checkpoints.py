@@ -76,3 +76,14 @@ class Checkpoints:
                 for name, backlog in self.outbox.backlog.items()
             },
         }
+
+
+def digest(note: str, checkpoint: Checkpoint, host: str) -> str:
+    """The approvers' daily message: the latest checkpoint, to keep off the host."""
+    return (
+        f"host-agent audit checkpoint of {host}: {checkpoint.size} records, at "
+        f"{checkpoint.time}.\n"
+        "Keep this message: checked against the host's log later, it shows whether "
+        "that log was rewritten or cut (host-agent audit verify --checkpoints).\n\n"
+        f"{note}"
+    )

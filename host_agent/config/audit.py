@@ -31,6 +31,8 @@ class CheckpointConfig:
     # Mutating operations get 503 once a witness has lacked a checkpoint this long
     # (0: never).
     fail_closed_after_seconds: int
+    # The latest checkpoint sent to the approvers over Signal this often (0: never).
+    signal_digest_seconds: int = 86400
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,9 @@ def _read_checkpoints(t: Table) -> CheckpointConfig | None:
         syslog_key=t.optional_path("syslog_key"),
         fail_closed_after_seconds=t.get(
             "fail_closed_after_seconds", int, 0, check=between(0, 30 * 86400)
+        ),
+        signal_digest_seconds=t.get(
+            "signal_digest_seconds", int, 86400, check=between(0, 30 * 86400)
         ),
     )
     if key_file is None and t.data:
