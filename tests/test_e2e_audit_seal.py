@@ -38,6 +38,7 @@ from tests.support import (
 )
 
 EPOCH_SECONDS = 1
+VERIFIER = r"\S+\+[0-9a-f]{8}\+\S+"  # a checkpoint verifier key, as printed
 REFUSED = {"kind": "zfs", "resource": "tank/data", "args": ["snapshot", "x"]}
 
 
@@ -46,17 +47,25 @@ class SealedLog:
     files: list[Path]  # oldest first: a gzipped rotated file, then the live one
     key: str  # the verification key seal-init printed
     key_file: Path
+    notes: Path  # the checkpoints, as a witness kept them
+    verifier: str  # the checkpoint verifier key checkpoint-init printed
 
 
 def sealed_config(pki: Pki, directory: Path) -> Path:
+    """Sealed, one-second epochs; and a checkpoint a second (no witness: the tests
+    take the notes from the untouched log, as a witness would have them)."""
     path = directory / "agent.toml"
     write_config(
         path,
         config_text(
             pki,
             directory,
-            audit=f'seal_key_file = "{directory / "seal.key"}"\n'
-            f"seal_epoch_seconds = {EPOCH_SECONDS}",
+            audit=f"""seal_key_file = "{directory / "seal.key"}"
+seal_epoch_seconds = {EPOCH_SECONDS}
+[audit.checkpoints]
+key_file = "{directory / "checkpoint.key"}"
+every_seconds = 1
+""",
         ),
     )
     return path
@@ -64,11 +73,16 @@ def sealed_config(pki: Pki, directory: Path) -> Path:
 
 def seal_init(config: Path) -> str:
     """Run `audit seal-init`; the verification key it printed."""
+    return init_and_print(config, "seal-init", r"[0-9a-f-]{71}/[0-9a-f]+-[0-9a-f]+")
+
+
+def init_and_print(config: Path, command: str, key: str) -> str:
+    """Run `audit COMMAND`; the key it printed, on a line of its own."""
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert main(["audit", "seal-init", "--config", str(config)]) == 0
-    [key] = re.findall(r"^    ([0-9a-f-]{71}/[0-9a-f]+-[0-9a-f]+)$", printed.getvalue(), re.M)
-    return str(key)
+        assert main(["audit", command, "--config", str(config)]) == 0
+    [found] = re.findall(f"^    ({key})$", printed.getvalue(), re.M)
+    return str(found)
 
 
 def verify(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str]:
@@ -83,6 +97,7 @@ def sealed_log(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> SealedLog:
     directory = tmp_path_factory.mktemp("sealed")
     config = sealed_config(pki, directory)
     key = seal_init(config)
+    verifier = init_and_print(config, "checkpoint-init", VERIFIER)
     log = directory / "audit.jsonl"
     with running_agent(load_config(config)) as agent, client(agent, pki, "reader-1") as http:
         for n in range(16):
@@ -95,7 +110,10 @@ def sealed_log(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> SealedLog:
     with rotated.open("rb") as source, gzip.open(compressed, "wb") as sink:
         shutil.copyfileobj(source, sink)
     rotated.unlink()
-    return SealedLog([compressed, log], key, directory / "seal.key")
+    notes = directory / "witnessed.notes"
+    files = [compressed, log]
+    notes.write_text("".join(r["note"] for path in files for r in records(path) if "note" in r))
+    return SealedLog(files, key, directory / "seal.key", notes, verifier)
 
 
 def records(path: Path) -> list[dict[str, Any]]:
@@ -230,11 +248,32 @@ def test_each_tamper_is_caught_by_its_check(
     assert out.startswith("BROKEN") and said in out, out
 
 
+def test_a_tail_cut_and_left_is_caught_by_the_witness_not_the_seals(
+    sealed_log: SealedLog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Cut back to the last seal and left that way: locally that is an agent that
+    stopped, and the seals pass; the checkpoints a witness took say otherwise."""
+    copies = [tmp_path / path.name for path in sealed_log.files]
+    contents = [records(path) for path in sealed_log.files]
+    live = contents[1]
+    del live[seal_indices(live)[-1] + 1 :]
+    for copy, lines in zip(copies, contents, strict=True):
+        write(copy, lines)
+    code, out = verify(capsys, "--seal-key", sealed_log.key, *copies)
+    assert code == 0, out
+    witnessed = ("--checkpoints", sealed_log.notes, "--checkpoint-key", sealed_log.verifier)
+    code, out = verify(capsys, "--seal-key", sealed_log.key, *witnessed, *copies)
+    assert code == 1 and "records were cut from the end" in out, out
+    code, out = verify(capsys, *witnessed, *sealed_log.files)
+    assert code == 0, out
+
+
 def test_an_agent_killed_mid_epoch_and_at_rotation_leaves_a_log_that_verifies(
     pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = sealed_config(pki, tmp_path)
     key = seal_init(config)
+    init_and_print(config, "checkpoint-init", VERIFIER)
     log = tmp_path / "audit.jsonl"
     cert, client_key = pki.client("reader-1")
     context = client_context(pki.ca, cert, client_key)

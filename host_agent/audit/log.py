@@ -106,7 +106,11 @@ class AuditLog:
             # A new file continuing the chain says so first: a file that does not
             # begin this way (or at seq 1) was cut.
             try:
-                self._write_locked({"event": FILE_EVENT}, self._clock())
+                now = self._clock()
+                self._write_locked({"event": FILE_EVENT}, now)
+                # An epoch that ended meanwhile is sealed before the checkpoint of the
+                # head (the file record is exempt from its epoch's dates: see seal_check).
+                self._seal_due_locked(now)
                 self._checkpoint_locked()
             except AuditUnavailable:
                 self._close_locked()
