@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         _step("concurrency")
         sections.append(concurrency.measure(bench, agent, found, plan))
         _step("denied requests")
-        sections.append(denied.measure(bench, agent, plan))
+        with bench.agent("sealed", sealed=True) as sealed:
+            sections.append(denied.measure(bench, agent, sealed, plan))
         _step("memory")
         sections.append(memory.measure(bench, plan))
         _step("rules")

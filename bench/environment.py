@@ -9,6 +9,8 @@ Everything lives in one temporary directory and is removed at the end.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import pwd
 import shutil
@@ -21,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from host_agent.cli import main
 from host_agent.client import ClientConfig
 from host_agent.config import Config
 from tests.support import Pki, client_context, listening_port, make_pki, serve_process
@@ -45,6 +48,14 @@ allowed_operations = ["zfs-list", "exec-run"]
 # clients reconnect together (after the idle timeout, between variants), the
 # per-address handshake cap (8) would refuse some. Throughput is measured without it.
 SERVER = "max_handshakes_per_address = 64\n"
+# Seals and checkpoints at their most frequent: an epoch and a checkpoint a second (no
+# witness: shipping runs off the request path, once per checkpoint and witness).
+SEALED = """seal_key_file = "{workdir}/seal.key"
+seal_epoch_seconds = 1
+[audit.checkpoints]
+key_file = "{workdir}/checkpoint.key"
+every_seconds = 1
+"""
 # The rate limiter would refuse a benchmark's request rate; it is measured without it.
 EXTRA = """
 [rate_limit]
@@ -105,17 +116,25 @@ class Bench:
     def account(self) -> Account:
         return Account.of(self.system.user)
 
-    def config(self, name: str) -> Config:
-        """An agent config of its own (audit log, approval store) under `root/name`."""
+    def config(self, name: str, *, sealed: bool = False) -> Config:
+        """An agent config of its own (audit log, approval store) under `root/name`;
+        `sealed`: with forward-secure seals and signed checkpoints, each at its most
+        frequent (every second), their keys made as an operator makes them."""
         workdir = self.root / name
         workdir.mkdir(mode=0o755, exist_ok=True)
-        return self.system.agent_config(
-            self.pki, workdir, name=name, profiles=PROFILE, extra=EXTRA, server=SERVER
+        audit = SEALED.format(workdir=workdir) if sealed else ""
+        config = self.system.agent_config(
+            self.pki, workdir, name=name, profiles=PROFILE, extra=EXTRA, server=SERVER, audit=audit
         )
+        if sealed:
+            for command in ("seal-init", "checkpoint-init"):
+                with contextlib.redirect_stdout(io.StringIO()):  # the keys are not kept
+                    main(["audit", command, "--config", str(config.source)])
+        return config
 
     @contextmanager
-    def agent(self, name: str) -> Iterator[Agent]:
-        config = self.config(name)
+    def agent(self, name: str, *, sealed: bool = False) -> Iterator[Agent]:
+        config = self.config(name, sealed=sealed)
         process = serve_process(config.source, env=self.env)
         try:
             port = listening_port(process)
