@@ -9,7 +9,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import pty
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,8 +23,9 @@ from host_agent.audit.checkpoint import Verifier, open_note
 from host_agent.cli import main
 from host_agent.config import Config
 from tests.approval_flow import get, post, wait_for
+from tests.postgres import Postgres, fleet_database
 from tests.signal_bridge import BRIDGE_NUMBER, SignalBridge
-from tests.support import Pki, client, running_agent
+from tests.support import Pki, client, config_text, running_agent, write_config
 from tests.syslog_collector import Collector, running_collector
 from tests.system import Pool, System, run
 
@@ -140,3 +145,62 @@ signal_digest_seconds = 1
     note = message[message.index("host-agent/test-host/audit\n") :]
     checkpoint = open_note(note, verifier)
     assert f"{checkpoint.size} records" in message
+
+
+@pytest.mark.root
+def test_the_fleet_database_takes_each_checkpoint_and_gives_none_back(
+    system: System, pki: Pki, tmp_path: Path, postgres: Postgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The agent's role INSERTs its checkpoints into the fleet's database; the operator
+    reads them back (as the owner) to check the log."""
+    database = fleet_database(postgres)
+    secret = tmp_path / "db-password"
+    secret.write_text(database.password)
+    config = system.agent_config(
+        pki,
+        tmp_path,
+        audit=f"""
+[audit.checkpoints]
+key_file = "{tmp_path / "checkpoint.key"}"
+name = "host-agent/test-host/audit"
+every_seconds = 1
+postgres_url = "{database.url}"
+postgres_password_file = "{secret}"
+""",
+    )
+    verifier = checkpoint_init(config)
+    count = "SELECT count(*) FROM audit_checkpoints"
+    with running_agent(config) as agent:
+        assert post(agent, pki, "librarian-1", "/host/op", LIST).status_code == 200
+        wait_for(lambda: int(postgres.psql(count, database=database.name)) >= 2, timeout=15)
+    owner = postgres.url(database=database.name)
+    log = config.audit.log_path
+    code = main(
+        ["audit", "verify", "--checkpoints", owner, "--checkpoint-key", str(verifier), str(log)]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert re.search(r"([2-9]|\d\d+) of \1 checkpoints checked", out), out
+
+
+def test_seal_init_shows_the_key_as_a_qr_code_on_a_terminal(pki: Pki, tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    write_config(
+        config, config_text(pki, tmp_path, audit=f'seal_key_file = "{tmp_path / "seal.key"}"')
+    )
+    primary, secondary = pty.openpty()
+    with subprocess.Popen(
+        [sys.executable, "-m", "host_agent", "audit", "seal-init", "--config", str(config)],
+        stdout=secondary,
+        stderr=subprocess.DEVNULL,
+    ) as process:
+        os.close(secondary)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
+            while chunk := os.read(primary, 65536):
+                shown += chunk
+        assert process.wait(30) == 0
+    os.close(primary)
+    text = shown.decode()
+    assert re.search(r"^    [0-9a-f-]{71}/[0-9a-f]+-[0-9a-f]+\r?$", text, re.M), text
+    assert text.count("\u2588") > 50  # the QR code's full blocks
