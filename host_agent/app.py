@@ -36,6 +36,7 @@ from host_agent.health import HostHealth, for_caller
 from host_agent.identity import Identity
 from host_agent.legacy import LEGACY_ROUTES, LegacyRoute, legacy_error
 from host_agent.metrics import CONTENT_TYPE
+from host_agent.openai_tools import openai_tools
 from host_agent.pipeline import Pipeline
 from host_agent.policy import find_profile
 from host_agent.ratelimit import RateLimited
@@ -204,6 +205,11 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
             identity.cn,
             approvals_enabled=pipeline.approvals is not None,
         )
+        shape = request.query_params.get("format", "host-agent")
+        if shape == "openai":
+            return JSONResponse(openai_tools(manifest))
+        if shape != "host-agent":
+            raise ValidationError("format", "must be host-agent or openai", code="invalid_value")
         return JSONResponse(manifest)
 
     app = Starlette(

@@ -10,6 +10,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from host_agent.config import Config, parse_config
+from host_agent.openai_tools import CHECK_APPROVAL, STRICT_KEYWORDS, strict_schema
 from host_agent.operations import OPERATION_NAMES, ApprovalNeed, Operation
 from host_agent.policy import Effect, decide, find_profile, offer
 from host_agent.tools import SCHEMA_DIALECT
@@ -410,3 +411,87 @@ def test_offer_never_contradicts_decide(rules: list[dict[str, Any]], agent: dict
         assert Effect.APPROVAL not in effects
     elif offered.approval is ApprovalNeed.ALWAYS:
         assert Effect.ALLOW not in effects
+
+
+# --- ?format=openai: what a model takes as is -----------------------------------
+
+CALLERS = ("librarian-1", "reader-1", "admin-1")
+
+
+def openai(agent: RunningAgent, pki: Pki, cn: str) -> list[dict[str, Any]]:
+    with client(agent, pki, cn) as http:
+        reply = http.get("/v1/tools/manifest", params={"format": "openai"})
+    assert reply.status_code == 200, reply.text
+    body: list[dict[str, Any]] = reply.json()
+    return body
+
+
+def strict_problems(schema: Any, where: str = "parameters") -> list[str]:
+    """Everything in `schema` outside OpenAI's strict subset."""
+    if not isinstance(schema, dict):
+        return [f"{where}: not an object"]
+    problems = [f"{where}: {key}" for key in schema if key not in STRICT_KEYWORDS]
+    if "object" in (schema.get("type"), *(schema.get("type") or [])):
+        if schema.get("additionalProperties") is not False:
+            problems.append(f"{where}: additionalProperties is not false")
+        if sorted(schema.get("required", [])) != sorted(schema.get("properties", {})):
+            problems.append(f"{where}: not every property is required")
+        for name, value in schema.get("properties", {}).items():
+            problems += strict_problems(value, f"{where}.{name}")
+    if "items" in schema:
+        problems += strict_problems(schema["items"], f"{where}[]")
+    return problems
+
+
+@pytest.mark.parametrize("cn", CALLERS)
+def test_every_schema_is_in_the_strict_subset(
+    policy_agent: RunningAgent, pki: Pki, cn: str
+) -> None:
+    tools = openai(policy_agent, pki, cn)
+    assert tools, cn
+    for tool in tools:
+        assert set(tool) == {"type", "function"}  # no x- members: handed to a model as is
+        assert set(tool["function"]) == {"name", "description", "parameters", "strict"}
+        assert tool["function"]["strict"] is True
+        name = tool["function"]["name"]
+        assert strict_problems(tool["function"]["parameters"]) == [], name
+        Draft202012Validator.check_schema(tool["function"]["parameters"])
+
+
+def test_the_tools_are_the_callers_own_plus_check_approval(
+    policy_agent: RunningAgent, pki: Pki
+) -> None:
+    full = manifest(policy_agent, pki, "librarian-1")
+    names = [tool["function"]["name"] for tool in openai(policy_agent, pki, "librarian-1")]
+    assert names == [tool["function"]["name"] for tool in full["tools"]] + [CHECK_APPROVAL]
+    # A caller none of whose tools waits for a human is not offered check_approval.
+    reader = manifest(policy_agent, pki, "reader-1")["tools"]
+    assert {t["x-host-agent"]["approval"] for t in reader} == {"never"}
+    offered = [tool["function"]["name"] for tool in openai(policy_agent, pki, "reader-1")]
+    assert CHECK_APPROVAL not in offered and len(offered) == len(reader)
+
+
+def test_an_optional_argument_is_present_and_may_be_null(
+    policy_agent: RunningAgent, pki: Pki
+) -> None:
+    full = manifest(policy_agent, pki, "librarian-1")
+    destroy = next(t for t in full["tools"] if t["function"]["name"] == "zfs-destroy")
+    strict = strict_schema(destroy["function"]["parameters"])
+    assert strict["properties"]["reason"]["type"] == ["string", "null"]
+    assert strict["properties"]["resource"]["type"] == "string"
+    assert "255 characters" in strict["properties"]["resource"]["description"]
+    # What the model may send under the cut-down schema, the full one still judges.
+    Draft202012Validator(strict).validate({"resource": "tank/a@b", "reason": None})
+    too_long = {"resource": "tank/" + "a" * 300, "reason": None}
+    Draft202012Validator(strict).validate(too_long)
+    assert not Draft202012Validator(destroy["function"]["parameters"]).is_valid(
+        {"resource": too_long["resource"]}
+    )
+
+
+def test_an_unknown_format_is_refused_by_name(agent: RunningAgent, pki: Pki) -> None:
+    with client(agent, pki, "librarian-1") as http:
+        reply = http.get("/v1/tools/manifest", params={"format": "anthropic"})
+    assert reply.status_code == 400
+    assert reply.json()["error"]["code"] == "invalid_value"
+    assert reply.json()["error"]["field"] == "format"
