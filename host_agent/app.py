@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from host_agent import __version__
+from host_agent import __version__, tool_calls
 from host_agent.approvals.manager import MAX_FOLLOW_SECONDS, ApprovalManager
 from host_agent.approvals.model import APPROVAL_ID, Approver
 from host_agent.approvals.signal import (
@@ -72,6 +72,10 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
         await operation_caller(request)
         reply = await pipeline.host_op(*await read(request))
         return JSONResponse(reply.body, status_code=reply.status)
+
+    async def tool_call(request: Request) -> Response:
+        await operation_caller(request)
+        return JSONResponse(await tool_calls.answer(pipeline, *await read(request)))
 
     def legacy(route: LegacyRoute) -> Route:
         async def endpoint(request: Request) -> Response:
@@ -209,7 +213,7 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
         if shape == "openai":
             return JSONResponse(openai_tools(manifest))
         if shape != "host-agent":
-            raise ValidationError("format", "must be host-agent or openai", code="invalid_value")
+            raise ValidationError("format", "must be host-agent or openai")
         return JSONResponse(manifest)
 
     app = Starlette(
@@ -217,6 +221,7 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
             Route("/host/op", host_op, methods=["POST"]),
             Route("/health", health_check, methods=["GET"]),
             Route("/v1/tools/manifest", tools_manifest, methods=["GET"]),
+            Route(tool_calls.PATH, tool_call, methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/admin/warn-permissions", warn_permissions, methods=["GET"]),
             Route("/approvals/{approval_id}", approval_status, methods=["GET"]),

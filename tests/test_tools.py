@@ -493,5 +493,5 @@ def test_an_unknown_format_is_refused_by_name(agent: RunningAgent, pki: Pki) -> 
     with client(agent, pki, "librarian-1") as http:
         reply = http.get("/v1/tools/manifest", params={"format": "anthropic"})
     assert reply.status_code == 400
-    assert reply.json()["error"]["code"] == "invalid_value"
+    assert reply.json()["error"]["code"] == "invalid_argument"
     assert reply.json()["error"]["field"] == "format"

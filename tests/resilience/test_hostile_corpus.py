@@ -457,6 +457,7 @@ def reason_attacks() -> Iterator[Attack]:
 
 POST_ROUTES = (
     "/host/op",
+    "/v1/tools/call",
     "/approve",
     "/webhook/signal",
     "/zfs/list",
@@ -809,6 +810,7 @@ BROWSER_HEADERS = {
 # Valid bodies: what runs if the header is not what refuses them.
 BROWSER_BODIES = {
     "/host/op": as_json(LIST),
+    "/v1/tools/call": as_json({"name": "zfs-list", "arguments": {}}),
     "/approve": as_json({"token": "ABCD-EFGH-JKMN-PQRS"}),
     "/webhook/signal": as_json(WEBHOOK_LEGACY),
     "/zfs/list": as_json({"dataset": "tank"}),
@@ -854,9 +856,48 @@ def metrics_listener_attacks() -> Iterator[Attack]:
         )
 
 
+# --- /v1/tools/call: the envelope, then hostile names and arguments ------------------
+
+TOOL_CALL = "/v1/tools/call"
+
+
+def tool_call_attacks() -> Iterator[Attack]:
+    """A body that is no tool call is a 400; a hostile name or argument is refused to the
+    model (200, `status: error`): each audited once, nothing run."""
+    envelopes = {
+        "not-json": b"{name",
+        "array": as_json(["zfs-list"]),
+        "no-name": as_json({"arguments": {}}),
+        "name-not-string": as_json({"name": 7, "arguments": {}}),
+        "extra-key": as_json({"name": "zfs-list", "arguments": {}, "role": "admin"}),
+        "arguments-not-json": as_json({"name": "zfs-list", "arguments": "{zfs"}),
+        "arguments-array": as_json({"name": "zfs-list", "arguments": ["tank"]}),
+        "function-not-object": as_json({"id": "c", "type": "function", "function": "zfs-list"}),
+        "type-not-function": as_json({"id": "c", "type": "code", "function": {"name": "x"}}),
+        "id-huge": as_json({"id": "i" * 1000, "name": "zfs-list", "arguments": {}}),
+    }
+    for name, body in envelopes.items():
+        yield post("tool-call-envelope", name, TOOL_CALL, body)
+    for value, value_id in HOSTILE:
+        # Not a tool call at all (no name; text that is not UTF-8): 400, as above.
+        envelope = value_id in ("empty", "lone-surrogate")
+        status = None if envelope else 200
+        named = {"name": value, "arguments": {}}
+        yield post("tool-call-name", value_id, TOOL_CALL, as_json(named), status=status)
+        if value_id != "empty":  # an empty resource lists every pool
+            listed = {"name": "zfs-list", "arguments": json.dumps({"resource": value})}
+            yield post("tool-call-argument", value_id, TOOL_CALL, as_json(listed), status=status)
+        checked = {"name": "check_approval", "arguments": {"approval_id": value}}
+        checked_status = None if value_id == "lone-surrogate" else 200
+        yield post(
+            "tool-call-approval-id", value_id, TOOL_CALL, as_json(checked), status=checked_status
+        )
+
+
 def corpus() -> list[Attack]:
     return [
         *adapter_attacks(),
+        *tool_call_attacks(),
         *legacy_attacks(),
         *envelope_attacks(),
         *reason_attacks(),
@@ -1039,11 +1080,15 @@ def test_hostile_input_is_refused_audited_and_starts_nothing(
 
 def error_of(attack: Attack, reply: dict[str, Any]) -> tuple[str, str]:
     """The code and message of an error reply: the predecessor's shape from its routes
-    (`{"success": false, "error": "<text>", "code"}`), ours everywhere else, including
-    the router's own refusals on those paths (a method they do not take)."""
+    (`{"success": false, "error": "<text>", "code"}`), a tool call's answer for the
+    model (`{"status": "error", "content", "code"}`, 200), ours everywhere else,
+    including the router's own refusals on those paths (a method they do not take)."""
     if attack.route in LEGACY_PATHS and attack.category != "wrong-method":
         assert reply["success"] is False
         return reply["code"], reply["error"]
+    if attack.route == TOOL_CALL and attack.status == 200:
+        assert reply["status"] == "error", reply
+        return reply["code"], reply["content"]
     return reply["error"]["code"], reply["error"]["message"]
 
 
