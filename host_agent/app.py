@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -52,20 +54,22 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
 
     async def read(request: Request) -> tuple[Identity, bytes]:
         """The caller and the body of a state-changing request (every POST route)."""
-        identity = await pipeline.identify(request.scope)
-        try:
-            _refuse_browsers(request)
-            timeout = pipeline.config.server.limits.body_timeout_seconds
-            return identity, await _read_body(request, max_body, timeout)
-        except RequestError as exc:
-            await pipeline.reject(identity, exc)
-            raise
+        with _before_body():
+            identity = await pipeline.identify(request.scope)
+            try:
+                _refuse_browsers(request)
+                timeout = pipeline.config.server.limits.body_timeout_seconds
+                return identity, await _read_body(request, max_body, timeout)
+            except RequestError as exc:
+                await pipeline.reject(identity, exc)
+                raise
 
     async def operation_caller(request: Request) -> Identity:
         """The caller of an operation route, refused before its body is read when no
         profile matches its CN: a body costs memory and time, a CN nothing."""
-        identity = await pipeline.identify(request.scope)
-        await pipeline.refuse_unknown_caller(identity, request.url.path)
+        with _before_body():
+            identity = await pipeline.identify(request.scope)
+            await pipeline.refuse_unknown_caller(identity, request.url.path)
         return identity
 
     async def host_op(request: Request) -> Response:
@@ -93,8 +97,9 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
 
     async def limited(request: Request) -> Identity:
         """The caller of an approval route, within its rate limit."""
-        identity = await pipeline.identify(request.scope)
-        await pipeline.limit(identity, "approval", request.url.path)
+        with _before_body():
+            identity = await pipeline.identify(request.scope)
+            await pipeline.limit(identity, "approval", request.url.path)
         return identity
 
     def approvals() -> ApprovalManager:
@@ -350,6 +355,16 @@ async def _agent_error(request: Request, exc: Exception) -> Response:
     )
 
 
+@contextlib.contextmanager
+def _before_body() -> Iterator[None]:
+    """A refusal from within was made before the request's body was read."""
+    try:
+        yield
+    except HostAgentError as exc:
+        exc.unread_body = True
+        raise
+
+
 def _error_parts(
     request: Request, exc: HostAgentError
 ) -> tuple[int, str, str, str | None, dict[str, Any], dict[str, str] | None]:
@@ -360,7 +375,9 @@ def _error_parts(
         extra["request_id"] = exc.request_id
     if isinstance(exc, OperationFailed):
         extra["result"] = exc.result
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else {}
+    if exc.unread_body and request.method not in ("GET", "HEAD"):
+        headers["Connection"] = "close"
     field = exc.field if isinstance(exc, RequestError) else None
     message = exc.message if isinstance(exc, RequestError) else exc.public_message()
     if exc.status >= 500:

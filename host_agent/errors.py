@@ -33,6 +33,9 @@ class HostAgentError(Exception):
     code = "internal_error"
     # Set by the request path so the error reply names the audited request.
     request_id: str | None = None
+    # Refused before the request's body was read: the reply closes the connection, so
+    # that a client never sends its next request into what the server will not read.
+    unread_body: bool = False
 
     def public_message(self) -> str:
         """What a client is told; the log keeps `str(self)`, which may name host paths."""

@@ -14,7 +14,15 @@ from host_agent.audit import AuditLog, verify
 from host_agent.config import Limit, RateLimitConfig
 from host_agent.metrics import Metrics
 from host_agent.refusal_audit import RefusalAudit
-from tests.support import Pki, audit_records, client, config_text, running_agent, write_config
+from tests.support import (
+    Pki,
+    RunningAgent,
+    audit_records,
+    client,
+    config_text,
+    running_agent,
+    write_config,
+)
 
 LIMITS = RateLimitConfig(
     enabled=True, max_requests=5, window_seconds=60, endpoints=(), refusals=Limit(3, 60)
@@ -116,3 +124,19 @@ def test_a_flood_of_bad_requests_and_unknown_cns_cannot_flood_the_log(
     counts = {r["source"]: r["count"] for r in records if "count" in r}
     assert counts == {"librarian-1": 25, "stranger": 15}
     assert verify([config.audit.log_path]).ok
+
+
+def test_a_refusal_made_before_the_body_is_read_closes_the_connection(
+    agent: RunningAgent, pki: Pki
+) -> None:
+    """An unknown CN is refused before its body is read: the reply says the connection
+    ends, so a client never sends its next request after a body the server left unread
+    (which raced the close: "server disconnected" on a kept-alive connection). A
+    refusal after the body was read keeps the connection."""
+    with client(agent, pki, "stranger") as http:
+        refused = http.post("/host/op", content=b"{}")
+        assert (refused.status_code, refused.headers.get("connection")) == (403, "close")
+    with client(agent, pki, "librarian-1") as http:
+        invalid = http.post("/host/op", content=b"{not json")
+        assert invalid.status_code == 400 and invalid.headers.get("connection") != "close"
+        assert http.post("/host/op", content=b"{not json").status_code == 400
