@@ -31,6 +31,7 @@ from host_agent.errors import (
     RunnerError,
     TargetRefused,
 )
+from host_agent.external_policy import ExternalPolicy, tightened
 from host_agent.identity import CertificateCheck, CertificateRefused, Identity
 from host_agent.metrics import Metrics
 from host_agent.operations import Operation
@@ -78,6 +79,7 @@ class Pipeline:
         # No connection predates the start, so the handshake's CRL is all there is to
         # hold; a reload puts its CRL's revocations here for connections already open.
         self.certificates = CertificateCheck()
+        self.external = _external(config)
 
     def reconfigure(self, config: Config, registry: Registry) -> None:
         """A reloaded config: requests from now on see the new policy, adapters and limits."""
@@ -86,6 +88,7 @@ class Pipeline:
         self.runner.config = config.runner
         self.limiter.config = config.rate_limit
         self.refusals.reconfigure(config.rate_limit)
+        self.external = _external(config)
         if self.approvals is not None:
             self.approvals.reconfigure(config.approval)
 
@@ -194,7 +197,14 @@ class Pipeline:
                 canonical = dataclasses.replace(operation, resource=operation.canonical_resource)
                 decision = _stricter(decision, decide(self.config, who["cn"], canonical))
         argv = self.runner.argv_for(operation)
-        await self._decision(who, _operation_summary(operation, argv, request), decision)
+        summary = _operation_summary(operation, argv, request)
+        if decision.effect is not Effect.DENY and self.external is not None:
+            found = find_profile(self.config, who["cn"])
+            agent_type = found[1].agent_type if found else ""
+            verdict = await self.external.consult(who["cn"], agent_type, operation)
+            decision = tightened(decision, verdict)
+            summary["external_policy"] = verdict.as_dict()
+        await self._decision(who, summary, decision)
         described = {
             "request_id": who["request_id"],
             "operation": operation.name,
@@ -406,6 +416,12 @@ def _who(identity: Identity) -> dict[str, Any]:
 
 
 _SEVERITY = {Effect.ALLOW: 0, Effect.APPROVAL: 1, Effect.DENY: 2}
+
+
+def _external(config: Config) -> ExternalPolicy | None:
+    """[policy] external_url's check, when one is configured."""
+    wanted = config.policy.external
+    return None if wanted is None else ExternalPolicy(wanted)
 
 
 def _stricter(first: Decision, second: Decision) -> Decision:

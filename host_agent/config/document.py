@@ -28,6 +28,7 @@ from host_agent.config.approval import ApprovalConfig, read_approval, warn_about
 from host_agent.config.audit import AuditConfig, read_audit
 from host_agent.config.fields import Reader, Table
 from host_agent.config.metrics import MetricsConfig, read_metrics
+from host_agent.config.policy import PolicyConfig, read_policy
 from host_agent.config.rate_limit import RateLimitConfig, read_rate_limit
 from host_agent.config.runner import RunnerConfig, read_runner
 from host_agent.config.server import ServerConfig, read_server
@@ -53,6 +54,7 @@ class Config:
     zfs: ZfsConfig = field(default_factory=ZfsConfig)
     pct: PctConfig = field(default_factory=PctConfig)
     wrappers: WrappersConfig = field(default_factory=WrappersConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
 
@@ -101,6 +103,7 @@ def parse_config(raw: dict[str, Any], source: Path) -> Config:
     zfs = read_zfs(document.table("zfs"))
     pct = read_pct(document.table("pct"))
     wrappers = read_wrappers(document.table("wrappers"))
+    policy = read_policy(document.table("policy"))
     document.finish()
 
     if not agents:
@@ -142,5 +145,6 @@ def parse_config(raw: dict[str, Any], source: Path) -> Config:
         zfs=zfs,
         pct=pct,
         wrappers=wrappers,
+        policy=policy,
         warnings=tuple(reader.warnings),
     )
