@@ -101,6 +101,8 @@ async def answer(pipeline: Pipeline, identity: Identity, body: bytes) -> dict[st
             approval = await _approval_to_check(pipeline, identity, call)
         else:
             document = _host_op(call)
+    except RateLimited:
+        raise  # audited by the limiter; 429, for the proxy to back off
     except RequestError as exc:
         await pipeline.reject(identity, exc)  # the pipeline audits what it refuses itself
         return _error(call, exc)

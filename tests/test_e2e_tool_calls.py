@@ -5,12 +5,21 @@ that waits for a human, then runs through `check_approval` once an admin approve
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.approval_flow import post
-from tests.support import Pki, RunningAgent, audit_records, client
+from tests.support import (
+    Pki,
+    RunningAgent,
+    audit_records,
+    client,
+    config_text,
+    running_agent,
+    write_config,
+)
 from tests.system import Pool, run
 
 CALL = "/v1/tools/call"
@@ -127,3 +136,17 @@ def test_a_call_that_waits_for_a_human_runs_through_check_approval(
     assert snapshot not in pool.datasets("snapshot")
     again = call(system_agent, pki, "librarian-1", check)
     assert (again["status"], again["code"]) == ("error", "approval_consumed")
+
+
+def test_check_approval_is_held_to_the_approval_rate_limit(pki: Pki, tmp_path: Path) -> None:
+    """Following an approval counts as the approval routes do; past the limit the proxy
+    gets 429 to back off, audited once."""
+    extra = "[rate_limit.approval]\nrequests = 2\nper_seconds = 3600\n"
+    config = write_config(tmp_path / "agent.toml", config_text(pki, tmp_path, extra=extra))
+    check = {"name": "check_approval", "arguments": {"approval_id": "ap-" + "0" * 16}}
+    with running_agent(config) as agent, client(agent, pki, "librarian-1") as http:
+        answers = [http.post(CALL, json=check) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert [a.json().get("code") for a in answers[:2]] == ["approval_not_found"] * 2
+    limited = [r for r in audit_records(config.audit.log_path) if r.get("code") == "rate_limited"]
+    assert len(limited) == 1
