@@ -20,6 +20,7 @@ errors. Every refusal is audited once, as on /host/op.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ from host_agent.request import decode_json
 
 PATH = "/v1/tools/call"
 _PARAMETERS = {"resource", "args", "reason"}
+_ARG_FIELD = re.compile(r"args\[(\d+)\]")
 # A result's text for the model is cut here (the structured result is whole).
 MAX_CONTENT = 16_384
 
@@ -210,9 +212,7 @@ def _pending(call: ToolCall, body: dict[str, Any]) -> dict[str, Any]:
 
 def _error(call: ToolCall, exc: HostAgentError) -> dict[str, Any]:
     message = exc.message if isinstance(exc, RequestError) else exc.public_message()
-    field = exc.field if isinstance(exc, RequestError) else None
-    if field in _PARAMETERS or (field or "").startswith("args"):
-        field = f"arguments.{field}"
+    field = _tool_field(exc.field) if isinstance(exc, RequestError) else None
     return _result(
         call,
         "error",
@@ -221,6 +221,18 @@ def _error(call: ToolCall, exc: HostAgentError) -> dict[str, Any]:
         field=field,
         request_id=exc.request_id,
     )
+
+
+def _tool_field(field: str | None) -> str | None:
+    """A /host/op field as the tool call named it: `args[0]` was the tool's name, so the
+    tool's own `args` count from the next one."""
+    match = _ARG_FIELD.fullmatch(field or "")
+    if match is not None:
+        index = int(match.group(1))
+        return "name" if index == 0 else f"arguments.args[{index - 1}]"
+    if field in _PARAMETERS:
+        return f"arguments.{field}"
+    return field
 
 
 def _result(call: ToolCall, status: str, content: str, **extra: Any) -> dict[str, Any]:

@@ -90,6 +90,12 @@ def test_refusals_are_answers_with_their_code_and_field(
         {"name": "zfs-snapshot", "arguments": {"resource": "../etc", "args": ["x"]}},
     )
     assert (bad["status"], bad["field"]) == ("error", "arguments.resource")
+    # The tool's own args count from 0 (the /host/op command before them is its name).
+    snapshot_name = {"resource": f"{pool.name}/data", "args": ["-x"]}
+    bad_arg = call(
+        system_agent, pki, "librarian-1", {"name": "zfs-snapshot", "arguments": snapshot_name}
+    )
+    assert (bad_arg["status"], bad_arg["field"]) == ("error", "arguments.args[0]"), bad_arg
     stray = call(system_agent, pki, "librarian-1", {"name": "zfs-list", "arguments": {"x": 1}})
     assert (stray["code"], stray["field"]) == ("invalid_argument", "arguments.x")
     assert f"{pool.name}/data@x" not in pool.datasets("snapshot")
