@@ -425,7 +425,14 @@ def _external(config: Config) -> ExternalPolicy | None:
 
 
 def _stricter(first: Decision, second: Decision) -> Decision:
-    """Of the decisions for a resource's two names, the one that gives less."""
+    """Of two decisions on one operation (a resource's two names, or a proxy's and its
+    agent's), the one that gives less; when both need a human, each one's demands."""
+    if first.effect is Effect.APPROVAL and second.effect is Effect.APPROVAL:
+        return dataclasses.replace(
+            first,
+            admin_only=first.admin_only or second.admin_only,
+            approvals_required=max(first.approvals_required, second.approvals_required),
+        )
     return second if _SEVERITY[second.effect] > _SEVERITY[first.effect] else first
 
 

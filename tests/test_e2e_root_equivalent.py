@@ -150,6 +150,31 @@ def test_a_deny_rule_for_a_unit_stops_its_alias(
     )
 
 
+# Any start of sshd* needs one human; ssh.service itself, two admins.
+SSH_ADMINS = (
+    '\n[[rules]]\noperation = "systemd-start"\npattern = "sshd"\napproval_required = true\n'
+    '\n[[rules]]\noperation = "systemd-start"\npattern = "^ssh\\\\.service$"\n'
+    "always_ask = true\napproval_admin_only = true\napprovals_required = 2\n"
+)
+
+
+def test_an_alias_keeps_every_demand_the_units_own_rule_makes_of_its_approval(
+    system: System, pki: Pki, tmp_path: Path, systemctl: StandIn, units: StandIn
+) -> None:
+    """Both names need a human: the approval takes the stricter demands of the two,
+    not the alias's one Signal approver."""
+    config = _agent_config(system, pki, tmp_path, systemctl, EVERY_UNIT, SSH_ADMINS)
+    with running_agent(config) as agent:
+        reply = _post(
+            agent, pki, {"kind": "systemd", "resource": "sshd.service", "args": ["start"]}
+        )
+    assert reply.status_code == 202, reply.text
+    assert (reply.json()["admin_only"], reply.json()["approvals_required"]) == (True, 2)
+    [decision] = [r for r in audit_records(config.audit.log_path) if r["event"] == "decision"]
+    assert (decision["decision"], decision["admin_only"]) == ("approval_required", True)
+    assert _started(units) == []
+
+
 @pytest.mark.parametrize(
     ("targets", "unit", "code"),
     [
