@@ -42,7 +42,7 @@ from host_agent.openai_tools import openai_tools
 from host_agent.pipeline import Pipeline
 from host_agent.policy import find_profile
 from host_agent.ratelimit import RateLimited
-from host_agent.request import decode_json
+from host_agent.request import decode_json, parse_on_behalf_of
 from host_agent.tools import build_manifest
 
 log = logging.getLogger(__name__)
@@ -208,12 +208,17 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
     async def tools_manifest(request: Request) -> Response:
         """The tools this caller may call under the current policy (a read, like /health)."""
         identity = await pipeline.identify(request.scope)
+        agent = parse_on_behalf_of(request.query_params.get("on_behalf_of"))
+        acting = None if agent is None else await pipeline.acting_for(identity, agent)
         manifest = build_manifest(
             pipeline.config,
             pipeline.registry,
             identity.cn,
             approvals_enabled=pipeline.approvals is not None,
+            on_behalf_of=acting,
         )
+        if agent is not None:
+            manifest["on_behalf_of"] = agent
         shape = request.query_params.get("format", "host-agent")
         if shape == "openai":
             return JSONResponse(openai_tools(manifest))

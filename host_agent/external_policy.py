@@ -3,13 +3,14 @@ decision: `[policy] external_url`.
 
     POST {external_url}/evaluate
     {"tool": "zfs-destroy", "args": {"kind", "resource", "args"},
-     "context": {"agent_id": CN, "agent_type", "host"}}
+     "context": {"agent_id": CN, "agent_type", "caller": CN, "host"}}
     -> {"verdict": "allow" | "review" | "deny", "reason": "..."}
 
 It can only tighten: `deny` refuses, `review` turns an allowed operation into one a
 human must approve, `allow` changes nothing. No answer in time, an error status or an
 answer that is not one of the three verdicts is a deny (fail closed). Whatever it
-said goes into the decision's audit record.
+said goes into the decision's audit record. `agent_id` is the agent a proxy acts for
+(or the caller itself), `caller` the certificate's CN.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class ExternalPolicy:
         self.url = config.url.rstrip("/") + "/evaluate"
         self.host = socket.gethostname()
 
-    async def consult(self, cn: str, agent_type: str, operation: Operation) -> Verdict:
+    async def consult(self, cn: str, agent: str, agent_type: str, operation: Operation) -> Verdict:
+        """What the service says of `operation` for `agent` (the caller's CN, or the
+        agent a proxy acts for), asked by the certificate `cn`."""
         body = {
             "tool": operation.name,
             "args": {
@@ -52,7 +55,12 @@ class ExternalPolicy:
                 "resource": operation.resource,
                 "args": list(operation.args),
             },
-            "context": {"agent_id": cn, "agent_type": agent_type, "host": self.host},
+            "context": {
+                "agent_id": agent,
+                "agent_type": agent_type,
+                "caller": cn,
+                "host": self.host,
+            },
         }
         try:
             async with httpx.AsyncClient(

@@ -122,6 +122,13 @@ class Metrics:
             "Sudoers grants to the service account broader than the wrappers.",
             registry=r,
         )
+        self.on_behalf = Counter(
+            "host_agent_requests_on_behalf",
+            "Requests a proxy made for an agent behind it (on_behalf_of), by that agent's "
+            "agent_type.",
+            ["agent_type"],
+            registry=r,
+        )
         self.checkpoint_behind = Gauge(
             "host_agent_audit_checkpoint_behind_seconds",
             "How long each witness has lacked the latest audit checkpoint (0: it has it).",

@@ -110,7 +110,12 @@ class Pipeline:
             request = parse_host_op(document)
             adapter = self.registry.adapter_for(request.kind)
             operation = adapter.parse(request, found[1].unix_user)
-            self._check_limit(identity.cn, "mutating" if operation.mutating else "read", path)
+            limit = "mutating" if operation.mutating else "read"
+            self._check_limit(identity.cn, limit, path)
+            if request.on_behalf_of is not None:
+                who["on_behalf_of"] = request.on_behalf_of  # in every record from here on
+                await self._acting_for(who, found[1], request.on_behalf_of)
+                self._check_limit(request.on_behalf_of, limit, path)
         except PolicyDenied as exc:
             self.metrics.request(None, exc.code)
             raise
@@ -126,6 +131,54 @@ class Pipeline:
         outcome = "approval_pending" if reply.status == 202 else "ok"
         self.metrics.request(operation.name, outcome)
         return reply
+
+    async def acting_for(self, identity: Identity, agent: str) -> AgentProfile:
+        """For a read naming `on_behalf_of` (the manifest): the agent's profile, or the
+        refusal, audited as on /host/op. The caller's own profile is checked first."""
+        who = {**_who(identity), "on_behalf_of": agent}
+        found = find_profile(self.config, identity.cn)
+        if found is None:
+            decision = unknown_caller(identity.cn)
+            await self._decision(who, {}, decision)
+            raise _denied(decision, who["request_id"])
+        return await self._acting_for(who, found[1], agent)
+
+    async def _acting_for(
+        self, who: dict[str, Any], profile: AgentProfile, agent: str
+    ) -> AgentProfile:
+        """A proxy naming the agent behind it: allowed only for an agent its profile's
+        `acts_for` lists and that has a profile of its own (refusals are decisions,
+        audited); the agent's profile. Identity still comes from the certificate alone:
+        the agent's rights can only narrow the caller's (see `_decide`)."""
+        found = find_profile(self.config, agent)
+        if not profile.may_act_for(agent):
+            decision = Decision(
+                Effect.DENY,
+                "on_behalf_of_not_allowed",
+                f"this caller may not act for {agent!r}: its profile's acts_for does not list it",
+                "agents.acts_for",
+            )
+        elif found is None:
+            decision = Decision(
+                Effect.DENY,
+                "on_behalf_of_unknown",
+                f"no [[agents]] profile matches {agent!r}",
+                "agents",
+            )
+        else:
+            self.metrics.on_behalf.labels(agent_type=found[1].agent_type).inc()
+            return found[1]
+        await self._decision(who, {}, decision)
+        raise _denied(decision, who["request_id"])
+
+    def _decide(self, who: dict[str, Any], operation: Operation) -> Decision:
+        """Policy for the caller, and for the agent it acts for if it names one: of the
+        two, what gives less."""
+        decision = decide(self.config, who["cn"], operation)
+        agent = who.get("on_behalf_of")
+        if agent is None:
+            return decision
+        return _stricter(decision, decide(self.config, agent, operation))
 
     async def refuse_unknown_caller(self, identity: Identity, path: str) -> None:
         """Refuse (audited) a caller no profile matches, before anything of its request
@@ -190,18 +243,19 @@ class Pipeline:
     async def _decide_and_run(
         self, who: dict[str, Any], request: HostOpRequest, operation: Operation, unix_user: str
     ) -> Reply:
-        decision = decide(self.config, who["cn"], operation)
+        decision = self._decide(who, operation)
         if decision.effect is not Effect.DENY:
             operation = await self._resolve(who, operation)
             if operation.canonical_resource not in (None, operation.resource):
                 canonical = dataclasses.replace(operation, resource=operation.canonical_resource)
-                decision = _stricter(decision, decide(self.config, who["cn"], canonical))
+                decision = _stricter(decision, self._decide(who, canonical))
         argv = self.runner.argv_for(operation)
         summary = _operation_summary(operation, argv, request)
         if decision.effect is not Effect.DENY and self.external is not None:
-            found = find_profile(self.config, who["cn"])
+            agent = who.get("on_behalf_of") or who["cn"]
+            found = find_profile(self.config, agent)
             agent_type = found[1].agent_type if found else ""
-            verdict = await self.external.consult(who["cn"], agent_type, operation)
+            verdict = await self.external.consult(who["cn"], agent, agent_type, operation)
             decision = tightened(decision, verdict)
             summary["external_policy"] = verdict.as_dict()
         await self._decision(who, summary, decision)

@@ -164,6 +164,8 @@ class Offer:
     resource_patterns: tuple[str, ...]
     # Whether recursive calls can be allowed (R5).
     recursive: bool
+    # Acting for an agent: that agent's resource_rules, which a resource must match too.
+    agent_resource_patterns: tuple[str, ...] = ()
 
 
 def offer(
@@ -202,6 +204,23 @@ def offer(
         or any(p.operation == name for p in profile.pattern_rules)
     )
     return Offer(ApprovalNeed.DEPENDS if sometimes else ApprovalNeed.NEVER, patterns, recursive)
+
+
+_NEED_ORDER = (ApprovalNeed.NEVER, ApprovalNeed.DEPENDS, ApprovalNeed.ALWAYS)
+
+
+def narrowed(first: Offer | None, second: Offer | None) -> Offer | None:
+    """What two profiles both offer (a proxy acting for an agent): the stricter need for
+    a human, each one's resource_rules, recursion only if both allow it."""
+    if first is None or second is None:
+        return None
+    need = max(first.approval, second.approval, key=_NEED_ORDER.index)
+    return Offer(
+        need,
+        first.resource_patterns,
+        first.recursive and second.recursive,
+        second.resource_patterns,
+    )
 
 
 def find_profile(config: Config, cn: str) -> tuple[int, AgentProfile] | None:

@@ -13,7 +13,18 @@ from host_agent.errors import RequestError, ValidationError
 
 MAX_ARGS = 32
 MAX_REASON = 500
-_FIELDS = {"kind", "resource", "args", "dry_run", "reason", "approval_id", "metadata"}
+_FIELDS = {
+    "kind",
+    "resource",
+    "args",
+    "dry_run",
+    "reason",
+    "approval_id",
+    "metadata",
+    "on_behalf_of",
+}
+# A CN as certificates carry it (X.509 caps it at 64): printable, no spaces.
+_CN = re.compile(r"[\x21-\x7e]{1,64}")
 # The predecessor's free-form `metadata`: a few short labels (a ticket, a job id), shown
 # to approvers and audited, never interpreted.
 MAX_METADATA_KEYS = 16
@@ -46,6 +57,9 @@ class HostOpRequest:
     # Resubmitting an operation a human approved.
     approval_id: str | None = None
     metadata: tuple[tuple[str, str], ...] = ()
+    # The agent behind a proxy this request is for: it can only narrow what the
+    # certificate may do (see pipeline.Pipeline._acting_for).
+    on_behalf_of: str | None = None
 
 
 def decode_json(body: bytes) -> Any:
@@ -103,7 +117,23 @@ def parse_host_op(document: Any) -> HostOpRequest:
             "approval_id", "must be an approval id as returned with 202", code="invalid_type"
         )
     metadata = parse_metadata(document.get("metadata", {}))
-    return HostOpRequest(kind, resource, tuple(args), dry_run, reason, approval_id, metadata)
+    on_behalf_of = parse_on_behalf_of(document.get("on_behalf_of"))
+    return HostOpRequest(
+        kind, resource, tuple(args), dry_run, reason, approval_id, metadata, on_behalf_of
+    )
+
+
+def parse_on_behalf_of(value: Any) -> str | None:
+    """The agent a proxy names: a CN, or absent."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _CN.fullmatch(value):
+        raise ValidationError(
+            "on_behalf_of",
+            "a CN: 1 to 64 printable ASCII characters, no spaces",
+            code="invalid_type",
+        )
+    return value
 
 
 def parse_metadata(value: Any) -> tuple[tuple[str, str], ...]:

@@ -32,7 +32,7 @@ from host_agent.identity import Identity
 from host_agent.openai_tools import CHECK_APPROVAL
 from host_agent.pipeline import Pipeline
 from host_agent.ratelimit import RateLimited
-from host_agent.request import decode_json
+from host_agent.request import decode_json, parse_on_behalf_of
 
 PATH = "/v1/tools/call"
 _PARAMETERS = {"resource", "args", "reason"}
@@ -46,6 +46,8 @@ class ToolCall:
     id: str | None
     name: str
     arguments: dict[str, Any]
+    # The agent behind the proxy the call is for (see /host/op's on_behalf_of).
+    on_behalf_of: str | None = None
 
 
 def parse_tool_call(document: Any) -> ToolCall:
@@ -54,7 +56,7 @@ def parse_tool_call(document: Any) -> ToolCall:
         raise ValidationError("body", "must be a JSON object", code="invalid_body")
     call_id = document.get("id")
     if "function" in document:
-        unknown = sorted(set(document) - {"id", "type", "function"})
+        unknown = sorted(set(document) - {"id", "type", "function", "on_behalf_of"})
         if unknown:
             raise ValidationError(unknown[0], "unknown field", code="unknown_field")
         if document.get("type", "function") != "function":
@@ -65,7 +67,7 @@ def parse_tool_call(document: Any) -> ToolCall:
         inner, prefix = document, ""
     if not isinstance(inner, dict):
         raise ValidationError("function", "must be a JSON object", code="invalid_type")
-    unknown = sorted(set(inner) - {"name", "arguments", "id"})
+    unknown = sorted(set(inner) - {"name", "arguments", "id", "on_behalf_of"})
     if unknown:
         raise ValidationError(f"{prefix}{unknown[0]}", "unknown field", code="unknown_field")
     name = inner.get("name")
@@ -73,7 +75,8 @@ def parse_tool_call(document: Any) -> ToolCall:
         raise ValidationError(f"{prefix}name", "required, a non-empty string", code="invalid_type")
     if call_id is not None and (not isinstance(call_id, str) or len(call_id) > 128):
         raise ValidationError("id", "a string of at most 128 characters", code="invalid_type")
-    return ToolCall(call_id, name, _arguments(inner.get("arguments", {}), f"{prefix}arguments"))
+    arguments = _arguments(inner.get("arguments", {}), f"{prefix}arguments")
+    return ToolCall(call_id, name, arguments, parse_on_behalf_of(document.get("on_behalf_of")))
 
 
 def _arguments(value: Any, field: str) -> dict[str, Any]:
@@ -138,6 +141,8 @@ def _host_op(call: ToolCall, approval_id: str | None = None) -> bytes:
         document["reason"] = call.arguments["reason"]
     if approval_id is not None:
         document["approval_id"] = approval_id
+    if call.on_behalf_of is not None:
+        document["on_behalf_of"] = call.on_behalf_of
     return json.dumps(document).encode()
 
 
@@ -153,7 +158,15 @@ async def _approval_to_check(pipeline: Pipeline, identity: Identity, call: ToolC
     if manager is None:
         raise ApprovalError(404, "approvals_disabled", "approvals are disabled on this agent")
     await pipeline.limit(identity, "approval", PATH)
-    return await manager.visible(approval_id, identity.cn)
+    approval = await manager.visible(approval_id, identity.cn)
+    if call.on_behalf_of not in (None, approval.on_behalf_of):
+        raise ApprovalError(
+            403,
+            "approval_mismatch",
+            "the approval was asked for another agent",
+            field="on_behalf_of",
+        )
+    return approval
 
 
 async def _check_approval(
@@ -182,6 +195,7 @@ async def _check_approval(
         call.id,
         f"{approval.kind}-{approval.args[0]}",
         {"resource": approval.resource, "args": list(approval.args[1:])},
+        approval.on_behalf_of,
     )
     reply = await pipeline.host_op(identity, _host_op(operation, approval.id), PATH)
     return _done(call, reply.body)

@@ -17,10 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 from host_agent.adapters import Registry
-from host_agent.config import Config
+from host_agent.config import AgentProfile, Config
 from host_agent.errors import PolicyDenied
 from host_agent.operations import ApprovalNeed
-from host_agent.policy import find_profile, offer, unknown_caller
+from host_agent.policy import find_profile, narrowed, offer, unknown_caller
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -33,9 +33,15 @@ _APPROVAL_NOTES = {
 
 
 def build_manifest(
-    config: Config, registry: Registry, cn: str, *, approvals_enabled: bool
+    config: Config,
+    registry: Registry,
+    cn: str,
+    *,
+    approvals_enabled: bool,
+    on_behalf_of: AgentProfile | None = None,
 ) -> dict[str, Any]:
-    """The tools `cn` may call; PolicyDenied (unknown_cn) when no profile matches."""
+    """The tools `cn` may call (acting for the agent of profile `on_behalf_of`: those
+    both may); PolicyDenied (unknown_cn) when no profile matches."""
     found = find_profile(config, cn)
     if found is None:
         denied = unknown_caller(cn)
@@ -45,13 +51,13 @@ def build_manifest(
     for adapter in registry.values():
         for command, mutating in adapter.commands.items():
             name = f"{adapter.kind}-{command}"
-            offered = offer(
-                config,
-                profile,
-                name,
-                mutating=mutating,
-                forced_approval=adapter.forced_approval(command),
-            )
+            forced = adapter.forced_approval(command)
+            offered = offer(config, profile, name, mutating=mutating, forced_approval=forced)
+            if on_behalf_of is not None:
+                offered = narrowed(
+                    offered,
+                    offer(config, on_behalf_of, name, mutating=mutating, forced_approval=forced),
+                )
             if offered is None or (
                 offered.approval is ApprovalNeed.ALWAYS and not approvals_enabled
             ):
@@ -60,12 +66,12 @@ def build_manifest(
             if parameters is None:
                 continue
             description = adapter.summaries[command] + _APPROVAL_NOTES[offered.approval]
-            if offered.resource_patterns:
-                description += (
-                    " This agent may use it only on a resource that fully matches one of: "
-                    + ", ".join(offered.resource_patterns)
-                    + "."
-                )
+            for patterns in (offered.resource_patterns, offered.agent_resource_patterns):
+                if patterns:
+                    description += (
+                        " This agent may use it only on a resource that fully matches one "
+                        "of: " + ", ".join(patterns) + "."
+                    )
             tools.append(
                 {
                     "type": "function",
@@ -80,6 +86,11 @@ def build_manifest(
                         "mutating": mutating,
                         "approval": offered.approval.value,
                         "resource_patterns": list(offered.resource_patterns),
+                        **(
+                            {"agent_resource_patterns": list(offered.agent_resource_patterns)}
+                            if on_behalf_of is not None
+                            else {}
+                        ),
                     },
                 }
             )

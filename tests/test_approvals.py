@@ -226,6 +226,32 @@ def test_admin_requester_cannot_approve_its_own_request(world: World) -> None:
     asyncio.run(scenario())
 
 
+def test_an_approval_for_an_agent_names_both_and_neither_may_approve_it(world: World) -> None:
+    """A proxy (admin-2's certificate, say) acting for admin-1: the message names both,
+    and admin-1 may not approve what was asked in its name."""
+
+    async def scenario() -> None:
+        requester = {**REQUESTER, "cn": "llm-proxy", "on_behalf_of": "admin-1"}
+        approval = await world.manager.create(requester, operation(), decision(), None, "proxy")
+        await world.manager.drain()
+        assert "Requester: llm-proxy on behalf of admin-1" in world.outbox.sent[0][0]
+        with pytest.raises(ApprovalError) as refused:
+            await world.manager.decide(world.outbox.token(), True, ADMIN)
+        assert refused.value.code == "self_approval"
+        pending = await world.manager.visible(approval.id, "llm-proxy")
+        assert (pending.status, pending.on_behalf_of) == (Status.PENDING, "admin-1")
+        granted = await world.manager.decide(world.outbox.token(), True, SIGNAL_ONE)
+        assert granted.status is Status.APPROVED
+        # Only a resubmit for the same agent uses it.
+        with pytest.raises(ApprovalError) as mismatch:
+            await world.manager.consume(approval.id, REQUESTER | {"cn": "llm-proxy"}, operation())
+        assert mismatch.value.code == "approval_mismatch"
+        consumed = await world.manager.consume(approval.id, requester, operation())
+        assert consumed.status is Status.CONSUMED
+
+    asyncio.run(scenario())
+
+
 def test_admin_only_approvals_refuse_signal_and_take_an_admin(world: World) -> None:
     async def scenario() -> None:
         _, token = await created(world, admin_only=True)

@@ -72,6 +72,7 @@ def test_clashd_is_asked_in_its_own_format_and_allow_changes_nothing(
             "context": {
                 "agent_id": "librarian-1",
                 "agent_type": "librarian",
+                "caller": "librarian-1",
                 "host": clashd.asked[0]["context"]["host"],
             },
         }

@@ -127,6 +127,7 @@ class ApprovalManager:
             expires_at=now + self.config.ttl_seconds,
             metadata=metadata,
             host=self.host,
+            on_behalf_of=who.get("on_behalf_of"),
         )
         # Audited first: no approval exists that the log does not know of.
         await self._audit("approval_created", approval, request_id=who["request_id"])
@@ -140,7 +141,9 @@ class ApprovalManager:
         """Use a granted approval for exactly the operation it was granted for, once, by the
         certificate that asked for it."""
         cn = who["cn"]
-        claim = Claim(cn, who["fingerprint"], operation.digest(), self.clock())
+        claim = Claim(
+            cn, who["fingerprint"], operation.digest(), self.clock(), who.get("on_behalf_of")
+        )
         try:
             approval = await self._use(approval_id, claim)
         except ApprovalError as exc:
@@ -418,13 +421,16 @@ class ApprovalManager:
 
     def _check_approver(self, approval: Approval, approver: Approver) -> None:
         """Whether this person may approve this approval."""
+        # The certificate that asked and, through a proxy, the agent it asked for.
+        names = {approval.requester_cn, approval.requester_unix_user}
         requester = {
             self.config.person_of(f"admin:{approval.requester_cn}"),
             self.config.person_of(f"pam:{approval.requester_unix_user}"),
         }
-        if approver.name in (approval.requester_cn, approval.requester_unix_user) or (
-            self.config.person_of(str(approver)) in requester
-        ):
+        if approval.on_behalf_of is not None:
+            names.add(approval.on_behalf_of)
+            requester.add(self.config.person_of(f"admin:{approval.on_behalf_of}"))
+        if approver.name in names or self.config.person_of(str(approver)) in requester:
             raise ApprovalError(403, "self_approval", "a requester cannot approve its own request")
         if approval.admin_only and approver.channel == "signal":
             raise ApprovalError(
@@ -546,6 +552,7 @@ class ApprovalManager:
                 "approval_id": approval.id,
                 "token_hash": approval.token_hash,
                 "cn": approval.requester_cn,
+                **({"on_behalf_of": approval.on_behalf_of} if approval.on_behalf_of else {}),
                 "operation": approval.operation,
                 "resource": approval.resource,
                 "digest": approval.digest,
@@ -571,7 +578,8 @@ def message(
     """
     lines = [
         f"host-agent approval on {host}",
-        f"Requester: {approval.requester_cn}",
+        f"Requester: {approval.requester_cn}"
+        + (f" on behalf of {approval.on_behalf_of}" if approval.on_behalf_of else ""),
         f"Operation: {approval.operation}",
         f"Resource: {approval.resource or '(none)'}",
         f"Arguments: {' '.join(approval.args)}",
@@ -675,6 +683,13 @@ def _check_usable(approval: Approval, claim: Claim) -> None:
             "approval_certificate_mismatch",
             "the approval was requested with another certificate for this CN; "
             "ask again with this one",
+            field="approval_id",
+        )
+    if approval.on_behalf_of != claim.on_behalf_of:
+        raise ApprovalError(
+            403,
+            "approval_mismatch",
+            "the approval was granted for a request on behalf of another agent (or none)",
             field="approval_id",
         )
     if approval.digest != claim.digest:

@@ -64,6 +64,9 @@ class Approval:
     # The approvers' message's timestamp (from /v2/send): what a quote-reply or a
     # reaction names instead of the token.
     message_ms: int | None = None
+    # The agent behind a proxy the request was for (on_behalf_of): the approval is
+    # for that agent's request through that certificate, and for nothing else.
+    on_behalf_of: str | None = None
 
     def is_due(self, now: float) -> bool:
         """Past its expiry while still open (pending, or granted but unused)."""
@@ -84,6 +87,7 @@ class Approval:
             "digest": self.digest,
             "reason": self.reason,
             "requester": self.requester_cn,
+            "on_behalf_of": self.on_behalf_of,
             "admin_only": self.admin_only,
             "approvals_required": self.approvals_required,
             "approvers": list(self.approvers),

@@ -84,6 +84,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (origin, size)
     );
     """,
+    # 5: the agent behind a proxy that an approval was asked for (on_behalf_of).
+    """
+    ALTER TABLE approvals ADD COLUMN on_behalf_of text;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

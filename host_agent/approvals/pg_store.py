@@ -42,7 +42,7 @@ _FIELDS = (
     "id, token_hash, requester_cn, requester_fingerprint, requester_unix_user, operation, "
     "kind, resource, args, digest, reason, admin_only, approvals_required, created_at, "
     "expires_at, status, approvers, decided_by, decided_at, consumed_at, metadata, host, "
-    "message_ms"
+    "message_ms, on_behalf_of"
 )
 _SELECT = f"SELECT {_FIELDS} FROM approvals"  # noqa: S608 - our own column list
 _MARKS = ", ".join(["%s"] * len(_FIELDS.split(", ")))
@@ -53,7 +53,7 @@ _CONSUME = (  # noqa: S608 - our own column list
     " UPDATE approvals SET status = 'consumed', consumed_at = clock.now FROM clock"
     " WHERE id = %s AND status = 'approved' AND requester_cn = %s"
     " AND requester_fingerprint = %s AND digest = %s"
-    " AND expires_at > greatest(clock.now, %s)"
+    " AND on_behalf_of IS NOT DISTINCT FROM %s AND expires_at > greatest(clock.now, %s)"
     " RETURNING "
 ) + _FIELDS
 # How long a caller waits for a pooled connection before the store counts as down.
@@ -129,7 +129,14 @@ class PostgresStore:
         def conditional(db: psycopg.Connection[TupleRow]) -> Approval | None:
             row = db.execute(
                 _CONSUME,
-                (approval_id, claim.requester_cn, claim.fingerprint, claim.digest, claim.now),
+                (
+                    approval_id,
+                    claim.requester_cn,
+                    claim.fingerprint,
+                    claim.digest,
+                    claim.on_behalf_of,
+                    claim.now,
+                ),
             ).fetchone()
             if row is None:
                 return None

@@ -61,6 +61,7 @@ class Claim:
     fingerprint: str
     digest: str
     now: float
+    on_behalf_of: str | None = None
 
 
 class ApprovalStore(Protocol):
@@ -150,7 +151,8 @@ CREATE TABLE IF NOT EXISTS approvals (
     consumed_at REAL,
     metadata TEXT NOT NULL DEFAULT '[]',
     host TEXT NOT NULL DEFAULT '',
-    message_ms INTEGER
+    message_ms INTEGER,
+    on_behalf_of TEXT
 );
 CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status, expires_at);
 CREATE TABLE IF NOT EXISTS replies (
@@ -163,7 +165,8 @@ CREATE TABLE IF NOT EXISTS replies (
 _COLUMNS = (
     "id, token_hash, requester_cn, requester_fingerprint, requester_unix_user, operation, kind, "
     "resource, args, digest, reason, admin_only, approvals_required, created_at, expires_at, "
-    "status, approvers, decided_by, decided_at, consumed_at, metadata, host, message_ms"
+    "status, approvers, decided_by, decided_at, consumed_at, metadata, host, message_ms, "
+    "on_behalf_of"
 )
 
 
@@ -210,7 +213,7 @@ class SqliteStore:
             return updated
 
     def consume(self, approval_id: str, claim: Claim) -> Approval | None:
-        who = (claim.requester_cn, claim.fingerprint, claim.digest)
+        who = (claim.requester_cn, claim.fingerprint, claim.digest, claim.on_behalf_of)
         with self._transaction() as db:
             row = db.execute(_CONSUME, (claim.now, approval_id, *who, claim.now)).fetchone()
         return None if row is None else from_row(row)
@@ -318,7 +321,7 @@ _UPDATE = f"UPDATE approvals SET ({_COLUMNS}) = ({_MARKS}) WHERE id = ?"  # noqa
 _CONSUME = (  # noqa: S608
     "UPDATE approvals SET status = 'consumed', consumed_at = ? WHERE id = ?"
     " AND status = 'approved' AND requester_cn = ? AND requester_fingerprint = ?"
-    " AND digest = ? AND expires_at > ? RETURNING "
+    " AND digest = ? AND on_behalf_of IS ? AND expires_at > ? RETURNING "
 ) + _COLUMNS
 
 
@@ -336,6 +339,7 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
         ("metadata", "TEXT NOT NULL DEFAULT '[]'"),
         ("host", "TEXT NOT NULL DEFAULT ''"),
         ("message_ms", "INTEGER"),
+        ("on_behalf_of", "TEXT"),
     ):
         if column not in present:
             db.execute(f"ALTER TABLE approvals ADD COLUMN {column} {declaration}")
@@ -367,6 +371,7 @@ def to_row(approval: Approval) -> tuple[object, ...]:
         json.dumps([list(pair) for pair in approval.metadata]),
         approval.host,
         approval.message_ms,
+        approval.on_behalf_of,
     )
 
 

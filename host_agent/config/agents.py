@@ -55,9 +55,14 @@ class AgentProfile:
     # Recursive zfs destroy/rollback, which reach past the named resource.
     allow_recursive: bool = False
     resource_rules: tuple[ResourceRule, ...] = ()
+    # CN patterns of the agents this caller (a proxy) may act for with `on_behalf_of`.
+    acts_for: tuple[str, ...] = ()
 
     def matches(self, cn: str) -> bool:
         return fnmatch.fnmatchcase(cn, self.cn_pattern)
+
+    def may_act_for(self, cn: str) -> bool:
+        return any(fnmatch.fnmatchcase(cn, pattern) for pattern in self.acts_for)
 
 
 @dataclass(frozen=True)
@@ -147,6 +152,7 @@ def read_agent(t: Table) -> AgentProfile:
             ResourceRule(operation, match)
             for operation, match in _operation_patterns(t, "resource_rules", "match")
         ),
+        acts_for=tuple(t.get("acts_for", list, [], item=str, check=_cn_patterns)),
     )
     if profile.pattern_rules:
         t.reader.warn(
@@ -233,3 +239,8 @@ def may_overlap(first: str, second: str) -> bool:
     other. It catches the usual cases (equal, `*`, one a narrowing of the other), not
     every contrived one."""
     return fnmatch.fnmatchcase(first, second) or fnmatch.fnmatchcase(second, first)
+
+
+def _cn_patterns(patterns: list[str]) -> str | None:
+    bad = [p for p in patterns if not p or not p.isprintable() or any(c.isspace() for c in p)]
+    return f"CN patterns without spaces: {bad[0]!r}" if bad else None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import socket
 import ssl
@@ -451,6 +452,9 @@ def reason_attacks() -> Iterator[Attack]:
     for value, value_id in HOSTILE:
         body = as_json({**LIST, "approval_id": value})
         yield post("approval-id-in-body", value_id, "/host/op", body)
+        # A caller with no acts_for naming an agent: refused whatever the name.
+        acting = as_json({**LIST, "on_behalf_of": value})
+        yield post("on-behalf-of", value_id, "/host/op", acting)
 
 
 # --- routing: methods, paths, HTTP framing -----------------------------------------
@@ -887,6 +891,17 @@ def tool_call_attacks() -> Iterator[Attack]:
         if value_id != "empty":  # an empty resource lists every pool
             listed = {"name": "zfs-list", "arguments": json.dumps({"resource": value})}
             yield post("tool-call-argument", value_id, TOOL_CALL, as_json(listed), status=status)
+        acting = {"name": "zfs-list", "arguments": {}, "on_behalf_of": value}
+        # A name that is no CN makes no tool call (400); a CN this caller may not act
+        # for is the pipeline's refusal, answered to the model.
+        is_cn = re.fullmatch(r"[\x21-\x7e]{1,64}", value) is not None
+        yield post(
+            "tool-call-on-behalf-of",
+            value_id,
+            TOOL_CALL,
+            as_json(acting),
+            status=200 if is_cn else None,
+        )
         checked = {"name": "check_approval", "arguments": {"approval_id": value}}
         checked_status = None if value_id == "lone-surrogate" else 200
         yield post(
