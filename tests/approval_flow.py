@@ -41,12 +41,13 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0) -> Any:
 
 
 def token_sent(bridge: SignalBridge, resource: str | None = None) -> str:
-    """The token from the last message the agent sent to the approvers, or from the last
+    """The token from the last request the agent sent to the approvers, or from the last
     one about `resource`: the message of an earlier approval is sent first and may be
     the last one seen when a bridge is shared."""
 
     def messages() -> list[str]:
-        texts = [str(sent["message"]) for sent in bridge.sent]
+        # Requests only: the follow-ups telling approvers an outcome carry no token.
+        texts = [str(sent["message"]) for sent in bridge.sent if "Reply APPROVE" in sent["message"]]
         if resource is None:
             return texts
         return [text for text in texts if f"\nResource: {resource}\n" in text]

@@ -645,3 +645,86 @@ def test_the_predecessors_approval_id_must_name_the_tokens_approval(world: World
 
     asyncio.run(scenario())
     assert "approval_refused" in world.events()
+
+
+def follow_ups(world: World) -> list[str]:
+    """The messages after the request itself: what approvers heard of its outcome."""
+    return [text for text, _ in world.outbox.sent[1:]]
+
+
+def test_the_approvers_asked_hear_who_decided_and_when_it_ran(world: World) -> None:
+    ops = Person("ops-a", frozenset({"signal:+15555550001"}))
+    world.manager.reconfigure(approval_config(people=(ops,)))
+    world.manager.notify = world.outbox
+
+    async def scenario() -> str:
+        approval_id, token = await created(world)
+        await world.manager.decide(token, True, SIGNAL_ONE)
+        await world.manager.consume(approval_id, REQUESTER, operation())
+        await world.manager.drain()
+        return token
+
+    token = asyncio.run(scenario())
+    granted, used = follow_ups(world)
+    assert granted.splitlines()[0].endswith(": APPROVED")
+    assert "zfs-destroy on tank/a@old, asked by librarian-1: by person:ops-a at " in granted
+    assert used.splitlines()[0].endswith(": USED") and "librarian-1 ran it at " in used
+    # To the same people as the request, and never with a token.
+    assert {tuple(recipients) for _, recipients in world.outbox.sent} == {
+        ("+15555550001", "+15555550002")
+    }
+    assert not any(token in text or "Reply" in text for text in (granted, used))
+
+
+@pytest.mark.parametrize("ending", ["denied", "expired"])
+def test_the_approvers_asked_hear_when_a_request_is_over_unapproved(
+    world: World, ending: str
+) -> None:
+    async def scenario() -> None:
+        await created(world)
+        if ending == "denied":
+            await world.manager.decide(world.outbox.token(), False, SIGNAL_TWO)
+        else:
+            world.clock.now += 301
+            await world.manager.sweep()
+        await world.manager.drain()
+
+    asyncio.run(scenario())
+    [told] = follow_ups(world)
+    if ending == "denied":
+        assert told.splitlines()[0].endswith(": DENIED") and "by signal:…0002 at " in told
+    else:
+        assert told.splitlines()[0].endswith(": EXPIRED") and "it will not run" in told
+
+
+def test_a_vote_short_of_the_quorum_tells_no_one_and_outcomes_can_be_turned_off(
+    world: World,
+) -> None:
+    async def scenario() -> None:
+        await created(world, quorum=2)
+        await world.manager.decide(world.outbox.token(), True, SIGNAL_ONE)
+        await world.manager.drain()
+        assert follow_ups(world) == []
+        world.manager.reconfigure(approval_config(notify_outcomes=False))
+        world.manager.notify = world.outbox
+        await world.manager.decide(world.outbox.token(), True, SIGNAL_TWO)
+        await world.manager.drain()
+
+    asyncio.run(scenario())
+    assert follow_ups(world) == []
+    assert world.events()[-1] == "approval_granted"
+
+
+def test_a_follow_up_that_cannot_be_sent_changes_nothing(world: World) -> None:
+    async def scenario() -> None:
+        approval_id, token = await created(world)
+        world.outbox.failing = True
+        granted = await world.manager.decide(token, True, SIGNAL_ONE)
+        await world.manager.drain()
+        assert granted.status is Status.APPROVED
+        consumed = await world.manager.consume(approval_id, REQUESTER, operation())
+        await world.manager.drain()
+        assert consumed.status is Status.CONSUMED
+
+    asyncio.run(scenario())
+    assert world.events()[-2:] == ["approval_granted", "approval_consumed"]

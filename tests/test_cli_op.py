@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import socket
 import subprocess
 import sys
@@ -245,7 +246,9 @@ def test_waiting_ends_with_the_denial(
     denial.join()
     assert ran.status == EXIT_DENIED
     assert ran.stderr.splitlines()[-1].startswith("host-agent: denied: ")
-    assert "was denied by admin (approval_denied)" in ran.stderr
+    # Who decided, and when (UTC, to the second).
+    when = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00"
+    assert re.search(rf"was denied by admin at {when} \(approval_denied\)", ran.stderr)
 
 
 def test_waiting_has_a_limit_and_json_tells_the_approval(

@@ -110,6 +110,13 @@ def test_full_flow_through_the_signed_webhook(
     assert run_decision["approval_id"] == approval_id
     assert records[-1]["event"] == "result" and records[-1]["outcome"] == "ok"
     assert token not in config.audit.log_path.read_text()
+    # The approvers asked heard who approved it, and that it ran.
+    _, granted, used = wait_for(lambda: bridge.sent if len(bridge.sent) == 3 else None)
+    assert granted["recipients"] == used["recipients"] == sent["recipients"]
+    assert f"{approval_id} on " in granted["message"]
+    assert granted["message"].splitlines()[0].endswith(": APPROVED")
+    assert f"by signal:…{APPROVER[-4:]} at " in granted["message"]
+    assert used["message"].splitlines()[0].endswith(": USED")
 
 
 def test_admin_approves_with_post_approve(

@@ -5,6 +5,7 @@ while the command waits, and an approval followed up by a later run."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import pytest
@@ -70,7 +71,10 @@ def test_a_destroy_runs_once_when_approved_while_waiting(
     ran = op_as(signalling_agent, pki, capsys, *words, "--poll-interval", "0.2")
     answer.join()
     assert ran.status == EXIT_OK, ran.stderr
-    assert f"approved by signal:…{APPROVER[-4:]}: running it" in ran.stderr
+    assert re.search(
+        rf"approved by signal:…{APPROVER[-4:]} at \d{{4}}-\d\d-\d\dT[\d:]{{8}}\+00:00: running it",
+        ran.stderr,
+    )
     assert snapshot not in pool.datasets("snapshot")
 
 

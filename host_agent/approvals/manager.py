@@ -13,11 +13,12 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from host_agent.approvals import tokens
+from host_agent.approvals.follow_up import outcome_message
 from host_agent.approvals.identity_plugin import IdentityPlugin
 from host_agent.approvals.model import APPROVAL_ID, Approval, Approver, Status, timestamp
 from host_agent.approvals.signal import IncomingReply, Notify, notifier, parse_command
@@ -158,6 +159,7 @@ class ApprovalManager:
             )
             raise
         await self._audit("approval_consumed", approval)
+        self._follow_up(approval)
         return approval
 
     async def _use(self, approval_id: str, claim: Claim) -> Approval:
@@ -277,6 +279,7 @@ class ApprovalManager:
         if updated.status is Status.APPROVED:
             event = "approval_granted"
         await self._audit(event, updated, approver=str(approver), **context)
+        self._follow_up(updated)
         return updated
 
     async def _ask_identity_plugin(
@@ -499,6 +502,7 @@ class ApprovalManager:
         except _AlreadyClosed as closed:
             return closed.current
         await self._audit("approval_expired", expired)
+        self._follow_up(expired)
         return expired
 
     async def drain(self) -> None:
@@ -512,10 +516,38 @@ class ApprovalManager:
         if self.notify is None or not self.config.allowed_approvers:
             log.warning("approval %s created but no approver is reachable by Signal", approval.id)
             return
-        text = message(approval, token, self.host, preview)
-        task = asyncio.create_task(self._notify(self.notify, approval, text))
+        self._background(
+            self._notify(self.notify, approval, message(approval, token, self.host, preview))
+        )
+
+    def _background(self, sending: Coroutine[Any, Any, None]) -> None:
+        """Send without holding up the request; `drain` waits for what is still going."""
+        task = asyncio.create_task(sending)
         self._notifications.add(task)
         task.add_done_callback(self._notifications.discard)
+
+    def _follow_up(self, approval: Approval) -> None:
+        """Tell the approvers who were asked what became of `approval` (decided, expired,
+        used), when [approval] notify_outcomes is on."""
+        notify = self.notify
+        if notify is None or not self.config.allowed_approvers or not self.config.notify_outcomes:
+            return
+        text = outcome_message(approval, self.host, self._name_for_approvers)
+        if text is not None:
+            self._background(self._tell(notify, approval, text))
+
+    def _name_for_approvers(self, identity: str) -> str:
+        """A person's name when configured; a Signal number by its last digits only."""
+        named = self.config.person_of(identity)
+        return masked_identity(named) if named.startswith("signal:") else named
+
+    async def _tell(self, notify: Notify, approval: Approval, text: str) -> None:
+        try:
+            await notify(text, list(self.config.allowed_approvers))
+        except Exception as exc:  # nothing depends on it: the outcome is in the audit log
+            log.error("approval %s: telling approvers the outcome failed: %s", approval.id, exc)
+            if self.metrics is not None:
+                self.metrics.signal_send_failures.inc()
 
     async def _notify(self, notify: Notify, approval: Approval, text: str) -> None:
         recipients = list(self.config.allowed_approvers)

@@ -22,6 +22,7 @@ from host_agent.client import (
     OperationResult,
     RateLimited,
 )
+from host_agent.client.results import at_time
 
 
 class Output(Protocol):
@@ -71,7 +72,7 @@ class HumanOutput:
 
     def progress(self, status: ApprovalStatus) -> None:
         if status.status is ApprovalState.APPROVED:
-            self._say(f"  approved by {status.decided_by}: running it")
+            self._say(f"  approved by {status.decided_by}{at_time(status.decided_at)}: running it")
             return
         if status.status is not ApprovalState.PENDING:
             return  # the ending says it

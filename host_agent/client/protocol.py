@@ -33,6 +33,7 @@ from host_agent.client.results import (
     DryRun,
     Health,
     OperationResult,
+    at_time,
 )
 
 T = TypeVar("T")
@@ -207,13 +208,18 @@ class Patience:
         if approval.status is ApprovalState.APPROVED:
             return None
         if approval.status is ApprovalState.DENIED:
-            raise ApprovalDenied(f"{name} was denied by {approval.decided_by}", approval=approval)
+            raise ApprovalDenied(
+                f"{name} was denied by {approval.decided_by}{at_time(approval.decided_at)}",
+                approval=approval,
+            )
         if approval.status is ApprovalState.EXPIRED:
             raise ApprovalExpired(
                 f"{name} expired at {approval.expires_at.isoformat()}", approval=approval
             )
         if approval.status is ApprovalState.CONSUMED:
-            raise ApprovalConsumed(f"{name} was already used", approval=approval)
+            raise ApprovalConsumed(
+                f"{name} was already used{at_time(approval.consumed_at)}", approval=approval
+            )
         if self.deadline is None:
             return self.poll_interval
         left = self.deadline - self.clock()

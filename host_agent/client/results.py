@@ -131,3 +131,10 @@ class Health:
 
 def seconds_until(moment: dt.datetime, now: dt.datetime | None = None) -> float:
     return max(0.0, (moment - (now or dt.datetime.now(dt.UTC))).total_seconds())
+
+
+def at_time(moment: dt.datetime | None) -> str:
+    """` at 2026-12-05T07:40:00+00:00` (UTC), or nothing when the agent gave no time."""
+    if moment is None:
+        return ""
+    return f" at {moment.astimezone(dt.UTC).isoformat(timespec='seconds')}"

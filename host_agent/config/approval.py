@@ -83,6 +83,8 @@ class ApprovalConfig:
     # the password, which comes from this file or libpq's own (PGPASSFILE, ~/.pgpass).
     store_url: str | None = None
     store_password_file: Path | None = None
+    # Tell the approvers who were asked when an approval is decided, expires or is used.
+    notify_outcomes: bool = True
 
     def is_admin(self, cn: str) -> bool:
         return self.admin_cn_pattern is not None and fnmatch.fnmatchcase(cn, self.admin_cn_pattern)
@@ -128,6 +130,7 @@ def read_approval(t: Table) -> ApprovalConfig:
         identity_plugin=t.optional("identity_plugin", str, check=_check_identity_plugin),
         store_url=t.optional("store_url", str, check=_check_store_url),
         store_password_file=t.optional_path("store_password_file"),
+        notify_outcomes=t.get("notify_outcomes", bool, True),
     )
     if config.signal_url is not None and config.signal_number is None:
         t.reader.problem(t.key("signal_number"), "is required with signal_url")
