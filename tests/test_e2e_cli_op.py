@@ -33,12 +33,60 @@ def test_a_real_list_prints_what_zfs_prints(
 ) -> None:
     ran = op_as(system_agent, pki, capsys, "zfs", "list", pool.name)
     assert ran.status == EXIT_OK, ran.stderr
-    assert f"{pool.name}/data" in ran.stdout and ran.stderr == ""
+    # The table zfs itself prints, to the character (not a terminal: no colour).
+    columns = "name,used,avail,refer,mountpoint"
+    assert ran.stdout == run("zfs", "list", "-r", "-o", columns, pool.name).stdout
+    assert ran.stderr == ""
+
+    # -p: exact bytes, as `zfs get -p` has them.
+    ran = op_as(system_agent, pki, capsys, "-p", "zfs", "list", pool.name)
+    rows = [line.split() for line in ran.stdout.splitlines()]
+    assert rows[0] == ["NAME", "USED", "AVAIL", "REFER", "MOUNTPOINT"]
+    exact = run("zfs", "get", "-H", "-p", "-r", "-o", "name,value", "used", pool.name).stdout
+    assert [(row[0], row[1]) for row in rows[1:]] == [
+        tuple(line.split("\t")) for line in exact.splitlines()
+    ]
 
     ran = op_as(system_agent, pki, capsys, "--json", "zfs", "list", pool.name)
     result = json.loads(ran.stdout)["result"]
     names = [dataset["name"] for dataset in result["data"]["datasets"]]
     assert names == [pool.name, f"{pool.name}/data"] and result["exit_code"] == 0
+
+
+def test_a_list_of_snapshots_prints_what_zfs_prints(
+    system_agent: RunningAgent, pki: Pki, pool: Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run("zfs", "snapshot", f"{pool.name}/data@cli-table")
+    try:
+        ran = op_as(system_agent, pki, capsys, "zfs", "list", pool.name, "snapshot")
+        columns = "name,used,avail,refer,mountpoint"
+        shown = run("zfs", "list", "-r", "-t", "snapshot", "-o", columns, pool.name).stdout
+    finally:
+        run("zfs", "destroy", f"{pool.name}/data@cli-table")
+    assert ran.status == EXIT_OK, ran.stderr
+    assert "@cli-table" in shown
+
+    def cells(text: str) -> list[list[str]]:
+        # zfs-fuse's older zfs prints a size below 1K bare ("0"); OpenZFS, like this, "0B".
+        return [[f"{c}B" if c.isdigit() else c for c in line.split()] for line in text.splitlines()]
+
+    assert cells(ran.stdout) == cells(shown)
+
+
+def test_a_get_prints_what_zfs_get_prints(
+    operator_agent: RunningAgent, pki: Pki, pool: Pool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dataset = f"{pool.name}/data"
+    wanted = ("used", "compression", "mountpoint", "readonly", "type")
+    status = main(
+        ["op", *connection(operator_agent.url, pki, "admin-1"), "zfs", "get", dataset, *wanted]
+    )
+    ran = Ran(status, *capsys.readouterr())
+    assert ran.status == EXIT_OK, ran.stderr
+    shown = run("zfs", "get", "-o", "name,property,value,source", ",".join(wanted), dataset)
+    assert [line.split() for line in ran.stdout.splitlines()] == [
+        line.split() for line in shown.stdout.splitlines()
+    ]
 
 
 def test_a_failed_operation_shows_its_own_error(

@@ -16,10 +16,13 @@ from typing import Any
 import pytest
 
 from host_agent.audit import verify
+from host_agent.cli import main
+from host_agent.cli.common import EXIT_OK
 from host_agent.config import Config
 from tests.hostile import HOSTILE_NAMES
 from tests.support import Pki, RunningAgent, audit_records, client, running_agent
 from tests.system import System, run, service_account
+from tests.test_cli_op import connection
 
 pytestmark = pytest.mark.root
 
@@ -503,3 +506,37 @@ def test_wrapper_refuses_what_its_own_config_does_not_allow(
     assert done.returncode == status, done.stderr
     assert "refused" in done.stderr
     assert (repos.state(repos.app), repos.state(repos.outside)) == before
+
+
+# --- what `host-agent op` shows people ----------------------------------------------
+
+
+def op_text(live: RunningAgent, pki: Pki, capsys: pytest.CaptureFixture[str], *words: str) -> str:
+    status = main(["op", *connection(live.url, pki, "librarian-1"), "git", *words])
+    out, err = capsys.readouterr()
+    assert status == EXIT_OK, err
+    return out
+
+
+def test_op_shows_status_and_log_as_git_does(
+    live: RunningAgent, pki: Pki, repos: Repos, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def git_says(*args: str) -> str:
+        return repos.git(repos.app, "-c", "advice.statusHints=false", *args)
+
+    clean = op_text(live, pki, capsys, "status", str(repos.app))
+    assert clean.strip() == git_says("status")
+    # Staged, unstaged and untracked, one behind its upstream.
+    repos.push_new_commit("remote change\n")
+    repos.git(repos.app, "fetch", "-q")
+    write_as(repos.user, repos.app / "README", "edited\n")
+    write_as(repos.user, repos.app / "staged.txt", "new\n")
+    repos.git(repos.app, "add", "staged.txt")
+    write_as(repos.user, repos.app / "loose.txt", "x\n")
+    busy = op_text(live, pki, capsys, "status", str(repos.app))
+    assert busy.strip() == git_says("status")
+    assert "Changes to be committed:" in busy and "Untracked files:" in busy
+    assert "is behind 'origin/main' by 1 commit" in busy
+    assert op_text(live, pki, capsys, "log", str(repos.app)).strip() == git_says(
+        "log", "--no-decorate"
+    )

@@ -12,10 +12,13 @@ import pytest
 
 from host_agent.adapters.systemd import STATUS_PROPERTIES
 from host_agent.audit import verify
+from host_agent.cli import main
+from host_agent.cli.common import EXIT_OK
 from host_agent.config import Config
 from tests.hostile import HOSTILE_NAMES
 from tests.support import Pki, RunningAgent, audit_records, client, running_agent
 from tests.system import REPO, StandIn, System, install_standin, run
+from tests.test_cli_op import connection
 
 pytestmark = pytest.mark.root
 
@@ -483,3 +486,23 @@ def test_wrappers_are_granted_to_the_service_account(system: System) -> None:
     listing = run("sudo", "-l", "-U", system.user).stdout
     for name in ("host-agent-systemd", "host-agent-pct"):
         assert str(system.wrappers.directory / name) in listing
+
+
+def test_op_shows_a_status_as_systemctl_status_begins(
+    live: RunningAgent, pki: Pki, units: StandIn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def status(unit: str) -> str:
+        code = main(["op", *connection(live.url, pki, "librarian-1"), "systemd", "status", unit])
+        out, err = capsys.readouterr()
+        assert code == EXIT_OK, err
+        return out
+
+    assert status("app.service") == (
+        "● app.service - The app\n"
+        "     Loaded: loaded (enabled)\n"
+        "     Active: active (running) since Mon 2024-01-15 09:00:00 UTC\n"
+        "   Main PID: 4242\n"
+    )
+    assert status("idle.service") == (
+        "○ idle.service - Idle\n     Loaded: loaded (disabled)\n     Active: inactive (dead)\n"
+    )

@@ -60,12 +60,18 @@ def register(commands: Commands) -> None:
     )
     op.add_argument("--poll-interval", type=float, default=2.0, metavar="SECONDS", help="default 2")
     op.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    op.add_argument(
+        "-p",
+        "--exact",
+        action="store_true",
+        help="exact numbers in people's output (bytes, not 1.23M), like zfs's -p",
+    )
     add_connection_arguments(op)
     op.set_defaults(handler=_op)
 
 
 def _op(options: argparse.Namespace) -> int:
-    output = output_for(options.json)
+    output = output_for(options.json, exact=options.exact)
     problem = _usage_problem(options)
     if problem:
         return output.usage(f"host-agent op: {problem}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from typing import Any, Protocol, TextIO
 
 from host_agent.cli.common import EXIT_OK, EXIT_PENDING, EXIT_USAGE
 from host_agent.cli.connection import ending
+from host_agent.cli.op_views import PLAIN, Style, render
 from host_agent.client import (
     ApprovalState,
     ApprovalStatus,
@@ -34,8 +36,16 @@ class Output(Protocol):
     def error(self, error: ClientError) -> int: ...
 
 
-def output_for(as_json: bool) -> Output:
-    return JsonOutput(sys.stdout) if as_json else HumanOutput(sys.stdout, sys.stderr)
+def output_for(as_json: bool, *, exact: bool = False) -> Output:
+    """`--json`'s one document, or people's output (`exact`: `-p`'s numbers)."""
+    if as_json:
+        return JsonOutput(sys.stdout)
+    return HumanOutput(sys.stdout, sys.stderr, Style(exact, wants_colour(sys.stdout)))
+
+
+def wants_colour(stream: TextIO) -> bool:
+    """Colour for a terminal only, and never with NO_COLOR set (no-color.org) or TERM=dumb."""
+    return stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
 class HumanOutput:
@@ -46,9 +56,14 @@ class HumanOutput:
     QUIET_SECONDS = 60.0
 
     def __init__(
-        self, stdout: TextIO, stderr: TextIO, clock: Callable[[], float] = time.monotonic
+        self,
+        stdout: TextIO,
+        stderr: TextIO,
+        style: Style = PLAIN,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stdout, self.stderr, self.clock = stdout, stderr, clock
+        self.style = style
         self.interactive = stderr.isatty()
         self._line_open = False
         self._last: tuple[object, ...] | None = None
@@ -125,8 +140,12 @@ class HumanOutput:
         return status
 
     def _output(self, result: OperationResult) -> None:
+        """The operation's output as a person reads it; the tool's own text when there is
+        no such form, or when the agent cut the output short (a table of part of it would
+        look whole)."""
         self._end_line()
-        self.stdout.write(result.stdout)
+        drawn = None if result.truncated else render(result.operation, result.data, self.style)
+        self.stdout.write(result.stdout if drawn is None else drawn)
         self.stdout.flush()
         self.stderr.write(result.stderr)
         if result.truncated:
