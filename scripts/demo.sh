@@ -1,33 +1,52 @@
 #!/bin/bash
-# Bring up a working host-agent on 127.0.0.1 on a fresh Debian machine, as root:
-# certificates, an unprivileged service account allowed (by sudoers) to run only
-# the wrappers, a small file-backed ZFS pool served by zfs-fuse, and a real
-# `zfs snapshot` done by `curl --cert`. Everything lives in .demo/ except the
-# account, the sudoers drop-in and the pool; `scripts/demo.sh stop` removes them.
+# Bring up a working host-agent on 127.0.0.1 on a fresh Debian machine, as root, and
+# show why it exists: certificates, an unprivileged service account allowed (by
+# sudoers) to run only the wrappers, a small file-backed ZFS pool served by zfs-fuse,
+# a Signal bridge stand-in (it speaks signal-cli-rest-api); then a snapshot, and a
+# destroy that waits for a person: the approver's message, their APPROVE, the destroy
+# running when resubmitted, and the audit log of every step. Everything lives in
+# .demo/ except the account, the sudoers drop-in and the pool; `scripts/demo.sh stop`
+# removes them.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=$REPO/.demo
-USER_NAME=host-agent-demo
-POOL=hademo
+# The demo's own names and ports (the tests run it with others, beside anything else).
+USER_NAME=${HOST_AGENT_DEMO_USER:-host-agent-demo}
+POOL=${HOST_AGENT_DEMO_POOL:-hademo}
 PORT=${HOST_AGENT_DEMO_PORT:-18443}
-SUDOERS=/etc/sudoers.d/host-agent-demo
+SIGNAL_PORT=${HOST_AGENT_DEMO_SIGNAL_PORT:-18080}
+SUDOERS=/etc/sudoers.d/$USER_NAME
+# The bridge's number and the approver's (numbers reserved for examples).
+BRIDGE=+15555550000
+APPROVER=+15555550001
+PACKAGES=(python3-venv sudo zfs-fuse curl procps)
 
 say() { printf '\n== %s\n' "$*"; }
 
+stop_pid_file() {
+    if [[ -f $1 ]]; then
+        kill "$(cat "$1")" 2>/dev/null || true
+        rm -f "$1"
+    fi
+}
+
 stop() {
-    if [[ -f $STATE/agent.pid ]]; then
-        kill "$(cat "$STATE/agent.pid")" 2>/dev/null || true
-        rm -f "$STATE/agent.pid"
-    fi
+    stop_pid_file "$STATE/agent.pid"
+    stop_pid_file "$STATE/signal.pid"
     zpool destroy -f "$POOL" 2>/dev/null || true
-    if [[ -f $STATE/zfs-fuse.pid ]]; then
-        kill "$(cat "$STATE/zfs-fuse.pid")" 2>/dev/null || true
-        rm -f "$STATE/zfs-fuse.pid"
-    fi
+    stop_pid_file "$STATE/zfs-fuse.pid"
     rm -f "$SUDOERS"
     userdel "$USER_NAME" 2>/dev/null || true
     echo "demo stopped (audit log kept in $STATE/audit.jsonl)"
+}
+
+installed() {
+    local package
+    for package in "$@"; do
+        [[ $(dpkg-query -W -f='${Status}' "$package" 2>/dev/null) == "install ok installed" ]] \
+            || return 1
+    done
 }
 
 if [[ ${1:-} == stop ]]; then
@@ -37,9 +56,13 @@ fi
 [[ $(id -u) == 0 ]] || { echo "run as root: it creates a user, a sudoers drop-in and a pool" >&2; exit 1; }
 
 say "Debian packages"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq python3-venv sudo zfs-fuse curl procps >/dev/null
+if installed "${PACKAGES[@]}"; then
+    echo "already installed: ${PACKAGES[*]}"
+else
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${PACKAGES[@]}" >/dev/null
+fi
 
 say "virtualenv with host-agent"
 [[ -x $STATE/venv/bin/python ]] || { mkdir -p "$STATE" && /usr/bin/python3 -m venv "$STATE/venv"; }
@@ -51,6 +74,11 @@ if [[ ! -f $STATE/pki/ca.crt ]]; then
     "$HA" certs init "$STATE/pki"
     "$HA" certs client "$STATE/pki" librarian-demo
 fi
+
+say "service account"
+id "$USER_NAME" >/dev/null 2>&1 \
+    || useradd --system --no-create-home --shell /usr/sbin/nologin "$USER_NAME"
+id "$USER_NAME"
 
 say "agent config"
 cat > "$STATE/agent.toml" <<EOF
@@ -70,6 +98,12 @@ log_path = "audit.jsonl"
 
 [approval]
 store_path = "approvals.sqlite3"
+# The Signal bridge (here its stand-in): tokens go to the approvers' phones, and the
+# agent reads their replies every second.
+signal_url = "http://127.0.0.1:$SIGNAL_PORT"
+signal_number = "$BRIDGE"
+allowed_approvers = ["$APPROVER"]
+poll_interval_seconds = 1
 
 [[agents]]
 cn_pattern = "librarian*"
@@ -91,12 +125,16 @@ allowed_datasets = ["$POOL/data", "$POOL/data/*"]
 
 [binaries]
 zfs = "$(command -v zfs)"
+
+# The zfs wrapper's own switch (root-owned wrappers.conf): destroys run only for the
+# service account, and only because this says so.
+[wrappers.zfs_destroy]
+enabled = true
+allowed_uids = [$(id -u "$USER_NAME")]
 EOF
 "$HA" check-config "$STATE/agent.toml"
 
-say "service account, wrappers, sudoers"
-id "$USER_NAME" >/dev/null 2>&1 \
-    || useradd --system --no-create-home --shell /usr/sbin/nologin "$USER_NAME"
+say "wrappers and the sudoers drop-in"
 "$HA" wrappers-config --config "$STATE/agent.toml" --output "$STATE/wrappers.conf"
 "$REPO/scripts/install-wrappers.sh" "$STATE/libexec" "$STATE/wrappers.conf" "$USER_NAME" "$SUDOERS"
 
@@ -106,16 +144,21 @@ if ! pgrep -x zfs-fuse >/dev/null; then
     echo $! > "$STATE/zfs-fuse.pid"
 fi
 if ! zpool list "$POOL" >/dev/null 2>&1; then
-    truncate -s 128M "$STATE/vdev"
-    for _ in $(seq 50); do zpool create -m none "$POOL" "$STATE/vdev" 2>/dev/null && break; sleep 0.2; done
+    truncate -s 128M "$STATE/vdev-$POOL"
+    for _ in $(seq 50); do zpool create -m none "$POOL" "$STATE/vdev-$POOL" 2>/dev/null && break; sleep 0.2; done
     zfs create "$POOL/data"
 fi
 
+say "Signal bridge stand-in on http://127.0.0.1:$SIGNAL_PORT"
+stop_pid_file "$STATE/signal.pid"
+: > "$STATE/signal-outbox.jsonl"
+# The tests' stand-in (standard library only), run from the repository, detached.
+(cd "$REPO" && setsid -f /usr/bin/python3 -m tests.signal_bridge --port "$SIGNAL_PORT" \
+    --outbox "$STATE/signal-outbox.jsonl" --pid-file "$STATE/signal.pid" \
+    < /dev/null >> "$STATE/signal.log" 2>&1)
+
 say "agent on https://127.0.0.1:$PORT"
-if [[ -f $STATE/agent.pid ]] && kill -0 "$(cat "$STATE/agent.pid")" 2>/dev/null; then
-    kill "$(cat "$STATE/agent.pid")"
-    sleep 1
-fi
+stop_pid_file "$STATE/agent.pid"
 # Detached (a new session without a controlling terminal, stdin from /dev/null),
 # so the agent can never type into the terminal this script runs in.
 setsid -f "$HA" serve --config "$STATE/agent.toml" --pid-file "$STATE/agent.pid" \
@@ -127,23 +170,81 @@ for _ in $(seq 50); do
     [[ -s $STATE/agent.pid ]] && "${CURL[@]}" "https://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
     sleep 0.2
 done
-
-say "curl --cert ... /health"
-"${CURL[@]}" "https://127.0.0.1:$PORT/health"; echo
-SNAPSHOT=demo-$(date +%Y%m%d-%H%M%S)
-say "curl --cert ... /host/op  zfs snapshot $POOL/data@$SNAPSHOT"
-"${CURL[@]}" -X POST "https://127.0.0.1:$PORT/host/op" -H 'Content-Type: application/json' \
-    -d "{\"kind\":\"zfs\",\"resource\":\"$POOL/data\",\"args\":[\"snapshot\",\"$SNAPSHOT\"]}"; echo
-say "curl --cert ... /host/op  zfs list $POOL snapshot"
-"${CURL[@]}" -X POST "https://127.0.0.1:$PORT/host/op" -H 'Content-Type: application/json' \
-    -d "{\"kind\":\"zfs\",\"resource\":\"$POOL\",\"args\":[\"list\",\"snapshot\"]}"; echo
 OP=("$HA" op --server "https://127.0.0.1:$PORT" --ca "$STATE/pki/ca.crt"
     --cert "$STATE/pki/librarian-demo.crt" --key "$STATE/pki/librarian-demo.key")
-say "host-agent op ... zfs list $POOL/data snapshot   (the command-line client)"
-"${OP[@]}" zfs list "$POOL/data" snapshot
-say "the same snapshot, seen by zfs itself"
-zfs list -H -t snapshot -o name -r "$POOL"
-say "audit log"
+PY=$STATE/venv/bin/python
+
+# What the approvers' phones got (the stand-in's outbox), from message $1 on.
+messages() {
+    "$PY" - "$STATE/signal-outbox.jsonl" "$1" <<'PYTHON'
+import json, sys
+for line in open(sys.argv[1]).readlines()[int(sys.argv[2]):]:
+    for text in json.loads(line)["message"].splitlines():
+        print("  |", text)
+    print()
+PYTHON
+}
+
+wait_for_messages() {
+    for _ in $(seq 100); do
+        (( $(wc -l < "$STATE/signal-outbox.jsonl") >= $1 )) && return 0
+        sleep 0.1
+    done
+    echo "no message reached the approvers" >&2
+    return 1
+}
+
+# Step 8 shows this run's records only (the log is kept across runs).
+AUDIT_START=$( [[ -f $STATE/audit.jsonl ]] && wc -l < "$STATE/audit.jsonl" || echo 0)
+
+say "1. curl --cert ... /health: the agent knows this client by its certificate"
+"${CURL[@]}" "https://127.0.0.1:$PORT/health"; echo
+
+SNAPSHOT=demo-$(date +%Y%m%d-%H%M%S)
+say "2. a snapshot: this client may, so it runs at once"
+echo "\$ host-agent op zfs snapshot $POOL/data $SNAPSHOT"
+"${OP[@]}" zfs snapshot "$POOL/data" "$SNAPSHOT"
+echo "\$ host-agent op zfs list $POOL snapshot"
+"${OP[@]}" zfs list "$POOL" snapshot
+
+say "3. a destroy: it needs a person, so the agent holds it (202) and asks"
+echo "\$ host-agent op zfs destroy $POOL/data@$SNAPSHOT --reason \"free space\""
+status=0
+"${OP[@]}" zfs destroy "$POOL/data@$SNAPSHOT" --reason "free space" 2> "$STATE/pending.txt" \
+    || status=$?
+cat "$STATE/pending.txt"
+(( status == 7 )) || { echo "expected exit 7 (waits for a human), got $status" >&2; exit 1; }
+APPROVAL=$(grep -o 'ap-[0-9a-f]\{16\}' "$STATE/pending.txt" | head -1)
+
+say "4. the approver's phone shows (Signal, through the bridge)"
+wait_for_messages 1
+messages 0
+TOKEN=$(grep -o 'APPROVE [0-9A-Z]\{16\}' "$STATE/signal-outbox.jsonl" | head -1 | cut -d' ' -f2)
+
+say "5. the approver replies on their phone: APPROVE $TOKEN"
+curl --silent --show-error -X POST "http://127.0.0.1:$SIGNAL_PORT/stand-in/reply" \
+    -d "{\"sender\": \"$APPROVER\", \"text\": \"APPROVE $TOKEN\"}" >/dev/null
+
+say "6. the client resubmits the approved destroy (it waits for the agent to read the reply)"
+echo "\$ host-agent op --follow $APPROVAL --wait"
+"${OP[@]}" --follow "$APPROVAL" --wait --max-wait 30 --poll-interval 0.5
+echo "\$ zfs list -t snapshot -r $POOL   (zfs itself)"
+zfs list -t snapshot -r "$POOL"
+
+say "7. the approvers hear how it ended"
+wait_for_messages 3
+messages 1
+
+say "8. the audit log: every step, hash-chained and fsync'd"
+"$PY" - "$STATE/audit.jsonl" "$AUDIT_START" <<'PYTHON'
+import json, sys
+for line in open(sys.argv[1]).readlines()[int(sys.argv[2]):]:
+    record = json.loads(line)
+    how = record.get("decision") or record.get("outcome") or record.get("status") or ""
+    print(f"  {record['ts'][11:19]}  {record['event']:<18} {record.get('cn', ''):<15}"
+          f" {record.get('operation') or '':<13} {how}")
+PYTHON
+echo "\$ host-agent audit verify audit.jsonl"
 "$HA" audit verify "$STATE/audit.jsonl"
 cat <<EOF
 

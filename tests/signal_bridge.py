@@ -8,13 +8,20 @@ items once, as a JSON array. `POST /webhook` is a generic JSON webhook sink.
 Every request is recorded with its headers, and the next requests can be made
 to fail, drop the connection or stall.
 
+Run on its own (`python3 -m tests.signal_bridge --port N --outbox FILE`, as
+scripts/demo.sh does) it writes each message sent to FILE, one JSON line, and
+takes an approver's reply at `POST /stand-in/reply {"sender", "text"}`: what a
+phone would show, and what a person would type back.
+
 The builders produce the JSON that signal-cli emits (JsonMessageEnvelope and
 friends), for tests that POST them to the agent's /webhook/signal.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -24,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -146,8 +154,10 @@ class _Fault:
 class SignalBridge:
     """signal-cli-rest-api for one registered `number`, on a loopback port."""
 
-    def __init__(self, number: str) -> None:
+    def __init__(self, number: str, port: int = 0, outbox: Path | None = None) -> None:
         self.number = number
+        # Standing alone: messages sent go to this file, and replies come in over HTTP.
+        self.outbox = outbox
         self.array_replies = False  # answer /v2/send with per-recipient results
         self.unregistered: set[str] = set()  # recipients that fail in array replies
         self._lock = threading.Lock()
@@ -155,7 +165,7 @@ class SignalBridge:
         self._faults: deque[_Fault] = deque()
         self._inbox: list[Json] = []
         self._stopping = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), _handler(self))
+        self._server = _Server(("127.0.0.1", port), _handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -263,6 +273,10 @@ class SignalBridge:
             return 200, {}
         if method == "GET" and path.startswith("/v1/receive/"):
             return self._receive(unquote(path.removeprefix("/v1/receive/")), target)
+        if method == "POST" and path == "/stand-in/reply" and self.outbox is not None:
+            if not isinstance(body, dict) or not {"sender", "text"} <= set(body):
+                return 400, {"error": "give sender and text"}
+            return 200, self.queue_reply(str(body["sender"]), str(body["text"]))
         return 404, {"error": "404 page not found"}
 
     def _send(self, body: Any) -> tuple[int, Any]:
@@ -279,6 +293,10 @@ class SignalBridge:
         if body["number"] != self.number:
             return 400, {"error": f"User {body['number']} is not registered."}
         timestamp = int(time.time() * 1000)
+        if self.outbox is not None:
+            sent = {"recipients": recipients, "message": body.get("message")}
+            with self.outbox.open("a") as outbox:
+                outbox.write(json.dumps(sent) + "\n")
         if not self.array_replies:
             return 201, {"timestamp": str(timestamp)}
         return 201, [
@@ -327,3 +345,20 @@ def running_bridge(number: str = BRIDGE_NUMBER) -> Iterator[SignalBridge]:
         yield bridge
     finally:
         bridge.stop()
+
+
+def main() -> None:
+    """The stand-in on its own, for scripts/demo.sh (see the module's docstring)."""
+    parser = argparse.ArgumentParser(description="a signal-cli-rest-api stand-in")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--outbox", type=Path, required=True)
+    parser.add_argument("--pid-file", type=Path)
+    options = parser.parse_args()
+    bridge = SignalBridge(BRIDGE_NUMBER, options.port, options.outbox)
+    if options.pid_file is not None:
+        options.pid_file.write_text(f"{os.getpid()}\n")
+    bridge._server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""scripts/demo.sh, run as the README says, on what a clean clone holds: it must bring
+up an agent and tell the whole story (a snapshot, a destroy held for a person, the
+approver's message and reply, the destroy on resubmission, the approvers told, the
+audit log verified), and `demo.sh stop` must take away all it made."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import free_port
+from tests.system import REPO, run
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def clone() -> Iterator[Path]:
+    """The repository's tracked files as they are now (a clone, with any uncommitted
+    edits): no virtualenv, no .demo, no caches."""
+    root = Path(tempfile.mkdtemp(prefix="ha-demo-"))
+    listed = subprocess.run(
+        ["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True
+    ).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        source = REPO / name
+        if source.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root)
+
+
+def test_the_demo_tells_the_whole_story_and_stop_cleans_up(clone: Path) -> None:
+    suffix = secrets.token_hex(3)
+    names = {
+        "HOST_AGENT_DEMO_USER": f"ha-demo-{suffix}",
+        "HOST_AGENT_DEMO_POOL": f"hademo{suffix}",
+        "HOST_AGENT_DEMO_PORT": str(free_port()),
+        "HOST_AGENT_DEMO_SIGNAL_PORT": str(free_port()),
+    }
+    environment = {**os.environ, **names}
+    demo = [str(clone / "scripts" / "demo.sh")]
+    try:
+        shown = subprocess.run(
+            demo,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # as a terminal shows them: in order
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        output = shown.stdout
+        assert shown.returncode == 0, output
+        # Each step of the story, in order.
+        steps = [
+            r'"status":"ok"',
+            r"NAME +USED +AVAIL +REFER +MOUNTPOINT\n\S+/data@demo-\S+ ",
+            r"waits for approval (ap-[0-9a-f]{16})",
+            r"asked: +Signal approvers …0001",
+            r"\| Requester: librarian-demo\n +\| Operation: zfs-destroy",
+            r"\| Reply APPROVE [0-9A-Z]{16} to allow it",
+            r"approved by signal:…0001 at \S+: running it",
+            r": APPROVED\n.*by signal:…0001",
+            r": USED\n",
+            r"approval_granted .* zfs-destroy +approved",
+            r"result .* zfs-destroy +ok",
+            r"OK: \d+ records",
+        ]
+        position = 0
+        for step in steps:
+            found = re.compile(step).search(output, position)
+            assert found is not None, f"{step!r} not after position {position}:\n{output}"
+            position = found.end()
+        snapshot = re.search(r"zfs destroy (\S+@demo-\S+)", output)
+        assert snapshot is not None
+        listed = run(
+            "zfs", "list", "-H", "-t", "snapshot", "-o", "name", "-r", names["HOST_AGENT_DEMO_POOL"]
+        )
+        assert snapshot.group(1) not in listed.stdout.split()
+    finally:
+        state = clone / ".demo"
+        pids = [int(f.read_text()) for f in state.glob("*.pid") if f.read_text().strip()]
+        stopped = subprocess.run(
+            [*demo, "stop"], env=environment, capture_output=True, text=True, timeout=120
+        )
+    assert stopped.returncode == 0, stopped.stderr
+    assert run("id", names["HOST_AGENT_DEMO_USER"], check=False).returncode != 0
+    assert not Path("/etc/sudoers.d", names["HOST_AGENT_DEMO_USER"]).exists()
+    assert run("zpool", "list", names["HOST_AGENT_DEMO_POOL"], check=False).returncode != 0
+    assert not list(state.glob("*.pid"))
+    # The agent and the bridge stand-in are gone (a moment to exit after the signal).
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pids and not any(Path(f"/proc/{pid}").exists() for pid in pids)
