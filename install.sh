@@ -140,8 +140,10 @@ check_tools() {
         command -v "$tool" >/dev/null || missing+=("$tool")
     done
     "$PYTHON" -c 'import ensurepip, tomllib, venv' 2>/dev/null || missing+=("$PYTHON -m venv")
+    # The wrappers check file ownership with bash's own stat (no process per file).
+    [[ -f /usr/lib/bash/stat ]] || missing+=("bash-builtins")
     ((${#missing[@]} == 0)) || ha_die 69 "missing: ${missing[*]}
-install them first: apt-get install sudo logrotate passwd util-linux python3-venv"
+install them first: apt-get install sudo logrotate passwd util-linux python3-venv bash-builtins"
 }
 
 ensure_group() {

@@ -18,6 +18,7 @@ from bench.results import Section, Target, errors, ms, ratio, times
 from bench.sshd import Ssh
 from host_agent.client import Client
 
+TOOL, WRAPPER = "the tool alone, as root", "the wrapper alone, as root"
 BARE, KEEP_ALIVE, FRESH = "bare sudo", "agent, kept-alive connection", "agent, fresh connection"
 SSH_FRESH, SSH_MUX = "ssh, fresh connection", "ssh, multiplexed (ControlMaster)"
 METHOD = (
@@ -41,6 +42,8 @@ def measure(
             stack.enter_context(ssh.master(workload.key))
         for workload in found:
             variants: dict[str, Action] = {
+                TOOL: ways.as_root(workload.tool, f"{workload.title}: the tool"),
+                WRAPPER: ways.as_root(workload.wrapper, f"{workload.title}: the wrapper"),
                 BARE: ways.bare(workload, bench.account),
                 KEEP_ALIVE: ways.keep_alive(client, workload),
                 FRESH: ways.fresh(agent.port, context, workload),
@@ -53,14 +56,14 @@ def measure(
     return Section(
         "Latency: one operation at a time",
         METHOD.format(per_round=plan.per_round, rounds=plan.rounds),
-        ("workload", "variant", "median", "p99", "n", "failed", "÷ bare", "÷ ssh fresh"),
+        ("workload", "variant", "median", "p99", "n", "failed", "÷ tool", "÷ bare", "÷ ssh fresh"),
         rows,
         targets,
     )
 
 
 def _rows(title: str, samples: dict[str, Sample]) -> list[tuple[str, ...]]:
-    bare, ssh = samples[BARE], samples[SSH_FRESH]
+    tool, bare, ssh = samples[TOOL], samples[BARE], samples[SSH_FRESH]
     return [
         (
             title,
@@ -69,6 +72,7 @@ def _rows(title: str, samples: dict[str, Sample]) -> list[tuple[str, ...]]:
             ms(sample.p99),
             str(sample.n),
             errors(sample),
+            times(ratio(sample.median, tool.median)),
             times(ratio(sample.median, bare.median)),
             times(ratio(sample.median, ssh.median)),
         )
@@ -79,6 +83,27 @@ def _rows(title: str, samples: dict[str, Sample]) -> list[tuple[str, ...]]:
 def _targets(workload: ways.Workload, samples: dict[str, Sample]) -> list[Target]:
     found = []
     if workload.key == "zfs-list":
+        tool = samples[TOOL].median
+        wrapper = ratio(samples[WRAPPER].median, tool)
+        found.append(
+            Target(
+                "wrapper",
+                "the wrapper alone ≤ 1.5x the tool alone (`zfs list`, as root)",
+                f"{times(wrapper, 3)} (median; {ms(samples[WRAPPER].median)} vs {ms(tool)})",
+                wrapper <= 1.5,
+            )
+        )
+        through = ratio(samples[KEEP_ALIVE].median, tool)
+        found.append(
+            Target(
+                "keep-alive-tool",
+                "keep-alive `zfs list` through the agent ≤ 3x the tool alone, and ahead of ssh "
+                "with ControlMaster",
+                f"{times(through, 3)} (median); "
+                f"{times(ratio(samples[KEEP_ALIVE].median, samples[SSH_MUX].median), 3)} of ssh",
+                through <= 3 and samples[KEEP_ALIVE].median < samples[SSH_MUX].median,
+            )
+        )
         kept = ratio(samples[KEEP_ALIVE].median, samples[BARE].median)
         kept_p99 = ratio(samples[KEEP_ALIVE].p99, samples[BARE].p99)
         found.append(

@@ -19,6 +19,7 @@ from bench import wire
 from bench.environment import Account
 from bench.harness import Action, WorkloadFailed
 from host_agent.adapters import build_registry
+from host_agent.adapters.zfs import LIST_PROPERTIES
 from host_agent.client import Client, ClientError, DryRun, OperationResult
 from host_agent.config import Config
 from host_agent.request import HostOpRequest
@@ -35,10 +36,17 @@ class Workload:
     resource: str
     args: tuple[str, ...]
     argv: tuple[str, ...]
+    # What the wrapper finally runs: the tool's own argv (the floor of the floor).
+    tool: tuple[str, ...]
 
     @property
     def document(self) -> dict[str, Any]:
         return {"kind": self.kind, "resource": self.resource, "args": list(self.args)}
+
+    @property
+    def wrapper(self) -> tuple[str, ...]:
+        """The wrapper and its arguments: `argv` without sudo in front."""
+        return self.argv[self.argv.index("--") + 1 :]
 
 
 def workloads(client: Client, pool: str, config: Config, unix_user: str) -> list[Workload]:
@@ -47,13 +55,22 @@ def workloads(client: Client, pool: str, config: Config, unix_user: str) -> list
     A caller's dry run shows only the wrapper and its arguments (where sudo and the
     wrappers live is for admins), so the full argv comes from the agent's own adapter
     and runner; it must end with what the dry run showed."""
+    # The tool's argv is the wrapper's (host-agent-zfs list; exec runs the command as is).
+    listing = ("get", "-H", "-p", "-r", "-o", "name,property,value", ",".join(LIST_PROPERTIES))
     wanted = [
-        ("zfs-list", "zfs list", "zfs", pool, ("list",)),
-        ("exec-true", "exec /bin/true", "exec", "/bin/true", ("run",)),
+        (
+            "zfs-list",
+            "zfs list",
+            "zfs",
+            pool,
+            ("list",),
+            (str(config.binaries.zfs), *listing, "--", pool),
+        ),
+        ("exec-true", "exec /bin/true", "exec", "/bin/true", ("run",), ("/bin/true",)),
     ]
     registry, runner = build_registry(config), Runner(config.runner)
     found = []
-    for key, title, kind, resource, args in wanted:
+    for key, title, kind, resource, args, tool in wanted:
         dry = client.run(kind, resource, args, dry_run=True)
         if not isinstance(dry, DryRun) or dry.decision.effect != "allow":
             raise RuntimeError(f"{title} is not allowed by the benchmark config: {dry}")
@@ -61,7 +78,7 @@ def workloads(client: Client, pool: str, config: Config, unix_user: str) -> list
         argv = runner.argv_for(registry.adapter_for(kind).parse(request, unix_user))
         if not _ends_with(argv, dry.argv):
             raise RuntimeError(f"{title}: the agent would run {dry.argv}, not {argv}")
-        found.append(Workload(key, title, kind, resource, args, argv))
+        found.append(Workload(key, title, kind, resource, args, argv, tool))
     return found
 
 
@@ -78,25 +95,33 @@ def denied_request(pool: str) -> dict[str, Any]:
 
 def bare(workload: Workload, account: Account) -> Action:
     """The agent's sudo argv started directly, as the runner starts it (account, env, cwd)."""
+    identity = {"user": account.uid, "group": account.gid, "extra_groups": list(account.groups)}
+    return started(workload.argv, workload.title, identity)
+
+
+def as_root(argv: tuple[str, ...], what: str) -> Action:
+    """`argv` started as root with the runner's environment: the wrapper alone (what sudo
+    then runs) or the tool alone (what the wrapper then runs)."""
+    return started(argv, what, {})
+
+
+def started(argv: tuple[str, ...], what: str, identity: dict[str, Any]) -> Action:
+    """`argv` run to completion from /, in a session of its own; it must exit 0."""
 
     def run() -> None:
         done = subprocess.run(
-            workload.argv,
+            argv,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             env=dict(CLEAN_ENV),
             cwd="/",
             start_new_session=True,
-            user=account.uid,
-            group=account.gid,
-            extra_groups=list(account.groups),
             timeout=60,
             check=False,
+            **identity,
         )
         if done.returncode != 0:
-            raise WorkloadFailed(
-                f"{workload.title}: exit {done.returncode}: {done.stderr[-200:]!r}"
-            )
+            raise WorkloadFailed(f"{what}: exit {done.returncode}: {done.stderr[-200:]!r}")
 
     return run
 

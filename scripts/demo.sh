@@ -20,7 +20,7 @@ SUDOERS=/etc/sudoers.d/$USER_NAME
 # The bridge's number and the approver's (numbers reserved for examples).
 BRIDGE=+15555550000
 APPROVER=+15555550001
-PACKAGES=(python3-venv sudo zfs-fuse curl procps)
+PACKAGES=(python3-venv sudo zfs-fuse curl procps bash-builtins)
 
 say() { printf '\n== %s\n' "$*"; }
 

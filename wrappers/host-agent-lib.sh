@@ -20,8 +20,10 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 umask 077
 
 ha_log() {
-    # syslog may be absent (containers); logging must never change the outcome.
-    logger -t "$HA_NAME" -p "authpriv.$1" -- "$2" 2>/dev/null || true
+    # syslog may be absent (containers); logging must never change the outcome. Sent
+    # in the background, so the tool need not wait for it, and with none of the tool's
+    # streams, so nobody reading the tool's output waits for logger either.
+    logger -t "$HA_NAME" -p "authpriv.$1" -- "$2" </dev/null >/dev/null 2>&1 &
 }
 
 ha_refuse() {
@@ -36,14 +38,29 @@ ha_refuse() {
 readonly HA_KILL_GRACE=2
 readonly HA_MAX_SYMLINKS=40
 
-# ha_root_alone WHAT PATH NODE: refuse NODE unless only root can change it: owned by
-# root and, unless a symlink (whose own mode means nothing), not group/world-writable;
-# a root-owned sticky directory (/tmp) passes, as no one else can swap root's entries.
+# bash's own stat (Debian's bash-builtins), loaded from root's /usr/lib like bash's other
+# libraries: each node's owner, mode and link target without a process per node (a
+# fork per node costs more than the tool the checks guard).
+readonly HA_STAT_BUILTIN=/usr/lib/bash/stat
+enable -f "$HA_STAT_BUILTIN" stat 2>/dev/null \
+    || ha_refuse "$EX_CONFIG" "cannot load $HA_STAT_BUILTIN: install Debian's bash-builtins"
+
+# ha_node NODE: HA_STAT = NODE's own status (a symlink is not followed): uid, perms
+# (octal), type (d, l, - ...), link (a symlink's target); empty when NODE does not exist.
+declare -A HA_STAT=()
+ha_node() {
+    HA_STAT=()
+    stat -L -A HA_STAT -- "$1" 2>/dev/null || HA_STAT=()
+}
+
+# ha_root_alone WHAT PATH NODE: after ha_node NODE, refuse NODE unless only root can
+# change it: owned by root and, unless a symlink (whose own mode means nothing), not
+# group/world-writable; a root-owned sticky directory (/tmp) passes, as no one else can
+# swap root's entries.
 ha_root_alone() {
-    local owner mode
-    read -r owner mode < <(stat -c '%u %a' -- "$3")
-    if [[ $owner != 0 ]] || { ! [[ -L $3 ]] && (( (8#$mode & 8#022) != 0 )) \
-        && ! [[ -d $3 && -k $3 ]]; }; then
+    local type=${HA_STAT[type]-}
+    if [[ ${HA_STAT[uid]-} != 0 ]] || { [[ $type != l ]] && (( (8#${HA_STAT[perms]} & 8#022) != 0 )) \
+        && ! [[ $type == d && -k $3 ]]; }; then
         ha_refuse "$EX_CONFIG" "$1 $2: $3 must be owned by root and not group/world-writable"
     fi
 }
@@ -55,9 +72,10 @@ ha_root_alone() {
 # can flip a link or swap an entry between the check and the use.
 HA_TRUSTED=
 ha_trusted_path() {
-    local what=$1 path=$2 directory=/ node name target hops=0
+    local what=$1 path=$2 directory=/ node name hops=0
     local -a names=() linked=()
     [[ $path == /* ]] || ha_refuse "$EX_CONFIG" "$what $path is not an absolute path"
+    ha_node /
     ha_root_alone "$what" "$path" /
     IFS=/ read -r -a names <<< "$path"
     while (( ${#names[@]} )); do
@@ -72,16 +90,16 @@ ha_trusted_path() {
                 ;;
         esac
         node=${directory%/}/$name
-        [[ -e $node || -L $node ]] || ha_refuse "$EX_NOINPUT" "no $what $path ($node is missing)"
+        ha_node "$node"
+        [[ -v HA_STAT[type] ]] || ha_refuse "$EX_NOINPUT" "no $what $path ($node is missing)"
         ha_root_alone "$what" "$path" "$node"
-        if [[ -L $node ]]; then
+        if [[ ${HA_STAT[type]} == l ]]; then
             (( ++hops <= HA_MAX_SYMLINKS )) || ha_refuse "$EX_CONFIG" "$what $path: too many symlinks"
-            target=$(readlink -- "$node")
-            [[ $target == /* ]] && directory=/
-            IFS=/ read -r -a linked <<< "$target"
+            [[ ${HA_STAT[link]} == /* ]] && directory=/
+            IFS=/ read -r -a linked <<< "${HA_STAT[link]}"
             names=("${linked[@]}" "${names[@]}")
         else
-            [[ -d $node || ${#names[@]} == 0 ]] \
+            [[ ${HA_STAT[type]} == d || ${#names[@]} == 0 ]] \
                 || ha_refuse "$EX_NOINPUT" "no $what $path ($node is not a directory)"
             directory=$node
         fi
@@ -119,23 +137,24 @@ ha_load_config() {
     mapfile -t HA_CONFIG_LINES < "$HA_TRUSTED"
 }
 
-# ha_config_values KEY: every value of KEY, one per line, in file order.
-ha_config_values() {
+# ha_config_list ARRAY KEY: ARRAY = every value of KEY, in file order.
+ha_config_list() {
+    local -n into=$1
     local line
+    into=()
     for line in "${HA_CONFIG_LINES[@]}"; do
-        if [[ $line == "$1="* ]]; then
-            printf '%s\n' "${line#"$1="}"
-        fi
+        [[ $line == "$2="* ]] && into+=("${line#"$2="}")
     done
+    return 0
 }
 
-# ha_config_value KEY DEFAULT: the last value of KEY, or DEFAULT.
-ha_config_value() {
+# ha_config VAR KEY DEFAULT: VAR = the last value of KEY, or DEFAULT.
+ha_config() {
     local line value=""
     for line in "${HA_CONFIG_LINES[@]}"; do
-        [[ $line == "$1="* ]] && value=${line#"$1="}
+        [[ $line == "$2="* ]] && value=${line#"$2="}
     done
-    printf '%s\n' "${value:-$2}"
+    printf -v "$1" '%s' "${value:-$3}"
 }
 
 # ha_listed VALUE KEY: whether VALUE is exactly one of KEY's values.
@@ -172,14 +191,24 @@ ha_as_user() {
         --no-new-privs --reset-env --)
 }
 
-# ha_binary KEY DEFAULT: the checked real path of the tool KEY names (see
+# Where each tool is unless the config says otherwise (the agent's [binaries] defaults).
+readonly -A HA_DEFAULT_BINARY=(
+    [zfs_bin]=/usr/sbin/zfs
+    [systemctl_bin]=/usr/bin/systemctl
+    [pct_bin]=/usr/sbin/pct
+    [git_bin]=/usr/bin/git
+    [python_bin]=/usr/bin/python3
+    [ansible_playbook_bin]=/usr/bin/ansible-playbook
+)
+
+# ha_binary VAR KEY: VAR = the checked real path of the tool KEY names (see
 # ha_trusted_path): run that, never the configured path.
 ha_binary() {
     local path
-    path=$(ha_config_value "$1" "$2")
-    ha_trusted_file "$1" "$path"
-    [[ -x $HA_TRUSTED ]] || ha_refuse "$EX_CONFIG" "$1=$path is not executable"
-    printf '%s\n' "$HA_TRUSTED"
+    ha_config path "$2" "${HA_DEFAULT_BINARY[$2]}"
+    ha_trusted_file "$2" "$path"
+    [[ -x $HA_TRUSTED ]] || ha_refuse "$EX_CONFIG" "$2=$path is not executable"
+    printf -v "$1" '%s' "$HA_TRUSTED"
 }
 
 # ha_python_command: set HA_PYTHON to the command that runs python_bin as root.
@@ -189,8 +218,8 @@ ha_binary() {
 HA_PYTHON=()
 ha_python_command() {
     local name python venv
-    name=$(ha_config_value python_bin /usr/bin/python3)
-    python=$(ha_binary python_bin /usr/bin/python3)
+    ha_config name python_bin "${HA_DEFAULT_BINARY[python_bin]}"
+    ha_binary python python_bin
     venv=${name%/*}
     venv=${venv%/*}
     if [[ -e ${venv:-/}/pyvenv.cfg ]]; then
@@ -247,7 +276,7 @@ ha_run() {
 
 # ha_load_timeout: HA_TIMEOUT (seconds, as `timeout` reads them) from timeout_seconds.
 ha_load_timeout() {
-    HA_TIMEOUT=$(ha_config_value timeout_seconds 60)
+    ha_config HA_TIMEOUT timeout_seconds 60
     [[ $HA_TIMEOUT =~ ^[0-9]{1,5}(\.[0-9]{1,6})?$ && $HA_TIMEOUT =~ [1-9] ]] \
         || ha_refuse "$EX_CONFIG" "timeout_seconds=$HA_TIMEOUT is not a positive number of seconds"
 }
