@@ -2,16 +2,21 @@
 
 Records are chained (see chain.py). A record is flushed and fsync'd before
 `append` returns: callers run nothing until then, and a write that fails raises
-`AuditUnavailable` (fail closed). Every file but the first begins with an
-`audit_file` record, so lines cut from the start of a file show. With a seal key
-(seal.py), an epoch that has ended is sealed before anything else is written.
-With a checkpoint key (checkpoint.py), `checkpoint()` writes a signed checkpoint
-of the chain's head, and one is taken whenever a new file begins.
+`AuditUnavailable` (fail closed). Concurrent appends share fsyncs (group commit):
+each writes its line under the lock, then one fsync makes every line written so far
+durable, and the others find theirs already covered. If that fsync fails, every line
+it was to cover is cut from the file and each of their appends raises. Every file
+but the first begins with an `audit_file` record, so lines cut from the start of a
+file show. With a seal key (seal.py), an epoch that has ended is sealed before
+anything else is written. With a checkpoint key (checkpoint.py), `checkpoint()`
+writes a signed checkpoint of the chain's head, and one is taken whenever a new
+file begins.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -65,6 +70,16 @@ class AuditLog:
         self._writer: jsonlines.Writer | None = None
         self._seq = 0
         self._prev = GENESIS
+        # Group commit. Lines written so far (a count that never goes back), how many of
+        # them are known durable, the file as it was after the last durable one (size,
+        # seq, hash: where a failed fsync cuts back to), and the ranges of lines cut.
+        self._written = 0
+        self._durable = 0
+        self._durable_end = (0, 0, GENESIS)
+        self._lost: list[tuple[int, int]] = []
+        self._lost_why = ""
+        # One fsync at a time; whoever waits for it may find its line covered.
+        self._sync_lock = threading.Lock()
         # Why the last append failed, until one succeeds: /health shows it.
         self.failing: str | None = None
 
@@ -102,12 +117,14 @@ class AuditLog:
                 self._sealed_epoch = int(last["epoch"])
         self._file = handle
         self._writer = jsonlines.Writer(handle, dumps=canonical, flush=True)
+        self._durable_end = (os.fstat(handle.fileno()).st_size, self._seq, self._prev)
         if self._seq and os.fstat(handle.fileno()).st_size == 0:
             # A new file continuing the chain says so first: a file that does not
             # begin this way (or at seq 1) was cut.
             try:
                 now = self._clock()
                 self._write_locked({"event": FILE_EVENT}, now)
+                self._sync_locked()
                 # An epoch that ended meanwhile is sealed before the checkpoint of the
                 # head (the file record is exempt from its epoch's dates: see seal_check).
                 self._seal_due_locked(now)
@@ -132,6 +149,9 @@ class AuditLog:
 
     def _close_locked(self) -> None:
         if self._file is not None:
+            # Lines still waiting for their fsync get it (or are cut) before the file goes.
+            with contextlib.suppress(AuditUnavailable):
+                self._sync_locked()
             self._file.close()
         self._file = self._writer = None
 
@@ -167,7 +187,83 @@ class AuditLog:
                 self._open_locked()
             now = self._clock()
             self._seal_due_locked(now)
-            return self._write_locked(record, now)
+            entry = self._write_locked(record, now)
+            line = self._written
+        self._wait_durable(line)
+        return entry
+
+    def _wait_durable(self, line: int) -> None:
+        """Return once line number `line` is fsync'd: by an fsync another append started
+        after it was written, or by this one's; raise if the fsync meant for it failed.
+
+        The fsync runs without the write lock, so others write their lines meanwhile:
+        the next fsync covers them all."""
+        with self._sync_lock:
+            with self._lock:
+                if line <= self._durable:
+                    self._check_kept(line)
+                    return
+                # A duplicate of the descriptor: the file may be rotated and closed while
+                # this fsync runs, and must still be synced.
+                fd = os.dup(self._file.fileno()) if self._file is not None else -1
+                upto, end = self._written, self._end_locked()
+            try:
+                if fd < 0:
+                    raise OSError(errno.EBADF, "the audit log is not open")
+                os.fsync(fd)
+            except OSError as exc:
+                with self._lock:
+                    if self._durable < upto:  # nobody else synced them meanwhile
+                        self._cut_locked(exc)
+            else:
+                with self._lock:
+                    if self._durable < upto:
+                        self._durable, self._durable_end = upto, end
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+            with self._lock:
+                self._check_kept(line)
+
+    def _check_kept(self, line: int) -> None:
+        """Raise if line number `line` was cut. The cut ranges are in order and a line is
+        checked soon after it is written, so the search starts from the latest."""
+        for after, upto in reversed(self._lost):
+            if upto < line:
+                return
+            if after < line:
+                raise AuditUnavailable(f"cannot write audit log {self.path}: {self._lost_why}")
+
+    def _end_locked(self) -> tuple[int, int, str]:
+        """Where the file ends now: its size, and the chain's seq and hash there."""
+        size = os.fstat(self._file.fileno()).st_size if self._file is not None else 0
+        return size, self._seq, self._prev
+
+    def _sync_locked(self) -> None:
+        """fsync every line written so far, holding the write lock (a file's first
+        record, a seal, a checkpoint, a file about to be closed)."""
+        if self._written == self._durable or self._file is None:
+            return
+        try:
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self._cut_locked(exc)
+            self._check_kept(self._written)
+        self._durable, self._durable_end = self._written, self._end_locked()
+
+    def _cut_locked(self, exc: OSError) -> None:
+        """An fsync failed: none of the lines written since the last durable one may be
+        trusted to be on disk, so all of them leave the file and their appends fail; the
+        chain goes on from the last durable line."""
+        size, self._seq, self._prev = self._durable_end
+        if self._file is not None:
+            _truncate_quietly(self._file, size)
+        if self._lost and self._lost[-1][1] == self._durable:  # failing again: one range
+            self._lost[-1] = (self._lost[-1][0], self._written)
+        else:
+            self._lost.append((self._durable, self._written))
+        self._lost_why = exc.strerror or str(exc)
+        self._durable = self._written
 
     def checkpoint(self) -> None:
         """Write a signed checkpoint of the chain's head (periodically, and at shutdown)."""
@@ -194,6 +290,7 @@ class AuditLog:
             "note": note,
         }
         self._write_locked(record, now)
+        self._sync_locked()  # witnesses get only what is durable
         taken(note, checkpoint)
 
     def seal_due(self) -> None:
@@ -221,6 +318,7 @@ class AuditLog:
                 "through": current - 1,
             }
             self._write_locked(seal, now, sign=key.mac)
+            self._sync_locked()  # durable before the key that made it is gone
             self._sealed_epoch = key.epoch
         try:
             key.advance(current)
@@ -248,11 +346,11 @@ class AuditLog:
             written = writer.write(entry)
             if os.fstat(handle.fileno()).st_size != size + written:
                 raise OSError(errno.EIO, "short write")
-            os.fsync(handle.fileno())
         except OSError as exc:
             _truncate_quietly(handle, size)
             raise AuditUnavailable(f"cannot write audit log {self.path}: {exc.strerror}") from exc
         self._seq, self._prev = entry["seq"], entry["hash"]
+        self._written += 1
         return entry
 
     async def write(self, record: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,138 @@
+"""Group commit in the audit log: concurrent appends share fsyncs, none returns before
+its own line is durable, and when an fsync fails every line it was to cover is cut and
+every append waiting on it fails (fail closed), the chain going on intact.
+
+Real files and the real fsync; only what no disk here will do on demand (an fsync
+that is slow, or fails with EIO) is arranged around the real call."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from host_agent.audit import AuditLog, verify
+from host_agent.audit import log as audit_log
+from host_agent.errors import AuditUnavailable
+from tests.support import audit_records
+
+real_fsync = os.fsync
+
+
+def around_fsync(monkeypatch: pytest.MonkeyPatch, before: Callable[[], None]) -> list[int]:
+    """Run `before` ahead of every real fsync the audit log makes; the calls made."""
+    calls: list[int] = []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        before()
+        real_fsync(fd)
+
+    monkeypatch.setattr(audit_log.os, "fsync", fsync)
+    return calls
+
+
+def test_concurrent_appends_share_fsyncs_and_all_are_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A disk whose fsync takes 5 ms: appends made meanwhile wait for the next one.
+    calls = around_fsync(monkeypatch, lambda: time.sleep(0.005))
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.open()
+    written: list[int] = []
+    lock = threading.Lock()
+
+    def client(number: int) -> None:
+        for index in range(25):
+            entry = audit.append({"event": "decision", "client": number, "index": index})
+            with lock:
+                written.append(entry["seq"])
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    audit.close()
+    assert sorted(written) == list(range(1, 401))
+    assert verify([tmp_path / "audit.jsonl"]).ok
+    assert len(audit_records(tmp_path / "audit.jsonl")) == 400
+    assert len(calls) <= 200, f"{len(calls)} fsyncs for 400 concurrent appends"
+
+
+def test_no_append_returns_before_the_fsync_that_covers_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    synced: list[float] = []
+
+    def hold() -> None:
+        release.wait(10)
+        synced.append(time.monotonic())
+
+    around_fsync(monkeypatch, hold)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.open()
+    returned: list[float] = []
+    thread = threading.Thread(
+        target=lambda: (audit.append({"event": "decision"}), returned.append(time.monotonic()))
+    )
+    thread.start()
+    time.sleep(0.2)
+    assert returned == []  # written, not yet durable: no answer
+    release.set()
+    thread.join(10)
+    assert returned and synced and synced[0] <= returned[0]
+    audit.close()
+
+
+def test_a_failed_fsync_cuts_every_line_it_covered_and_fails_their_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path)
+    audit.open()
+    audit.append({"event": "decision", "name": "before"})
+    leader_in_fsync, release = threading.Event(), threading.Event()
+    failing = {"next": True}
+
+    def fail_once() -> None:
+        if failing.pop("next", False):
+            leader_in_fsync.set()
+            release.wait(10)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    around_fsync(monkeypatch, fail_once)
+    outcomes: dict[str, str] = {}
+
+    def append(name: str) -> None:
+        try:
+            audit.append({"event": "decision", "name": name})
+            outcomes[name] = "kept"
+        except AuditUnavailable:
+            outcomes[name] = "refused"
+
+    leader = threading.Thread(target=append, args=("leader",))
+    leader.start()
+    assert leader_in_fsync.wait(10)
+    # Written while the leader's fsync runs: the cut takes them too.
+    others = [threading.Thread(target=append, args=(f"during-{n}",)) for n in range(3)]
+    for thread in others:
+        thread.start()
+    time.sleep(0.2)
+    release.set()
+    for thread in [leader, *others]:
+        thread.join(10)
+    assert outcomes == {name: "refused" for name in ("leader", "during-0", "during-1", "during-2")}
+    assert [r.get("name") for r in audit_records(path)] == ["before"]
+    # The chain goes on from the last durable line.
+    after = audit.append({"event": "decision", "name": "after"})
+    audit.close()
+    assert after["seq"] == 2
+    assert [r.get("name") for r in audit_records(path)] == ["before", "after"]
+    assert verify([path]).ok
