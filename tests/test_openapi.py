@@ -209,6 +209,36 @@ def test_an_unsigned_webhook_is_refused_as_documented(fuzzed: RunningAgent, pki:
     assert reply.json()["error"]["code"] == "webhook_unauthenticated"
 
 
+@pytest.mark.parametrize(
+    ("path", "headers", "body", "status", "code"),
+    [
+        pytest.param("/host/op", {}, {"kind": "x" * 70_000, "args": ["list"]}, 413,
+                     "body_too_large", id="too-large"),
+        pytest.param("/approve", {"Origin": "https://elsewhere.example"},
+                     {"approval_id": "ap-0123456789abcdef"}, 403, "cross_site_request",
+                     id="browser"),
+        pytest.param("/zfs/snapshot", {"Sec-Fetch-Site": "cross-site"},
+                     {"dataset": "tank/a", "snapname": "s"}, 403, "cross_site_request",
+                     id="browser-predecessor-route"),
+    ],
+)  # fmt: skip
+def test_refusals_before_the_body_are_answered_as_documented(
+    fuzzed: RunningAgent,
+    pki: Pki,
+    path: str,
+    headers: dict[str, str],
+    body: Any,
+    status: int,
+    code: str,
+) -> None:
+    """What generated requests never meet: a body over `max_body_bytes` (65536 by
+    default), and a request a browser marks as another site's."""
+    reply = answer(fuzzed, pki, "admin-1", path, "POST", headers=headers, body=body)
+    assert reply.status_code == status
+    refusal = reply.json()
+    assert code == (refusal["code"] if "code" in refusal else refusal["error"]["code"])
+
+
 def test_a_rate_limit_is_answered_as_documented(pki: Pki, tmp_path: Path) -> None:
     """429 with `Retry-After`, in both error shapes: the predecessor's limit of 5 a
     minute on /pending and /zfs/destroy (the default config)."""
