@@ -180,6 +180,12 @@ def test_an_approval_is_followed_and_decided_as_documented(fuzzed: RunningAgent,
             {"path_parameters": approval, "query": {"wait": "0.1"}},
         ),
         ("librarian-1", "/pending", "GET", {}),
+        (
+            "librarian-1",
+            "/v1/tools/call",
+            "POST",
+            {"body": {"name": "check_approval", "arguments": approval}},
+        ),
         ("admin-1", "/admin/pending", "GET", {}),
         ("librarian-1", "/approve", "POST", {"body": approval}),
         ("admin-1", "/approve", "POST", {"body": {**approval, "decision": "deny"}}),
@@ -192,9 +198,10 @@ def test_an_approval_is_followed_and_decided_as_documented(fuzzed: RunningAgent,
         ),
     ]
     answers = [answer(fuzzed, pki, cn, path, method, **parts) for cn, path, method, parts in steps]
-    assert [a.status_code for a in answers] == [200, 200, 200, 200, 403, 200, 403, 200]
-    assert answers[5].json()["status"] == "denied"
-    assert answers[7].json()["code"] == "approval_denied"
+    assert [a.status_code for a in answers] == [200, 200, 200, 200, 200, 403, 200, 403, 200]
+    assert answers[3].json()["approval"]["status"] == "pending"
+    assert answers[6].json()["status"] == "denied"
+    assert answers[8].json()["code"] == "approval_denied"
 
 
 def test_an_unsigned_webhook_is_refused_as_documented(fuzzed: RunningAgent, pki: Pki) -> None:
