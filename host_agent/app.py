@@ -209,7 +209,9 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
         """The tools this caller may call under the current policy (a read, like /health)."""
         identity = await pipeline.identify(request.scope)
         agent = parse_on_behalf_of(request.query_params.get("on_behalf_of"))
-        acting = None if agent is None else await pipeline.acting_for(identity, agent)
+        acting = (
+            None if agent is None else await pipeline.acting_for(identity, agent, request.url.path)
+        )
         manifest = build_manifest(
             pipeline.config,
             pipeline.registry,
