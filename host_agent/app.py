@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from host_agent import __version__, tool_calls
+from host_agent import __version__, openapi, tool_calls
 from host_agent.approvals.manager import MAX_FOLLOW_SECONDS, ApprovalManager
 from host_agent.approvals.model import APPROVAL_ID, Approver
 from host_agent.approvals.signal import (
@@ -209,7 +209,9 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
         """The tools this caller may call under the current policy (a read, like /health)."""
         identity = await pipeline.identify(request.scope)
         agent = parse_on_behalf_of(request.query_params.get("on_behalf_of"))
-        acting = None if agent is None else await pipeline.acting_for(identity, agent)
+        acting = (
+            None if agent is None else await pipeline.acting_for(identity, agent, request.url.path)
+        )
         manifest = build_manifest(
             pipeline.config,
             pipeline.registry,
@@ -226,6 +228,13 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
             raise ValidationError("format", "must be host-agent or openai")
         return JSONResponse(manifest)
 
+    description = openapi.description_json()
+
+    async def openapi_description(request: Request) -> Response:
+        """This API's description: for any verified certificate, as /health is."""
+        await pipeline.identify(request.scope)
+        return Response(description, media_type="application/json")
+
     app = Starlette(
         routes=[
             Route("/host/op", host_op, methods=["POST"]),
@@ -239,6 +248,7 @@ def build_app(pipeline: Pipeline, health: HostHealth | None = None) -> Starlette
             Route("/admin/pending", all_pending, methods=["GET"]),
             Route("/approve", approve, methods=["POST"]),
             Route("/webhook/signal", signal_webhook, methods=["POST"]),
+            Route(openapi.PATH, openapi_description, methods=["GET"]),
             *(legacy(route) for route in LEGACY_ROUTES),
         ],
         exception_handlers={

@@ -63,7 +63,11 @@ def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
         result["properties"] = properties
         result["required"] = list(properties)
         result["additionalProperties"] = False
-    if "items" in result:
+    if "prefixItems" in schema:
+        # Positional items (`items: false` after them) have no strict-mode spelling: any
+        # string is allowed here, and the notes say what each position takes.
+        result["items"] = {"type": "string"}
+    elif "items" in result:
         result["items"] = strict_schema(result["items"])
     return result
 
@@ -73,10 +77,18 @@ def _notes(schema: dict[str, Any]) -> list[str]:
     notes = []
     if "minLength" in schema or "maxLength" in schema:
         notes.append(f"{schema.get('minLength', 0)} to {schema.get('maxLength', '…')} characters.")
-    if "minItems" in schema or "maxItems" in schema:
-        notes.append(f"{schema.get('minItems', 0)} to {schema.get('maxItems', '…')} items.")
+    positions = schema.get("prefixItems", ())
+    if "minItems" in schema or "maxItems" in schema or positions:
+        most = schema.get("maxItems", len(positions) or "…")
+        notes.append(f"{schema.get('minItems', 0)} to {most} items.")
     if "pattern" in schema:
         notes.append("Checked by the agent against a pattern; printable ASCII only.")
+    if positions:
+        described = "; ".join(
+            f"{index}. {position.get('description', 'a string')}"
+            for index, position in enumerate(positions, 1)
+        )
+        notes.append(f"In this order: {described}.")
     return notes
 
 

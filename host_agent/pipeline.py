@@ -132,9 +132,11 @@ class Pipeline:
         self.metrics.request(operation.name, outcome)
         return reply
 
-    async def acting_for(self, identity: Identity, agent: str) -> AgentProfile:
+    async def acting_for(self, identity: Identity, agent: str, path: str) -> AgentProfile:
         """For a read naming `on_behalf_of` (the manifest): the agent's profile, or the
-        refusal, audited as on /host/op. The caller's own profile is checked first."""
+        refusal, audited as on /host/op. The caller's own profile is checked first, and
+        its read limit: every decision is audited, so each must be bounded."""
+        await self.limit(identity, "read", path)
         who = {**_who(identity), "on_behalf_of": agent}
         found = find_profile(self.config, identity.cn)
         if found is None:

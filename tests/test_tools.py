@@ -458,6 +458,38 @@ def test_every_schema_is_in_the_strict_subset(
         Draft202012Validator.check_schema(tool["function"]["parameters"])
 
 
+PCT_CREATOR = """
+[[agents]]
+cn_pattern = "admin-*"
+agent_type = "operator"
+unix_user = "operator"
+autonomy = "full"
+allowed_operations = ["pct-*"]
+"""
+PCT_TEMPLATES = """
+[pct]
+allowed_ostemplates = ["local:vztmpl/*.tar.zst"]
+allowed_create_flags = ["hostname"]
+"""
+
+
+def test_positional_arguments_are_described_in_the_strict_form(pki: Pki, tmp_path: Path) -> None:
+    """pct-create's arguments differ by position (`prefixItems`, then `items: false`),
+    which the strict subset cannot say: its items are strings and the description names
+    each position (converting `items: false` was a 500)."""
+    text = config_text(pki, tmp_path, profiles=PCT_CREATOR, extra=PCT_TEMPLATES)
+    with running_agent(write_config(tmp_path / "agent.toml", text)) as agent:
+        full = tool(manifest(agent, pki, "admin-1"), "pct-create")["function"]["parameters"]
+        strict = next(
+            t for t in openai(agent, pki, "admin-1") if t["function"]["name"] == "pct-create"
+        )
+    assert len(full["properties"]["args"]["prefixItems"]) == 2
+    args = strict["function"]["parameters"]["properties"]["args"]
+    assert args["items"] == {"type": "string"}
+    assert "1 to 2 items. In this order: 1. The ostemplate" in args["description"]
+    assert strict_problems(strict["function"]["parameters"]) == []
+
+
 def test_the_tools_are_the_callers_own_plus_check_approval(
     policy_agent: RunningAgent, pki: Pki
 ) -> None:

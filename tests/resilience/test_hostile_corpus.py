@@ -16,10 +16,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 import socket
 import ssl
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from host_agent.operations import OPERATION_NAMES
 from host_agent.request import HostOpRequest
 from host_agent.server import build_pipeline
 from tests.hostile import HOSTILE_NAMES, WRONG_TYPES
+from tests.recording_sudo import RecordingSudo, recording_sudo
 from tests.resilience.conftest import Figures
 from tests.resilience.request_parsing import DOCUMENTED_CODES
 from tests.support import (
@@ -67,11 +66,6 @@ allow_recursive = true
 # The approval routes are rate-limited; with limits on, a long corpus would meet 429s
 # instead of the refusals under test.
 EXTRA = CONTRACT_CONFIG + "\n[rate_limit]\nenabled = false\n"
-
-RECORDER = """#!/bin/sh
-# Stands in for sudo: every process the agent starts is recorded, then succeeds silently.
-printf '%s\\n' "$*" >> {record}
-"""
 
 # The commands VALID_REQUESTS has no template for, so every operation is attacked.
 MORE_VALID_REQUESTS = [
@@ -476,6 +470,7 @@ GET_ROUTES = (
     "/approvals/ap-0123456789abcdef",
     "/pending",
     "/admin/pending",
+    "/openapi.json",
 )
 MIB = b" " * (1 << 20)
 
@@ -969,24 +964,7 @@ class Target:
     contexts: dict[str, ssl.SSLContext]  # client certificate per CN
 
 
-def _with_runner_key(text: str, line: str) -> str:
-    """config_text has no parameter for [runner] sudo: add the key to that table."""
-    assert text.count("\n[runner]\n") == 1
-    return text.replace("\n[runner]\n", f"\n[runner]\n{line}\n")
-
-
-def _recorder(directory: Path) -> Path:
-    """The stand-in sudo in `directory`, and the record it appends to (returned)."""
-    record = directory / "started.log"
-    record.touch()
-    record.chmod(0o666)
-    recorder = directory / "sudo"
-    recorder.write_text(RECORDER.format(record=record))
-    recorder.chmod(0o755)
-    return record
-
-
-def corpus_config(pki: Pki, workdir: Path, sudo: Path) -> Config:
+def corpus_config(pki: Pki, workdir: Path, sudo: RecordingSudo) -> Config:
     metrics = f'\n[metrics]\nenabled = true\nbind = "127.0.0.1:{free_port()}"\n'
     text = config_text(
         pki,
@@ -995,22 +973,16 @@ def corpus_config(pki: Pki, workdir: Path, sudo: Path) -> Config:
         extra=EXTRA + metrics,
         approval=f'webhook_secret = "{SECRET}"',
     )
-    return write_config(workdir / "agent.toml", _with_runner_key(text, f'sudo = "{sudo}"'))
+    return write_config(workdir / "agent.toml", sudo.configure(text))
 
 
 @pytest.fixture(scope="module")
 def target(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    # The recorder runs as the service account (nobody, under root): a world-readable place.
-    shared = Path(tempfile.mkdtemp(prefix="ha-corpus-", dir="/tmp"))
-    try:
-        shared.chmod(0o755)
-        record = _recorder(shared)
-        config = corpus_config(pki, tmp_path_factory.mktemp("corpus"), shared / "sudo")
+    with recording_sudo() as sudo:
+        config = corpus_config(pki, tmp_path_factory.mktemp("corpus"), sudo)
         contexts = {cn: client_context(pki.ca, *pki.client(cn)) for cn in {a.cn for a in CORPUS}}
         with running_agent(config) as agent:
-            yield Target(agent, config, record, contexts)
-    finally:
-        shutil.rmtree(shared)
+            yield Target(agent, config, sudo.record, contexts)
 
 
 @dataclass(frozen=True)
