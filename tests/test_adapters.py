@@ -55,6 +55,20 @@ allowed_playbooks = ["site.yml"]
 allowed_ostemplates = ["local:vztmpl/*.tar.zst"]
 allowed_create_flags = ["hostname"]
 """
+# A caller (admin-1) that may run every operation of every adapter without approval, and
+# the contract config without rate limits: for targets that must reach the code under
+# test with every request (the hostile corpus, the OpenAPI check), not a 429.
+EVERY_OPERATION_PROFILE = """
+[[agents]]
+cn_pattern = "admin-*"
+agent_type = "operator"
+unix_user = "operator"
+autonomy = "full"
+allowed_operations = ["zfs-*", "systemd-*", "pct-*", "git-*", "exec-*"]
+allow_recursive = true
+"""
+UNLIMITED_CONTRACT_CONFIG = CONTRACT_CONFIG + "\n[rate_limit]\nenabled = false\n"
+
 
 # One valid request per command shape; every string in it is a place to attack.
 VALID_REQUESTS = [

@@ -38,7 +38,7 @@ from host_agent.server import build_pipeline
 from tests.recording_sudo import recording_sudo
 from tests.resilience.request_parsing import DOCUMENTED_CODES
 from tests.support import Pki, RunningAgent, client, config_text, running_agent, write_config
-from tests.test_adapters import CONTRACT_CONFIG
+from tests.test_adapters import EVERY_OPERATION_PROFILE, UNLIMITED_CONTRACT_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 DESCRIPTION = REPO / "host_agent" / "openapi.yaml"
@@ -67,17 +67,8 @@ SECRET = "openapi-webhook-secret-0123456789abcdef"
 
 # admin-1 may run every operation of every adapter without approval, and is an admin for
 # the approval routes; librarian-1 needs approval for zfs-destroy; stranger has no profile.
-PROFILE = """
-[[agents]]
-cn_pattern = "admin-*"
-agent_type = "operator"
-unix_user = "operator"
-autonomy = "full"
-allowed_operations = ["zfs-*", "systemd-*", "pct-*", "git-*", "exec-*"]
-allow_recursive = true
-"""
-# Generated requests come fast; with limits on, most would meet 429 before the code under test.
-EXTRA = CONTRACT_CONFIG + "\n[rate_limit]\nenabled = false\n"
+# Generated requests come fast: the limits are off (UNLIMITED_CONTRACT_CONFIG), or most
+# would meet 429 before the code under test.
 CALLERS = ("admin-1", "librarian-1", "stranger")
 
 
@@ -86,7 +77,11 @@ def fuzzed(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runni
     with recording_sudo() as sudo:
         workdir = tmp_path_factory.mktemp("openapi")
         text = config_text(
-            pki, workdir, profiles=PROFILE, extra=EXTRA, approval=f'webhook_secret = "{SECRET}"'
+            pki,
+            workdir,
+            profiles=EVERY_OPERATION_PROFILE,
+            extra=UNLIMITED_CONTRACT_CONFIG,
+            approval=f'webhook_secret = "{SECRET}"',
         )
         with running_agent(write_config(workdir / "agent.toml", sudo.configure(text))) as agent:
             yield agent

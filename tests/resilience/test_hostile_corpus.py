@@ -47,25 +47,18 @@ from tests.support import (
     running_agent,
     write_config,
 )
-from tests.test_adapters import CONTRACT_CONFIG, VALID_REQUESTS
+from tests.test_adapters import (
+    EVERY_OPERATION_PROFILE,
+    UNLIMITED_CONTRACT_CONFIG,
+    VALID_REQUESTS,
+)
 
 LEGACY_PATHS = frozenset(route.path for route in LEGACY_ROUTES)
-OPERATOR = "admin-1"  # may run everything, see PROFILE
+OPERATOR = "admin-1"  # may run everything: EVERY_OPERATION_PROFILE
 SECRET = "resilience-webhook-secret-0123456789abcdef"
 
-PROFILE = """
-[[agents]]
-cn_pattern = "admin-*"
-agent_type = "operator"
-unix_user = "operator"
-autonomy = "full"
-allowed_operations = ["zfs-*", "systemd-*", "pct-*", "git-*", "exec-*"]
-allow_recursive = true
-"""
-
-# The approval routes are rate-limited; with limits on, a long corpus would meet 429s
-# instead of the refusals under test.
-EXTRA = CONTRACT_CONFIG + "\n[rate_limit]\nenabled = false\n"
+# The approval routes are rate-limited: the limits are off (UNLIMITED_CONTRACT_CONFIG),
+# or a long corpus would meet 429s instead of the refusals under test.
 
 # The commands VALID_REQUESTS has no template for, so every operation is attacked.
 MORE_VALID_REQUESTS = [
@@ -969,8 +962,8 @@ def corpus_config(pki: Pki, workdir: Path, sudo: RecordingSudo) -> Config:
     text = config_text(
         pki,
         workdir,
-        profiles=PROFILE,
-        extra=EXTRA + metrics,
+        profiles=EVERY_OPERATION_PROFILE,
+        extra=UNLIMITED_CONTRACT_CONFIG + metrics,
         approval=f'webhook_secret = "{SECRET}"',
     )
     return write_config(workdir / "agent.toml", sudo.configure(text))
