@@ -12,7 +12,7 @@ if [[ $(id -u) == 0 ]]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq python3-venv sudo zfs-fuse shellcheck curl openssl procps logrotate systemd nodejs \
-        util-linux postgresql rsyslog rsyslog-gnutls bash-builtins >/dev/null
+        util-linux postgresql rsyslog rsyslog-gnutls bash-builtins prometheus >/dev/null
 fi
 
 [[ -x $VENV/bin/python ]] || /usr/bin/python3 -m venv "$VENV"
