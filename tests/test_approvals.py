@@ -67,7 +67,9 @@ class Outbox:
         self.sent.append((text, list(recipients)))
 
     def token(self) -> str:
-        return self.sent[-1][0].rsplit("APPROVE ", 1)[1].split()[0]
+        """The token of the last request sent (follow-ups telling an outcome have none)."""
+        requests = [text for text, _ in self.sent if "\nReply APPROVE " in text]
+        return requests[-1].rsplit("APPROVE ", 1)[1].split()[0]
 
 
 @dataclass

@@ -37,7 +37,35 @@ def around_fsync(monkeypatch: pytest.MonkeyPatch, before: Callable[[], None]) ->
     return calls
 
 
-def test_concurrent_appends_share_fsyncs_and_all_are_durable(
+def test_lines_written_during_an_fsync_share_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """16 appends at once: the first one's fsync is held until all 16 lines are written,
+    so it covers its own line only and one more fsync covers the other 15."""
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path)
+    audit.open()
+
+    def until_all_written() -> None:
+        deadline = time.monotonic() + 10
+        while path.read_bytes().count(b"\n") < 16 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    calls = around_fsync(monkeypatch, until_all_written)
+    threads = [
+        threading.Thread(target=audit.append, args=({"event": "decision", "client": n},))
+        for n in range(16)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    audit.close()
+    assert len(audit_records(path)) == 16 and verify([path]).ok
+    assert len(calls) == 2, f"{len(calls)} fsyncs for 16 lines written together"
+
+
+def test_many_concurrent_appends_are_all_durable_in_one_chain(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A disk whose fsync takes 5 ms: appends made meanwhile wait for the next one.
@@ -62,7 +90,7 @@ def test_concurrent_appends_share_fsyncs_and_all_are_durable(
     assert sorted(written) == list(range(1, 401))
     assert verify([tmp_path / "audit.jsonl"]).ok
     assert len(audit_records(tmp_path / "audit.jsonl")) == 400
-    assert len(calls) <= 200, f"{len(calls)} fsyncs for 400 concurrent appends"
+    assert len(calls) < 400  # shared: how much depends on how the threads are scheduled
 
 
 def test_no_append_returns_before_the_fsync_that_covers_it(

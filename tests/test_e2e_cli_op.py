@@ -43,8 +43,9 @@ def test_a_real_list_prints_what_zfs_prints(
     rows = [line.split() for line in ran.stdout.splitlines()]
     assert rows[0] == ["NAME", "USED", "AVAIL", "REFER", "MOUNTPOINT"]
     exact = run("zfs", "get", "-H", "-p", "-r", "-o", "name,value", "used", pool.name).stdout
+    # zfs-fuse's get has no -t: its snapshots (other tests') are left out here.
     assert [(row[0], row[1]) for row in rows[1:]] == [
-        tuple(line.split("\t")) for line in exact.splitlines()
+        tuple(line.split("\t")) for line in exact.splitlines() if "@" not in line
     ]
 
     ran = op_as(system_agent, pki, capsys, "--json", "zfs", "list", pool.name)
