@@ -33,6 +33,13 @@ LIST = {"kind": "zfs", "resource": "", "args": ["list"]}
 
 
 def checkpoint_config(system: System, pki: Pki, tmp_path: Path, collector: Collector) -> Config:
+    witness = f'syslog = "{collector.address}"\nsyslog_ca = "{pki.ca}"\n'
+    witness += "fail_closed_after_seconds = 2"
+    return checkpointing(system, pki, tmp_path, witness)
+
+
+def checkpointing(system: System, pki: Pki, tmp_path: Path, witness: str) -> Config:
+    """A test agent taking a checkpoint every second, shipped to `witness` (its keys)."""
     return system.agent_config(
         pki,
         tmp_path,
@@ -41,9 +48,7 @@ def checkpoint_config(system: System, pki: Pki, tmp_path: Path, collector: Colle
 key_file = "{tmp_path / "checkpoint.key"}"
 name = "host-agent/test-host/audit"
 every_seconds = 1
-syslog = "{collector.address}"
-syslog_ca = "{pki.ca}"
-fail_closed_after_seconds = 2
+{witness}
 """,
     )
 
@@ -156,18 +161,8 @@ def test_the_fleet_database_takes_each_checkpoint_and_gives_none_back(
     database = fleet_database(postgres)
     secret = tmp_path / "db-password"
     secret.write_text(database.password)
-    config = system.agent_config(
-        pki,
-        tmp_path,
-        audit=f"""
-[audit.checkpoints]
-key_file = "{tmp_path / "checkpoint.key"}"
-name = "host-agent/test-host/audit"
-every_seconds = 1
-postgres_url = "{database.url}"
-postgres_password_file = "{secret}"
-""",
-    )
+    witness = f'postgres_url = "{database.url}"\npostgres_password_file = "{secret}"'
+    config = checkpointing(system, pki, tmp_path, witness)
     verifier = checkpoint_init(config)
     count = "SELECT count(*) FROM audit_checkpoints"
     with running_agent(config) as agent:
