@@ -109,3 +109,41 @@ def test_colour_is_for_terminals_that_want_it(
     for key, value in environment.items():
         monkeypatch.setenv(key, value)
     assert wants_colour(stream) is colour
+
+
+@pytest.mark.parametrize(
+    ("operation", "data"),
+    [
+        pytest.param(
+            "git-log",
+            {"commits": [{"hash": "ab" * 20, "author": "x\x1b[2J", "email": "e@example.org",
+                          "date": "2026-12-05T07:00:00+00:00",
+                          "subject": "fix\x1b]0;owned\x07 \x9b31m"}]},
+            id="git-commit",
+        ),
+        pytest.param(
+            "systemd-status",
+            {"unit": "a.service",
+             "properties": {"Description": "app\r\x1b[1A", "ActiveState": "active"}},
+            id="unit-description",
+        ),
+        pytest.param(
+            "git-status",
+            {"branch": {"head": "main"}, "entries": [{"path": "a\x1b[31m\nfake", "xy": "??",
+                                                      "kind": "untracked"}]},
+            id="file-name",
+        ),
+    ],
+)  # fmt: skip
+def test_what_the_host_holds_cannot_drive_the_operators_terminal(
+    operation: str, data: dict[str, object]
+) -> None:
+    """A commit subject, unit description or file name is the host's, not ours: its control
+    characters are shown escaped, never sent to the terminal (colour or not)."""
+    for style in (PLAIN, Style(colour=True)):
+        shown = render(operation, data, style)
+        assert shown is not None
+        ours = shown.replace("\033[0m", "").replace("\033[32m", "").replace("\033[31m", "")
+        ours = ours.replace("\033[33m", "")
+        assert not any(c in ours for c in "\x1b\x07\r\x9b"), repr(shown)
+        assert "\\x1b" in shown

@@ -9,6 +9,7 @@ Only the client draws: what is audited and returned to scripts (`--json`) is unc
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,7 +70,24 @@ def render(operation: str, data: dict[str, Any], style: Style) -> str | None:
     draw = _VIEWS.get(operation)
     if draw is None or not data:
         return None
-    return draw(data, style)
+    return draw(visible(data), style)
+
+
+# C0 and C1 controls and DEL: what a terminal would act on rather than show.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def visible(value: Any) -> Any:
+    """`value` with every control character in its strings shown as an escape (\\x1b):
+    a commit subject, a unit's description or a file name is the host's, and must not
+    move the cursor, retitle the window or colour the operator's terminal."""
+    if isinstance(value, str):
+        return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value)
+    if isinstance(value, dict):
+        return {key: visible(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [visible(item) for item in value]
+    return value
 
 
 def nice_size(size: int) -> str:
