@@ -230,6 +230,21 @@ def test_wrappers_refuse_to_run_from_or_with_a_config_in_a_directory_not_roots_a
     assert f"refused: {what} " in done.stderr and NOT_ROOTS_ALONE in done.stderr
 
 
+def test_without_bash_s_own_stat_the_wrappers_refuse_rather_than_check_less(
+    system: System, second_install: Path
+) -> None:
+    """The checks use the bash-builtins stat: where it cannot be loaded, nothing runs."""
+    library = second_install / "libexec" / "host-agent-lib.sh"
+    text = library.read_text()
+    assert "readonly HA_STAT_BUILTIN=/usr/lib/bash/stat\n" in text
+    library.write_text(text.replace("/usr/lib/bash/stat\n", "/usr/lib/bash/no-such-stat\n", 1))
+    wrapper = str(second_install / "libexec" / "host-agent-zfs")
+    done = run("sudo", "-n", "--", wrapper, "list", user=system.user, check=False)
+    assert done.returncode == 78, done.stderr
+    assert "install Debian's bash-builtins" in done.stderr
+    assert done.stdout == ""
+
+
 # --- item 5: the timeout is enforced as root, and the record says what happened -------
 
 STUBBORN = """#!/bin/bash
