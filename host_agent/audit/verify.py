@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 from host_agent.audit.chain import CHAIN_FIELDS, FILE_EVENT, GENESIS, record_hash
 from host_agent.audit.checkpoint import Checkpoint
 from host_agent.audit.checkpoint_check import CheckpointCheck
-from host_agent.audit.seal import VerificationKey
+from host_agent.audit.seal import SEAL_EVENT, VerificationKey
 from host_agent.audit.seal_check import SealCheck
 
 
@@ -94,16 +96,35 @@ def verify(
 # json's C scanner (typeshed does not list the attribute every JSONDecoder has).
 _SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _CHAIN_KEYS = frozenset(CHAIN_FIELDS)
-_COMMA = ord(",")
 
 
 def _parse(line: bytes) -> Any:
-    """One line's record; None unless the line is one JSON value and nothing else."""
+    """One line's record; None unless the line is one JSON value and nothing else.
+
+    orjson reads the lines the agent writes (an object from the first byte to the last
+    before the newline) in less than half json's time. Where the two would read a line
+    differently, json decides: orjson refuses NaN, lone surrogates and deep nesting, and
+    reads integers beyond 64 bits as floats, which matters only to a seq and to what is
+    serialised again (a seal, for its MAC; a non-canonical line, for its hash: `_exact`)."""
+    last = line[-2:-1] if line[-1:] == b"\n" else line[-1:]
+    if line[:1] != b"{" or last != b"}":
+        return _exact(line)
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return _exact(line)
+    if type(record.get("seq")) is float or record.get("event") == SEAL_EVENT:
+        return _exact(line)
+    return record
+
+
+def _exact(line: bytes) -> Any:
+    """`_parse` by json alone: every number as written, NaN and lone surrogates kept."""
     try:
         text = line.decode("utf-8")
         # json's C scanner itself: json.loads and raw_decode around it cost a third more.
         record, end = _SCAN(text, 0)
-    except (ValueError, StopIteration):
+    except (ValueError, StopIteration, RecursionError):
         return None
     return record if end == len(text) or text[end:] == "\n" else None
 
@@ -146,24 +167,12 @@ def _hash_matches(line: bytes, record: dict[str, Any]) -> bool:
     claimed = record["hash"]
     if not isinstance(claimed, str):
         return False
-    field = b'"hash":"' + claimed.encode("ascii", "replace") + b'"'
-    body = line.rstrip(b"\n")
-    at = body.find(field)
-    if at > 0:
-        end = at + len(field)
-        # The line without the field and one of its commas, hashed in two parts.
-        digest = hashlib.sha256()
-        if body[at - 1] == _COMMA:
-            digest.update(body[: at - 1])
-            digest.update(body[end:])
-        elif body[end : end + 1] == b",":
-            digest.update(body[:at])
-            digest.update(body[end + 1 :])
-        else:
-            digest.update(body)
-        if digest.hexdigest() == claimed:
-            return True
-    return bool(record_hash(record) == claimed)
+    field = b',"hash":"' + claimed.encode("ascii", "replace") + b'"'
+    body = line.replace(field, b"", 1)
+    if len(body) < len(line) and hashlib.sha256(body.rstrip(b"\n")).hexdigest() == claimed:
+        return True
+    exact = _exact(line)
+    return exact is not None and bool(record_hash(exact) == claimed)
 
 
 class _Unreadable(Exception):
@@ -196,3 +205,4 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
         if exc.errno == errno.ELOOP:
             raise _Unreadable(f"{path}: a symbolic link; name the log file itself") from exc
         raise _Unreadable(f"{path}: cannot read: {exc.strerror or exc}") from exc
+

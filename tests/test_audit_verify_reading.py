@@ -1,0 +1,142 @@
+"""`audit verify` reads lines with orjson and json: its verdicts must be json's alone."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import string
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from host_agent.audit import AuditLog, record_hash, verify
+
+# The module itself (the package exports its function under the same name).
+verify_module = importlib.import_module("host_agent.audit.verify")
+
+# What orjson reads differently from json, or refuses: integers beyond 64 bits, NaN and
+# infinities, lone surrogates.
+AWKWARD: dict[str, Any] = {
+    "big": 2**70,
+    "negative_big": -(2**80),
+    "not_a_number": float("nan"),
+    "infinite": float("inf"),
+    "lone_surrogate": "\ud800 and \udfff",
+}
+
+
+def _write(path: Path, metadata: list[Any]) -> list[dict[str, Any]]:
+    log = AuditLog(path, clock=lambda: 1_700_000_000.0)
+    log.open()
+    try:
+        return [log.append({"event": "decision", "metadata": each}) for each in metadata]
+    finally:
+        log.close()
+
+
+def _by_json_alone(paths: list[Path]) -> verify_module.VerifyResult:
+    with mock.patch.object(verify_module, "_parse", verify_module._exact):
+        return verify(paths)
+
+
+def test_records_orjson_cannot_read_as_written_still_verify(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    _write(path, [{name: value} for name, value in AWKWARD.items()])
+    result = verify([path])
+    assert result.ok, result.error
+    assert result.records == len(AWKWARD)
+
+
+def test_a_re_serialised_line_with_a_big_integer_is_hashed_by_its_exact_value(
+    tmp_path: Path,
+) -> None:
+    # Not as the agent writes it (keys reordered, spaces), but with the right hash: its
+    # hash comes from the record serialised again, where 2**70 must not become a float.
+    path = tmp_path / "audit.jsonl"
+    written = _write(path, [{"big": 2**70}, {"big": 2**70 + 1}])
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[1] = (json.dumps(dict(reversed(list(written[1].items())))) + "\n").encode()
+    path.write_bytes(b"".join(lines))
+    result = verify([path])
+    assert result.ok, result.error
+    assert result.records == 2
+
+
+def test_a_line_nested_past_what_any_parser_reads_is_reported_not_raised(
+    tmp_path: Path,
+) -> None:
+    # No agent writes this (json cannot); an attacker can, and verify must say where.
+    path = tmp_path / "audit.jsonl"
+    _write(path, [1, 2])
+    with path.open("ab") as log:
+        log.write(b"[" * 100_000 + b"\n")
+    result = verify([path])
+    assert not result.ok
+    assert result.error == f"{path}:3: not valid JSON (torn or edited line)"
+    assert result.records == 2
+
+
+# Plain JSON values, with what orjson reads differently mixed in.
+_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats()
+    | st.text(st.characters(min_codepoint=0, max_codepoint=0xDFFF), max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(string.ascii_letters, max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _flip(lines: list[bytes], at: int, to: int) -> None:
+    line = lines[at % len(lines)]
+    spot = to % len(line)
+    lines[at % len(lines)] = line[:spot] + bytes([line[spot] ^ 0x20]) + line[spot + 1 :]
+
+
+def _drop(lines: list[bytes], at: int, to: int) -> None:
+    del lines[at % len(lines)]
+
+
+def _pad(lines: list[bytes], at: int, to: int) -> None:
+    padding = (b" ", b"\r", b"\t", b"\n")[to % 4]
+    line = lines[at % len(lines)].rstrip(b"\n")
+    lines[at % len(lines)] = (padding + line if to % 2 else line + padding) + b"\n"
+
+
+def _reserialise(lines: list[bytes], at: int, to: int) -> None:
+    record = json.loads(lines[at % len(lines)])
+    record["hash"] = record_hash(record)
+    lines[at % len(lines)] = (
+        json.dumps(record, indent=None, separators=(", ", ": ")) + "\n"
+    ).encode()
+
+
+def _untouched(lines: list[bytes], at: int, to: int) -> None:
+    pass
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    metadata=st.lists(_VALUES, min_size=1, max_size=5),
+    change=st.sampled_from([_untouched, _flip, _drop, _pad, _reserialise]),
+    at=st.integers(min_value=0, max_value=10),
+    to=st.integers(min_value=0, max_value=10_000),
+)
+def test_verify_gives_json_alone_s_verdict_on_any_log(
+    tmp_path_factory: Any, metadata: list[Any], change: Any, at: int, to: int
+) -> None:
+    path = tmp_path_factory.mktemp("verify") / "audit.jsonl"
+    _write(path, metadata)
+    lines = path.read_bytes().splitlines(keepends=True)
+    change(lines, at, to)
+    path.write_bytes(b"".join(lines))
+    assert verify([path]) == _by_json_alone([path])
