@@ -6,7 +6,9 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import itertools
 import json
+import multiprocessing
 import os
 import stat
 import time
@@ -49,48 +51,97 @@ def verify(
     unmarked_head: bool = False,
     now: float | None = None,
     checkpoints: list[Checkpoint] | None = None,
+    processes: int = 1,
 ) -> VerifyResult:
     """Check the chain through `paths` in order (oldest first); stop at the first break.
 
     Every file must begin at seq 1 or with its `audit_file` record (`unmarked_head`
     excuses files rotated by a host-agent that did not write one). With `checkpoints`
-    (a witness's), every record they name must hash as it did, and none may be cut."""
+    (a witness's), every record they name must hash as it did, and none may be cut.
+    With `processes` > 1, a large uncompressed file is checked in that many parts at
+    once, forked (so only from a single-threaded program: the command line), when
+    neither seals nor checkpoints are checked; the verdict is the same."""
     seals = None if seal_key is None else SealCheck(seal_key, time.time() if now is None else now)
     witnessed = None if checkpoints is None else CheckpointCheck(checkpoints)
-    count, first_seq, prev, seq = 0, None, None, None
+    chain = _Chain()
 
     def result(error: str | None = None) -> VerifyResult:
         return VerifyResult(
-            error is None, count, first_seq, seq, prev, error,
+            error is None, chain.count, chain.first_seq, chain.seq, chain.prev, error,
             sealed_epoch=None if seals is None else seals.sealed_epoch,
             sealed_seq=None if seals is None else seals.sealed_seq,
             unsealed=None if seals is None else seals.unsealed,
             witnessed=None if witnessed is None else witnessed.checked,
         )  # fmt: skip
 
+    split = processes > 1 and seals is None and witnessed is None
     for path in paths:
         try:
-            for lineno, line in _lines(path):
-                record = _parse(line)
-                problem = _check(record, line, prev, seq)
-                if problem is None and lineno == 1 and not unmarked_head:
-                    problem = _file_start(record)
-                if problem is None and seals is not None:
-                    problem = seals.feed(record)
-                if problem is None and witnessed is not None:
-                    problem = witnessed.feed(record["seq"], record["hash"])
-                if problem is not None:
-                    return result(f"{path}:{lineno}: {problem}")
-                count += 1
-                seq, prev = record["seq"], record["hash"]
-                first_seq = seq if first_seq is None else first_seq
+            found = _check_file(
+                path, chain, marked=not unmarked_head, seals=seals, witnessed=witnessed,
+                processes=processes if split else 1,
+            )  # fmt: skip
         except _Unreadable as exc:
             return result(str(exc))
+        if found is not None:
+            return result(f"{path}:{found[0]}: {found[1]}")
     for check in (seals, witnessed):
-        problem = None if check is None else check.finish(seq)
+        problem = None if check is None else check.finish(chain.seq)
         if problem is not None:
-            return result(f"end of the log (seq {seq}): {problem}")
+            return result(f"end of the log (seq {chain.seq}): {problem}")
     return result()
+
+
+@dataclass
+class _Chain:
+    """How far the chain has been checked: how many records, the first seq, the last
+    record's seq and hash."""
+
+    count: int = 0
+    first_seq: int | None = None
+    seq: int | None = None
+    prev: str | None = None
+
+    def extend(self, record: dict[str, Any]) -> None:
+        self.count += 1
+        self.seq, self.prev = record["seq"], record["hash"]
+        if self.first_seq is None:
+            self.first_seq = self.seq
+
+    def join(self, later: _Chain) -> None:
+        """Continue with the records `later` counted (checked to follow this chain)."""
+        self.count += later.count
+        self.seq, self.prev = later.seq, later.prev
+        if self.first_seq is None:
+            self.first_seq = later.first_seq
+
+
+# The first problem found: its line number (in a file, or in a part of one) and what.
+_Found = tuple[int, str] | None
+
+
+def _check_lines(
+    lines: Iterable[tuple[int, bytes]],
+    chain: _Chain,
+    *,
+    marked: bool,
+    seals: SealCheck | None = None,
+    witnessed: CheckpointCheck | None = None,
+) -> _Found:
+    """Extend `chain` through `lines`; the first problem and its line number."""
+    for lineno, line in lines:
+        record = _parse(line)
+        problem = _content(record, line) or _link(record, chain.prev, chain.seq)
+        if problem is None and lineno == 1 and marked:
+            problem = _file_start(record)
+        if problem is None and seals is not None:
+            problem = seals.feed(record)
+        if problem is None and witnessed is not None:
+            problem = witnessed.feed(record["seq"], record["hash"])
+        if problem is not None:
+            return lineno, problem
+        chain.extend(record)
+    return None
 
 
 # json's C scanner (typeshed does not list the attribute every JSONDecoder has).
@@ -129,7 +180,8 @@ def _exact(line: bytes) -> Any:
     return record if end == len(text) or text[end:] == "\n" else None
 
 
-def _check(record: Any, line: bytes, prev: str | None, seq: int | None) -> str | None:
+def _content(record: Any, line: bytes) -> str | None:
+    """What is wrong with the record itself, whatever comes before it."""
     if record is None:
         return "not valid JSON (torn or edited line)"
     if not isinstance(record, dict):
@@ -138,8 +190,13 @@ def _check(record: Any, line: bytes, prev: str | None, seq: int | None) -> str |
         return f"missing {', '.join(key for key in CHAIN_FIELDS if key not in record)}"
     if not _hash_matches(line, record):
         return "hash does not match the record's content (edited line)"
+    return None
+
+
+def _link(record: dict[str, Any], prev: str | None, seq: int | None) -> str | None:
+    """Whether the record follows the one with `seq` and hash `prev` (None: the start of
+    what was given, which for a whole log is the genesis)."""
     if seq is None:
-        # Start of what we were given: a full log must start at the genesis.
         if record["seq"] == 1 and record["prev"] != GENESIS:
             return "first record does not start from the genesis hash"
         return None
@@ -193,12 +250,29 @@ def _open_regular(path: Path) -> IO[bytes]:
     return raw
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+def _check_file(
+    path: Path,
+    chain: _Chain,
+    *,
+    marked: bool,
+    seals: SealCheck | None,
+    witnessed: CheckpointCheck | None,
+    processes: int,
+) -> _Found:
     try:
         with _open_regular(path) as raw:
-            handle = gzip.GzipFile(fileobj=raw, mode="rb") if path.suffix == ".gz" else raw
-            with handle:
-                yield from enumerate(handle, start=1)
+            if path.suffix == ".gz":
+                with gzip.GzipFile(fileobj=raw, mode="rb") as unpacked:
+                    return _check_lines(
+                        enumerate(unpacked, start=1), chain, marked=marked, seals=seals,
+                        witnessed=witnessed,
+                    )  # fmt: skip
+            parts = _parts(raw, processes)
+            if len(parts) > 1:
+                return _check_parts(raw.fileno(), parts, chain, marked=marked)
+            return _check_lines(
+                enumerate(raw, start=1), chain, marked=marked, seals=seals, witnessed=witnessed
+            )
     except (EOFError, zlib.error) as exc:
         raise _Unreadable(f"{path}: a damaged compressed file ({exc})") from exc
     except OSError as exc:
@@ -206,3 +280,83 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
             raise _Unreadable(f"{path}: a symbolic link; name the log file itself") from exc
         raise _Unreadable(f"{path}: cannot read: {exc.strerror or exc}") from exc
 
+
+# Below this size a file is checked by one process: forking would cost more than it saves.
+SPLIT_SIZE = 16 << 20
+
+
+def _parts(raw: IO[bytes], processes: int) -> list[tuple[int, int | None]]:
+    """Where each process's part of the file starts and stops (None: at its end), each
+    at a line's start: the file in `processes` parts of about the same size."""
+    size = os.fstat(raw.fileno()).st_size
+    if processes < 2 or size < SPLIT_SIZE:
+        return [(0, None)]
+    starts = [0]
+    for share in range(1, processes):
+        raw.seek(size * share // processes - 1)
+        raw.readline()  # to the end of the line the cut falls in
+        if starts[-1] < raw.tell() < size:
+            starts.append(raw.tell())
+    raw.seek(0)
+    return [*itertools.pairwise(starts), (starts[-1], None)]
+
+
+def _check_parts(
+    fd: int, parts: list[tuple[int, int | None]], chain: _Chain, *, marked: bool
+) -> _Found:
+    """The file's parts checked at once, each by a forked process, then linked here in
+    order: each part's first record must follow the last of the part before it."""
+    with multiprocessing.get_context("fork").Pool(len(parts)) as pool:
+        checked = pool.starmap(_check_part, [(fd, start, stop) for start, stop in parts])
+    before = 0  # lines in the parts before this one
+    for number, part in enumerate(checked):
+        if part.first is not None:
+            problem = _link(part.first, chain.prev, chain.seq)
+            if problem is None and number == 0 and marked:
+                problem = _file_start(part.first)
+            if problem is not None:
+                return before + 1, problem
+            chain.join(part.chain)
+        if part.found is not None:
+            return before + part.found[0], part.found[1]
+        before += part.chain.count
+    return None
+
+
+@dataclass(frozen=True)
+class _Part:
+    """What a process found in its part: the first record (linked by the parent, which
+    knows what precedes it), the chain through the part, and the first problem."""
+
+    first: dict[str, Any] | None
+    chain: _Chain
+    found: _Found
+
+
+def _check_part(fd: int, start: int, stop: int | None) -> _Part:
+    # The file reopened through /proc: the same file, an offset of this process's own.
+    with open(f"/proc/self/fd/{fd}", "rb") as handle:
+        handle.seek(start)
+        lines = enumerate(_until(handle, start, stop), start=1)
+        chain = _Chain()
+        _, line = next(lines, (0, None))
+        if line is None:
+            return _Part(None, chain, None)
+        first = _parse(line)
+        problem = _content(first, line)
+        if problem is not None:
+            return _Part(None, chain, (1, problem))
+        chain.extend(first)
+        return _Part(first, chain, _check_lines(lines, chain, marked=False))
+
+
+def _until(handle: IO[bytes], at: int, stop: int | None) -> Iterator[bytes]:
+    """The lines from `at` up to `stop` (None: to the end)."""
+    if stop is None:
+        yield from handle
+        return
+    for line in handle:
+        if at >= stop:
+            return
+        yield line
+        at += len(line)

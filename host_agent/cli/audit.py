@@ -19,6 +19,9 @@ from host_agent.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Commands
 from host_agent.config import load_config
 from host_agent.errors import ConfigError
 
+# `audit verify --processes`: more than a host's CPUs only slows it down.
+MAX_PROCESSES = 64
+
 
 def register(commands: Commands) -> None:
     audit = commands.add_parser("audit", help="audit log tools")
@@ -50,6 +53,14 @@ def register(commands: Commands) -> None:
         "--checkpoint-key",
         type=_checkpoint_verifier,
         help="the checkpoint verifier key checkpoint-init printed",
+    )
+    check.add_argument(
+        "--processes",
+        type=_processes,
+        default=len(os.sched_getaffinity(0)),
+        metavar="N",
+        help="check a large uncompressed file in N parts at once (default: one for each CPU "
+        "this command may use); --seal-key and --checkpoints check in one process",
     )
     check.set_defaults(handler=_verify)
     init = audit_commands.add_parser(
@@ -87,6 +98,12 @@ def _checkpoint_verifier(text: str) -> Verifier:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _processes(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(f"a whole number from 1 to {MAX_PROCESSES}")
+    return int(text)
+
+
 def _verify(options: argparse.Namespace) -> int:
     checkpoints = None
     if options.checkpoints is not None:
@@ -99,6 +116,7 @@ def _verify(options: argparse.Namespace) -> int:
         seal_key=options.seal_key,
         unmarked_head=options.unmarked_head,
         checkpoints=checkpoints,
+        processes=options.processes,
     )
     if not result.ok:
         print(f"BROKEN after {result.records} good records: {result.error}")
