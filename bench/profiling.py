@@ -2,8 +2,9 @@
 
 Operations (one at a time, then from concurrent clients) are sampled only
 while a thread holds the GIL: the agent's own CPU, not its threads waiting for
-children. Denied requests are sampled whatever the threads do, so time spent
-waiting for the audit log's lock and fsync shows. For each load DIR gets
+children. Denied requests are sampled twice: whatever the threads do, so time
+spent waiting for the audit log's lock and fsync shows (`denied`), and only
+while a thread holds the GIL, where their CPU goes (`denied-cpu`). For each load DIR gets
 py-spy's raw collapsed stacks (`NAME.txt`, for any flame graph tool) and the
 functions most often on the stack (`NAME-top.txt`).
 """
@@ -63,6 +64,7 @@ def profile(
         actions = [ways.over_connection(c, document, 403, "denied") for c in connections]
         denied = functools.partial(concurrent, actions, plan.denied_per_client * plan.denied_rounds)
         _record(agent.pid, directory / "denied", denied, gil=False)
+        _record(agent.pid, directory / "denied-cpu", denied, gil=True)
 
 
 def _repeat(action: Callable[[], None], count: int) -> None:

@@ -17,6 +17,7 @@ import os
 import pwd
 import re
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -163,6 +164,22 @@ class Runner:
             "group": self._account.gid,
             "extra_groups": list(self._account.groups),
         }
+
+
+def wait_with_pidfds() -> None:
+    """Have the running event loop wait for children through pidfds, as Python 3.12
+    does by default: 3.11 starts a thread for every child to block in waitpid, a
+    thread's start and its switches on the GIL for each operation. Kernels without
+    pidfd_open (before 5.3) keep the threads."""
+    if sys.version_info >= (3, 12):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:
+        return
+    watcher = asyncio.PidfdChildWatcher()
+    watcher.attach_loop(asyncio.get_running_loop())
+    asyncio.set_child_watcher(watcher)
 
 
 def _resolve_account(service_user: str | None) -> _Account | None:

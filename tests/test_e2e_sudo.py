@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from pathlib import Path
 
 import pytest
 
 from host_agent.errors import RunnerError
 from host_agent.operations import Operation
-from host_agent.runner import Runner
+from host_agent.runner import Runner, wait_with_pidfds
 from tests.support import Pki
 from tests.system import PROBE, System, run
 
@@ -107,3 +108,34 @@ def test_runner_child_gets_a_clean_environment(
     result = asyncio.run(runner.run(_probe(runner, "env")))
     assert "LD_PRELOAD" not in result.stdout and "leak" not in result.stdout
     assert "SUDO_USER=" in result.stdout and "SUDO_UID=0" not in result.stdout
+
+
+def _pidfds() -> int:
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if _link(fd) == "anon_inode:[pidfd]")
+
+
+def _link(fd: Path) -> str:
+    try:
+        return str(fd.readlink())
+    except OSError:  # the directory's own descriptor, closed by now
+        return ""
+
+
+def test_a_running_child_is_waited_for_by_the_event_loop_not_a_thread_of_its_own(
+    runner: Runner,
+) -> None:
+    async def while_a_child_runs() -> tuple[list[str], int]:
+        wait_with_pidfds()  # as run_server does first
+        child = asyncio.create_task(runner.run(_probe(runner, "sleep", "0.6")))
+        await asyncio.sleep(0.3)
+        seen = [thread.name for thread in threading.enumerate()], _pidfds()
+        assert (await child).exit_code == 0
+        return seen
+
+    try:
+        threads, pidfds = asyncio.run(while_a_child_runs())
+    finally:
+        asyncio.set_child_watcher(None)  # the other tests' loops get asyncio's default again
+    assert not [name for name in threads if name.startswith("waitpid-")], threads
+    assert pidfds == 1
