@@ -9,6 +9,7 @@ from bench import cpu, wire
 from bench import workloads as ways
 from bench.environment import Agent, Bench
 from bench.harness import Action, Load, concurrent, pooled, rotations
+from bench.launcher import Launcher
 from bench.plan import Plan
 from bench.results import Section, Target, errors, ms, per_second, ratio, times
 from host_agent.client import Client
@@ -19,13 +20,15 @@ LEAN = "agent, minimal client"
 METHOD = (
     "{clients} client threads in the benchmark process, all started together, each doing "
     "{per_client} operations back to back; {rounds} rounds, the variants alternating (the "
-    "order rotating). Bare: each thread starts the sudo argv itself. Agent: each thread has "
+    "order rotating). Bare: each thread has a launcher of its own (bench/launcher.py), a "
+    "lean process of the service account's that starts the sudo argv as the runner does. "
+    "Agent: each thread has "
     "its own kept-alive connection, through `host_agent.client.Client` (what callers use) or "
     "through the minimal HTTP/1.1 client of bench/wire.py (so that less of the two shared "
     "cores goes to the load generator). Throughput is all operations over all wall time of a "
-    "variant; latency is per operation. CPU per operation: the agent process itself, the "
-    "processes started for the operation (sudo, the wrapper, the tool: the children of the "
-    "agent, or of the benchmark for bare), and the benchmark process driving the load."
+    "variant; latency is per operation. CPU per operation: the agent process itself (for "
+    "bare, the launchers), the processes started for the operation (sudo, the wrapper, the "
+    "tool), and the benchmark process driving the load."
 )
 
 
@@ -46,16 +49,18 @@ def measure(bench: Bench, agent: Agent, found: list[ways.Workload], plan: Plan) 
             stack.enter_context(wire.Connection(agent.port, bench.tls_context()))
             for _ in range(plan.clients)
         ]
+        launchers = [stack.enter_context(Launcher(bench.account)) for _ in range(plan.clients)]
+        starters = {BARE: [each.pid for each in launchers], AGENT: [agent.pid], LEAN: [agent.pid]}
         for workload in found:
             variants: dict[str, list[Action]] = {
-                BARE: [ways.bare(workload, bench.account)] * plan.clients,
+                BARE: [ways.bare(workload, launcher) for launcher in launchers],
                 AGENT: [ways.keep_alive(client, workload) for client in clients],
                 LEAN: [
                     ways.over_connection(c, workload.document, 200, workload.title)
                     for c in connections
                 ],
             }
-            measured = _interleaved(agent.pid, variants, plan)
+            measured = _interleaved(starters, variants, plan)
             rows += _rows(workload.title, measured)
             targets += _targets(workload.title, measured, plan.clients)
     return Section(
@@ -70,7 +75,7 @@ def measure(bench: Bench, agent: Agent, found: list[ways.Workload], plan: Plan) 
             "n",
             "failed",
             "÷ bare",
-            "CPU/op: agent",
+            "CPU/op: agent or launcher",
             "sudo+wrapper+tool",
             "load generator",
         ),
@@ -80,30 +85,37 @@ def measure(bench: Bench, agent: Agent, found: list[ways.Workload], plan: Plan) 
 
 
 def _interleaved(
-    agent_pid: int, variants: dict[str, list[Action]], plan: Plan
+    starters: dict[str, list[int]], variants: dict[str, list[Action]], plan: Plan
 ) -> dict[str, Measured]:
+    """Each variant's load, and the CPU of who started its children (`starters`: the
+    agent, or bare's launchers), of those children, and of the load generator."""
     loads: dict[str, list[Load]] = {name: [] for name in variants}
     spent = {name: (cpu.Times(0, 0), cpu.Times(0, 0)) for name in variants}
     for order in rotations(list(variants), plan.load_rounds):
         for name in order:
-            agent_before, self_before = cpu.of(agent_pid), cpu.of_self()
+            starter_before, self_before = _of(starters[name]), cpu.of_self()
             loads[name].append(concurrent(variants[name], plan.per_client))
-            agent_used, self_used = cpu.of(agent_pid) - agent_before, cpu.of_self() - self_before
-            spent[name] = (spent[name][0] + agent_used, spent[name][1] + self_used)
+            starter_used = _of(starters[name]) - starter_before
+            self_used = cpu.of_self() - self_before
+            spent[name] = (spent[name][0] + starter_used, spent[name][1] + self_used)
     measured = {}
     for name, parts in loads.items():
         load = pooled(parts)
-        agent_used, self_used = spent[name]
+        starter_used, self_used = spent[name]
         count = max(1, load.sample.n + load.sample.errors)
         measured[name] = Measured(
             load,
             {
-                "agent": agent_used.own / count,
-                "children": (agent_used.children + self_used.children) / count,
+                "starter": starter_used.own / count,
+                "children": (starter_used.children + self_used.children) / count,
                 "client": self_used.own / count,
             },
         )
     return measured
+
+
+def _of(pids: list[int]) -> cpu.Times:
+    return sum((cpu.of(pid) for pid in pids), cpu.Times(0, 0))
 
 
 # Throughput with 16 clients, as a share of bare sudo's at the same concurrency.
@@ -140,7 +152,7 @@ def _rows(title: str, measured: dict[str, Measured]) -> list[tuple[str, ...]]:
             str(each.load.sample.n),
             errors(each.load.sample),
             times(ratio(each.load.throughput, bare)),
-            "—" if name == BARE else ms(each.cpu["agent"]),
+            ms(each.cpu["starter"]),
             ms(each.cpu["children"]),
             ms(each.cpu["client"]),
         )

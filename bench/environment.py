@@ -122,6 +122,8 @@ class Bench:
         frequent (every second), their keys made as an operator makes them."""
         workdir = self.root / name
         workdir.mkdir(mode=0o755, exist_ok=True)
+        account = self.account
+        os.chown(workdir, account.uid, account.gid)  # its audit log, store and keys
         audit = SEALED.format(workdir=workdir) if sealed else ""
         config = self.system.agent_config(
             self.pki, workdir, name=name, profiles=PROFILE, extra=EXTRA, server=SERVER, audit=audit
@@ -135,7 +137,9 @@ class Bench:
     @contextmanager
     def agent(self, name: str, *, sealed: bool = False) -> Iterator[Agent]:
         config = self.config(name, sealed=sealed)
-        process = serve_process(config.source, env=self.env)
+        account = self.account
+        os.chown(config.server.key, account.uid, account.gid)
+        process = serve_process(config.source, env=self.env, user=account.name)
         try:
             port = listening_port(process)
             _drain(process)

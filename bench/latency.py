@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from bench import workloads as ways
 from bench.environment import Agent, Bench
 from bench.harness import Action, Sample, interleaved
+from bench.launcher import Launcher
 from bench.plan import Plan
 from bench.results import Section, Target, errors, ms, ratio, times
 from bench.sshd import Ssh
@@ -40,11 +41,12 @@ def measure(
     with ExitStack() as stack:
         for workload in found:
             stack.enter_context(ssh.master(workload.key))
+        launcher = stack.enter_context(Launcher(bench.account))
         for workload in found:
             variants: dict[str, Action] = {
                 TOOL: ways.as_root(workload.tool, f"{workload.title}: the tool"),
                 WRAPPER: ways.as_root(workload.wrapper, f"{workload.title}: the wrapper"),
-                BARE: ways.bare(workload, bench.account),
+                BARE: ways.bare(workload, launcher),
                 KEEP_ALIVE: ways.keep_alive(client, workload),
                 FRESH: ways.fresh(agent.port, context, workload),
                 SSH_FRESH: ways.command(ssh.fresh(workload.key), workload.title),

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import wire
-from bench.environment import Account
 from bench.harness import Action, WorkloadFailed
+from bench.launcher import Launcher
 from host_agent.adapters import build_registry
 from host_agent.adapters.zfs import LIST_PROPERTIES
 from host_agent.client import Client, ClientError, DryRun, OperationResult
@@ -93,20 +93,22 @@ def denied_request(pool: str) -> dict[str, Any]:
     return {"kind": "zfs", "resource": f"{pool}/data", "args": ["snapshot", "bench"]}
 
 
-def bare(workload: Workload, account: Account) -> Action:
-    """The agent's sudo argv started directly, as the runner starts it (account, env, cwd)."""
-    identity = {"user": account.uid, "group": account.gid, "extra_groups": list(account.groups)}
-    return started(workload.argv, workload.title, identity)
+def bare(workload: Workload, launcher: Launcher) -> Action:
+    """The agent's sudo argv started directly by the service account, as the runner
+    starts it (bench/launcher.py); it must exit 0."""
+
+    def run() -> None:
+        code, stderr = launcher.run(workload.argv)
+        if code != 0:
+            raise WorkloadFailed(f"{workload.title}: exit {code}: {stderr!r}")
+
+    return run
 
 
 def as_root(argv: tuple[str, ...], what: str) -> Action:
-    """`argv` started as root with the runner's environment: the wrapper alone (what sudo
-    then runs) or the tool alone (what the wrapper then runs)."""
-    return started(argv, what, {})
-
-
-def started(argv: tuple[str, ...], what: str, identity: dict[str, Any]) -> Action:
-    """`argv` run to completion from /, in a session of its own; it must exit 0."""
+    """`argv` started as root with the runner's environment, from /, in a session of its
+    own: the wrapper alone (what sudo then runs) or the tool alone (what the wrapper then
+    runs); it must exit 0."""
 
     def run() -> None:
         done = subprocess.run(
@@ -118,7 +120,6 @@ def started(argv: tuple[str, ...], what: str, identity: dict[str, Any]) -> Actio
             start_new_session=True,
             timeout=60,
             check=False,
-            **identity,
         )
         if done.returncode != 0:
             raise WorkloadFailed(f"{what}: exit {done.returncode}: {done.stderr[-200:]!r}")

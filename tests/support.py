@@ -246,14 +246,25 @@ def serve_process(
     prefix: tuple[str, ...] = (),
     options: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    user: str | None = None,
 ) -> subprocess.Popen[str]:
-    """`host-agent serve` as a real process (`prefix` e.g. runs it under prlimit)."""
+    """`host-agent serve` as a real process (`prefix` e.g. runs it under prlimit); as
+    `user` (its uid, gid and groups), as installed, rather than as root."""
+    account: dict[str, Any] = {}
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        account = {
+            "user": entry.pw_uid,
+            "group": entry.pw_gid,
+            "extra_groups": os.getgrouplist(user, entry.pw_gid),
+        }
     return subprocess.Popen(
         [*prefix, sys.executable, "-m", "host_agent", "serve", "--config", str(config), *options],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env=None if env is None else {**os.environ, **env},
+        **account,
     )
 
 
