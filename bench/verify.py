@@ -37,8 +37,10 @@ METHOD = (
     "agent with its own request id, chained as the agent chains them (seq, prev, hash); "
     "and the same with forward-secure seals: {per_epoch:,} records an epoch, then its seal "
     "record (MAC'd under the epoch's key), counted among the lines. Timed: the whole "
-    "`host-agent audit verify [--seal-key KEY] FILE` command (interpreter start included), "
-    "{runs} run(s) each; lines per second from the median."
+    "`host-agent audit verify [--seal-key KEY] FILE` command (interpreter start included; "
+    "as an operator runs it, so the chain alone in parts, one process for each of the "
+    "{cpus} CPUs, and with seals in one process), {runs} run(s) each; lines per second "
+    "from the median."
 )
 
 
@@ -80,7 +82,12 @@ def measure(bench: Bench, agent_log: Path, plan: Plan) -> Section:
     sealed = rates["chain and seals"]
     return Section(
         f"Growth: `audit verify` on a {plan.audit_lines:,}-line log",
-        METHOD.format(lines=plan.audit_lines, runs=plan.audit_runs, per_epoch=PER_EPOCH),
+        METHOD.format(
+            lines=plan.audit_lines,
+            runs=plan.audit_runs,
+            per_epoch=PER_EPOCH,
+            cpus=len(os.sched_getaffinity(0)),
+        ),
         ("checked", "lines", "log size", "median time", "runs", "lines per second"),
         rows,
         [
