@@ -23,6 +23,17 @@ from tests.system import REPO, run
 pytestmark = pytest.mark.root
 
 
+def demo_names() -> dict[str, str]:
+    """Names and ports of the demo's own, unique to one test (beside anything else)."""
+    suffix = secrets.token_hex(3)
+    return {
+        "HOST_AGENT_DEMO_USER": f"ha-demo-{suffix}",
+        "HOST_AGENT_DEMO_POOL": f"hademo{suffix}",
+        "HOST_AGENT_DEMO_PORT": str(free_port()),
+        "HOST_AGENT_DEMO_SIGNAL_PORT": str(free_port()),
+    }
+
+
 @pytest.fixture
 def clone() -> Iterator[Path]:
     """The repository's tracked files as they are now (a clone, with any uncommitted
@@ -43,13 +54,7 @@ def clone() -> Iterator[Path]:
 
 
 def test_the_demo_tells_the_whole_story_and_stop_cleans_up(clone: Path) -> None:
-    suffix = secrets.token_hex(3)
-    names = {
-        "HOST_AGENT_DEMO_USER": f"ha-demo-{suffix}",
-        "HOST_AGENT_DEMO_POOL": f"hademo{suffix}",
-        "HOST_AGENT_DEMO_PORT": str(free_port()),
-        "HOST_AGENT_DEMO_SIGNAL_PORT": str(free_port()),
-    }
+    names = demo_names()
     environment = {**os.environ, **names}
     demo = [str(clone / "scripts" / "demo.sh")]
     try:
