@@ -76,6 +76,7 @@ stop_pid_file() {
         why+=" (not $recorded)"
     else
         kill "$pid" 2>/dev/null || true
+        wait_for_exit "$pid" "$current"
     fi
     [[ -z $why ]] || echo "demo.sh: $1 is stale: $why; not killed, file removed" >&2
     rm -f "$1" "$1.start"
@@ -86,6 +87,16 @@ command_name() {
     local name
     name=$(cat "/proc/$1/comm" 2>/dev/null) || name=gone
     echo "${name//[^[:print:]]/?}"
+}
+
+# Waits (at most 10 s) until pid $1, started at $2, has exited: a restart must not race
+# the process it replaces (its port, its pid file).
+wait_for_exit() {
+    for _ in $(seq 100); do
+        [[ $(start_time "$1") == "$2" ]] || return 0
+        sleep 0.1
+    done
+    echo "demo.sh: pid $1 still runs 10 s after SIGTERM" >&2
 }
 
 stop() {

@@ -214,3 +214,33 @@ def test_stop_kills_the_process_its_pid_file_names_whatever_its_name(
     finally:
         process.kill()
         process.wait()
+
+
+def test_stop_returns_once_the_process_has_exited(stop_only: Path) -> None:
+    # A restart starts the next agent on the same port and pid file: the one it
+    # replaces must be gone first (the agent removes its pid file as it exits).
+    slow = "import signal, sys, time\n" + (
+        "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(1), sys.exit(0)))\n"
+        "print(flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    with subprocess.Popen(
+        ["python3", "-c", slow], stdout=subprocess.PIPE, start_new_session=True
+    ) as process:
+        try:
+            assert process.stdout is not None
+            process.stdout.readline()  # its handler is in place
+            state = stop_only.parent.parent / ".demo"
+            (state / "agent.pid").write_text(f"{process.pid}\n")
+            (state / "agent.pid.start").write_text(f"{start_time(process.pid)}\n")
+            stopped = subprocess.run(
+                [str(stop_only), "stop"],
+                env={**os.environ, **demo_names()},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert stopped.returncode == 0, stopped.stderr
+            assert process.poll() == 0
+        finally:
+            process.kill()
