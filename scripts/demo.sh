@@ -24,11 +24,79 @@ PACKAGES=(python3-venv sudo zfs-fuse curl procps bash-builtins)
 
 say() { printf '\n== %s\n' "$*"; }
 
+# A pid alone is not an identity: pids are reused, and a pid file left by a killed run
+# may name a process started since (once, a shared zfs-fuse daemon). Each pid file the
+# demo stops has beside it FILE.start, the start time of the process it named when the
+# demo started that process: with the pid, one process for good. The pid files
+# themselves stay as their programs write them (the agent's is read by others too).
+
+# Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot; fails
+# if no such process runs (or only its zombie does). The command name, field 2, may hold
+# spaces and ')', so the fields are counted after the last ')'.
+start_time() {
+    local stat fields
+    [[ $1 =~ ^[1-9][0-9]*$ ]] || return 1
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    read -r -a fields <<< "${stat##*)}"
+    [[ ${fields[0]:-Z} != [ZX] && ${fields[19]:-} =~ ^[0-9]+$ ]] || return 1
+    echo "${fields[19]}"
+}
+
+# Waits (at most 10 s) for a program started detached to write its pid file.
+wait_for_pid_file() {
+    for _ in $(seq 100); do
+        [[ $(cat "$1" 2>/dev/null) =~ ^[1-9][0-9]*$ ]] && return 0
+        sleep 0.1
+    done
+    echo "demo.sh: no pid in $1" >&2
+    return 1
+}
+
+# Records, beside the pid file, the start time of the process it names (just started).
+record_start() {
+    local pid start
+    pid=$(< "$1")
+    start=$(start_time "$pid") || { echo "demo.sh: pid $pid, in $1, exited at once" >&2; return 1; }
+    echo "$start" > "$1.start"
+}
+
+# Stops the process the pid file names if it is still the one the demo started (same
+# pid, same start time); otherwise the file is stale: it is removed, nothing is killed.
 stop_pid_file() {
-    if [[ -f $1 ]]; then
-        kill "$(cat "$1")" 2>/dev/null || true
-        rm -f "$1"
+    local pid recorded current why=
+    [[ -f $1 ]] || { rm -f "$1.start"; return 0; }
+    pid=$(cat "$1" 2>/dev/null) || pid=
+    recorded=$(cat "$1.start" 2>/dev/null) || recorded=
+    if ! current=$(start_time "$pid"); then
+        why="no process has pid $pid now"
+    elif [[ -z $recorded ]]; then
+        why="no start time beside pid $pid, now $(command_name "$pid"): it may be another process"
+    elif [[ $current != "$recorded" ]]; then
+        why="pid $pid is another process now, $(command_name "$pid"), started at tick $current"
+        why+=" (not $recorded)"
+    else
+        kill "$pid" 2>/dev/null || true
+        wait_for_exit "$pid" "$current"
     fi
+    [[ -z $why ]] || echo "demo.sh: $1 is stale: $why; not killed, file removed" >&2
+    rm -f "$1" "$1.start"
+}
+
+# The process's command name, for messages (control characters shown as '?').
+command_name() {
+    local name
+    name=$(cat "/proc/$1/comm" 2>/dev/null) || name=gone
+    echo "${name//[^[:print:]]/?}"
+}
+
+# Waits (at most 10 s) until pid $1, started at $2, has exited: a restart must not race
+# the process it replaces (its port, its pid file).
+wait_for_exit() {
+    for _ in $(seq 100); do
+        [[ $(start_time "$1") == "$2" ]] || return 0
+        sleep 0.1
+    done
+    echo "demo.sh: pid $1 still runs 10 s after SIGTERM" >&2
 }
 
 stop() {
@@ -142,6 +210,7 @@ say "zfs-fuse pool $POOL on a file"
 if ! pgrep -x zfs-fuse >/dev/null; then
     zfs-fuse --no-daemon >/dev/null 2>&1 &
     echo $! > "$STATE/zfs-fuse.pid"
+    record_start "$STATE/zfs-fuse.pid"
 fi
 if ! zpool list "$POOL" >/dev/null 2>&1; then
     truncate -s 128M "$STATE/vdev-$POOL"
@@ -156,6 +225,8 @@ stop_pid_file "$STATE/signal.pid"
 (cd "$REPO" && setsid -f /usr/bin/python3 -m tests.signal_bridge --port "$SIGNAL_PORT" \
     --outbox "$STATE/signal-outbox.jsonl" --pid-file "$STATE/signal.pid" \
     < /dev/null >> "$STATE/signal.log" 2>&1)
+wait_for_pid_file "$STATE/signal.pid"
+record_start "$STATE/signal.pid"
 
 say "agent on https://127.0.0.1:$PORT"
 stop_pid_file "$STATE/agent.pid"
@@ -170,6 +241,8 @@ for _ in $(seq 50); do
     [[ -s $STATE/agent.pid ]] && "${CURL[@]}" "https://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
     sleep 0.2
 done
+wait_for_pid_file "$STATE/agent.pid"
+record_start "$STATE/agent.pid"
 OP=("$HA" op --server "https://127.0.0.1:$PORT" --ca "$STATE/pki/ca.crt"
     --cert "$STATE/pki/librarian-demo.crt" --key "$STATE/pki/librarian-demo.key")
 PY=$STATE/venv/bin/python
