@@ -391,6 +391,17 @@ def serve(config_path: Path, pid_file: Path | None = None) -> None:
     try:
         asyncio.run(_serve_process(load_config(config_path)))
     finally:
+        _remove_if_ours(pid_file)
+
+
+def _remove_if_ours(pid_file: Path) -> None:
+    """Remove the pid file unless it names another process now: an agent started in this
+    one's place while it stopped (a restart) wrote its own, which must outlive this one."""
+    try:
+        ours = pid_file.read_text().strip() == str(os.getpid())
+    except OSError:
+        return
+    if ours:
         pid_file.unlink(missing_ok=True)
 
 

@@ -61,6 +61,26 @@ def test_a_service_manager_hears_ready_and_stopping_and_the_pid_file_lives_while
     assert not pid_file.exists()
 
 
+def test_a_stopping_agent_leaves_the_pid_file_of_the_agent_started_in_its_place(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """A restart: the new agent writes its pid while the old one is still stopping."""
+    config = tmp_path / "agent.toml"
+    config.write_text(config_text(pki, tmp_path))
+    pid_file = tmp_path / "host-agent.pid"
+    process = serve_process(config, options=("--pid-file", str(pid_file)))
+    try:
+        listening_port(process)
+        successor = f"{process.pid + 1}\n"
+        pid_file.write_text(successor)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        process.kill()
+        process.communicate()
+    assert pid_file.read_text() == successor
+
+
 def _start_failure(config: Path) -> tuple[int, str]:
     done = subprocess.run(
         [sys.executable, "-m", "host_agent", "serve", "--config", str(config)],
