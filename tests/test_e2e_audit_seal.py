@@ -23,7 +23,7 @@ import pytest
 
 from host_agent.audit import canonical, record_hash
 from host_agent.audit.chain import stamp
-from host_agent.audit.seal import SealKey, VerificationKey
+from host_agent.audit.seal import Epochs, SealKey, VerificationKey
 from host_agent.cli import main
 from host_agent.config import load_config
 from tests.support import (
@@ -105,6 +105,11 @@ def sealed_log(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> SealedLog:
             if n == 8:
                 log.rename(directory / "audit.jsonl.1")  # the agent follows on its next write
             time.sleep(0.25)
+        # The last request opens an epoch and the agent stops inside it, so the log
+        # ends with records after its last seal that the shutdown checkpoint covers
+        # (stopping just after a boundary would end it with a seal: nothing to cut).
+        sleep_into_a_fresh_epoch(VerificationKey.parse(key).epochs)
+        assert http.post("/host/op", json=REFUSED).status_code == 403
     rotated = directory / "audit.jsonl.1"
     compressed = rotated.with_name(rotated.name + ".gz")
     with rotated.open("rb") as source, gzip.open(compressed, "wb") as sink:
@@ -114,6 +119,11 @@ def sealed_log(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> SealedLog:
     files = [compressed, log]
     notes.write_text("".join(r["note"] for path in files for r in records(path) if "note" in r))
     return SealedLog(files, key, directory / "seal.key", notes, verifier)
+
+
+def sleep_into_a_fresh_epoch(epochs: Epochs) -> None:
+    now = time.time()
+    time.sleep(epochs.end(epochs.at(now)) - now + 0.05)
 
 
 def records(path: Path) -> list[dict[str, Any]]:
@@ -256,6 +266,8 @@ def test_a_tail_cut_and_left_is_caught_by_the_witness_not_the_seals(
     copies = [tmp_path / path.name for path in sealed_log.files]
     contents = [records(path) for path in sealed_log.files]
     live = contents[1]
+    cut = live[seal_indices(live)[-1] + 1 :]
+    assert any(r["event"] == "decision" for r in cut), "the fixture ends after a seal"
     del live[seal_indices(live)[-1] + 1 :]
     for copy, lines in zip(copies, contents, strict=True):
         write(copy, lines)
