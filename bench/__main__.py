@@ -14,7 +14,18 @@ import sys
 import time
 from pathlib import Path
 
-from bench import concurrency, denied, fleet, growth, latency, memory, profiling, report, verify
+from bench import (
+    concurrency,
+    denied,
+    fleet,
+    growth,
+    latency,
+    memory,
+    profiling,
+    report,
+    sudo_settings,
+    verify,
+)
 from bench.environment import CALLER_UNIX_USER, prepared
 from bench.plan import FULL, QUICK
 from bench.results import Section
@@ -43,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             with running_sshd(bench.root / "ssh", bench.system.user, commands) as ssh:
                 _step("latency")
                 sections.append(latency.measure(bench, agent, ssh, client, found, plan))
+            _step("sudo's settings")
+            sections.append(sudo_settings.measure(bench, found, plan))
             if options.profile is not None:
                 _step(f"profiling into {options.profile}")
                 profiling.profile(bench, agent, client, found, plan, options.profile)
