@@ -14,7 +14,7 @@ from host_agent.errors import RunnerError
 from host_agent.operations import Operation
 from host_agent.runner import Runner, wait_with_pidfds
 from tests.support import Pki
-from tests.system import PROBE, System, run
+from tests.system import PROBE, System, installed_system, run
 
 pytestmark = pytest.mark.root
 
@@ -58,6 +58,18 @@ def test_installed_sudoers_passes_visudo_and_grants_exactly_the_wrappers(system:
         )
     ]
     assert granted == sorted(expected)
+
+
+def test_sudo_still_checks_the_service_account_without_its_pam_session(tmp_path: Path) -> None:
+    """The drop-in switches sudo's PAM session off for speed (docs/operations.md); the
+    account check is not part of it: an expired service account runs no wrapper."""
+    with installed_system(tmp_path, extra=(PROBE,)) as fresh:
+        probe = ("sudo", "-n", "--", str(fresh.wrappers.directory / PROBE.name), "env")
+        assert run(*probe, user=fresh.user, check=False).returncode == 0
+        run("usermod", "--expiredate", "1", fresh.user)
+        done = run(*probe, user=fresh.user, check=False)
+    assert done.returncode == 1 and "account validation failure" in done.stderr, done
+    assert "SUDO_USER" not in done.stdout  # the probe never ran
 
 
 # --- the runner's limits, through real sudo and a test-only probe wrapper -----------
