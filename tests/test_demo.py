@@ -136,6 +136,23 @@ def stop_only(tmp_path: Path) -> Path:
     return script
 
 
+def stop(script: Path) -> subprocess.CompletedProcess[str]:
+    """`demo.sh stop`, as a user runs it."""
+    return subprocess.run(
+        [str(script), "stop"],
+        env={**os.environ, **demo_names()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def record(pid_file: Path, pid: int) -> None:
+    """What demo.sh keeps for a process it started: its pid and its start time."""
+    pid_file.write_text(f"{pid}\n")
+    pid_file.with_name(f"{pid_file.name}.start").write_text(f"{start_time(pid)}\n")
+
+
 @pytest.fixture
 def unrelated() -> Iterator[subprocess.Popen[bytes]]:
     """A long-lived process the demo did not start, in a session of its own."""
@@ -172,13 +189,7 @@ def test_stop_kills_nothing_a_stale_pid_file_names(
         if recorded is not None:
             earlier = int(start_time(unrelated.pid)) - 1
             (state / f"{name}.start").write_text(f"{earlier}\n")
-    stopped = subprocess.run(
-        [str(stop_only), "stop"],
-        env={**os.environ, **demo_names()},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    stopped = stop(stop_only)
     assert stopped.returncode == 0, stopped.stderr
     assert still_running(unrelated)
     assert not list(state.glob("*.pid*"))
@@ -198,15 +209,8 @@ def test_stop_kills_the_process_its_pid_file_names_whatever_its_name(
     process = subprocess.Popen([str(odd), "300"], start_new_session=True)
     try:
         state = stop_only.parent.parent / ".demo"
-        (state / "signal.pid").write_text(f"{process.pid}\n")
-        (state / "signal.pid.start").write_text(f"{start_time(process.pid)}\n")
-        stopped = subprocess.run(
-            [str(stop_only), "stop"],
-            env={**os.environ, **demo_names()},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        record(state / "signal.pid", process.pid)
+        stopped = stop(stop_only)
         assert stopped.returncode == 0, stopped.stderr
         assert process.wait(timeout=10) == -15
         assert "stale" not in stopped.stderr
@@ -231,15 +235,8 @@ def test_stop_returns_once_the_process_has_exited(stop_only: Path) -> None:
             assert process.stdout is not None
             process.stdout.readline()  # its handler is in place
             state = stop_only.parent.parent / ".demo"
-            (state / "agent.pid").write_text(f"{process.pid}\n")
-            (state / "agent.pid.start").write_text(f"{start_time(process.pid)}\n")
-            stopped = subprocess.run(
-                [str(stop_only), "stop"],
-                env={**os.environ, **demo_names()},
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            record(state / "agent.pid", process.pid)
+            stopped = stop(stop_only)
             assert stopped.returncode == 0, stopped.stderr
             assert process.poll() == 0
         finally:

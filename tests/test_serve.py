@@ -37,16 +37,11 @@ def test_a_service_manager_hears_ready_and_stopping_and_the_pid_file_lives_while
     pki: Pki, tmp_path: Path
 ) -> None:
     """What a systemd Type=notify unit and logrotate's postrotate rely on."""
-    config = tmp_path / "agent.toml"
-    config.write_text(config_text(pki, tmp_path))
-    pid_file = tmp_path / "host-agent.pid"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
         manager.bind(str(tmp_path / "notify.sock"))
         manager.settimeout(30)
-        process = serve_process(
-            config,
-            options=("--pid-file", str(pid_file)),
-            env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")},
+        process, pid_file = _serve_with_pid_file(
+            pki, tmp_path, env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
         )
         try:
             ready = manager.recv(4096).decode()
@@ -65,10 +60,7 @@ def test_a_stopping_agent_leaves_the_pid_file_of_the_agent_started_in_its_place(
     pki: Pki, tmp_path: Path
 ) -> None:
     """A restart: the new agent writes its pid while the old one is still stopping."""
-    config = tmp_path / "agent.toml"
-    config.write_text(config_text(pki, tmp_path))
-    pid_file = tmp_path / "host-agent.pid"
-    process = serve_process(config, options=("--pid-file", str(pid_file)))
+    process, pid_file = _serve_with_pid_file(pki, tmp_path)
     try:
         listening_port(process)
         successor = f"{process.pid + 1}\n"
@@ -79,6 +71,16 @@ def test_a_stopping_agent_leaves_the_pid_file_of_the_agent_started_in_its_place(
         process.kill()
         process.communicate()
     assert pid_file.read_text() == successor
+
+
+def _serve_with_pid_file(
+    pki: Pki, tmp_path: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], Path]:
+    """`host-agent serve --pid-file` on a test config, as a service manager starts it."""
+    config = tmp_path / "agent.toml"
+    config.write_text(config_text(pki, tmp_path))
+    pid_file = tmp_path / "host-agent.pid"
+    return serve_process(config, options=("--pid-file", str(pid_file)), env=env), pid_file
 
 
 def _start_failure(config: Path) -> tuple[int, str]:
