@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from host_agent.approvals.local import LocalSocketError, Peer, bind
+from host_agent.approvals.local import LocalSocketError, bind
 from host_agent.approvals.local_client import (
     LocalApprovalUnavailable,
     agent_listener_check,
     check_listener,
 )
+from host_agent.approvals.peer import Peer
 
 
 @pytest.fixture
@@ -108,3 +111,32 @@ def test_the_root_helper_trusts_root_only_in_roots_own_directories(
     root = Peer(1, 0, 0)
     with pytest.raises(LocalApprovalUnavailable, match="which others can change"):
         agent_listener_check(service_uid=4242)(listening, root)
+
+
+# What the agent serves and the clients call with: none of it belongs in a process that
+# runs as root for every decision made on the host.
+NOT_IN_THE_ROOT_HELPER = (
+    "httpx",
+    "starlette",
+    "hypercorn",
+    "cryptography",
+    "psycopg",
+    "host_agent.approvals.manager",
+    "host_agent.approvals.identity_plugin",
+    "host_agent.audit",
+    "host_agent.client",
+    "host_agent.server",
+)
+
+
+def test_the_root_helper_loads_only_what_it_needs() -> None:
+    script = "import sys, host_agent.approvals.helper; print(*sys.modules)"
+    shown = subprocess.run(
+        [sys.executable, "-I", "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    loaded = shown.stdout.split()
+    assert "host_agent.approvals.helper" in loaded and "pam" in loaded
+    assert [name for name in loaded if name.startswith(NOT_IN_THE_ROOT_HELPER)] == []

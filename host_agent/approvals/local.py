@@ -19,7 +19,6 @@ import os
 import pwd
 import socket
 import stat
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 from host_agent import strict_json
 from host_agent.approvals.manager import ApprovalManager
 from host_agent.approvals.model import Approver
+from host_agent.approvals.peer import Peer, peer_of
 from host_agent.errors import ApprovalError, HostAgentError
 
 log = logging.getLogger(__name__)
@@ -44,28 +44,6 @@ class LocalSocketError(HostAgentError):
     """The approval socket cannot be created safely where the config says."""
 
     code = "local_socket_unsafe"
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """The process at the other end, as the kernel reports it."""
-
-    pid: int
-    uid: int
-    gid: int
-
-    @property
-    def user(self) -> str | None:
-        try:
-            return pwd.getpwuid(self.uid).pw_name
-        except KeyError:
-            return None
-
-
-def peer_of(sock: socket.socket) -> Peer:
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return Peer(pid, uid, gid)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from host_agent import strict_json
-from host_agent.approvals.local import Peer, peer_of
+from host_agent.approvals.peer import Peer, peer_of
 from host_agent.errors import HostAgentError
 
 DEFAULT_SOCKET = Path("/run/host-agent/approve.sock")

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from host_agent import __version__
-from host_agent.cli import approve, audit, certs, db, mcp, migrate, op, policy, serve
 from host_agent.cli.common import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE
 from host_agent.errors import ConfigError, HostAgentError
 
 __all__ = ["EXIT_UNAVAILABLE", "main"]
 
 # Each module adds its command (group) to the parser, in the order `--help` lists them.
-COMMANDS = (serve, migrate, certs, policy, audit, approve, db, op, mcp)
+# They are imported when the parser is built, not with this package: the root approval
+# helper imports host_agent.cli.common and should load none of the commands' code.
+COMMANDS = ("serve", "migrate", "certs", "policy", "audit", "approve", "db", "op", "mcp")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +47,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"host-agent {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    for command in COMMANDS:
-        command.register(commands)
+    for name in COMMANDS:
+        importlib.import_module(f"host_agent.cli.{name}").register(commands)
     return parser
