@@ -104,7 +104,7 @@ def test_a_wrong_command_line_sends_nothing(
 def test_arguments_that_start_with_a_dash_go_after_double_dash() -> None:
     # Options go before KIND (or after the last ARG); the arguments after --.
     words = ["op", "--reason", "disk", "exec", "run", "/usr/bin/du", "--", "-sh", "/srv/app"]
-    options = _parser().parse_args(words)
+    options = _parser(words).parse_args(words)
     assert (options.kind, options.command, options.resource) == ("exec", "run", "/usr/bin/du")
     assert options.args == ["-sh", "/srv/app"] and options.reason == "disk"
 

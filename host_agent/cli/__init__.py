@@ -14,15 +14,27 @@ from host_agent.errors import ConfigError, HostAgentError
 
 __all__ = ["EXIT_UNAVAILABLE", "main"]
 
-# Each module adds its command (group) to the parser, in the order `--help` lists them.
-# They are imported when the parser is built, not with this package: the root approval
-# helper imports host_agent.cli.common and should load none of the commands' code.
-COMMANDS = ("serve", "migrate", "certs", "policy", "audit", "approve", "db", "op", "mcp")
+# The module (host_agent.cli.NAME) that adds each command, in the order `--help` lists
+# them. Modules are imported when the parser is built, not with this package: the root
+# approval helper imports host_agent.cli.common and should load none of the commands.
+COMMANDS = {
+    "serve": "serve",
+    "check-config": "serve",
+    "wrappers-config": "serve",
+    "migrate": "migrate",
+    "certs": "certs",
+    "policy": "policy",
+    "audit": "audit",
+    "approve": "approve",
+    "db": "db",
+    "op": "op",
+    "mcp": "mcp",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    options = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    options = _parser(words).parse_args(words)
     logging.basicConfig(
         level=logging.DEBUG if options.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -42,11 +54,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(words: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser for `words`: with only the command they name, whose module's imports
+    are most of a command's start-up (`host-agent op` has no use for the server's); with
+    every command when they name none (`--help`, a typo), to list them all."""
     parser = argparse.ArgumentParser(prog="host-agent", description=__doc__)
     parser.add_argument("--version", action="version", version=f"host-agent {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f"host_agent.cli.{name}").register(commands)
+    # Options before the command take no value, so its name is the first other word.
+    named = next((word for word in words if not word.startswith("-")), "")
+    modules = [COMMANDS[named]] if named in COMMANDS else dict.fromkeys(COMMANDS.values())
+    for module in modules:
+        importlib.import_module(f"host_agent.cli.{module}").register(commands)
     return parser
