@@ -57,7 +57,7 @@ SETTINGS = {
     ),
     "!pam_acct_mgmt": Setting(
         "!pam_acct_mgmt",
-        "loses a check: an expired or locked service account could still run the wrappers",
+        "loses a check: an expired service account could still run the wrappers",
     ),
     "log_output": Setting(
         "log_output, iolog_dir={iolog}",
