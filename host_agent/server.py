@@ -6,7 +6,6 @@ import asyncio
 import functools
 import logging
 import math
-import os
 import signal
 import socket
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
 
+from host_agent import pid_file as pid_files
 from host_agent.adapters import build_registry
 from host_agent.app import build_app
 from host_agent.approvals.identity_plugin import IdentityPlugin
@@ -385,24 +385,11 @@ def serve(config_path: Path, pid_file: Path | None = None) -> None:
     if pid_file is None:
         asyncio.run(_serve_process(load_config(config_path)))
         return
-    temporary = pid_file.with_name(f".{pid_file.name}.tmp")
-    temporary.write_text(f"{os.getpid()}\n")
-    temporary.replace(pid_file)
+    pid_files.write(pid_file)
     try:
         asyncio.run(_serve_process(load_config(config_path)))
     finally:
-        _remove_if_ours(pid_file)
-
-
-def _remove_if_ours(pid_file: Path) -> None:
-    """Remove the pid file unless it names another process now: an agent started in this
-    one's place while it stopped (a restart) wrote its own, which must outlive this one."""
-    try:
-        ours = pid_file.read_text().strip() == str(os.getpid())
-    except OSError:
-        return
-    if ours:
-        pid_file.unlink(missing_ok=True)
+        pid_files.remove_if_ours(pid_file)
 
 
 async def _serve_process(config: Config) -> None:

@@ -15,6 +15,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -404,6 +405,43 @@ def test_complete_but_unreadable_last_line_fails_closed(tmp_path: Path) -> None:
 
     with pytest.raises(AuditUnavailable):
         AuditLog(path).open()
+
+
+# --- what the service account plants where the agent, maybe root, opens its log -------
+# Invariant 10: the log directory may be the service account's while the agent runs as
+# root; a link or a FIFO there must not make root write, cut or read anything.
+
+
+def test_a_log_linked_to_another_file_is_refused_and_that_file_left_whole(
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("line one\nno newline after this line")  # a torn tail to drop
+    (tmp_path / "audit.jsonl").symlink_to(secret)
+    log = AuditLog(tmp_path / "audit.jsonl")
+    with pytest.raises(AuditUnavailable, match="cannot open audit log"):
+        log.append({"event": "decision"})
+    assert secret.read_text() == "line one\nno newline after this line"
+
+
+def test_a_fifo_in_place_of_the_log_is_refused() -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        os.mkfifo(Path(directory) / "audit.jsonl")
+        log = AuditLog(Path(directory) / "audit.jsonl")
+        with pytest.raises(AuditUnavailable, match="a FIFO"):
+            log.open()
+
+
+def test_a_rotated_file_linked_elsewhere_is_not_read_to_continue_the_chain(
+    tmp_path: Path,
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text('{"seq": 41, "hash": "' + "0" * 64 + '"}\n')
+    (tmp_path / "audit.jsonl.1").symlink_to(elsewhere)
+    log = AuditLog(tmp_path / "audit.jsonl")
+    with pytest.raises(AuditUnavailable, match="cannot open audit log"):
+        log.open()
+    assert not (tmp_path / "audit.jsonl").read_text()
 
 
 # --- failing closed -------------------------------------------------------------

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,50 @@ def test_a_stopping_agent_leaves_the_pid_file_of_the_agent_started_in_its_place(
         process.kill()
         process.communicate()
     assert pid_file.read_text() == successor
+
+
+# Invariant 10: the pid file's directory is the service account's, and an agent may be
+# started as root (as these tests start it): nothing planted there is followed or read.
+
+
+def test_a_link_planted_at_the_pid_files_temporary_name_is_not_written_through(
+    pki: Pki, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("root only\n")
+    (tmp_path / ".host-agent.pid.tmp").symlink_to(secret)
+    process, pid_file = _serve_with_pid_file(pki, tmp_path)
+    try:
+        listening_port(process)
+        assert pid_file.read_text() == f"{process.pid}\n" and not pid_file.is_symlink()
+    finally:
+        process.kill()
+        process.communicate()
+    assert secret.read_text() == "root only\n"
+
+
+@pytest.mark.parametrize("planted", ["fifo", "link"])
+def test_a_pid_file_swapped_for_a_fifo_or_a_link_is_left_alone_at_stop(
+    pki: Pki, tmp_path: Path, planted: str
+) -> None:
+    """A FIFO would hold the stopping agent in its read; a link to a file naming the
+    agent's pid would be read through, then removed."""
+    process, pid_file = _serve_with_pid_file(pki, tmp_path)
+    try:
+        listening_port(process)
+        pid_file.unlink()
+        if planted == "fifo":
+            os.mkfifo(pid_file)
+        else:
+            (tmp_path / "elsewhere").write_text(f"{process.pid}\n")
+            pid_file.symlink_to(tmp_path / "elsewhere")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        process.kill()
+        process.communicate()
+    mode = os.lstat(pid_file).st_mode
+    assert stat.S_ISFIFO(mode) if planted == "fifo" else stat.S_ISLNK(mode)
 
 
 def _serve_with_pid_file(

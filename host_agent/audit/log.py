@@ -21,6 +21,7 @@ import errno
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -90,9 +91,12 @@ class AuditLog:
 
     def _open_locked(self) -> None:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-            handle = os.fdopen(fd, "r+b", buffering=0)
+            # Never through a link, nor into a FIFO: the directory may be the service
+            # account's while the agent runs as root (invariant 10).
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+            handle = os.fdopen(os.open(self.path, flags, 0o640), "r+b", buffering=0)
             try:
+                _refuse_fifo(handle)
                 _drop_torn_tail(handle, self.path)
                 last = _last_record(handle)
                 if last is None and self._seq == 0:
@@ -404,10 +408,19 @@ def _last_record(handle: IO[bytes]) -> dict[str, Any] | None:
 
 def _last_record_of(path: Path) -> dict[str, Any] | None:
     try:
-        with open(path, "rb") as handle:
-            return _last_record(handle)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    with os.fdopen(fd, "rb") as handle:
+        _refuse_fifo(handle)
+        return _last_record(handle)
+
+
+def _refuse_fifo(handle: IO[bytes]) -> None:
+    """A FIFO would hold a write (and the agent) until someone reads it; the service
+    account can make one where a device node it cannot."""
+    if stat.S_ISFIFO(os.fstat(handle.fileno()).st_mode):
+        raise OSError(errno.EINVAL, "a FIFO, not a file")
 
 
 def _truncate_quietly(handle: IO[bytes], size: int) -> None:
