@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,6 +267,44 @@ def serve_process(
         env=None if env is None else {**os.environ, **env},
         **account,
     )
+
+
+def start_failure(config: Path) -> tuple[int, str]:
+    """`host-agent serve` expected to refuse to start: its exit code and stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "host_agent", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.returncode, done.stderr
+
+
+def raised_without_waiting_on(fifo: Path, action: Callable[[], object]) -> BaseException | None:
+    """What `action` raised (None: nothing), failing the test if it sat waiting on `fifo`
+    (a FIFO's open waits for its other end): after 10 s the other end is opened, to let
+    the waiting thread go, and the test fails."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            action()
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():
+        for other_end in (os.O_RDONLY, os.O_WRONLY):
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, other_end | os.O_NONBLOCK))
+        thread.join(10)
+        raise AssertionError(f"waited on the FIFO {fifo}")
+    return outcome[0]
 
 
 def free_port() -> int:

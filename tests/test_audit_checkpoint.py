@@ -31,7 +31,7 @@ from host_agent.audit.syslog_witness import SyslogWitness
 from host_agent.audit.witness import Outbox, Shipper, WitnessError
 from host_agent.cli import main
 from tests.postgres import FleetDatabase, Postgres, fleet_database
-from tests.support import Pki
+from tests.support import Pki, raised_without_waiting_on
 from tests.syslog_collector import Collector, running_collector
 
 NAME = "host-agent/pve-1/audit"
@@ -319,6 +319,52 @@ def test_shipping_with_the_witness_down_then_back_delivers_the_latest_once(
     asyncio.run(round_with(Outbox(outbox_path, [witness.name])))  # nothing owed: nothing sent
     time.sleep(0.5)
     assert len(collector.messages()) == 1
+
+
+# Invariant 10: the outbox lies beside the checkpoint key, maybe in the service
+# account's directory while the agent runs as root.
+
+
+def test_a_fifo_in_place_of_the_outbox_is_not_waited_on_and_the_outbox_starts_afresh(
+    tmp_path: Path,
+) -> None:
+    outbox_path = tmp_path / "outbox.json"
+    os.mkfifo(outbox_path)
+    opened: list[Outbox] = []
+    raised = raised_without_waiting_on(
+        outbox_path, lambda: opened.append(Outbox(outbox_path, ["syslog"]))
+    )
+    assert raised is None and opened[0].checkpoint is None
+
+
+def test_an_outbox_larger_than_any_outbox_is_not_read_whole(tmp_path: Path) -> None:
+    """A link to /dev/zero would be read until memory ran out; a huge file stands in."""
+    outbox_path = tmp_path / "outbox.json"
+    state = {"note": "x" * (2 << 20), "checkpoint": None, "taken_at": 0, "witnesses": {}}
+    outbox_path.write_text(json.dumps(state))
+    assert Outbox(outbox_path, ["syslog"]).note is None
+
+
+def test_the_outbox_is_not_written_through_a_fifo_or_link_at_its_temporary_name(
+    key: SigningKey, tmp_path: Path
+) -> None:
+    outbox_path = tmp_path / "outbox.json"
+    secret = tmp_path / "secret"
+    secret.write_text("root only\n")
+    outbox = Outbox(outbox_path, ["syslog"])
+    for planted in ("fifo", "link"):
+        temporary = tmp_path / "outbox.json.tmp"
+        if planted == "fifo":
+            os.mkfifo(temporary)
+        else:
+            temporary.symlink_to(secret)
+        raised = raised_without_waiting_on(
+            temporary, lambda: outbox.taken(key.sign(POINT), POINT, time.time())
+        )
+        assert raised is None, planted
+        assert Outbox(outbox_path, ["syslog"]).checkpoint == POINT
+        assert not temporary.exists() and not temporary.is_symlink()
+    assert secret.read_text() == "root only\n"
 
 
 def wait_until(condition: Any, timeout: float = 10.0) -> Any:

@@ -27,6 +27,7 @@ from host_agent.audit.seal import (
     seal_mac,
 )
 from host_agent.errors import AuditUnavailable
+from tests.support import raised_without_waiting_on
 
 START = 1_900_000_000
 EPOCH = 60
@@ -144,6 +145,35 @@ def test_a_seal_key_behind_a_link_is_refused(sealed: Sealed, tmp_path: Path) -> 
     link.symlink_to(sealed.key_path)
     with pytest.raises(SealError, match="cannot open"):
         SealKey.load(link)
+
+
+# Invariant 10: the key's directory may be the service account's while the agent runs
+# as root; what it plants there must neither hold the agent nor be written through.
+
+
+def test_a_fifo_in_place_of_the_seal_key_is_refused_without_waiting(sealed: Sealed) -> None:
+    sealed.key_path.unlink()
+    os.mkfifo(sealed.key_path, 0o600)
+    raised = raised_without_waiting_on(sealed.key_path, lambda: SealKey.load(sealed.key_path))
+    assert isinstance(raised, SealError) and "not a regular file" in str(raised)
+
+
+def test_the_next_epochs_key_is_not_written_into_a_fifo_put_in_its_place(
+    sealed: Sealed,
+) -> None:
+    key = SealKey.load(sealed.key_path)
+    sealed.key_path.unlink()
+    os.mkfifo(sealed.key_path, 0o600)
+    raised = raised_without_waiting_on(sealed.key_path, lambda: key.advance(1))
+    assert isinstance(raised, SealError) and "not a regular file" in str(raised)
+
+
+def test_a_seal_key_with_a_second_name_is_refused(sealed: Sealed, tmp_path: Path) -> None:
+    """A hard link is what the service account could make of a file of root's where the
+    kernel allows it (fs.protected_hardlinks=0): the next epoch's key would overwrite it."""
+    os.link(sealed.key_path, tmp_path / "second-name")
+    with pytest.raises(SealError, match="other names"):
+        SealKey.load(sealed.key_path)
 
 
 def test_seal_init_never_overwrites_a_running_sequence(sealed: Sealed) -> None:

@@ -8,14 +8,20 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from host_agent.tls_server import bind_socket
-from tests.support import Pki, client_context, config_text, listening_port, serve_process
+from tests.support import (
+    Pki,
+    client_context,
+    config_text,
+    listening_port,
+    serve_process,
+    start_failure,
+)
 
 
 def test_serve_answers_then_stops_cleanly_on_sigterm(pki: Pki, tmp_path: Path) -> None:
@@ -128,17 +134,6 @@ def _serve_with_pid_file(
     return serve_process(config, options=("--pid-file", str(pid_file)), env=env), pid_file
 
 
-def _start_failure(config: Path) -> tuple[int, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "host_agent", "serve", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return done.returncode, done.stderr
-
-
 def test_missing_certificate_is_fatal_with_one_clear_line(pki: Pki, tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(
@@ -146,7 +141,7 @@ def test_missing_certificate_is_fatal_with_one_clear_line(pki: Pki, tmp_path: Pa
             str(pki.directory / "server.crt"), str(tmp_path / "gone.crt")
         )
     )
-    code, stderr = _start_failure(config)
+    code, stderr = start_failure(config)
     assert code == 1
     assert f"TLS certificate/key: {tmp_path / 'gone.crt'} does not exist" in stderr
     assert "Traceback" not in stderr
@@ -159,7 +154,7 @@ def test_address_in_use_is_fatal_with_one_clear_line(pki: Pki, tmp_path: Path) -
         port = taken.getsockname()[1]
         config = tmp_path / "agent.toml"
         config.write_text(config_text(pki, tmp_path).replace("127.0.0.1:0", f"127.0.0.1:{port}"))
-        code, stderr = _start_failure(config)
+        code, stderr = start_failure(config)
     assert code == 1
     assert f"cannot listen on 127.0.0.1:{port}" in stderr
     assert "Traceback" not in stderr
@@ -170,7 +165,7 @@ def test_root_without_service_account_refuses_to_start(pki: Pki, tmp_path: Path)
         pytest.skip("only root must name a service account; other users run as themselves")
     config = tmp_path / "agent.toml"
     config.write_text(config_text(pki, tmp_path).replace('service_user = "nobody"\n', ""))
-    code, stderr = _start_failure(config)
+    code, stderr = start_failure(config)
     assert code == 1
     assert "set [runner] service_user" in stderr
 

@@ -19,6 +19,7 @@ from typing import Any
 from host_agent import strict_json
 from host_agent.approvals.peer import Peer, peer_of
 from host_agent.errors import HostAgentError
+from host_agent.trusted_path import changeable_by_others
 
 DEFAULT_SOCKET = Path("/run/host-agent/approve.sock")
 MAX_REPLY_BYTES = 4 * 2**20
@@ -88,20 +89,16 @@ def check_listener(path: Path, peer: Peer) -> None:
     """Refuse a socket that someone other than root or the agent could have put there."""
     try:
         node = path.lstat()
-        directories = [(parent, parent.stat()) for parent in path.parents]
+        changeable = changeable_by_others(path, (0, peer.uid))
     except OSError as exc:
         raise LocalApprovalUnavailable(f"{path}: {exc.strerror}") from None
-    trusted = (0, peer.uid)
     problem = None
     if not stat.S_ISSOCK(node.st_mode):
         problem = "is not a socket"
     elif node.st_uid != peer.uid:
         problem = f"is served by uid {peer.uid}, who did not create it"
-    for index, (directory, info) in enumerate(directories):
-        # Above the socket's own directory a sticky bit (as on /tmp) protects the entries.
-        writable = info.st_mode & 0o022 and not (index and info.st_mode & stat.S_ISVTX)
-        if problem is None and (info.st_uid not in trusted or writable):
-            problem = f"is below {directory}, which others can change"
+    elif changeable is not None:
+        problem = f"is below {changeable}, which others can change"
     if problem is not None:
         raise LocalApprovalUnavailable(f"refusing to talk to {path}: it {problem}")
 

@@ -11,9 +11,11 @@ own clock.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -24,6 +26,7 @@ from typing import Any, Protocol
 from host_agent.approvals.model import Approval, Status
 from host_agent.config import ApprovalConfig
 from host_agent.errors import HostAgentError
+from host_agent.trusted_path import changeable_by_others
 
 Change = Callable[[Approval], Approval]
 
@@ -326,10 +329,37 @@ _CONSUME = (  # noqa: S608
 
 
 def _create_private(path: Path) -> None:
-    """Create the file 0600 before SQLite does (its WAL files copy its mode)."""
+    """Create the file 0600 before SQLite does (its WAL files copy its mode).
+
+    SQLite opens the name through any link (Python cannot ask it not to), so the
+    name must be out of everyone else's reach: in directories only root and this
+    process's account can change, root's alone when the process is root. Otherwise
+    the service account could point a root agent's store at any file, or at a file
+    yet to exist (a new file in /etc/cron.d holding the requests' text). The file is
+    then opened without following a link, and must be a regular file.
+    """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    os.close(descriptor)
+    trusted = (0,) if os.geteuid() == 0 else (0, os.geteuid())
+    changeable = changeable_by_others(path, trusted)
+    if changeable is not None:
+        whose = "root's" if trusted == (0,) else "root's or this account's"
+        raise StoreError(
+            f"refusing the approval store {path}: {changeable} is not {whose} alone, and "
+            "SQLite would follow a link planted there (make it so, or run as its owner)"
+        )
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        descriptor = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreError(f"refusing the approval store {path}: it is a link") from None
+        raise
+    try:
+        regular = stat.S_ISREG(os.fstat(descriptor).st_mode)
+    finally:
+        os.close(descriptor)
+    if not regular:
+        raise StoreError(f"refusing the approval store {path}: not a regular file")
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:

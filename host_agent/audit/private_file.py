@@ -4,6 +4,7 @@ their own (never through a link) that nobody but their owner can read."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -16,17 +17,23 @@ class PrivateFileError(Exception):
 
 @contextlib.contextmanager
 def opened_private(path: Path, flags: int) -> Iterator[int]:
-    """A descriptor for `path`, if it is a regular file (not a link) kept private."""
+    """A descriptor for `path`, if it is a regular file kept private: not a link, not
+    a FIFO (whose open would wait for a writer or reader), no other name (a hard link
+    to a file of root's, in a directory the service account owns)."""
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise PrivateFileError(f"{path} does not exist") from None
     except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a FIFO no one reads, opened for writing
+            raise PrivateFileError(f"{path} is not a regular file") from None
         raise PrivateFileError(f"cannot open {path}: {exc.strerror}") from exc
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise PrivateFileError(f"{path} is not a regular file")
+        if info.st_nlink != 1:
+            raise PrivateFileError(f"{path} has other names (hard links): a key has one")
         if info.st_mode & 0o077:
             raise PrivateFileError(f"{path} is readable by others than its owner (chmod 600)")
         yield fd

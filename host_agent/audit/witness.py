@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,13 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from host_agent import small_files
 from host_agent.audit.checkpoint import Checkpoint
-from host_agent.audit.private_file import fsync_directory
 
 log = logging.getLogger(__name__)
 
 FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 300.0
+# The latest note and a line per witness: far less, unless something else was put there.
+_MAX_OUTBOX_BYTES = 1 << 20
 
 
 class WitnessError(Exception):
@@ -100,7 +101,7 @@ class Outbox:
 
     def _read(self) -> dict[str, Any]:
         try:
-            state = json.loads(self.path.read_text())
+            state = json.loads(small_files.read_regular(self.path, _MAX_OUTBOX_BYTES))
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
@@ -118,15 +119,9 @@ class Outbox:
                 for name, b in self.backlog.items()
             },
         }
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, json.dumps(state, sort_keys=True).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, self.path)
-        fsync_directory(self.path.parent)
+        data = json.dumps(state, sort_keys=True).encode()
+        temporary = self.path.with_name(f"{self.path.name}.tmp")
+        small_files.replace_with(self.path, data, 0o600, temporary=temporary, durable=True)
 
 
 class Shipper:
