@@ -355,8 +355,10 @@ def main() -> None:
     parser.add_argument("--pid-file", type=Path)
     options = parser.parse_args()
     bridge = SignalBridge(BRIDGE_NUMBER, options.port, options.outbox)
-    if options.pid_file is not None:
-        options.pid_file.write_text(f"{os.getpid()}\n")
+    if options.pid_file is not None:  # whole or not at all: demo.sh reads it as it appears
+        temporary = options.pid_file.with_name(f".{options.pid_file.name}.tmp")
+        temporary.write_text(f"{os.getpid()}\n")
+        temporary.replace(options.pid_file)
     bridge._server.serve_forever()
 
 

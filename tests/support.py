@@ -9,10 +9,12 @@ import json
 import os
 import pwd
 import re
+import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -305,6 +307,18 @@ def raised_without_waiting_on(fifo: Path, action: Callable[[], object]) -> BaseE
         thread.join(10)
         raise AssertionError(f"waited on the FIFO {fifo}")
     return outcome[0]
+
+
+@contextmanager
+def reachable_directory(prefix: str) -> Iterator[Path]:
+    """A fresh directory of root's (0755) that other accounts can pass through, unlike
+    pytest's 0700 tmp_path; removed afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory)
 
 
 def free_port() -> int:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from host_agent.approvals.store import SqliteStore, StoreError
-from tests.support import Pki, config_text, start_failure
+from tests.support import Pki, config_text, reachable_directory, start_failure
 from tests.system import as_user
 
 SERVICE_ACCOUNT = "nobody"
@@ -28,13 +26,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the attack is on a ro
 
 @pytest.fixture
 def base() -> Iterator[Path]:
-    """A root-owned directory the service account can pass through (tmp_path is not)."""
-    directory = Path(tempfile.mkdtemp(prefix="ha-store-"))
-    directory.chmod(0o755)
-    try:
+    """Where the service account can reach its own directory (it cannot pass tmp_path)."""
+    with reachable_directory("ha-store-") as directory:
         yield directory
-    finally:
-        shutil.rmtree(directory)
 
 
 def services_directory(base: Path) -> Path:

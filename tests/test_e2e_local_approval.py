@@ -33,7 +33,13 @@ from host_agent.approvals.local_client import Connection
 from host_agent.config import Config
 from tests.approval_flow import destroy, post, request_approval, status, token_sent
 from tests.signal_bridge import BRIDGE_NUMBER, SignalBridge
-from tests.support import Pki, RunningAgent, audit_records, running_agent
+from tests.support import (
+    Pki,
+    RunningAgent,
+    audit_records,
+    reachable_directory,
+    running_agent,
+)
 from tests.system import REPO, SUDOERS_D, Outcome, Pool, System, as_user, run
 
 pytestmark = pytest.mark.root
@@ -128,12 +134,8 @@ def fresh_tallies(pam_service: PamService, people: People) -> Iterator[None]:
 @pytest.fixture
 def socket_path() -> Iterator[Path]:
     # Not under pytest's 0700 tmp dir: the approvers must be able to reach the socket.
-    directory = Path(tempfile.mkdtemp(prefix="ha-approve-"))
-    directory.chmod(0o755)
-    try:
+    with reachable_directory("ha-approve-") as directory:
         yield directory / "approve.sock"
-    finally:
-        shutil.rmtree(directory)
 
 
 REQUESTER_PROFILE = """
@@ -510,13 +512,9 @@ def test_root_trusts_the_agents_socket_but_lists_nothing(
 @pytest.fixture
 def service_dir(system: System) -> Iterator[Path]:
     """A socket directory as in production (/run/host-agent): the service account's."""
-    directory = Path(tempfile.mkdtemp(prefix="ha-run-"))
-    directory.chmod(0o755)
-    shutil.chown(directory, system.user)
-    try:
+    with reachable_directory("ha-run-") as directory:
+        shutil.chown(directory, system.user)
         yield directory
-    finally:
-        shutil.rmtree(directory)
 
 
 def planted_listener(path: Path, reply: bytes) -> Callable[[], int]:

@@ -5,8 +5,6 @@ refuses the approval (fail closed), audited with the plugin's reason."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from tests.support import (
     audit_records,
     client,
     config_text,
+    reachable_directory,
     running_agent,
     write_config,
 )
@@ -112,12 +111,8 @@ class UrlPlugin:
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     """World-readable, unlike pytest's tmp_path: the unprivileged account runs the plugin."""
-    directory = Path(tempfile.mkdtemp(prefix="ha-plugin-"))
-    directory.chmod(0o755)
-    try:
+    with reachable_directory("ha-plugin-") as directory:
         yield directory
-    finally:
-        shutil.rmtree(directory)
 
 
 @pytest.fixture(params=["command", "url"])
