@@ -412,12 +412,22 @@ def test_complete_but_unreadable_last_line_fails_closed(tmp_path: Path) -> None:
 # root; a link or a FIFO there must not make root write, cut or read anything.
 
 
+def hard_link(name: Path, target: Path) -> None:
+    """What the service account can make of a file of root's where the kernel allows it
+    (fs.protected_hardlinks=0); root makes it here."""
+    os.link(target, name)
+
+
+LINKS = [pytest.param(Path.symlink_to, id="symlink"), pytest.param(hard_link, id="hard-link")]
+
+
+@pytest.mark.parametrize("link", LINKS)
 def test_a_log_linked_to_another_file_is_refused_and_that_file_left_whole(
-    tmp_path: Path,
+    tmp_path: Path, link: Callable[[Path, Path], None]
 ) -> None:
     secret = tmp_path / "secret"
     secret.write_text("line one\nno newline after this line")  # a torn tail to drop
-    (tmp_path / "audit.jsonl").symlink_to(secret)
+    link(tmp_path / "audit.jsonl", secret)
     log = AuditLog(tmp_path / "audit.jsonl")
     with pytest.raises(AuditUnavailable, match="cannot open audit log"):
         log.append({"event": "decision"})
@@ -432,12 +442,13 @@ def test_a_fifo_in_place_of_the_log_is_refused() -> None:
             log.open()
 
 
+@pytest.mark.parametrize("link", LINKS)
 def test_a_rotated_file_linked_elsewhere_is_not_read_to_continue_the_chain(
-    tmp_path: Path,
+    tmp_path: Path, link: Callable[[Path, Path], None]
 ) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.write_text('{"seq": 41, "hash": "' + "0" * 64 + '"}\n')
-    (tmp_path / "audit.jsonl.1").symlink_to(elsewhere)
+    link(tmp_path / "audit.jsonl.1", elsewhere)
     log = AuditLog(tmp_path / "audit.jsonl")
     with pytest.raises(AuditUnavailable, match="cannot open audit log"):
         log.open()

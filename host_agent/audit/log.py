@@ -91,12 +91,13 @@ class AuditLog:
 
     def _open_locked(self) -> None:
         try:
-            # Never through a link, nor into a FIFO: the directory may be the service
-            # account's while the agent runs as root (invariant 10).
+            # Never through a link, nor into a FIFO or a second name of another file: the
+            # directory may be the service account's while the agent runs as root
+            # (invariant 10).
             flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
             handle = os.fdopen(os.open(self.path, flags, 0o640), "r+b", buffering=0)
             try:
-                _refuse_fifo(handle)
+                _refuse_planted(handle)
                 _drop_torn_tail(handle, self.path)
                 last = _last_record(handle)
                 if last is None and self._seq == 0:
@@ -412,15 +413,20 @@ def _last_record_of(path: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     with os.fdopen(fd, "rb") as handle:
-        _refuse_fifo(handle)
+        _refuse_planted(handle)
         return _last_record(handle)
 
 
-def _refuse_fifo(handle: IO[bytes]) -> None:
-    """A FIFO would hold a write (and the agent) until someone reads it; the service
-    account can make one where a device node it cannot."""
-    if stat.S_ISFIFO(os.fstat(handle.fileno()).st_mode):
+def _refuse_planted(handle: IO[bytes]) -> None:
+    """What the service account can put at the name (a device node it cannot): a FIFO,
+    which would hold a write (and the agent) until someone reads it, or a second name
+    for a file of root's (a hard link, where fs.protected_hardlinks=0 allows one), which
+    root would append to and cut."""
+    info = os.fstat(handle.fileno())
+    if stat.S_ISFIFO(info.st_mode):
         raise OSError(errno.EINVAL, "a FIFO, not a file")
+    if stat.S_ISREG(info.st_mode) and info.st_nlink != 1:
+        raise OSError(errno.EMLINK, "a file with other names (hard links)")
 
 
 def _truncate_quietly(handle: IO[bytes], size: int) -> None:
