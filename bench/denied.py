@@ -18,6 +18,7 @@ TARGET = 3_000  # per second, on 2 cores, every decision fsync'd before its repl
 MAX_SEALING_COST = 0.05
 PLAIN = "plain"
 SEALED = "sealed"
+FLOOR = "the stack alone"
 # Slower than this alone, a denied request is waiting for a delayed ACK (40 ms on Linux).
 NAGLE_SIGNATURE = 0.030
 METHOD = (
@@ -29,7 +30,11 @@ METHOD = (
     "minimal HTTP/1.1 client (bench/wire.py) so that it takes as little of the two cores "
     "as possible; it still shares them with the agent. One client alone gives the latency. "
     "Two agents in turn, round by round: a plain one, and one with forward-secure seals and "
-    "signed checkpoints at their most frequent (a seal and a checkpoint every second)."
+    "signed checkpoints at their most frequent (a seal and a checkpoint every second); and, "
+    "in the same rounds, the agent's HTTP stack alone (bench/stack_floor.py: the same "
+    "Hypercorn and mutual TLS set-up, its config and limits, one process, a Starlette route "
+    "that reads the body and sends the plain agent's own 403 back): no parsing, identity, "
+    "policy or audit, the ceiling on this stack."
 )
 
 
@@ -37,16 +42,21 @@ def measure(bench: Bench, agent: Agent, sealed: Agent, plan: Plan) -> Section:
     """The plain agent and one with seals and checkpoints, round by round in turn."""
     document = ways.denied_request(bench.pool.name)
     context = bench.tls_context(REFUSED)
-    agents = {PLAIN: agent, SEALED: sealed}
-    before = {name: _lines(each.config.audit.log_path) for name, each in agents.items()}
+    audited = {PLAIN: agent, SEALED: sealed}
+    before = {name: _lines(each.config.audit.log_path) for name, each in audited.items()}
     with ExitStack() as stack:
+        with wire.Connection(agent.port, context) as connection:
+            reply = _check(connection, document)
+        floor = stack.enter_context(bench.stack_floor(agent, reply.body))
+        agents = {**audited, FLOOR: floor}
         actions = {}
         for name, each in agents.items():
             connections = [
                 stack.enter_context(wire.Connection(each.port, context))
                 for _ in range(plan.clients)
             ]
-            _check(connections[0], document)
+            if name in audited:
+                _check(connections[0], document)
             actions[name] = [ways.over_connection(c, document, 403, "denied") for c in connections]
         alone = interleaved(
             {name: each[0] for name, each in actions.items()},
@@ -77,9 +87,10 @@ def measure(bench: Bench, agent: Agent, sealed: Agent, plan: Plan) -> Section:
             ),
         ]
     written = {
-        name: _lines(each.config.audit.log_path) - before[name] for name, each in agents.items()
+        name: _lines(each.config.audit.log_path) - before[name] for name, each in audited.items()
     }
     cost = load[SEALED].throughput / load[PLAIN].throughput
+    share = load[PLAIN].throughput / load[FLOOR].throughput
     return Section(
         "Denied requests",
         METHOD.format(
@@ -112,6 +123,12 @@ def measure(bench: Bench, agent: Agent, sealed: Agent, plan: Plan) -> Section:
                 f"{cost:.3f}x of plain ({per_second(load[SEALED].throughput)})",
                 cost >= 1 - MAX_SEALING_COST,
             ),
+            Target(
+                "floor",
+                "denied requests: the agent's HTTP stack alone (Hypercorn, Starlette, mutual "
+                "TLS; nothing of host-agent's), and the plain agent's share of its rate",
+                f"{per_second(load[FLOOR].throughput)}; the plain agent {share:.2f}x of it",
+            ),
         ],
         [
             f"Audit records written: {written[PLAIN]:,} by the plain agent, "
@@ -130,12 +147,13 @@ def _diagnosis(alone: float) -> list[str]:
     ]
 
 
-def _check(connection: wire.Connection, document: dict[str, Any]) -> None:
+def _check(connection: wire.Connection, document: dict[str, Any]) -> wire.Reply:
     """The request must be refused by policy (read_only), not by validation."""
     reply = connection.exchange(wire.post("/host/op", document))
     code = reply.json().get("error", {}).get("code") if reply.status == 403 else None
     if code != "read_only":
         raise RuntimeError(f"the denied request got HTTP {reply.status}: {reply.body[:200]!r}")
+    return reply
 
 
 def _lines(path: Path) -> int:

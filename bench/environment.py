@@ -16,6 +16,7 @@ import pwd
 import shutil
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ from host_agent.client import ClientConfig
 from host_agent.config import Config
 from tests.support import Pki, client_context, listening_port, make_pki, serve_process
 from tests.system import Pool, System, installed_system, zfs_pool
+
+REPO = Path(__file__).resolve().parent.parent
 
 # May list the pool and run /bin/true; nothing needs a human.
 CALLER = "librarian-1"
@@ -140,13 +143,30 @@ class Bench:
         account = self.account
         os.chown(config.server.key, account.uid, account.gid)
         process = serve_process(config.source, env=self.env, user=account.name)
-        try:
-            port = listening_port(process)
-            _drain(process)
+        with _listening(process) as port:
             yield Agent(process, port, config)
-        finally:
-            process.terminate()
-            process.wait(30)
+
+    @contextmanager
+    def stack_floor(self, agent: Agent, reply: bytes) -> Iterator[Agent]:
+        """bench/stack_floor.py on `agent`'s config (its certificates and limits, a port
+        of its own) answering every request with `reply`, as the service account."""
+        reply_file = self.root / f"{agent.config.source.parent.name}-reply.json"
+        reply_file.write_bytes(reply)
+        reply_file.chmod(0o644)
+        account = self.account
+        argv = [sys.executable, "-m", "bench.stack_floor", "--config", str(agent.config.source)]
+        process = subprocess.Popen(
+            [*argv, "--reply", str(reply_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            user=account.uid,
+            group=account.gid,
+            extra_groups=list(account.groups),
+        )
+        with _listening(process) as port:
+            yield Agent(process, port, agent.config)
 
     def client_config(self, agent: Agent, cn: str = CALLER) -> ClientConfig:
         cert, key = self.pki.client(cn)
@@ -154,6 +174,18 @@ class Bench:
 
     def tls_context(self, cn: str = CALLER) -> ssl.SSLContext:
         return client_context(self.pki.ca, *self.pki.client(cn))
+
+
+@contextmanager
+def _listening(process: subprocess.Popen[str]) -> Iterator[int]:
+    """The port of a server process once it listens; the process stopped (SIGTERM) at the end."""
+    try:
+        port = listening_port(process)
+        _drain(process)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 def _drain(process: subprocess.Popen[str]) -> None:
