@@ -7,6 +7,7 @@ that is slow, or fails with EIO) is arranged around the real call."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import threading
@@ -164,3 +165,141 @@ def test_a_failed_fsync_cuts_every_line_it_covered_and_fails_their_appends(
     assert after["seq"] == 2
     assert [r.get("name") for r in audit_records(path)] == ["before", "after"]
     assert verify([path]).ok
+
+
+# --- the event loop's way in: `write` ----------------------------------------------
+# Lines are written on the loop; the fsync that covers them runs in a thread, shared.
+
+
+def test_writes_on_the_event_loop_share_fsyncs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """16 writes at once, the first fsync held until all 16 lines are written: at most
+    one more fsync covers the rest, and the loop never ran one itself."""
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path)
+    audit.open()
+    loop_thread = threading.get_ident()
+    synced_on: list[int] = []
+
+    def until_all_written() -> None:
+        synced_on.append(threading.get_ident())
+        deadline = time.monotonic() + 10
+        while path.read_bytes().count(b"\n") < 16 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    calls = around_fsync(monkeypatch, until_all_written)
+
+    async def scenario() -> list[dict[str, object]]:
+        writes = [audit.write({"event": "decision", "client": n}) for n in range(16)]
+        return await asyncio.gather(*writes)
+
+    entries = asyncio.run(scenario())
+    audit.close()
+    assert sorted(int(str(e["seq"])) for e in entries) == list(range(1, 17))
+    assert len(audit_records(path)) == 16 and verify([path]).ok
+    assert 1 <= len(calls) <= 2, f"{len(calls)} fsyncs for 16 lines written together"
+    assert loop_thread not in synced_on
+
+
+def test_no_write_returns_before_the_fsync_that_covers_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    synced: list[float] = []
+
+    def hold() -> None:
+        release.wait(10)
+        synced.append(time.monotonic())
+
+    around_fsync(monkeypatch, hold)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.open()
+
+    async def scenario() -> float:
+        task = asyncio.ensure_future(audit.write({"event": "decision"}))
+        await asyncio.sleep(0.2)
+        assert not task.done()  # written, not yet durable: no answer
+        release.set()
+        await task
+        return time.monotonic()
+
+    returned = asyncio.run(scenario())
+    assert synced and synced[0] <= returned
+    audit.close()
+
+
+def test_a_failed_fsync_fails_every_write_waiting_on_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(path)
+    audit.open()
+    audit.append({"event": "decision", "name": "before"})
+    release = threading.Event()
+    failing = {"next": True}
+
+    def fail_once() -> None:
+        if failing.pop("next", False):
+            release.wait(10)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    around_fsync(monkeypatch, fail_once)
+
+    async def outcome(name: str) -> str:
+        try:
+            await audit.write({"event": "decision", "name": name})
+        except AuditUnavailable:
+            return "refused"
+        return "kept"
+
+    async def scenario() -> list[str]:
+        leader = asyncio.ensure_future(outcome("leader"))
+        await asyncio.sleep(0.1)  # its fsync has begun, and waits
+        others = [asyncio.ensure_future(outcome(f"during-{n}")) for n in range(3)]
+        await asyncio.sleep(0.1)
+        release.set()
+        return await asyncio.gather(leader, *others)
+
+    assert asyncio.run(scenario()) == ["refused"] * 4
+    assert audit.failing is not None and "Input/output error" in audit.failing
+    assert [r.get("name") for r in audit_records(path)] == ["before"]
+    after = asyncio.run(audit.write({"event": "decision", "name": "after"}))
+    audit.close()
+    assert after["seq"] == 2 and audit.failing is None
+    assert [r.get("name") for r in audit_records(path)] == ["before", "after"]
+    assert verify([path]).ok
+
+
+def test_the_event_loop_never_waits_for_the_write_lock(tmp_path: Path) -> None:
+    """A thread may hold the write lock across an fsync (opening the file, a seal, a
+    checkpoint): a write meanwhile goes to a thread, and the loop keeps serving."""
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.open()
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with audit._lock:  # as _sync_locked does around a slow fsync
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    assert held.wait(10)
+
+    async def scenario() -> tuple[int, bool]:
+        ticks = 0
+        write = asyncio.ensure_future(audit.write({"event": "decision"}))
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            ticks += 1
+        waiting = not write.done()
+        release.set()
+        await write
+        return ticks, waiting
+
+    ticks, waiting = asyncio.run(scenario())
+    holder.join(10)
+    audit.close()
+    assert ticks == 20 and waiting
+    assert [r["event"] for r in audit_records(tmp_path / "audit.jsonl")] == ["decision"]

@@ -5,7 +5,9 @@ Records are chained (see chain.py). A record is flushed and fsync'd before
 `AuditUnavailable` (fail closed). Concurrent appends share fsyncs (group commit):
 each writes its line under the lock, then one fsync makes every line written so far
 durable, and the others find theirs already covered. If that fsync fails, every line
-it was to cover is cut from the file and each of their appends raises. Every file
+it was to cover is cut from the file and each of their appends raises. `write`, the
+event loop's way in, writes its line on the loop and waits for a shared fsync run in
+a thread. Every file
 but the first begins with an `audit_file` record, so lines cut from the start of a
 file show. With a seal key (seal.py), an epoch that has ended is sealed before
 anything else is written. With a checkpoint key (checkpoint.py), `checkpoint()`
@@ -24,7 +26,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -43,6 +45,9 @@ from host_agent.audit.seal import SEAL_EVENT, SealError, SealKey
 from host_agent.errors import AuditUnavailable
 
 log = logging.getLogger(__name__)
+
+# How long the event loop waits for the write lock before it hands the work to a thread.
+_LOOP_LOCK_WAIT_SECONDS = 0.001
 
 
 class AuditLog:
@@ -81,6 +86,8 @@ class AuditLog:
         self._lost_why = ""
         # One fsync at a time; whoever waits for it may find its line covered.
         self._sync_lock = threading.Lock()
+        # The fsync the event loop's writers wait for, if one runs (see `write`).
+        self._syncing: asyncio.Future[None] | None = None
         # Why the last append failed, until one succeeds: /health shows it.
         self.failing: str | None = None
 
@@ -173,15 +180,50 @@ class AuditLog:
 
     def append(self, record: dict[str, Any]) -> dict[str, Any]:
         """Chain, write and fsync one record; return it as written."""
+        with self._failing_closed():
+            return self._append(record)
+
+    async def write(self, record: dict[str, Any]) -> dict[str, Any]:
+        """`append` for the event loop, which must never wait for a disk: the record is
+        chained and written on the loop (into the page cache), then awaited until an
+        fsync run in a thread covers it, one fsync for every line written meanwhile. (A
+        thread per record, as before, had six threads taking the GIL from the loop: a
+        denied request's rate went from ~1,800/s to ~3,100/s without them.) Opening the
+        file, following a rotation and sealing an epoch fsync at once, so a record that
+        needs one is appended in a thread instead."""
+        with self._failing_closed():
+            with self._lock_soon() as taken:
+                written = self._write_if_ready_locked(record) if taken else None
+            if written is None:
+                return await asyncio.to_thread(self._append, record)
+            entry, line = written
+            await self._until_durable(line)
+            return entry
+
+    @contextlib.contextmanager
+    def _lock_soon(self) -> Iterator[bool]:
+        """The write lock, if it comes within a millisecond: the event loop must not wait
+        for a thread that holds it across an fsync (opening the file, a seal, a
+        checkpoint). Waiting a little, rather than not at all, lets a thread that holds
+        it for a moment run (the wait gives up the GIL) and let go."""
+        taken = self._lock.acquire(timeout=_LOOP_LOCK_WAIT_SECONDS)
         try:
-            written = self._append(record)
+            yield taken
+        finally:
+            if taken:
+                self._lock.release()
+
+    @contextlib.contextmanager
+    def _failing_closed(self) -> Iterator[None]:
+        """Say why appends fail (for /health and the metric) until one succeeds."""
+        try:
+            yield
         except AuditUnavailable as exc:
             self.failing = str(exc)
             if self._on_failure is not None:
                 self._on_failure()
             raise
         self.failing = None
-        return written
 
     def _append(self, record: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -196,6 +238,40 @@ class AuditLog:
             line = self._written
         self._wait_durable(line)
         return entry
+
+    def _write_if_ready_locked(self, record: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
+        """The record as written and its line number, if nothing has to be fsync'd first
+        (None: the file is to be opened or followed after a rotation, or an epoch sealed)."""
+        if self._file is None or self._writer is None or self._rotated_locked():
+            return None
+        now = self._clock()
+        if self._epoch_over(now):
+            return None
+        return self._write_locked(record, now), self._written
+
+    async def _until_durable(self, line: int) -> None:
+        """Return once line number `line` is fsync'd, raise if the fsync meant for it
+        failed: each waiter joins the fsync running, and starts the next if its line came
+        too late for that one (or the lock was held: the next fsync waits for it)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock_soon() as taken:
+                if taken and line <= self._durable:
+                    self._check_kept(line)
+                    return
+            syncing = self._syncing
+            if syncing is None or syncing.done() or syncing.get_loop() is not loop:
+                syncing = self._syncing = asyncio.ensure_future(
+                    asyncio.to_thread(self._sync_written)
+                )
+            await asyncio.shield(syncing)
+
+    def _sync_written(self) -> None:
+        """fsync every line written so far; each waiter then checks its own line."""
+        with self._lock:
+            upto = self._written
+        with contextlib.suppress(AuditUnavailable):
+            self._wait_durable(upto)
 
     def _wait_durable(self, line: int) -> None:
         """Return once line number `line` is fsync'd: by an fsync another append started
@@ -308,9 +384,13 @@ class AuditLog:
                 self._open_locked()
             self._seal_due_locked(self._clock())
 
+    def _epoch_over(self, now: float) -> bool:
+        """Whether the seal key's epoch has ended by `now` (with no key: never)."""
+        return self._seal is not None and self._seal.epochs.at(now) > self._seal.epoch
+
     def _seal_due_locked(self, now: float) -> None:
         key = self._seal
-        if key is None or key.epochs.at(now) <= key.epoch:
+        if key is None or not self._epoch_over(now):
             return
         current = key.epochs.at(now)
         if self._sealed_epoch != key.epoch:
@@ -357,10 +437,6 @@ class AuditLog:
         self._seq, self._prev = entry["seq"], entry["hash"]
         self._written += 1
         return entry
-
-    async def write(self, record: dict[str, Any]) -> dict[str, Any]:
-        """`append` off the event loop: fsync must not stall other connections."""
-        return await asyncio.to_thread(self.append, record)
 
 
 def _drop_torn_tail(handle: IO[bytes], path: Path) -> None:
