@@ -38,6 +38,49 @@ def around_fsync(monkeypatch: pytest.MonkeyPatch, before: Callable[[], None]) ->
     return calls
 
 
+def held_fsyncs(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, list[float]]:
+    """Every fsync waits for the event to be set; when each then ran."""
+    release = threading.Event()
+    synced: list[float] = []
+
+    def hold() -> None:
+        release.wait(10)
+        synced.append(time.monotonic())
+
+    around_fsync(monkeypatch, hold)
+    return release, synced
+
+
+def failing_once(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """The next fsync says it began, waits for the second event, then fails (EIO)."""
+    began, release = threading.Event(), threading.Event()
+    failing = {"next": True}
+
+    def fail_once() -> None:
+        if failing.pop("next", False):
+            began.set()
+            release.wait(10)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    around_fsync(monkeypatch, fail_once)
+    return began, release
+
+
+def log_after_one_line(path: Path) -> AuditLog:
+    audit = AuditLog(path)
+    audit.open()
+    audit.append({"event": "decision", "name": "before"})
+    return audit
+
+
+def assert_the_chain_goes_on(audit: AuditLog, path: Path, after: dict[str, object]) -> None:
+    """After a cut, the next record continues from the last durable line: seq 2."""
+    audit.close()
+    assert after["seq"] == 2
+    assert [r.get("name") for r in audit_records(path)] == ["before", "after"]
+    assert verify([path]).ok
+
+
 def test_lines_written_during_an_fsync_share_the_next_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -97,14 +140,7 @@ def test_many_concurrent_appends_are_all_durable_in_one_chain(
 def test_no_append_returns_before_the_fsync_that_covers_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    release = threading.Event()
-    synced: list[float] = []
-
-    def hold() -> None:
-        release.wait(10)
-        synced.append(time.monotonic())
-
-    around_fsync(monkeypatch, hold)
+    release, synced = held_fsyncs(monkeypatch)
     audit = AuditLog(tmp_path / "audit.jsonl")
     audit.open()
     returned: list[float] = []
@@ -124,19 +160,8 @@ def test_a_failed_fsync_cuts_every_line_it_covered_and_fails_their_appends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "audit.jsonl"
-    audit = AuditLog(path)
-    audit.open()
-    audit.append({"event": "decision", "name": "before"})
-    leader_in_fsync, release = threading.Event(), threading.Event()
-    failing = {"next": True}
-
-    def fail_once() -> None:
-        if failing.pop("next", False):
-            leader_in_fsync.set()
-            release.wait(10)
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-    around_fsync(monkeypatch, fail_once)
+    audit = log_after_one_line(path)
+    leader_in_fsync, release = failing_once(monkeypatch)
     outcomes: dict[str, str] = {}
 
     def append(name: str) -> None:
@@ -159,12 +184,7 @@ def test_a_failed_fsync_cuts_every_line_it_covered_and_fails_their_appends(
         thread.join(10)
     assert outcomes == {name: "refused" for name in ("leader", "during-0", "during-1", "during-2")}
     assert [r.get("name") for r in audit_records(path)] == ["before"]
-    # The chain goes on from the last durable line.
-    after = audit.append({"event": "decision", "name": "after"})
-    audit.close()
-    assert after["seq"] == 2
-    assert [r.get("name") for r in audit_records(path)] == ["before", "after"]
-    assert verify([path]).ok
+    assert_the_chain_goes_on(audit, path, audit.append({"event": "decision", "name": "after"}))
 
 
 # --- the event loop's way in: `write` ----------------------------------------------
@@ -205,14 +225,7 @@ def test_writes_on_the_event_loop_share_fsyncs(
 def test_no_write_returns_before_the_fsync_that_covers_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    release = threading.Event()
-    synced: list[float] = []
-
-    def hold() -> None:
-        release.wait(10)
-        synced.append(time.monotonic())
-
-    around_fsync(monkeypatch, hold)
+    release, synced = held_fsyncs(monkeypatch)
     audit = AuditLog(tmp_path / "audit.jsonl")
     audit.open()
 
@@ -233,18 +246,8 @@ def test_a_failed_fsync_fails_every_write_waiting_on_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "audit.jsonl"
-    audit = AuditLog(path)
-    audit.open()
-    audit.append({"event": "decision", "name": "before"})
-    release = threading.Event()
-    failing = {"next": True}
-
-    def fail_once() -> None:
-        if failing.pop("next", False):
-            release.wait(10)
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-    around_fsync(monkeypatch, fail_once)
+    audit = log_after_one_line(path)
+    leader_in_fsync, release = failing_once(monkeypatch)
 
     async def outcome(name: str) -> str:
         try:
@@ -255,7 +258,7 @@ def test_a_failed_fsync_fails_every_write_waiting_on_it(
 
     async def scenario() -> list[str]:
         leader = asyncio.ensure_future(outcome("leader"))
-        await asyncio.sleep(0.1)  # its fsync has begun, and waits
+        assert await asyncio.to_thread(leader_in_fsync.wait, 10)
         others = [asyncio.ensure_future(outcome(f"during-{n}")) for n in range(3)]
         await asyncio.sleep(0.1)
         release.set()
@@ -265,10 +268,8 @@ def test_a_failed_fsync_fails_every_write_waiting_on_it(
     assert audit.failing is not None and "Input/output error" in audit.failing
     assert [r.get("name") for r in audit_records(path)] == ["before"]
     after = asyncio.run(audit.write({"event": "decision", "name": "after"}))
-    audit.close()
-    assert after["seq"] == 2 and audit.failing is None
-    assert [r.get("name") for r in audit_records(path)] == ["before", "after"]
-    assert verify([path]).ok
+    assert audit.failing is None
+    assert_the_chain_goes_on(audit, path, after)
 
 
 def test_the_event_loop_never_waits_for_the_write_lock(tmp_path: Path) -> None:
