@@ -14,8 +14,6 @@ import os
 import stat
 from pathlib import Path
 
-from host_agent.audit.private_file import fsync_directory
-
 
 def read_regular(path: Path, limit: int) -> bytes:
     """`path`'s content if it is a regular file (not a link) of at most `limit` bytes;
@@ -49,3 +47,12 @@ def replace_with(path: Path, data: bytes, mode: int, *, temporary: Path, durable
     temporary.replace(path)
     if durable:
         fsync_directory(path.parent)
+
+
+def fsync_directory(path: Path) -> None:
+    """Make a rename or a new name in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

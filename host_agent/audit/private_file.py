@@ -10,6 +10,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from host_agent.small_files import fsync_directory
+
 
 class PrivateFileError(Exception):
     """A key file is missing, or not kept the way a key must be."""
@@ -58,11 +60,3 @@ def create_private(path: Path, data: bytes, owner: tuple[int, int] | None) -> No
     finally:
         os.close(fd)
     fsync_directory(path.parent)
-
-
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
