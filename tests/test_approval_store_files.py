@@ -105,6 +105,26 @@ def test_the_service_account_opens_a_store_in_its_own_directory(base: Path) -> N
     assert (state / "approvals.sqlite3").stat().st_uid == pwd.getpwnam(SERVICE_ACCOUNT).pw_uid
 
 
+def test_the_service_account_refuses_a_store_directory_others_can_write(base: Path) -> None:
+    """As installed, in a directory of its own that anyone may write to (0777): another
+    local account could plant a link there for the agent to follow."""
+    state = services_directory(base)
+    state.chmod(0o777)
+
+    def action() -> int:
+        try:
+            SqliteStore(state / "approvals.sqlite3")
+        except StoreError as exc:
+            print(exc)
+            return 1
+        return 0
+
+    outcome = as_user(SERVICE_ACCOUNT, action)
+    assert outcome.exit_code == 1
+    assert f"{state} is not root's or this account's alone" in outcome.stdout
+    assert list(state.iterdir()) == []
+
+
 def test_serve_as_root_with_the_store_in_the_service_accounts_directory_fails_clearly(
     pki: Pki, tmp_path: Path, base: Path
 ) -> None:
