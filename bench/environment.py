@@ -154,13 +154,15 @@ class Bench:
         reply_file.write_bytes(reply)
         reply_file.chmod(0o644)
         account = self.account
+        tree = None if self.agent_tree is None else str(self.agent_tree)
         argv = [sys.executable, "-m", "bench.stack_floor", "--config", str(agent.config.source)]
         process = subprocess.Popen(
             [*argv, "--reply", str(reply_file)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            # bench/ from here, host_agent (its tls_server) from the agent's own tree.
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (tree, str(REPO))))},
             user=account.uid,
             group=account.gid,
             extra_groups=list(account.groups),
