@@ -304,3 +304,67 @@ def test_the_event_loop_never_waits_for_the_write_lock(tmp_path: Path) -> None:
     audit.close()
     assert ticks == 20 and waiting
     assert [r["event"] for r in audit_records(tmp_path / "audit.jsonl")] == ["decision"]
+
+
+def test_a_write_cancelled_while_it_waits_leaves_the_others_their_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that goes away cancels its write; the fsync still runs for the rest."""
+    release, synced = held_fsyncs(monkeypatch)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.open()
+
+    async def scenario() -> tuple[bool, list[dict[str, object]]]:
+        # The first write's fsync is held; the next three wait for one more, together.
+        staying = [asyncio.ensure_future(audit.write({"event": "decision"}))]
+        await asyncio.sleep(0.1)
+        gone = asyncio.ensure_future(audit.write({"event": "decision", "name": "gone"}))
+        staying += [asyncio.ensure_future(audit.write({"event": "decision"})) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        gone.cancel()
+        release.set()
+        kept = await asyncio.wait_for(asyncio.gather(*staying), 10)
+        return gone.cancelled(), kept
+
+    cancelled, kept = asyncio.run(scenario())
+    audit.close()
+    assert cancelled and len(kept) == 3 and synced
+    # Its line was written before it was cancelled: it stays in the chain, durable.
+    assert len(audit_records(tmp_path / "audit.jsonl")) == 4
+    assert verify([tmp_path / "audit.jsonl"]).ok
+
+
+def test_an_fsync_that_cannot_even_start_fails_its_writes_rather_than_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audit = log_after_one_line(tmp_path / "audit.jsonl")
+
+    def no_descriptors(fd: int) -> int:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(audit_log.os, "dup", no_descriptors)
+
+    async def scenario() -> list[object]:
+        writes = [audit.write({"event": "decision"}) for _ in range(3)]
+        return await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 10)
+
+    outcomes = asyncio.run(scenario())
+    assert [type(outcome) for outcome in outcomes] == [OSError] * 3
+    monkeypatch.undo()
+    audit.close()
+
+
+def test_the_fsync_thread_ends_with_the_log(tmp_path: Path) -> None:
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    audit.open()
+    asyncio.run(audit.write({"event": "decision"}))
+    fsyncing = [t for t in threading.enumerate() if t.name == "audit-fsync"]
+    assert len(fsyncing) == 1
+    audit.close()
+    fsyncing[0].join(10)
+    assert not fsyncing[0].is_alive()
+    # Written again after it ended (a reopened log): a thread starts again.
+    audit.open()
+    asyncio.run(audit.write({"event": "decision"}))
+    audit.close()
+    assert [r["event"] for r in audit_records(tmp_path / "audit.jsonl")] == ["decision"] * 2
