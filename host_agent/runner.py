@@ -12,16 +12,15 @@ decides what may run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import pwd
 import re
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from host_agent.child import Child
 from host_agent.config import RunnerConfig
 from host_agent.errors import HostAgentError, RunnerError
 from host_agent.operations import Operation
@@ -38,7 +37,6 @@ _BACKSTOP_MARGIN_SECONDS = 5.0
 _WRAPPER_TIMEOUT = re.compile(r"^timeout: sending signal TERM to command ", re.M)
 _TIMEOUT_STATUSES = {124: "SIGTERM", 137: "SIGKILL", -signal.SIGKILL: "SIGKILL"}
 SUDOERS_WRAPPER = "host-agent-sudoers"
-_READ_CHUNK = 65536
 
 
 class RunnerSetupError(HostAgentError):
@@ -100,11 +98,10 @@ class Runner:
         it a wrapper, whose root-side timeout the agent's timer only backs up."""
         started = time.monotonic()
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            child = Child(
+                argv,
+                stdin,
+                self.config.max_output_bytes,
                 env=dict(CLEAN_ENV),
                 cwd="/",
                 start_new_session=True,
@@ -112,23 +109,13 @@ class Runner:
             )
         except OSError as exc:
             raise RunnerError(f"cannot start {argv[0]}: {exc.strerror}", argv) from exc
-
-        cap = self.config.max_output_bytes
-        collect = asyncio.gather(
-            _read_capped(process.stdout, cap),
-            _read_capped(process.stderr, cap),
-            _feed(process.stdin, stdin),
-            process.wait(),
-        )
         backstop = (
             self.config.timeout_seconds + WRAPPER_KILL_GRACE_SECONDS + _BACKSTOP_MARGIN_SECONDS
         )
         try:
-            (out, out_cut), (err, err_cut), _, exit_code = await asyncio.wait_for(
-                collect, backstop if limit is None else limit
-            )
+            exit_code = await asyncio.wait_for(child.finish(), backstop if limit is None else limit)
         except TimeoutError as exc:
-            await _terminate(process)
+            await child.terminate(_KILL_GRACE_SECONDS)
             if limit is not None:
                 raise RunnerError(
                     f"{argv[0]} timed out after {limit:g}s and was killed", argv, timed_out=True
@@ -142,14 +129,17 @@ class Runner:
             ) from exc
         except asyncio.CancelledError:
             # The client went away or the server is stopping: leave no runaway child.
-            await asyncio.shield(_terminate(process))
+            await asyncio.shield(child.terminate(_KILL_GRACE_SECONDS))
             raise
+        finally:
+            child.close()
+        out, err = child.stdout, child.stderr
         result = RunResult(
             argv=argv,
             exit_code=exit_code,
-            stdout=out.decode("utf-8", "replace"),
-            stderr=err.decode("utf-8", "replace"),
-            truncated=out_cut or err_cut,
+            stdout=out.kept.decode("utf-8", "replace"),
+            stderr=err.kept.decode("utf-8", "replace"),
+            truncated=out.truncated or err.truncated,
             duration_seconds=time.monotonic() - started,
         )
         if limit is None:
@@ -164,22 +154,6 @@ class Runner:
             "group": self._account.gid,
             "extra_groups": list(self._account.groups),
         }
-
-
-def wait_with_pidfds() -> None:
-    """Have the running event loop wait for children through pidfds, as Python 3.12
-    does by default: 3.11 starts a thread for every child to block in waitpid, a
-    thread's start and its switches on the GIL for each operation. Kernels without
-    pidfd_open (before 5.3) keep the threads."""
-    if sys.version_info >= (3, 12):
-        return
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except OSError:
-        return
-    watcher = asyncio.PidfdChildWatcher()
-    watcher.attach_loop(asyncio.get_running_loop())
-    asyncio.set_child_watcher(watcher)
 
 
 def _resolve_account(service_user: str | None) -> _Account | None:
@@ -218,40 +192,3 @@ def _raise_if_wrapper_timed_out(result: RunResult, timeout_seconds: float) -> No
         killed_as_root=True,
         exit_code=result.exit_code,
     )
-
-
-async def _read_capped(stream: asyncio.StreamReader | None, cap: int) -> tuple[bytes, bool]:
-    """Read to EOF, keeping at most `cap` bytes; keep draining so the child never blocks."""
-    if stream is None:
-        return b"", False
-    kept = bytearray()
-    truncated = False
-    while chunk := await stream.read(_READ_CHUNK):
-        room = cap - len(kept)
-        if room > 0:
-            kept += chunk[:room]
-        if len(chunk) > room:
-            truncated = True
-    return bytes(kept), truncated
-
-
-async def _feed(stream: asyncio.StreamWriter | None, data: bytes | None) -> None:
-    """Write `data` and close stdin; a child that exits without reading is not an error."""
-    if stream is None or data is None:
-        return
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        stream.write(data)
-        await stream.drain()
-    stream.close()
-
-
-async def _terminate(process: asyncio.subprocess.Process) -> None:
-    """SIGTERM the process group (sudo relays it to the wrapper), then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, sig)
-        try:
-            await asyncio.wait_for(process.wait(), _KILL_GRACE_SECONDS)
-            return
-        except TimeoutError:
-            continue

@@ -37,7 +37,7 @@ from host_agent.notify import notify
 from host_agent.pipeline import Pipeline
 from host_agent.refusal_audit import RefusalAudit
 from host_agent.reload import Reloader
-from host_agent.runner import Runner, wait_with_pidfds
+from host_agent.runner import Runner
 from host_agent.tls import ContextHolder, server_context
 from host_agent.tls_server import bind_socket, serve_tls
 
@@ -383,17 +383,10 @@ async def run_server(
 def serve(config_path: Path, pid_file: Path | None = None) -> None:
     """Run the agent; `pid_file` (for logrotate and init scripts without systemd) while it runs."""
     if pid_file is None:
-        asyncio.run(_serve_process(load_config(config_path)))
+        asyncio.run(run_server(load_config(config_path)))
         return
     pid_files.write(pid_file)
     try:
-        asyncio.run(_serve_process(load_config(config_path)))
+        asyncio.run(run_server(load_config(config_path)))
     finally:
         pid_files.remove_if_ours(pid_file)
-
-
-async def _serve_process(config: Config) -> None:
-    """The agent as a process of its own, whose one event loop may wait for every child
-    (Python 3.11's watcher is global: not for tests' agents running beside other loops)."""
-    wait_with_pidfds()
-    await run_server(config)

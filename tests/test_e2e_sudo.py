@@ -12,7 +12,7 @@ import pytest
 
 from host_agent.errors import RunnerError
 from host_agent.operations import Operation
-from host_agent.runner import Runner, wait_with_pidfds
+from host_agent.runner import Runner
 from tests.support import Pki
 from tests.system import PROBE, System, installed_system, run
 
@@ -138,16 +138,12 @@ def test_a_running_child_is_waited_for_by_the_event_loop_not_a_thread_of_its_own
     runner: Runner,
 ) -> None:
     async def while_a_child_runs() -> tuple[list[str], int]:
-        wait_with_pidfds()  # as run_server does first
         child = asyncio.create_task(runner.run(_probe(runner, "sleep", "0.6")))
         await asyncio.sleep(0.3)
         seen = [thread.name for thread in threading.enumerate()], _pidfds()
         assert (await child).exit_code == 0
         return seen
 
-    try:
-        threads, pidfds = asyncio.run(while_a_child_runs())
-    finally:
-        asyncio.set_child_watcher(None)  # the other tests' loops get asyncio's default again
+    threads, pidfds = asyncio.run(while_a_child_runs())
     assert not [name for name in threads if name.startswith("waitpid-")], threads
     assert pidfds == 1
