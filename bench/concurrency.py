@@ -17,6 +17,7 @@ from host_agent.client import Client
 BARE = "bare sudo"
 AGENT = "agent, `Client` (httpx)"
 LEAN = "agent, minimal client"
+FLOOR = "the stack and runner alone, minimal client"
 METHOD = (
     "{clients} client threads in the benchmark process, all started together, each doing "
     "{per_client} operations back to back; {rounds} rounds, the variants alternating (the "
@@ -25,7 +26,12 @@ METHOD = (
     "Agent: each thread has "
     "its own kept-alive connection, through `host_agent.client.Client` (what callers use) or "
     "through the minimal HTTP/1.1 client of bench/wire.py (so that less of the two shared "
-    "cores goes to the load generator). Throughput is all operations over all wall time of a "
+    "cores goes to the load generator). The stack and runner alone: bench/stack_floor.py, "
+    "the agent's HTTP stack (Hypercorn, mutual TLS, its config and limits) whose one route "
+    "runs the operation, parsed once at its start, through the agent's own runner, reached "
+    "by the minimal client: everything of an operation but host-agent's own work on each "
+    "request (parsing, identity, policy, two fsync'd audit records), the ceiling for the "
+    "agent on this stack. Throughput is all operations over all wall time of a "
     "variant; latency is per operation. CPU per operation: the agent process itself (for "
     "bare, the launchers), the processes started for the operation (sudo, the wrapper, the "
     "tool), and the benchmark process driving the load."
@@ -50,15 +56,23 @@ def measure(bench: Bench, agent: Agent, found: list[ways.Workload], plan: Plan) 
             for _ in range(plan.clients)
         ]
         launchers = [stack.enter_context(Launcher(bench.account)) for _ in range(plan.clients)]
-        starters = {BARE: [each.pid for each in launchers], AGENT: [agent.pid], LEAN: [agent.pid]}
         for workload in found:
+            floor = stack.enter_context(bench.stack_and_runner(agent, workload.document))
+            to_floor = [
+                stack.enter_context(wire.Connection(floor.port, bench.tls_context()))
+                for _ in range(plan.clients)
+            ]
+            starters = {
+                BARE: [each.pid for each in launchers],
+                AGENT: [agent.pid],
+                LEAN: [agent.pid],
+                FLOOR: [floor.pid],
+            }
             variants: dict[str, list[Action]] = {
                 BARE: [ways.bare(workload, launcher) for launcher in launchers],
                 AGENT: [ways.keep_alive(client, workload) for client in clients],
-                LEAN: [
-                    ways.over_connection(c, workload.document, 200, workload.title)
-                    for c in connections
-                ],
+                LEAN: _over(connections, workload),
+                FLOOR: _over(to_floor, workload),
             }
             measured = _interleaved(starters, variants, plan)
             rows += _rows(workload.title, measured)
@@ -75,7 +89,7 @@ def measure(bench: Bench, agent: Agent, found: list[ways.Workload], plan: Plan) 
             "n",
             "failed",
             "÷ bare",
-            "CPU/op: agent or launcher",
+            "CPU/op: agent, launcher or floor",
             "sudo+wrapper+tool",
             "load generator",
         ),
@@ -114,6 +128,10 @@ def _interleaved(
     return measured
 
 
+def _over(connections: list[wire.Connection], workload: ways.Workload) -> list[Action]:
+    return [ways.over_connection(c, workload.document, 200, workload.title) for c in connections]
+
+
 def _of(pids: list[int]) -> cpu.Times:
     return sum((cpu.of(pid) for pid in pids), cpu.Times(0, 0))
 
@@ -137,6 +155,18 @@ def _targets(title: str, measured: dict[str, Measured], clients: int) -> list[Ta
                 share >= TARGET_SHARE,
             )
         )
+    floor, lean = measured[FLOOR], measured[LEAN]
+    share = ratio(lean.load.throughput, floor.load.throughput)
+    extra = lean.cpu["starter"] - floor.cpu["starter"]
+    found.append(
+        Target(
+            "concurrency_floor",
+            f"{clients} concurrent clients ({title}): the agent's stack and runner alone "
+            "(nothing of host-agent's own per request), and the agent's share of its throughput",
+            f"{times(ratio(floor.load.throughput, bare.throughput), 3)} of bare; the agent "
+            f"(minimal client) {times(share, 3)} of it, {ms(extra)} more CPU an operation",
+        )
+    )
     return found
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pwd
 import shutil
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from host_agent.cli import main
 from host_agent.client import ClientConfig
@@ -150,14 +152,27 @@ class Bench:
     def stack_floor(self, agent: Agent, reply: bytes) -> Iterator[Agent]:
         """bench/stack_floor.py on `agent`'s config (its certificates and limits, a port
         of its own) answering every request with `reply`, as the service account."""
-        reply_file = self.root / f"{agent.config.source.parent.name}-reply.json"
-        reply_file.write_bytes(reply)
-        reply_file.chmod(0o644)
+        with self._floor(agent, "--reply", "reply", reply) as floor:
+            yield floor
+
+    @contextmanager
+    def stack_and_runner(self, agent: Agent, document: dict[str, Any]) -> Iterator[Agent]:
+        """bench/stack_floor.py on `agent`'s config running the operation `document`
+        asks for (as CALLER's unix user) through the agent's runner on every request."""
+        operation = json.dumps({**document, "unix_user": CALLER_UNIX_USER}).encode()
+        with self._floor(agent, "--operation", f"{document['kind']}-run", operation) as floor:
+            yield floor
+
+    @contextmanager
+    def _floor(self, agent: Agent, option: str, name: str, content: bytes) -> Iterator[Agent]:
+        given = self.root / f"{agent.config.source.parent.name}-{name}.json"
+        given.write_bytes(content)
+        given.chmod(0o644)
         account = self.account
         tree = None if self.agent_tree is None else str(self.agent_tree)
         argv = [sys.executable, "-m", "bench.stack_floor", "--config", str(agent.config.source)]
         process = subprocess.Popen(
-            [*argv, "--reply", str(reply_file)],
+            [*argv, option, str(given)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
