@@ -66,9 +66,14 @@ def failing_once(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, thre
     return began, release
 
 
-def log_after_one_line(path: Path) -> AuditLog:
+def opened(path: Path) -> AuditLog:
     audit = AuditLog(path)
     audit.open()
+    return audit
+
+
+def log_after_one_line(path: Path) -> AuditLog:
+    audit = opened(path)
     audit.append({"event": "decision", "name": "before"})
     return audit
 
@@ -87,8 +92,7 @@ def test_lines_written_during_an_fsync_share_the_next_one(
     """16 appends at once: the first one's fsync is held until all 16 lines are written,
     so it covers its own line only and one more fsync covers the other 15."""
     path = tmp_path / "audit.jsonl"
-    audit = AuditLog(path)
-    audit.open()
+    audit = opened(path)
 
     def until_all_written() -> None:
         deadline = time.monotonic() + 10
@@ -114,8 +118,7 @@ def test_many_concurrent_appends_are_all_durable_in_one_chain(
 ) -> None:
     # A disk whose fsync takes 5 ms: appends made meanwhile wait for the next one.
     calls = around_fsync(monkeypatch, lambda: time.sleep(0.005))
-    audit = AuditLog(tmp_path / "audit.jsonl")
-    audit.open()
+    audit = opened(tmp_path / "audit.jsonl")
     written: list[int] = []
     lock = threading.Lock()
 
@@ -141,8 +144,7 @@ def test_no_append_returns_before_the_fsync_that_covers_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release, synced = held_fsyncs(monkeypatch)
-    audit = AuditLog(tmp_path / "audit.jsonl")
-    audit.open()
+    audit = opened(tmp_path / "audit.jsonl")
     returned: list[float] = []
     thread = threading.Thread(
         target=lambda: (audit.append({"event": "decision"}), returned.append(time.monotonic()))
@@ -197,8 +199,7 @@ def test_writes_on_the_event_loop_share_fsyncs(
     """16 writes at once, the first fsync held until all 16 lines are written: at most
     one more fsync covers the rest, and the loop never ran one itself."""
     path = tmp_path / "audit.jsonl"
-    audit = AuditLog(path)
-    audit.open()
+    audit = opened(path)
     loop_thread = threading.get_ident()
     synced_on: list[int] = []
 
@@ -226,8 +227,7 @@ def test_no_write_returns_before_the_fsync_that_covers_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release, synced = held_fsyncs(monkeypatch)
-    audit = AuditLog(tmp_path / "audit.jsonl")
-    audit.open()
+    audit = opened(tmp_path / "audit.jsonl")
 
     async def scenario() -> float:
         task = asyncio.ensure_future(audit.write({"event": "decision"}))
@@ -275,8 +275,7 @@ def test_a_failed_fsync_fails_every_write_waiting_on_it(
 def test_the_event_loop_never_waits_for_the_write_lock(tmp_path: Path) -> None:
     """A thread may hold the write lock across an fsync (opening the file, a seal, a
     checkpoint): a write meanwhile goes to a thread, and the loop keeps serving."""
-    audit = AuditLog(tmp_path / "audit.jsonl")
-    audit.open()
+    audit = opened(tmp_path / "audit.jsonl")
     held, release = threading.Event(), threading.Event()
 
     def hold_the_lock() -> None:
@@ -311,8 +310,7 @@ def test_a_write_cancelled_while_it_waits_leaves_the_others_their_answer(
 ) -> None:
     """A client that goes away cancels its write; the fsync still runs for the rest."""
     release, synced = held_fsyncs(monkeypatch)
-    audit = AuditLog(tmp_path / "audit.jsonl")
-    audit.open()
+    audit = opened(tmp_path / "audit.jsonl")
 
     async def scenario() -> tuple[bool, list[dict[str, object]]]:
         # The first write's fsync is held; the next three wait for one more, together.
@@ -355,8 +353,7 @@ def test_an_fsync_that_cannot_even_start_fails_its_writes_rather_than_hang(
 
 
 def test_the_fsync_thread_ends_with_the_log(tmp_path: Path) -> None:
-    audit = AuditLog(tmp_path / "audit.jsonl")
-    audit.open()
+    audit = opened(tmp_path / "audit.jsonl")
     asyncio.run(audit.write({"event": "decision"}))
     fsyncing = [t for t in threading.enumerate() if t.name == "audit-fsync"]
     assert len(fsyncing) == 1
