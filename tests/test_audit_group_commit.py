@@ -350,18 +350,3 @@ def test_an_fsync_that_cannot_even_start_fails_its_writes_rather_than_hang(
     assert [type(outcome) for outcome in outcomes] == [OSError] * 3
     monkeypatch.undo()
     audit.close()
-
-
-def test_the_fsync_thread_ends_with_the_log(tmp_path: Path) -> None:
-    audit = opened(tmp_path / "audit.jsonl")
-    asyncio.run(audit.write({"event": "decision"}))
-    fsyncing = [t for t in threading.enumerate() if t.name == "audit-fsync"]
-    assert len(fsyncing) == 1
-    audit.close()
-    fsyncing[0].join(10)
-    assert not fsyncing[0].is_alive()
-    # Written again after it ended (a reopened log): a thread starts again.
-    audit.open()
-    asyncio.run(audit.write({"event": "decision"}))
-    audit.close()
-    assert [r["event"] for r in audit_records(tmp_path / "audit.jsonl")] == ["decision"] * 2

@@ -26,7 +26,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -41,7 +41,6 @@ from host_agent.audit.chain import (
     stamp,
 )
 from host_agent.audit.checkpoint import CHECKPOINT_EVENT, Checkpoint, SigningKey
-from host_agent.audit.loop_sync import LoopSyncer
 from host_agent.audit.seal import SEAL_EVENT, SealError, SealKey
 from host_agent.errors import AuditUnavailable
 
@@ -87,8 +86,8 @@ class AuditLog:
         self._lost_why = ""
         # One fsync at a time; whoever waits for it may find its line covered.
         self._sync_lock = threading.Lock()
-        # The thread that fsyncs for the event loop's writers (see `write`).
-        self._loop_sync = LoopSyncer(self._settle)
+        # The fsync the event loop's writers wait for, if one runs (see `write`).
+        self._syncing: asyncio.Future[None] | None = None
         # Why the last append failed, until one succeeds: /health shows it.
         self.failing: str | None = None
 
@@ -149,7 +148,6 @@ class AuditLog:
     def close(self) -> None:
         with self._lock:
             self._close_locked()
-        self._loop_sync.stop()
 
     def reopen(self) -> None:
         """Start writing to whatever file is at `path` now (after logrotate moved ours away).
@@ -253,22 +251,27 @@ class AuditLog:
 
     async def _until_durable(self, line: int) -> None:
         """Return once line number `line` is fsync'd, raise if the fsync meant for it
-        failed: by the fsync thread's next round unless one already covered it."""
-        with self._lock_soon() as taken:
-            if taken and line <= self._durable:
-                self._check_kept(line)
-                return
-        await self._loop_sync.wait(line)
+        failed: each waiter joins the fsync running, and starts the next if its line came
+        too late for that one (or the lock was held: the next fsync waits for it)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock_soon() as taken:
+                if taken and line <= self._durable:
+                    self._check_kept(line)
+                    return
+            syncing = self._syncing
+            if syncing is None or syncing.done() or syncing.get_loop() is not loop:
+                syncing = self._syncing = asyncio.ensure_future(
+                    asyncio.to_thread(self._sync_written)
+                )
+            await asyncio.shield(syncing)
 
-    def _settle(self, lines: Sequence[int]) -> list[BaseException | None]:
-        """fsync every line written so far; for each of `lines`, None if it is durable,
-        or the error its writer gets (it was cut)."""
+    def _sync_written(self) -> None:
+        """fsync every line written so far; each waiter then checks its own line."""
         with self._lock:
             upto = self._written
         with contextlib.suppress(AuditUnavailable):
             self._wait_durable(upto)
-        with self._lock:
-            return [self._cut_error(line) for line in lines]
 
     def _wait_durable(self, line: int) -> None:
         """Return once line number `line` is fsync'd: by an fsync another append started
@@ -304,21 +307,13 @@ class AuditLog:
                 self._check_kept(line)
 
     def _check_kept(self, line: int) -> None:
-        """Raise if line number `line` was cut."""
-        error = self._cut_error(line)
-        if error is not None:
-            raise error
-
-    def _cut_error(self, line: int) -> AuditUnavailable | None:
-        """Why line number `line` was cut (None: it was not). The cut ranges are in order
-        and a line is checked soon after it is written, so the search starts from the
-        latest."""
+        """Raise if line number `line` was cut. The cut ranges are in order and a line is
+        checked soon after it is written, so the search starts from the latest."""
         for after, upto in reversed(self._lost):
             if upto < line:
-                return None
+                return
             if after < line:
-                return AuditUnavailable(f"cannot write audit log {self.path}: {self._lost_why}")
-        return None
+                raise AuditUnavailable(f"cannot write audit log {self.path}: {self._lost_why}")
 
     def _end_locked(self) -> tuple[int, int, str]:
         """Where the file ends now: its size, and the chain's seq and hash there."""
