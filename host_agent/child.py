@@ -56,10 +56,14 @@ class Child:
         self.stdout, self.stderr = Output(cap), Output(cap)
         # The pipes still open, by descriptor: closed through their Popen file objects.
         self._open: dict[int, IO[bytes]] = {}
-        self._watch(self._process.stdout, self.stdout)
-        self._watch(self._process.stderr, self.stderr)
-        self._feed(self._process.stdin, stdin)
-        self._wait_for_exit()
+        try:
+            self._watch(self._process.stdout, self.stdout)
+            self._watch(self._process.stderr, self.stderr)
+            self._feed(self._process.stdin, stdin)
+            self._wait_for_exit()
+        except BaseException:
+            self._abandon()
+            raise
 
     async def finish(self) -> int:
         """The exit status (negative: the signal that ended it), once it has exited and
@@ -89,6 +93,17 @@ class Child:
         os.set_blocking(fd, False)
         self._open[fd] = stream
         return fd
+
+    def _abandon(self) -> None:
+        """A child the loop could not be set up to watch: killed, none of its pipes left
+        open, and reaped by a thread."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.close()
+        for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
+            if stream is not None:
+                stream.close()
+        self._loop.run_in_executor(None, self._process.wait)
 
     def _watch(self, stream: IO[bytes] | None, output: Output) -> None:
         fd = self._opened(stream)
