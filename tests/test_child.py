@@ -50,6 +50,31 @@ def test_a_child_ended_by_a_signal_has_a_negative_status() -> None:
     assert bytes(done.stderr.kept) == b"before\n"
 
 
+def test_terminate_ends_the_whole_process_group() -> None:
+    """A child that ignores SIGTERM, with a child of its own: the grandchild ends with
+    the group's SIGTERM, the child with the SIGKILL after the grace."""
+    grandchild = f"sleep 30.{os.getpid() % 1000:03d}"  # to find it by
+
+    async def terminated() -> int:
+        started = Child(
+            ("/bin/sh", "-c", f"trap '' TERM; {grandchild} & wait"),
+            None,
+            4096,
+            env=ENV,
+            start_new_session=True,
+        )
+        try:
+            while not _running(grandchild):
+                await asyncio.sleep(0.05)
+            await started.terminate(0.5)
+            return started.exited.result()
+        finally:
+            started.close()
+
+    assert asyncio.run(asyncio.wait_for(terminated(), 30)) == -9
+    assert not _running(grandchild)
+
+
 def test_a_child_the_loop_cannot_watch_is_killed_not_left_running(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -104,6 +104,23 @@ def test_runner_kills_a_runaway_child(runner: Runner) -> None:
     assert run("pgrep", "-f", f"sleep {marker}", check=False).returncode == 1
 
 
+def test_a_run_whose_caller_goes_away_leaves_no_child_running(runner: Runner) -> None:
+    """The request is cancelled (the client disconnected) while sudo and the wrapper
+    run: the runner ends them before the cancellation goes on."""
+    marker = "23.71"  # an unusual sleep length to find the process by
+
+    async def cancelled_midway() -> None:
+        run_task = asyncio.ensure_future(runner.run(_probe(runner, "sleep", marker)))
+        while run("pgrep", "-f", f"sleep {marker}", check=False).returncode:
+            await asyncio.sleep(0.05)
+        run_task.cancel()
+        await run_task
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(asyncio.wait_for(cancelled_midway(), 30))
+    assert run("pgrep", "-f", f"sleep {marker}", check=False).returncode == 1
+
+
 def test_runner_caps_output_and_drains_the_rest(runner: Runner) -> None:
     result = asyncio.run(runner.run(_probe(runner, "flood", "1000000")))
     assert result.exit_code == 0
