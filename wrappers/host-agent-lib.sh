@@ -45,42 +45,49 @@ readonly HA_STAT_BUILTIN=/usr/lib/bash/stat
 enable -f "$HA_STAT_BUILTIN" stat 2>/dev/null \
     || ha_refuse "$EX_CONFIG" "cannot load $HA_STAT_BUILTIN: install Debian's bash-builtins"
 
-# ha_node NODE: HA_STAT = NODE's own status (a symlink is not followed): uid, perms
-# (octal), type (d, l, - ...), link (a symlink's target); empty when NODE does not exist.
+# Every node ha_trusted_path has found root's alone in this run: its type (d, l, - ...),
+# then a symlink's target ("l/usr/bin"). Only root can change such a node, or any step
+# on the way to it, so it stays as checked while the wrapper runs and is not looked at
+# again (the wrapper's own paths share most of their steps).
+declare -A HA_ROOT_NODES=()
 declare -A HA_STAT=()
-ha_node() {
-    HA_STAT=()
-    stat -L -A HA_STAT -- "$1" 2>/dev/null || HA_STAT=()
-}
 
-# ha_root_alone WHAT PATH NODE: after ha_node NODE, refuse NODE unless only root can
-# change it: owned by root and, unless a symlink (whose own mode means nothing), not
-# group/world-writable; a root-owned sticky directory (/tmp) passes, as no one else can
-# swap root's entries.
-ha_root_alone() {
-    local type=${HA_STAT[type]-}
-    if [[ ${HA_STAT[uid]-} != 0 ]] || { [[ $type != l ]] && (( (8#${HA_STAT[perms]} & 8#022) != 0 )) \
-        && ! [[ $type == d && -k $3 ]]; }; then
+# ha_root_node WHAT PATH NODE: HA_NODE = NODE's entry in HA_ROOT_NODES. A node not in it
+# yet is looked at first (its own status: a symlink is not followed), and refused when
+# missing or when anyone but root could change it: it must be owned by root and, unless
+# a symlink (whose own mode means nothing), not group/world-writable; a root-owned
+# sticky directory (/tmp) passes, as no one else can swap root's entries.
+HA_NODE=
+ha_root_node() {
+    HA_NODE=${HA_ROOT_NODES[$3]-}
+    [[ -z $HA_NODE ]] || return 0
+    HA_STAT=()
+    # Tested first so that stat has nothing to say: cheaper than a redirection per node.
+    if [[ -e $3 || -L $3 ]]; then stat -L -A HA_STAT -- "$3" || HA_STAT=(); fi
+    HA_NODE=${HA_STAT[type]-}
+    [[ -n $HA_NODE ]] || ha_refuse "$EX_NOINPUT" "no $1 $2 ($3 is missing)"
+    if [[ ${HA_STAT[uid]} != 0 ]] || { [[ $HA_NODE != l ]] && (( (8#${HA_STAT[perms]} & 8#022) != 0 )) \
+        && ! [[ $HA_NODE == d && -k $3 ]]; }; then
         ha_refuse "$EX_CONFIG" "$1 $2: $3 must be owned by root and not group/world-writable"
     fi
+    [[ $HA_NODE != l ]] || HA_NODE+=${HA_STAT[link]}
+    HA_ROOT_NODES[$3]=$HA_NODE
 }
 
 # ha_trusted_path WHAT PATH: set HA_TRUSTED to PATH with every symlink resolved, after
 # checking that only root can change any step of that resolution: each directory a
 # name is looked up in, each symlink followed and the final node. Running or reading
 # HA_TRUSTED (never PATH again) then reaches exactly what was checked: no one else
-# can flip a link or swap an entry between the check and the use.
+# can flip a link or swap an entry between the check and the use. The names still to
+# resolve are kept as one string (a symlink's target is put in front of them).
 HA_TRUSTED=
 ha_trusted_path() {
-    local what=$1 path=$2 directory=/ node name hops=0
-    local -a names=() linked=()
+    local what=$1 path=$2 directory=/ rest=$2 node name hops=0
     [[ $path == /* ]] || ha_refuse "$EX_CONFIG" "$what $path is not an absolute path"
-    ha_node /
-    ha_root_alone "$what" "$path" /
-    IFS=/ read -r -a names <<< "$path"
-    while (( ${#names[@]} )); do
-        name=${names[0]}
-        names=("${names[@]:1}")
+    ha_root_node "$what" "$path" /
+    while [[ -n $rest ]]; do
+        name=${rest%%/*}
+        if [[ $rest == */* ]]; then rest=${rest#*/}; else rest=""; fi
         case $name in
             '' | .) continue ;;
             ..)
@@ -90,16 +97,13 @@ ha_trusted_path() {
                 ;;
         esac
         node=${directory%/}/$name
-        ha_node "$node"
-        [[ -v HA_STAT[type] ]] || ha_refuse "$EX_NOINPUT" "no $what $path ($node is missing)"
-        ha_root_alone "$what" "$path" "$node"
-        if [[ ${HA_STAT[type]} == l ]]; then
+        ha_root_node "$what" "$path" "$node"
+        if [[ $HA_NODE == l* ]]; then
             (( ++hops <= HA_MAX_SYMLINKS )) || ha_refuse "$EX_CONFIG" "$what $path: too many symlinks"
-            [[ ${HA_STAT[link]} == /* ]] && directory=/
-            IFS=/ read -r -a linked <<< "${HA_STAT[link]}"
-            names=("${linked[@]}" "${names[@]}")
+            [[ $HA_NODE == l/* ]] && directory=/
+            rest=${HA_NODE#l}${rest:+/$rest}
         else
-            [[ ${HA_STAT[type]} == d || ${#names[@]} == 0 ]] \
+            [[ $HA_NODE == d || -z $rest ]] \
                 || ha_refuse "$EX_NOINPUT" "no $what $path ($node is not a directory)"
             directory=$node
         fi
