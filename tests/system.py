@@ -50,6 +50,16 @@ def run(
     )
 
 
+def until_done(*argv: str, seconds: float = 20) -> None:
+    """Run a teardown command until it succeeds, or fail with what it said last: a
+    teardown that fails quietly leaves a user or a pool behind for every later run."""
+    deadline = time.monotonic() + seconds
+    while (done := run(*argv, check=False)).returncode:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{' '.join(argv)} failed: {done.stdout}{done.stderr}")
+        time.sleep(0.2)
+
+
 @contextmanager
 def service_account() -> Iterator[str]:
     name = f"ha-test-{secrets.token_hex(3)}"
@@ -57,7 +67,11 @@ def service_account() -> Iterator[str]:
     try:
         yield name
     finally:
-        run("userdel", name, check=False)
+        # userdel refuses an account any process still runs as (really or effectively:
+        # a sudo it started counts): whatever a test left running as it goes first.
+        for selector in ("--euid", "--uid"):
+            run("pkill", "--signal", "KILL", selector, name, check=False)
+        until_done("userdel", name)
 
 
 @dataclass(frozen=True)
@@ -205,10 +219,12 @@ def zfs_pool(root: Path) -> Iterator[Pool]:
             if time.monotonic() > deadline:
                 raise RuntimeError("zfs-fuse did not come up")
             time.sleep(0.2)
-        run("zfs", "create", f"{name}/data")
-        yield Pool(name)
+        try:
+            run("zfs", "create", f"{name}/data")
+            yield Pool(name)
+        finally:
+            until_done("zpool", "destroy", "-f", name)
     finally:
-        run("zpool", "destroy", "-f", name, check=False)
         if daemon is not None:
             daemon.terminate()
             daemon.wait(30)
