@@ -108,6 +108,35 @@ def test_a_tool_linked_from_a_directory_the_service_account_owns_is_refused(
     assert "standin ran" not in done.stdout
 
 
+@pytest.mark.parametrize("way", ["below", "back-out"])
+def test_a_tool_past_the_steps_the_wrapper_already_checked_is_still_checked_to_its_end(
+    system: System, attacker_dir: Path, way: str
+) -> None:
+    """The wrapper remembers the steps it found root's alone (its own directory among
+    them) for the rest of its run; a path that shares those steps and then goes on,
+    deeper or back out with `..`, into a place the service account can change is
+    still refused there."""
+    handed_over = system.wrappers.directory / f"tools-{secrets.token_hex(3)}"
+    handed_over.mkdir(mode=0o755)
+    try:
+        entry = pwd.getpwnam(system.user)
+        os.chown(handed_over, entry.pw_uid, entry.pw_gid)
+        shutil.copyfile("/bin/true", handed_over / "tool")
+        (handed_over / "tool").chmod(0o755)  # root's own: only its directory is not
+        run("cp", "/bin/true", str(attacker_dir / "tool"), user=system.user)
+        up = "/".join([".."] * len(system.wrappers.directory.parts[1:]))
+        tool, bad = {
+            "below": (handed_over / "tool", handed_over),
+            "back-out": (f"{system.wrappers.directory}/{up}{attacker_dir}/tool", attacker_dir),
+        }[way]
+        configure(system, "exec_enabled=true", f"exec_command={tool}")
+        done = call(system, "host-agent-exec", "run", "command", str(tool))
+        assert done.returncode == 78, done.stderr
+        assert f"{bad} {NOT_ROOTS_ALONE}" in done.stderr
+    finally:
+        shutil.rmtree(handed_over)
+
+
 def test_the_checked_tool_is_the_one_run_while_the_link_flips(
     system: System, tmp_path: Path, attacker_dir: Path
 ) -> None:
