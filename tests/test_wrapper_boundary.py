@@ -527,3 +527,19 @@ def test_git_runs_with_its_own_environment_only(system: System) -> None:
         "LC_ALL",
         "PAGER",
     }
+
+
+def test_an_exec_pattern_is_never_expanded_as_a_file_name_glob(
+    system: System, attacker_dir: Path
+) -> None:
+    """The exec wrapper splits each exec_command line by the shell itself: a pattern that
+    is also a glob (`a?`) must reach the check as written, whatever files lie in the
+    directory the caller starts the wrapper in (there `ab`, which the glob would give)."""
+    run("touch", str(attacker_dir / "ab"), user=system.user)
+    configure(system, "exec_enabled=true", "exec_command=/bin/echo\ta?")
+    wrapper = str(system.wrappers.directory / "host-agent-exec")
+    argv = ("env", "-C", str(attacker_dir), "sudo", "-n", "--", wrapper, "run", "command")
+    done = run(*argv, "/bin/echo", "a", user=system.user, check=False)
+    assert (done.returncode, done.stdout) == (0, "a\n"), done.stderr
+    done = run(*argv, "/bin/echo", "ab", user=system.user, check=False)
+    assert done.returncode == 64 and "does not match 'a?'" in done.stderr, done.stderr
