@@ -5,6 +5,7 @@ the files have, hashing as it did then."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from host_agent.audit.checkpoint import Checkpoint, CheckpointError, Verifier, open_note
 from host_agent.audit.syslog_witness import SEPARATOR, note_from_message
@@ -67,19 +68,21 @@ def split_notes(text: str) -> list[str]:
 
 
 class CheckpointCheck:
-    """Fed each record's seq and hash in order; the first divergence from a witness."""
+    """Fed each record in order; the first divergence from a witness."""
 
     def __init__(self, checkpoints: list[Checkpoint]) -> None:
         self._by_size = {checkpoint.size: checkpoint for checkpoint in checkpoints}
         self._sizes = sorted(self._by_size)
+        self.named = frozenset(self._by_size)  # the seqs of the records it looks at
         self.checked = 0
         self._last_good: int | None = None
 
-    def feed(self, seq: int, digest: str) -> str | None:
+    def feed(self, record: dict[str, Any]) -> str | None:
+        seq = record["seq"]
         checkpoint = self._by_size.get(seq)
         if checkpoint is None:
             return None
-        if checkpoint.head != digest:
+        if checkpoint.head != record["hash"]:
             since = "" if self._last_good is None else f", after seq {self._last_good}"
             return (
                 f"record {seq} is not the one the witness saw at {checkpoint.time} (its "

@@ -16,6 +16,7 @@ from a break of journald's sealing (CVE-2023-31437, -31438, -31439):
 from __future__ import annotations
 
 import hmac
+from dataclasses import dataclass
 from typing import Any
 
 from host_agent.audit.chain import FILE_EVENT, stamp
@@ -31,6 +32,33 @@ from host_agent.audit.seal import (
 _SEAL_FIELDS = {"seal_id": str, "epoch": int, "through": int, "mac": str}
 
 
+@dataclass
+class Dated:
+    """Records no seal covers yet, as the check needs them: how many, and the span of
+    their dates (a file's first line, written when the file was opened, has none)."""
+
+    count: int = 0
+    earliest: str | None = None
+    latest: str | None = None
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.count += 1
+        if record.get("event") != FILE_EVENT:
+            ts = str(record["ts"])
+            if self.earliest is None or ts < self.earliest:
+                self.earliest = ts
+            if self.latest is None or ts > self.latest:
+                self.latest = ts
+
+    def join(self, later: Dated) -> None:
+        """Count the records `later` holds, which follow these."""
+        self.count += later.count
+        if later.earliest is not None and (self.earliest is None or later.earliest < self.earliest):
+            self.earliest = later.earliest
+        if later.latest is not None and (self.latest is None or later.latest > self.latest):
+            self.latest = later.latest
+
+
 class SealCheck:
     def __init__(self, key: VerificationKey, now: float) -> None:
         self.ident = seal_id(key.seed)
@@ -40,28 +68,37 @@ class SealCheck:
         self.expected: int | None = None  # the epoch the next seal must be for
         self._key: bytes | None = None  # that epoch's key
         self.sealed_seq: int | None = None
-        self.unsealed = 0
-        self._earliest: str | None = None
-        self._latest: str | None = None
+        self._since = Dated()  # the records since the last seal
 
     @property
     def sealed_epoch(self) -> int | None:
         """The last epoch the seals vouch for (its `through`); None before any seal."""
         return None if self.sealed_seq is None or self.expected is None else self.expected - 1
 
+    @property
+    def unsealed(self) -> int:
+        """How many records follow the last seal."""
+        return self._since.count
+
+    @staticmethod
+    def looks_at(record: dict[str, Any]) -> bool:
+        """Whether the check needs `record` itself, not only its count and date: a seal,
+        or the log's first record."""
+        return record["seq"] == 1 or record.get("event") == SEAL_EVENT
+
     def feed(self, record: dict[str, Any]) -> str | None:
         """Take the next record; what is wrong with it, if anything."""
-        event = record.get("event")
         if record["seq"] == 1:
             self.expected = 0  # the log's very beginning: its first seal is epoch 0's
-        if event == SEAL_EVENT:
+        if record.get("event") == SEAL_EVENT:
             return self._seal(record)
-        self.unsealed += 1
-        if event != FILE_EVENT:  # a new file's first line, written when it was opened
-            ts = str(record["ts"])
-            self._earliest = ts if self._earliest is None else min(self._earliest, ts)
-            self._latest = ts if self._latest is None else max(self._latest, ts)
+        self._since.add(record)
         return None
+
+    def take(self, records: Dated) -> None:
+        """Take the next records at once, none of which `looks_at` (they cannot be wrong
+        by themselves: only a seal, or the end, finds their dates wrong)."""
+        self._since.join(records)
 
     def finish(self, last_seq: int | None) -> str | None:
         """What is wrong with the end of the log, if anything."""
@@ -105,22 +142,23 @@ class SealCheck:
             return problem
         self.expected, self._key = through + 1, self._advance(key, through + 1 - epoch)
         self.sealed_seq = int(record["seq"])
-        self.unsealed, self._earliest, self._latest = 0, None, None
+        self._since = Dated()
         return None
 
     def _dated_within(self, epoch: int, what: str) -> str | None:
         """The records since the last seal must all be dated within `epoch`."""
         begins, ends = stamp(self.epochs.begin(epoch)), stamp(self.epochs.end(epoch))
-        if self._latest is not None and self._latest >= ends:
+        latest, earliest = self._since.latest, self._since.earliest
+        if latest is not None and latest >= ends:
             return (
-                f"{what} are dated up to {self._latest}, but epoch {epoch} ended at {ends}: "
+                f"{what} are dated up to {latest}, but epoch {epoch} ended at {ends}: "
                 "seals are missing (the log was cut and written on) or records were sealed "
                 "with an older key"
             )
         # Epoch 0's seal also vouches for whatever the log held before sealing began.
-        if epoch > 0 and self._earliest is not None and self._earliest < begins:
+        if epoch > 0 and earliest is not None and earliest < begins:
             return (
-                f"{what} are dated from {self._earliest}, but epoch {epoch} began at "
+                f"{what} are dated from {earliest}, but epoch {epoch} began at "
                 f"{begins}: sealed with a key newer than their epoch (or the clock went back)"
             )
         return None

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import orjson
 
@@ -25,6 +25,7 @@ from host_agent.audit.checkpoint import Checkpoint
 from host_agent.audit.checkpoint_check import CheckpointCheck
 from host_agent.audit.seal import SEAL_EVENT, VerificationKey
 from host_agent.audit.seal_check import SealCheck
+from host_agent.audit.trail import Step, Trail, replay
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,8 @@ def verify(
     excuses files rotated by a host-agent that did not write one). With `checkpoints`
     (a witness's), every record they name must hash as it did, and none may be cut.
     With `processes` > 1, a large uncompressed file is checked in that many parts at
-    once, forked (so only from a single-threaded program: the command line), when
-    neither seals nor checkpoints are checked; the verdict is the same."""
+    once, forked (so only from a single-threaded program: the command line); the
+    verdict is the same."""
     seals = None if seal_key is None else SealCheck(seal_key, time.time() if now is None else now)
     witnessed = None if checkpoints is None else CheckpointCheck(checkpoints)
     chain = _Chain()
@@ -74,12 +75,11 @@ def verify(
             witnessed=None if witnessed is None else witnessed.checked,
         )  # fmt: skip
 
-    split = processes > 1 and seals is None and witnessed is None
     for path in paths:
         try:
             found = _check_file(
                 path, chain, marked=not unmarked_head, seals=seals, witnessed=witnessed,
-                processes=processes if split else 1,
+                processes=processes,
             )  # fmt: skip
         except _Unreadable as exc:
             return result(str(exc))
@@ -108,8 +108,18 @@ class _Chain:
         if self.first_seq is None:
             self.first_seq = self.seq
 
+    @classmethod
+    def before(cls, record: dict[str, Any], lines: int, first_seq: int | None) -> _Chain:
+        """The chain through the `lines` records of a part (from `first_seq`) that come
+        before `record`, which follows them."""
+        if lines == 0:
+            return cls()
+        return cls(lines, first_seq, record["seq"] - 1, record["prev"])
+
     def join(self, later: _Chain) -> None:
         """Continue with the records `later` counted (checked to follow this chain)."""
+        if later.count == 0:
+            return
         self.count += later.count
         self.seq, self.prev = later.seq, later.prev
         if self.first_seq is None:
@@ -120,13 +130,14 @@ class _Chain:
 _Found = tuple[int, str] | None
 
 
+class _Check(Protocol):
+    """What else looks at each record whose chain holds (seals, checkpoints, a Trail)."""
+
+    def feed(self, record: dict[str, Any]) -> str | None: ...
+
+
 def _check_lines(
-    lines: Iterable[tuple[int, bytes]],
-    chain: _Chain,
-    *,
-    marked: bool,
-    seals: SealCheck | None = None,
-    witnessed: CheckpointCheck | None = None,
+    lines: Iterable[tuple[int, bytes]], chain: _Chain, *, marked: bool, checks: list[_Check]
 ) -> _Found:
     """Extend `chain` through `lines`; the first problem and its line number."""
     for lineno, line in lines:
@@ -134,10 +145,9 @@ def _check_lines(
         problem = _content(record, line) or _link(record, chain.prev, chain.seq)
         if problem is None and lineno == 1 and marked:
             problem = _file_start(record)
-        if problem is None and seals is not None:
-            problem = seals.feed(record)
-        if problem is None and witnessed is not None:
-            problem = witnessed.feed(record["seq"], record["hash"])
+        for check in checks:
+            if problem is None:
+                problem = check.feed(record)
         if problem is not None:
             return lineno, problem
         chain.extend(record)
@@ -259,20 +269,20 @@ def _check_file(
     witnessed: CheckpointCheck | None,
     processes: int,
 ) -> _Found:
+    checks: list[_Check] = [check for check in (seals, witnessed) if check is not None]
     try:
         with _open_regular(path) as raw:
             if path.suffix == ".gz":
                 with gzip.GzipFile(fileobj=raw, mode="rb") as unpacked:
                     return _check_lines(
-                        enumerate(unpacked, start=1), chain, marked=marked, seals=seals,
-                        witnessed=witnessed,
-                    )  # fmt: skip
+                        enumerate(unpacked, start=1), chain, marked=marked, checks=checks
+                    )
             parts = _parts(raw, processes)
             if len(parts) > 1:
-                return _check_parts(raw.fileno(), parts, chain, marked=marked)
-            return _check_lines(
-                enumerate(raw, start=1), chain, marked=marked, seals=seals, witnessed=witnessed
-            )
+                return _check_parts(
+                    raw.fileno(), parts, chain, marked=marked, seals=seals, witnessed=witnessed
+                )
+            return _check_lines(enumerate(raw, start=1), chain, marked=marked, checks=checks)
     except (EOFError, zlib.error) as exc:
         raise _Unreadable(f"{path}: a damaged compressed file ({exc})") from exc
     except OSError as exc:
@@ -302,12 +312,22 @@ def _parts(raw: IO[bytes], processes: int) -> list[tuple[int, int | None]]:
 
 
 def _check_parts(
-    fd: int, parts: list[tuple[int, int | None]], chain: _Chain, *, marked: bool
+    fd: int,
+    parts: list[tuple[int, int | None]],
+    chain: _Chain,
+    *,
+    marked: bool,
+    seals: SealCheck | None,
+    witnessed: CheckpointCheck | None,
 ) -> _Found:
     """The file's parts checked at once, each by a forked process, then linked here in
-    order: each part's first record must follow the last of the part before it."""
+    order: each part's first record must follow the last of the part before it, and
+    what the seal and checkpoint checks need of the part is fed to them here."""
+    named = frozenset() if witnessed is None else witnessed.named
     with multiprocessing.get_context("fork").Pool(len(parts)) as pool:
-        checked = pool.starmap(_check_part, [(fd, start, stop) for start, stop in parts])
+        checked = pool.starmap(
+            _check_part, [(fd, start, stop, seals is not None, named) for start, stop in parts]
+        )
     before = 0  # lines in the parts before this one
     for number, part in enumerate(checked):
         if part.first is not None:
@@ -316,7 +336,12 @@ def _check_parts(
                 problem = _file_start(part.first)
             if problem is not None:
                 return before + 1, problem
-            chain.join(part.chain)
+        replayed = replay(part.steps, seals, witnessed)
+        if replayed is not None:
+            line, problem, record = replayed
+            chain.join(_Chain.before(record, line - 1, part.chain.first_seq))
+            return before + line, problem
+        chain.join(part.chain)
         if part.found is not None:
             return before + part.found[0], part.found[1]
         before += part.chain.count
@@ -326,28 +351,34 @@ def _check_parts(
 @dataclass(frozen=True)
 class _Part:
     """What a process found in its part: the first record (linked by the parent, which
-    knows what precedes it), the chain through the part, and the first problem."""
+    knows what precedes it), the chain through the part, the first problem, and the
+    steps of the part's trail (see trail.py)."""
 
     first: dict[str, Any] | None
     chain: _Chain
     found: _Found
+    steps: list[Step]
 
 
-def _check_part(fd: int, start: int, stop: int | None) -> _Part:
+def _check_part(fd: int, start: int, stop: int | None, dated: bool, named: frozenset[int]) -> _Part:
     # The file reopened through /proc: the same file, an offset of this process's own.
     with open(f"/proc/self/fd/{fd}", "rb") as handle:
         handle.seek(start)
         lines = enumerate(_until(handle, start, stop), start=1)
         chain = _Chain()
+        trail = Trail(dated=dated, named=named)
         _, line = next(lines, (0, None))
         if line is None:
-            return _Part(None, chain, None)
+            return _Part(None, chain, None, trail.steps)
         first = _parse(line)
         problem = _content(first, line)
         if problem is not None:
-            return _Part(None, chain, (1, problem))
+            return _Part(None, chain, (1, problem), trail.steps)
         chain.extend(first)
-        return _Part(first, chain, _check_lines(lines, chain, marked=False))
+        trail.feed(first)
+        checks: list[_Check] = [trail] if dated or named else []
+        found = _check_lines(lines, chain, marked=False, checks=checks)
+        return _Part(first, chain, found, trail.steps)
 
 
 def _until(handle: IO[bytes], at: int, stop: int | None) -> Iterator[bytes]:

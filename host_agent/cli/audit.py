@@ -60,7 +60,7 @@ def register(commands: Commands) -> None:
         default=len(os.sched_getaffinity(0)),
         metavar="N",
         help="check a large uncompressed file in N parts at once (default: one for each CPU "
-        "this command may use); --seal-key and --checkpoints check in one process",
+        "this command may use)",
     )
     check.set_defaults(handler=_verify)
     init = audit_commands.add_parser(

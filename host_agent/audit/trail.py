@@ -1,0 +1,56 @@
+"""What the seal and checkpoint checks need of one part of a log, for `audit verify
+--processes`: gathered by the process that reads the part, replayed in order by the
+one that holds the checks, so that a log split across CPUs is held to every rule one
+process holds it to. The records the checks look at one by one (seals, the log's
+first record, the records a witness named) are kept whole; between them the seal
+check needs only how many records there were and the span of their dates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from host_agent.audit.checkpoint_check import CheckpointCheck
+from host_agent.audit.seal_check import Dated, SealCheck
+
+# A line of the part, and the record there, or the records from there to the next step.
+Step = tuple[int, dict[str, Any] | Dated]
+
+
+class Trail:
+    """Fed a part's records in order from its first line; `dated` when seals are
+    checked, `named` the seqs witnesses hold checkpoints of."""
+
+    def __init__(self, *, dated: bool, named: frozenset[int]) -> None:
+        self.steps: list[Step] = []
+        self._dated = dated
+        self._named = named
+        self._lines = 0
+        self._run: Dated | None = None
+
+    def feed(self, record: dict[str, Any]) -> None:
+        self._lines += 1
+        if (self._dated and SealCheck.looks_at(record)) or record["seq"] in self._named:
+            self.steps.append((self._lines, record))
+            self._run = None
+        elif self._dated:
+            if self._run is None:
+                self._run = Dated()
+                self.steps.append((self._lines, self._run))
+            self._run.add(record)
+
+
+def replay(
+    steps: list[Step], seals: SealCheck | None, witnessed: CheckpointCheck | None
+) -> tuple[int, str, dict[str, Any]] | None:
+    """Feed a part's `steps` to the checks in order; the first problem, with its line
+    and its record."""
+    for line, step in steps:
+        if isinstance(step, Dated):
+            if seals is not None:
+                seals.take(step)
+            continue
+        for check in (seals, witnessed):
+            problem = None if check is None else check.feed(step)
+            if problem is not None:
+                return line, problem, step
+    return None
