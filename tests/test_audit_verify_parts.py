@@ -34,6 +34,7 @@ from host_agent.cli import main
 
 # The module itself (the package exports its function under the same name).
 verify_module = importlib.import_module("host_agent.audit.verify")
+trail_module = importlib.import_module("host_agent.audit.trail")
 
 
 @pytest.fixture(autouse=True)
@@ -386,3 +387,38 @@ def test_a_record_dated_into_an_earlier_epoch_is_caught_in_parts_wherever_it_is(
         one = _verify_kept(paths, kept, 1, seals=True, points=False)
         assert one.error is not None and "dated from" in one.error, (at, one.error)
         assert _verify_kept(paths, kept, 3, seals=True, points=False) == one, at
+
+
+def _giving_up(fd: int, start: int, stop: int | None, *checks: Any) -> Any:
+    part = _CHECK_PART(fd, start, stop, *checks)
+    with _PIDS[0].open("a") as out:
+        out.write(f"{os.getpid()} {start} {stop} {part.steps is None}\n")
+    return part
+
+
+def test_a_log_of_forged_seals_is_not_held_in_memory_by_the_parts(
+    kept: Kept, tmp_path: Path
+) -> None:
+    """Every record of the log turned into a seal, the chain recomputed: a part keeps
+    seals whole for the parent, so past its budget it gives them up and the file is
+    checked in one process, holding a line at a time, to the verdict one process
+    gives."""
+    entries = [
+        (number, json.loads(line)) for number, lines in enumerate(kept.files) for line in lines
+    ]
+    for _, record in entries[1:]:
+        if record["event"] == "decision":
+            record.update(event="audit_seal", seal_id="0" * 16, epoch=0, through=0, mac="0" * 64)
+    _rechain(entries, 1, None)
+    [path] = _write_files(tmp_path, [[(canonical(r) + "\n").encode() for _, r in entries]])
+    pids = tmp_path / "pids"
+    with (
+        mock.patch.object(trail_module, "BUDGET", 4096),
+        mock.patch.object(verify_module, "_check_part", _giving_up),
+        mock.patch(f"{__name__}._PIDS", [pids]),
+    ):
+        result = _verify_kept([path], kept, 3, seals=True, points=True)
+    rows = _parts_checked(pids, path)
+    assert len(rows) == 3 and {row[3] for row in rows} == {"True"}
+    assert result == _verify_kept([path], kept, 1, seals=True, points=True)
+    assert result.error is not None and f"{path}:2: sealed under another seed" in result.error

@@ -1,14 +1,20 @@
-"""`audit verify` reads lines with orjson and json: its verdicts must be json's alone."""
+"""`audit verify` reads lines with orjson and json: its verdicts must be json's alone;
+and whatever a line holds, root's verify holds no more than the longest record."""
 
 from __future__ import annotations
 
+import gzip
 import importlib
 import json
+import resource
 import string
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -140,3 +146,57 @@ def test_verify_gives_json_alone_s_verdict_on_any_log(
     change(lines, at, to)
     path.write_bytes(b"".join(lines))
     assert verify([path]) == _by_json_alone([path])
+
+
+# --- what the service account's log can make root's verify hold -------------------
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_a_line_that_never_ends_is_refused_without_reading_it_whole(
+    tmp_path: Path, processes: str
+) -> None:
+    """A record, then 3 GiB without a newline (a sparse file: no disk spent): root's
+    verify reads the line no further than the longest record could be, and says so;
+    it used to read it whole, past its memory."""
+    path = tmp_path / "audit.jsonl"
+    _write(path, [1])
+    with path.open("ab") as log:
+        log.write(b'{"seq":2,"note":"')
+        log.truncate(3 << 30)
+    _refused_at_line_2(path, "--processes", processes)
+
+
+def test_a_compressed_line_that_never_ends_is_refused_without_reading_it_whole(
+    tmp_path: Path,
+) -> None:
+    """The same line in a rotated, compressed file: 1.5 GiB from a few MB."""
+    path = tmp_path / "audit.jsonl.1.gz"
+    plain = tmp_path / "audit.jsonl"
+    _write(plain, [1])
+    with gzip.open(path, "wb", compresslevel=1) as packed:
+        packed.write(plain.read_bytes() + b'{"seq":2,"note":"')
+        for _ in range(24):
+            packed.write(bytes(64 << 20))
+    _refused_at_line_2(path)
+
+
+def _refused_at_line_2(path: Path, *options: str) -> None:
+    """`host-agent audit verify` as an operator runs it, in 1 GiB of memory at most."""
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "host_agent", "audit", "verify", *options, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=cap,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    limit = verify_module.MAX_LINE >> 20
+    assert done.stdout == (
+        f"BROKEN after 1 good records: {path}:2: a line longer than any record the agent "
+        f"writes ({limit} MiB)\n"
+    )

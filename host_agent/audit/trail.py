@@ -3,7 +3,12 @@
 one that holds the checks, so that a log split across CPUs is held to every rule one
 process holds it to. The records the checks look at one by one (seals, the log's
 first record, the records a witness named) are kept whole; between them the seal
-check needs only how many records there were and the span of their dates."""
+check needs only how many records there were and the span of their dates.
+
+The log is the service account's and root verifies it, so what a part keeps is
+bounded: a log of nothing but forged seals would otherwise be held whole in memory.
+Past the bound the part gives its trail up, and the file is checked in one process,
+which holds one line at a time."""
 
 from __future__ import annotations
 
@@ -14,22 +19,33 @@ from host_agent.audit.seal_check import Dated, SealCheck
 
 # A line of the part, and the record there, or the records from there to the next step.
 Step = tuple[int, dict[str, Any] | Dated]
+# What a part may keep whole, measured as the records' text: an epoch's seal is ~400
+# bytes, so ~160,000 seals (44 hours of the shortest epochs, a second each).
+BUDGET = 64 << 20
 
 
 class Trail:
     """Fed a part's records in order from its first line; `dated` when seals are
-    checked, `named` the seqs witnesses hold checkpoints of."""
+    checked, `named` the seqs witnesses hold checkpoints of. `steps` is None once
+    what it keeps outgrows `BUDGET`."""
 
     def __init__(self, *, dated: bool, named: frozenset[int]) -> None:
-        self.steps: list[Step] = []
+        self.steps: list[Step] | None = []
         self._dated = dated
         self._named = named
         self._lines = 0
         self._run: Dated | None = None
+        self._kept = 0  # the size of what is kept whole
 
     def feed(self, record: dict[str, Any]) -> None:
         self._lines += 1
+        if self.steps is None:
+            return
         if (self._dated and SealCheck.looks_at(record)) or record["seq"] in self._named:
+            self._kept += len(repr(record))
+            if self._kept > BUDGET:
+                self.steps = self._run = None
+                return
             self.steps.append((self._lines, record))
             self._run = None
         elif self._dated:

@@ -4,6 +4,7 @@ with the operator's verification key, the seals (seal_check.py)."""
 from __future__ import annotations
 
 import errno
+import functools
 import gzip
 import hashlib
 import itertools
@@ -192,6 +193,8 @@ def _exact(line: bytes) -> Any:
 
 def _content(record: Any, line: bytes) -> str | None:
     """What is wrong with the record itself, whatever comes before it."""
+    if len(line) >= MAX_LINE and line[-1:] != b"\n":
+        return f"a line longer than any record the agent writes ({MAX_LINE >> 20} MiB)"
     if record is None:
         return "not valid JSON (torn or edited line)"
     if not isinstance(record, dict):
@@ -274,21 +277,36 @@ def _check_file(
         with _open_regular(path) as raw:
             if path.suffix == ".gz":
                 with gzip.GzipFile(fileobj=raw, mode="rb") as unpacked:
-                    return _check_lines(
-                        enumerate(unpacked, start=1), chain, marked=marked, checks=checks
-                    )
+                    return _check_lines(_numbered(unpacked), chain, marked=marked, checks=checks)
             parts = _parts(raw, processes)
             if len(parts) > 1:
-                return _check_parts(
-                    raw.fileno(), parts, chain, marked=marked, seals=seals, witnessed=witnessed
-                )
-            return _check_lines(enumerate(raw, start=1), chain, marked=marked, checks=checks)
+                named = frozenset() if witnessed is None else witnessed.named
+                checked = _check_parts(raw.fileno(), parts, dated=seals is not None, named=named)
+                if all(part.steps is not None for part in checked):
+                    return _join(checked, chain, marked=marked, seals=seals, witnessed=witnessed)
+                raw.seek(0)  # a part kept more than its trail may: in one process instead
+            return _check_lines(_numbered(raw), chain, marked=marked, checks=checks)
     except (EOFError, zlib.error) as exc:
         raise _Unreadable(f"{path}: a damaged compressed file ({exc})") from exc
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _Unreadable(f"{path}: a symbolic link; name the log file itself") from exc
         raise _Unreadable(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+# The longest line read: no record the agent writes comes near it (a body is at most 16
+# MiB, which JSON's escapes grow at most sixfold), and root's memory is not the service
+# account's to fill with a line that never ends.
+MAX_LINE = 128 << 20
+
+
+def _lines(handle: IO[bytes] | gzip.GzipFile) -> Iterator[bytes]:
+    """The file's lines; one longer than MAX_LINE comes in pieces (the first is refused)."""
+    return iter(functools.partial(handle.readline, MAX_LINE), b"")
+
+
+def _numbered(handle: IO[bytes] | gzip.GzipFile) -> Iterator[tuple[int, bytes]]:
+    return enumerate(_lines(handle), start=1)
 
 
 # Below this size a file is checked by one process: forking would cost more than it saves.
@@ -304,7 +322,9 @@ def _parts(raw: IO[bytes], processes: int) -> list[tuple[int, int | None]]:
     starts = [0]
     for share in range(1, processes):
         raw.seek(size * share // processes - 1)
-        raw.readline()  # to the end of the line the cut falls in
+        for piece in _lines(raw):  # to the end of the line the cut falls in
+            if piece[-1:] == b"\n":
+                break
         if starts[-1] < raw.tell() < size:
             starts.append(raw.tell())
     raw.seek(0)
@@ -312,22 +332,24 @@ def _parts(raw: IO[bytes], processes: int) -> list[tuple[int, int | None]]:
 
 
 def _check_parts(
-    fd: int,
-    parts: list[tuple[int, int | None]],
+    fd: int, parts: list[tuple[int, int | None]], *, dated: bool, named: frozenset[int]
+) -> list[_Part]:
+    """The file's parts checked at once, each by a forked process."""
+    with multiprocessing.get_context("fork").Pool(len(parts)) as pool:
+        return pool.starmap(_check_part, [(fd, start, stop, dated, named) for start, stop in parts])
+
+
+def _join(
+    checked: list[_Part],
     chain: _Chain,
     *,
     marked: bool,
     seals: SealCheck | None,
     witnessed: CheckpointCheck | None,
 ) -> _Found:
-    """The file's parts checked at once, each by a forked process, then linked here in
-    order: each part's first record must follow the last of the part before it, and
-    what the seal and checkpoint checks need of the part is fed to them here."""
-    named = frozenset() if witnessed is None else witnessed.named
-    with multiprocessing.get_context("fork").Pool(len(parts)) as pool:
-        checked = pool.starmap(
-            _check_part, [(fd, start, stop, seals is not None, named) for start, stop in parts]
-        )
+    """The parts linked in order: each part's first record must follow the last of the
+    part before it, and what the seal and checkpoint checks need of the part is fed
+    to them here."""
     before = 0  # lines in the parts before this one
     for number, part in enumerate(checked):
         if part.first is not None:
@@ -336,7 +358,7 @@ def _check_parts(
                 problem = _file_start(part.first)
             if problem is not None:
                 return before + 1, problem
-        replayed = replay(part.steps, seals, witnessed)
+        replayed = replay(part.steps or [], seals, witnessed)
         if replayed is not None:
             line, problem, record = replayed
             chain.join(_Chain.before(record, line - 1, part.chain.first_seq))
@@ -352,12 +374,12 @@ def _check_parts(
 class _Part:
     """What a process found in its part: the first record (linked by the parent, which
     knows what precedes it), the chain through the part, the first problem, and the
-    steps of the part's trail (see trail.py)."""
+    steps of the part's trail (see trail.py; None: it outgrew its budget)."""
 
     first: dict[str, Any] | None
     chain: _Chain
     found: _Found
-    steps: list[Step]
+    steps: list[Step] | None
 
 
 def _check_part(fd: int, start: int, stop: int | None, dated: bool, named: frozenset[int]) -> _Part:
@@ -384,9 +406,9 @@ def _check_part(fd: int, start: int, stop: int | None, dated: bool, named: froze
 def _until(handle: IO[bytes], at: int, stop: int | None) -> Iterator[bytes]:
     """The lines from `at` up to `stop` (None: to the end)."""
     if stop is None:
-        yield from handle
+        yield from _lines(handle)
         return
-    for line in handle:
+    for line in _lines(handle):
         if at >= stop:
             return
         yield line
