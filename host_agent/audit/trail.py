@@ -19,20 +19,22 @@ from host_agent.audit.seal_check import Dated, SealCheck
 
 # A line of the part, and the record there, or the records from there to the next step.
 Step = tuple[int, dict[str, Any] | Dated]
-# What a part may keep whole, measured as the records' text: an epoch's seal is ~400
-# bytes, so ~160,000 seals (44 hours of the shortest epochs, a second each).
-BUDGET = 64 << 20
+# What the parts of a file may keep whole between them, measured as the records' text:
+# an epoch's seal is ~400 bytes, so ~40,000 seals (400 days of 15-minute epochs, 11
+# hours of the shortest, a second each). In memory that is a few times more.
+BUDGET = 16 << 20
 
 
 class Trail:
     """Fed a part's records in order from its first line; `dated` when seals are
     checked, `named` the seqs witnesses hold checkpoints of. `steps` is None once
-    what it keeps outgrows `BUDGET`."""
+    what it keeps outgrows `budget`."""
 
-    def __init__(self, *, dated: bool, named: frozenset[int]) -> None:
+    def __init__(self, *, dated: bool, named: frozenset[int], budget: int) -> None:
         self.steps: list[Step] | None = []
         self._dated = dated
         self._named = named
+        self._budget = budget
         self._lines = 0
         self._run: Dated | None = None
         self._kept = 0  # the size of what is kept whole
@@ -43,7 +45,7 @@ class Trail:
             return
         if (self._dated and SealCheck.looks_at(record)) or record["seq"] in self._named:
             self._kept += len(repr(record))
-            if self._kept > BUDGET:
+            if self._kept > self._budget:
                 self.steps = self._run = None
                 return
             self.steps.append((self._lines, record))

@@ -21,6 +21,7 @@ from typing import IO, Any, Protocol
 
 import orjson
 
+from host_agent.audit import trail
 from host_agent.audit.chain import CHAIN_FIELDS, FILE_EVENT, GENESIS, record_hash
 from host_agent.audit.checkpoint import Checkpoint
 from host_agent.audit.checkpoint_check import CheckpointCheck
@@ -334,9 +335,13 @@ def _parts(raw: IO[bytes], processes: int) -> list[tuple[int, int | None]]:
 def _check_parts(
     fd: int, parts: list[tuple[int, int | None]], *, dated: bool, named: frozenset[int]
 ) -> list[_Part]:
-    """The file's parts checked at once, each by a forked process."""
+    """The file's parts checked at once, each by a forked process, sharing the trails'
+    budget."""
+    budget = trail.BUDGET // len(parts)
     with multiprocessing.get_context("fork").Pool(len(parts)) as pool:
-        return pool.starmap(_check_part, [(fd, start, stop, dated, named) for start, stop in parts])
+        return pool.starmap(
+            _check_part, [(fd, start, stop, dated, named, budget) for start, stop in parts]
+        )
 
 
 def _join(
@@ -382,25 +387,27 @@ class _Part:
     steps: list[Step] | None
 
 
-def _check_part(fd: int, start: int, stop: int | None, dated: bool, named: frozenset[int]) -> _Part:
+def _check_part(
+    fd: int, start: int, stop: int | None, dated: bool, named: frozenset[int], budget: int
+) -> _Part:
     # The file reopened through /proc: the same file, an offset of this process's own.
     with open(f"/proc/self/fd/{fd}", "rb") as handle:
         handle.seek(start)
         lines = enumerate(_until(handle, start, stop), start=1)
         chain = _Chain()
-        trail = Trail(dated=dated, named=named)
+        kept = Trail(dated=dated, named=named, budget=budget)
         _, line = next(lines, (0, None))
         if line is None:
-            return _Part(None, chain, None, trail.steps)
+            return _Part(None, chain, None, kept.steps)
         first = _parse(line)
         problem = _content(first, line)
         if problem is not None:
-            return _Part(None, chain, (1, problem), trail.steps)
+            return _Part(None, chain, (1, problem), kept.steps)
         chain.extend(first)
-        trail.feed(first)
-        checks: list[_Check] = [trail] if dated or named else []
+        kept.feed(first)
+        checks: list[_Check] = [kept] if dated or named else []
         found = _check_lines(lines, chain, marked=False, checks=checks)
-        return _Part(first, chain, found, trail.steps)
+        return _Part(first, chain, found, kept.steps)
 
 
 def _until(handle: IO[bytes], at: int, stop: int | None) -> Iterator[bytes]:
