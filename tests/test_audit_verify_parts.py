@@ -422,3 +422,22 @@ def test_a_log_of_forged_seals_is_not_held_in_memory_by_the_parts(
     assert len(rows) == 3 and {row[3] for row in rows} == {"True"}
     assert result == _verify_kept([path], kept, 1, seals=True, points=True)
     assert result.error is not None and f"{path}:2: sealed under another seed" in result.error
+
+
+@pytest.mark.parametrize("seq", [[1], "1", True, 1.0, {"n": 1}, None], ids=repr)
+def test_a_seq_that_is_no_whole_number_is_refused_where_it_stands(tmp_path: Path, seq: Any) -> None:
+    """Every record given a seq of another type, its hash made again: wherever a part
+    begins, and with every check on (the first record alone is linked to nothing),
+    verify names the first line, as one process does; it used to fail with a
+    TypeError instead (a list in a set, a dict as a key)."""
+    path = tmp_path / "audit.jsonl"
+    _write(path, 12)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for record in records:
+        record["seq"] = seq
+        record["hash"] = record_hash(record)
+    path.write_text("".join(canonical(record) + "\n" for record in records))
+    witness = [Checkpoint("host-agent/test/audit", 5, "ab" * 32, "2026-12-06T00:00:00.000000Z")]
+    for processes in (1, 3):
+        result = verify([path], unmarked_head=True, checkpoints=witness, processes=processes)
+        assert (result.records, result.error) == (0, f"{path}:1: seq is not a whole number")

@@ -202,6 +202,8 @@ def _content(record: Any, line: bytes) -> str | None:
         return "record is not a JSON object"
     if not record.keys() >= _CHAIN_KEYS:  # one set comparison for the usual case
         return f"missing {', '.join(key for key in CHAIN_FIELDS if key not in record)}"
+    if type(record["seq"]) is not int:  # what follows counts on it (bool is no number)
+        return "seq is not a whole number"
     if not _hash_matches(line, record):
         return "hash does not match the record's content (edited line)"
     return None
