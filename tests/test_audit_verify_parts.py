@@ -392,7 +392,7 @@ def test_a_record_dated_into_an_earlier_epoch_is_caught_in_parts_wherever_it_is(
 def _giving_up(fd: int, start: int, stop: int | None, *checks: Any) -> Any:
     part = _CHECK_PART(fd, start, stop, *checks)
     with _PIDS[0].open("a") as out:
-        out.write(f"{os.getpid()} {start} {stop} {part.steps is None}\n")
+        out.write(f"{os.getpid()} {start} {stop} {part.kept is None}\n")
     return part
 
 
@@ -441,3 +441,29 @@ def test_a_seq_that_is_no_whole_number_is_refused_where_it_stands(tmp_path: Path
     for processes in (1, 3):
         result = verify([path], unmarked_head=True, checkpoints=witness, processes=processes)
         assert (result.records, result.error) == (0, f"{path}:1: seq is not a whole number")
+
+
+@pytest.mark.parametrize("depth", [600, 900])
+def test_records_nested_deeper_than_pickle_goes_are_checked_in_parts(
+    kept: Kept, tmp_path: Path, depth: int
+) -> None:
+    """A whole chain of records each holding a value nested `depth` deep (json writes
+    it, pickle cannot: ~500): the parts hand their first records and what their trails
+    keep back as lines, so the verdict is one process's, where the parts used to fail
+    to send their records back."""
+    path = tmp_path / "audit.jsonl"
+    nested: Any = []
+    for _ in range(depth - 1):
+        nested = [nested]
+    records: list[dict[str, Any]] = []
+    for n in range(12):
+        record = {"event": "decision", "n": n, "x": nested, "seq": n + 1, "ts": "x"}
+        record["prev"] = records[-1]["hash"] if records else "0" * 64
+        record["hash"] = record_hash(record)
+        records.append(record)
+    path.write_text("".join(canonical(record) + "\n" for record in records))
+    witness = [Checkpoint("host-agent/test/audit", 5, records[4]["hash"], "x")]
+    for options in ({}, {"seal_key": kept.seal_key, "now": kept.now, "checkpoints": witness}):
+        one = verify([path], processes=1, **options)
+        assert verify([path], processes=3, **options) == one
+        assert options or one.ok, one.error

@@ -4,6 +4,7 @@ and whatever a line holds, root's verify holds no more than the longest record."
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib
 import json
 import resource
@@ -18,7 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from host_agent.audit import AuditLog, record_hash, verify
+from host_agent.audit import GENESIS, AuditLog, canonical, record_hash, verify
+from host_agent.audit.chain import stamp
+from host_agent.audit.seal import Epochs, VerificationKey, seal_id
 
 # The module itself (the package exports its function under the same name).
 verify_module = importlib.import_module("host_agent.audit.verify")
@@ -200,3 +203,80 @@ def _refused_at_line_2(path: Path, *options: str) -> None:
         f"BROKEN after 1 good records: {path}:2: a line longer than any record the agent "
         f"writes ({limit} MiB)\n"
     )
+
+
+# --- records no agent writes get a verdict, never an exception ---------------------
+
+SEALED_AT = 1_900_000_000
+SEAL_KEY = VerificationKey(b"\x01" * 32, Epochs(SEALED_AT, 60))
+
+
+def _canonical_line(fields: dict[str, str]) -> bytes:
+    """A line in the agent's form (keys sorted, no spaces) from fields already written
+    as JSON, with its hash taken as verify takes it from the line's bytes: for values
+    nested too deep for json.dumps to write."""
+    body = "{" + ",".join(f'"{key}":{fields[key]}' for key in sorted(fields)) + "}"
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    fields = {**fields, "hash": f'"{digest}"'}
+    return ("{" + ",".join(f'"{key}":{fields[key]}' for key in sorted(fields)) + "}\n").encode()
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_record_nested_too_deep_to_write_again_gets_a_verdict(
+    tmp_path: Path, processes: int
+) -> None:
+    """Past some depth json reads a value that json.dumps cannot write again (its
+    recursion limit comes sooner): recomputing such a record's hash raised
+    RecursionError out of verify. Every depth around that limit now gets a verdict."""
+    path = tmp_path / "audit.jsonl"
+    for depth in range(900, 1060):
+        # A hash that is not the line's: verify recomputes it from the record. Twice,
+        # so that with two processes each part begins with one.
+        line = (
+            '{"hash":"' + "0" * 64 + f'","prev":"{GENESIS}","seq":1,"ts":"x","x":'
+            + _nested(depth) + "}\n"
+        )  # fmt: skip
+        path.write_text(line * 2)
+        with mock.patch.object(verify_module, "SPLIT_SIZE", 1):
+            result = verify([path], processes=processes)
+        assert result.error in (
+            f"{path}:1: hash does not match the record's content (edited line)",
+            f"{path}:1: not valid JSON (torn or edited line)",
+        ), depth
+
+
+def test_a_seal_nested_too_deep_to_write_again_gets_a_verdict(tmp_path: Path) -> None:
+    """A seal record whose hash holds (taken from its bytes) but which holds a value too
+    deep to serialise for its MAC: the MAC does not match, where it raised before."""
+    path = tmp_path / "audit.jsonl"
+    for depth in range(900, 1060):
+        line = _canonical_line(
+            {
+                "epoch": "0", "event": '"audit_seal"', "mac": '"' + "0" * 64 + '"',
+                "prev": f'"{GENESIS}"', "seal_id": f'"{seal_id(SEAL_KEY.seed)}"', "seq": "1",
+                "through": "0", "ts": f'"{stamp(SEALED_AT + 1)}"', "x": _nested(depth),
+            }
+        )  # fmt: skip
+        path.write_bytes(line)
+        result = verify([path], seal_key=SEAL_KEY, now=SEALED_AT + 90)
+        assert result.error in (
+            f"{path}:1: the seal's MAC does not match under epoch 0's key (forged or edited)",
+            f"{path}:1: not valid JSON (torn or edited line)",
+        ), depth
+
+
+def test_a_seal_whose_mac_is_not_hex_gets_a_verdict(tmp_path: Path) -> None:
+    """hmac.compare_digest refuses text that is not ASCII with a TypeError."""
+    path = tmp_path / "audit.jsonl"
+    seal = {
+        "epoch": 0, "event": "audit_seal", "mac": "é" * 64, "prev": GENESIS,
+        "seal_id": seal_id(SEAL_KEY.seed), "seq": 1, "through": 0, "ts": stamp(SEALED_AT + 1),
+    }  # fmt: skip
+    seal["hash"] = record_hash(seal)
+    path.write_text(canonical(seal) + "\n")
+    result = verify([path], seal_key=SEAL_KEY, now=SEALED_AT + 90)
+    assert result.error == f"{path}:1: seal record without a valid mac"

@@ -16,6 +16,7 @@ from a break of journald's sealing (CVE-2023-31437, -31438, -31439):
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ from host_agent.audit.seal import (
 )
 
 _SEAL_FIELDS = {"seal_id": str, "epoch": int, "through": int, "mac": str}
+_MAC_TEXT = re.compile("[0-9a-f]{64}")
 
 
 @dataclass
@@ -115,6 +117,8 @@ class SealCheck:
         for name, kind in _SEAL_FIELDS.items():
             if not isinstance(record.get(name), kind) or isinstance(record.get(name), bool):
                 return f"seal record without a valid {name}"
+        if not _MAC_TEXT.fullmatch(record["mac"]):  # compare_digest takes ASCII alone
+            return "seal record without a valid mac"
         if record["seal_id"] != self.ident:
             return (
                 f"sealed under another seed (seal id {record['seal_id']}; this verification "
@@ -135,7 +139,7 @@ class SealCheck:
                 "sealed again, or moved"
             )
         key = self._key_for(epoch)
-        if not hmac.compare_digest(seal_mac(key, record), record["mac"]):
+        if not hmac.compare_digest(_mac_of(key, record), record["mac"]):
             return f"the seal's MAC does not match under epoch {epoch}'s key (forged or edited)"
         problem = self._dated_within(epoch, f"records sealed as epoch {epoch}'s")
         if problem is not None:
@@ -173,3 +177,12 @@ class SealCheck:
         for _ in range(steps):
             key = next_key(key)
         return key
+
+
+def _mac_of(key: bytes, record: dict[str, Any]) -> str:
+    """The MAC the seal record should carry; none (matching no MAC) for a record nested
+    too deep to serialise again, which the agent never writes."""
+    try:
+        return seal_mac(key, record)
+    except RecursionError:
+        return ""

@@ -21,13 +21,12 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from host_agent.audit import trail
 from host_agent.audit.chain import CHAIN_FIELDS, FILE_EVENT, GENESIS, record_hash
 from host_agent.audit.checkpoint import Checkpoint
 from host_agent.audit.checkpoint_check import CheckpointCheck
 from host_agent.audit.seal import SEAL_EVENT, VerificationKey
-from host_agent.audit.seal_check import SealCheck
-from host_agent.audit.trail import Step, Trail, replay
+from host_agent.audit.seal_check import Dated, SealCheck
+from host_agent.audit.trail import Kept, Step, Trail, replay
 
 
 @dataclass(frozen=True)
@@ -139,9 +138,15 @@ class _Check(Protocol):
 
 
 def _check_lines(
-    lines: Iterable[tuple[int, bytes]], chain: _Chain, *, marked: bool, checks: list[_Check]
+    lines: Iterable[tuple[int, bytes]],
+    chain: _Chain,
+    *,
+    marked: bool,
+    checks: list[_Check],
+    trail: Trail | None = None,
 ) -> _Found:
-    """Extend `chain` through `lines`; the first problem and its line number."""
+    """Extend `chain` through `lines`, each record held to `checks` and then given to
+    `trail`; the first problem and its line number."""
     for lineno, line in lines:
         record = _parse(line)
         problem = _content(record, line) or _link(record, chain.prev, chain.seq)
@@ -153,6 +158,8 @@ def _check_lines(
         if problem is not None:
             return lineno, problem
         chain.extend(record)
+        if trail is not None:
+            trail.feed(record, line)
     return None
 
 
@@ -245,7 +252,10 @@ def _hash_matches(line: bytes, record: dict[str, Any]) -> bool:
     if len(body) < len(line) and hashlib.sha256(body.rstrip(b"\n")).hexdigest() == claimed:
         return True
     exact = _exact(line)
-    return exact is not None and bool(record_hash(exact) == claimed)
+    try:
+        return exact is not None and bool(record_hash(exact) == claimed)
+    except RecursionError:  # read, but nested too deep to write again: not a record of ours
+        return False
 
 
 class _Unreadable(Exception):
@@ -285,9 +295,10 @@ def _check_file(
             if len(parts) > 1:
                 named = frozenset() if witnessed is None else witnessed.named
                 checked = _check_parts(raw.fileno(), parts, dated=seals is not None, named=named)
-                if all(part.steps is not None for part in checked):
-                    return _join(checked, chain, marked=marked, seals=seals, witnessed=witnessed)
-                raw.seek(0)  # a part kept more than its trail may: in one process instead
+                read = _read_back(checked)
+                if read is not None:
+                    return _join(read, chain, marked=marked, seals=seals, witnessed=witnessed)
+                raw.seek(0)  # in one process instead
             return _check_lines(_numbered(raw), chain, marked=marked, checks=checks)
     except (EOFError, zlib.error) as exc:
         raise _Unreadable(f"{path}: a damaged compressed file ({exc})") from exc
@@ -337,17 +348,37 @@ def _parts(raw: IO[bytes], processes: int) -> list[tuple[int, int | None]]:
 def _check_parts(
     fd: int, parts: list[tuple[int, int | None]], *, dated: bool, named: frozenset[int]
 ) -> list[_Part]:
-    """The file's parts checked at once, each by a forked process, sharing the trails'
-    budget."""
-    budget = trail.BUDGET // len(parts)
-    with multiprocessing.get_context("fork").Pool(len(parts)) as pool:
+    """The file's parts checked at once, each by a forked process."""
+    count = len(parts)
+    with multiprocessing.get_context("fork").Pool(count) as pool:
         return pool.starmap(
-            _check_part, [(fd, start, stop, dated, named, budget) for start, stop in parts]
+            _check_part, [(fd, start, stop, dated, named, count) for start, stop in parts]
         )
 
 
+def _read_back(checked: list[_Part]) -> list[_Read] | None:
+    """The parts with the lines they kept read into records here; None if a part gave
+    its trail up, or if a line its process read does not read here (a record nested
+    near the recursion limit, which this process's deeper stack may not reach)."""
+    read = []
+    for part in checked:
+        if part.kept is None:
+            return None
+        first = None if part.first is None else _parse(part.first)
+        steps: list[Step] = []
+        for line, kept in part.kept:
+            record = kept if isinstance(kept, Dated) else _parse(kept)
+            if record is None:
+                return None
+            steps.append((line, record))
+        if part.first is not None and first is None:
+            return None
+        read.append(_Read(first, part.chain, part.found, steps))
+    return read
+
+
 def _join(
-    checked: list[_Part],
+    checked: list[_Read],
     chain: _Chain,
     *,
     marked: bool,
@@ -365,7 +396,7 @@ def _join(
                 problem = _file_start(part.first)
             if problem is not None:
                 return before + 1, problem
-        replayed = replay(part.steps or [], seals, witnessed)
+        replayed = replay(part.steps, seals, witnessed)
         if replayed is not None:
             line, problem, record = replayed
             chain.join(_Chain.before(record, line - 1, part.chain.first_seq))
@@ -379,37 +410,48 @@ def _join(
 
 @dataclass(frozen=True)
 class _Part:
-    """What a process found in its part: the first record (linked by the parent, which
-    knows what precedes it), the chain through the part, the first problem, and the
-    steps of the part's trail (see trail.py; None: it outgrew its budget)."""
+    """What a process found in its part: the first record's line (linked by the
+    parent, which knows what precedes it), the chain through the part, the first
+    problem, and what the part's trail kept (see trail.py; None: it outgrew its
+    budget). Lines, never records, cross between the processes."""
+
+    first: bytes | None
+    chain: _Chain
+    found: _Found
+    kept: list[Kept] | None
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A _Part with its lines read into records again, in the parent."""
 
     first: dict[str, Any] | None
     chain: _Chain
     found: _Found
-    steps: list[Step] | None
+    steps: list[Step]
 
 
 def _check_part(
-    fd: int, start: int, stop: int | None, dated: bool, named: frozenset[int], budget: int
+    fd: int, start: int, stop: int | None, dated: bool, named: frozenset[int], parts: int
 ) -> _Part:
     # The file reopened through /proc: the same file, an offset of this process's own.
     with open(f"/proc/self/fd/{fd}", "rb") as handle:
         handle.seek(start)
         lines = enumerate(_until(handle, start, stop), start=1)
         chain = _Chain()
-        kept = Trail(dated=dated, named=named, budget=budget)
+        trail = Trail(dated=dated, named=named, parts=parts)
         _, line = next(lines, (0, None))
         if line is None:
-            return _Part(None, chain, None, kept.steps)
+            return _Part(None, chain, None, trail.kept)
         first = _parse(line)
         problem = _content(first, line)
         if problem is not None:
-            return _Part(None, chain, (1, problem), kept.steps)
+            return _Part(None, chain, (1, problem), trail.kept)
         chain.extend(first)
-        kept.feed(first)
-        checks: list[_Check] = [kept] if dated or named else []
-        found = _check_lines(lines, chain, marked=False, checks=checks)
-        return _Part(first, chain, found, kept.steps)
+        trail.feed(first, line)
+        keeping = trail if dated or named else None
+        found = _check_lines(lines, chain, marked=False, checks=[], trail=keeping)
+        return _Part(line, chain, found, trail.kept)
 
 
 def _until(handle: IO[bytes], at: int, stop: int | None) -> Iterator[bytes]:
