@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from host_agent.audit import GENESIS, AuditLog, canonical, record_hash, verify
 from host_agent.audit.chain import stamp
+from host_agent.audit.checkpoint import Checkpoint
 from host_agent.audit.seal import Epochs, VerificationKey, seal_id
 
 # The module itself (the package exports its function under the same name).
@@ -280,3 +281,56 @@ def test_a_seal_whose_mac_is_not_hex_gets_a_verdict(tmp_path: Path) -> None:
     path.write_text(canonical(seal) + "\n")
     result = verify([path], seal_key=SEAL_KEY, now=SEALED_AT + 90)
     assert result.error == f"{path}:1: seal record without a valid mac"
+
+
+_ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=8,
+)
+# Records whose every field may be right, or any JSON at all, chained and hashed.
+_HOSTILE_RECORDS = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "seq": st.integers(-2, 12) | _ANY_JSON,
+            "ts": st.just(stamp(SEALED_AT + 10)) | _ANY_JSON,
+            "prev": _ANY_JSON,
+            "event": st.sampled_from(["audit_seal", "audit_file", "decision"]) | _ANY_JSON,
+            "epoch": st.integers(-1, 2) | _ANY_JSON,
+            "through": st.integers(-1, 2) | _ANY_JSON,
+            "mac": st.just("0" * 64) | _ANY_JSON,
+            "seal_id": st.just(seal_id(SEAL_KEY.seed)) | _ANY_JSON,
+            "x": _ANY_JSON,
+        },
+    ),
+    max_size=6,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(records=_HOSTILE_RECORDS, unmarked=st.booleans())
+def test_any_log_gets_a_verdict_in_parts_as_in_one_process(
+    tmp_path_factory: Any, records: list[dict[str, Any]], unmarked: bool
+) -> None:
+    """Whatever the service account writes, with every check on: a verdict, the same
+    from the parts as from one process, never an exception."""
+    prev = GENESIS
+    lines = []
+    for record in records:
+        if "prev" in record:
+            record["prev"] = prev
+        record["hash"] = prev = record_hash(record)
+        lines.append(canonical(record) + "\n")
+    path = tmp_path_factory.mktemp("hostile") / "audit.jsonl"
+    path.write_text("".join(lines))
+    witness = [Checkpoint("host-agent/test/audit", 2, "ab" * 32, "x")]
+    options: dict[str, Any] = {"seal_key": SEAL_KEY, "now": SEALED_AT + 90}
+    with mock.patch.object(verify_module, "SPLIT_SIZE", 1):
+        one = verify([path], checkpoints=witness, unmarked_head=unmarked, **options)
+        assert (
+            verify([path], checkpoints=witness, unmarked_head=unmarked, processes=3, **options)
+            == one
+        )
