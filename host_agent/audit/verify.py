@@ -132,7 +132,7 @@ _Found = tuple[int, str] | None
 
 
 class _Check(Protocol):
-    """What else looks at each record whose chain holds (seals, checkpoints, a Trail)."""
+    """What else looks at each record whose chain holds: the seal and checkpoint checks."""
 
     def feed(self, record: dict[str, Any]) -> str | None: ...
 
