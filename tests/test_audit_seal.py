@@ -6,6 +6,7 @@ The same attacks on a log written by a running agent are in test_e2e_audit_seal.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -121,6 +122,25 @@ def test_a_new_epoch_overwrites_the_old_key_in_place(sealed: Sealed) -> None:
     assert os.stat(sealed.key_path).st_ino == inode  # rewritten, not replaced
 
 
+def _byte_in_field(path: Path, field: int, byte: int) -> None:
+    """One byte of the key file's `field`th field (from 0) replaced by `byte`."""
+    text = path.read_text()
+    at = text.index(text.split()[field]) + 1
+    data = bytearray(path.read_bytes())
+    data[at] = byte
+    path.write_bytes(bytes(data))
+
+
+def _rechecked_key_not_hex(path: Path) -> None:
+    """The key replaced by what is not hex, and the file's check (a plain hash) made
+    again to match, as anyone who can write the file can."""
+    fields = path.read_text().split()
+    fields[6] = "zz" * 32
+    line = " ".join(fields[:7])
+    check = hashlib.sha256(line.encode("ascii")).hexdigest()[:16]
+    path.write_text(f"{line} {check}".ljust(255) + "\n")
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -131,6 +151,9 @@ def test_a_new_epoch_overwrites_the_old_key_in_place(sealed: Sealed) -> None:
             id="epoch-edited",
         ),
         pytest.param(lambda p: p.write_text("x" * 255 + "\n"), "not a host-agent", id="garbage"),
+        pytest.param(lambda p: _byte_in_field(p, 7, 0xE9), "damaged", id="check-not-ascii"),
+        pytest.param(lambda p: _byte_in_field(p, 6, 0xE9), "damaged", id="key-not-ascii"),
+        pytest.param(_rechecked_key_not_hex, "damaged", id="key-not-hex-check-redone"),
         pytest.param(lambda p: p.unlink(), "seal-init", id="missing"),
     ],
 )

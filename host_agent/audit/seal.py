@@ -195,11 +195,18 @@ def _parse_key_file(path: Path, text: str) -> tuple[str, Epochs, int, bytes]:
     fields = text.split()
     if len(fields) != 8 or " ".join(fields[:2]) != _KEY_FILE_MAGIC:
         raise SealError(f"{path} is not a host-agent seal key file")
+    # The check is a hash, not a MAC: whatever passes it is still read with care.
+    damaged = SealError(f"{path} is damaged (its check does not match)")
+    if not text.isascii():  # a byte past ASCII, read as U+FFFD
+        raise damaged
     line = " ".join(fields[:7])
     if not hmac.compare_digest(_check(line), fields[7]):
-        raise SealError(f"{path} is damaged (its check does not match)")
+        raise damaged
     ident, start, interval, epoch, key = fields[2:7]
-    return ident, Epochs(int(start), int(interval)), int(epoch), bytes.fromhex(key)
+    try:
+        return ident, Epochs(int(start), int(interval)), int(epoch), bytes.fromhex(key)
+    except ValueError:
+        raise damaged from None
 
 
 def _check(line: str) -> str:
