@@ -54,15 +54,17 @@ def _write(path: Path, count: int, start: int = 0) -> None:
         log.close()
 
 
-# Where `_recording` notes which process checked which part.
+# Where `_recording` notes which process checked which part, and whether it gave its
+# trail up.
 _PIDS: list[Path] = []
 _CHECK_PART = verify_module._check_part
 
 
 def _recording(fd: int, start: int, stop: int | None, *checks: Any) -> Any:
+    part = _CHECK_PART(fd, start, stop, *checks)
     with _PIDS[0].open("a") as out:
-        out.write(f"{os.getpid()} {start} {stop}\n")
-    return _CHECK_PART(fd, start, stop, *checks)
+        out.write(f"{os.getpid()} {start} {stop} {part.kept is None}\n")
+    return part
 
 
 def _parts_checked(pids: Path, path: Path) -> list[list[str]]:
@@ -389,13 +391,6 @@ def test_a_record_dated_into_an_earlier_epoch_is_caught_in_parts_wherever_it_is(
         assert _verify_kept(paths, kept, 3, seals=True, points=False) == one, at
 
 
-def _giving_up(fd: int, start: int, stop: int | None, *checks: Any) -> Any:
-    part = _CHECK_PART(fd, start, stop, *checks)
-    with _PIDS[0].open("a") as out:
-        out.write(f"{os.getpid()} {start} {stop} {part.kept is None}\n")
-    return part
-
-
 def test_a_log_of_forged_seals_is_not_held_in_memory_by_the_parts(
     kept: Kept, tmp_path: Path
 ) -> None:
@@ -414,7 +409,7 @@ def test_a_log_of_forged_seals_is_not_held_in_memory_by_the_parts(
     pids = tmp_path / "pids"
     with (
         mock.patch.object(trail_module, "BUDGET", 4096),
-        mock.patch.object(verify_module, "_check_part", _giving_up),
+        mock.patch.object(verify_module, "_check_part", _recording),
         mock.patch(f"{__name__}._PIDS", [pids]),
     ):
         result = _verify_kept([path], kept, 3, seals=True, points=True)

@@ -365,14 +365,14 @@ def _read_back(checked: list[_Part]) -> list[_Read] | None:
         if part.kept is None:
             return None
         first = None if part.first is None else _parse(part.first)
+        if part.first is not None and first is None:
+            return None
         steps: list[Step] = []
         for line, kept in part.kept:
             record = kept if isinstance(kept, Dated) else _parse(kept)
             if record is None:
                 return None
             steps.append((line, record))
-        if part.first is not None and first is None:
-            return None
         read.append(_Read(first, part.chain, part.found, steps))
     return read
 
